@@ -1,0 +1,129 @@
+"""Validation of ragged input: lists with one array (or conv map) per image.
+
+Every stage whose input is not one 2-D array calls these helpers instead of ``check_array`` /
+``validate_data`` (which would reject ragged input or set ``n_features_in_`` wrongly).
+A plain list passes through scikit-learn's indexing, cross-validation, pickle and joblib unchanged.
+"""
+
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+
+from selconv.conv_map import ConvMap
+
+
+def _as_list(X, *, what: str, estimator) -> list:
+    name = type(estimator).__name__
+    if isinstance(X, np.ndarray) and X.dtype != object:
+        raise TypeError(
+            f"{name} expects a list with one {what} per image; got a single ndarray of shape {X.shape}. "
+            f"Pass a list (one entry per image), e.g. [X] for a single image."
+        )
+    if isinstance(X, (str, bytes)) or not hasattr(X, "__len__") or not hasattr(X, "__iter__"):
+        raise TypeError(f"{name} expects a list with one {what} per image; got {type(X).__name__}.")
+    items = list(X)
+    if len(items) == 0:
+        raise ValueError(f"{name} got an empty list: at least one image is required.")
+    return items
+
+
+def _set_or_check_n_features(estimator, n_features: int, *, reset: bool) -> None:
+    if reset:
+        estimator.n_features_in_ = n_features
+        return
+    expected = getattr(estimator, "n_features_in_", None)
+    if expected is not None and n_features != expected:
+        raise ValueError(
+            f"X has {n_features} features per local descriptor, but {type(estimator).__name__} "
+            f"was fitted with {expected}."
+        )
+
+
+def check_local_sets(X, *, estimator, reset: bool, dtype=np.float32) -> list[np.ndarray]:
+    """Validate a list of per-image local feature sets.
+
+    Parameters
+    ----------
+    X : list of array-like of shape (n_local_i, n_features)
+        One set per image; ``n_local_i`` may differ between images and may be 0.
+    estimator : estimator
+        The caller; named in error messages, and its ``n_features_in_`` is set or checked.
+    reset : bool
+        True in ``fit`` (sets ``n_features_in_``), False in ``transform`` (checks it).
+    dtype : numpy dtype
+        Dtype of the returned arrays (copies are made only where needed).
+
+    Returns
+    -------
+    sets : list of ndarray of shape (n_local_i, n_features)
+    """
+    items = _as_list(X, what="(n_local, n_features) array", estimator=estimator)
+    name = type(estimator).__name__
+    sets = []
+    n_features = None
+    for index, item in enumerate(items):
+        array = np.asarray(item)
+        if array.ndim != 2:
+            raise ValueError(
+                f"{name}: image {index} must be a 2-D array (n_local, n_features); got shape {array.shape}."
+            )
+        if not (np.issubdtype(array.dtype, np.number) or array.dtype == bool):
+            raise TypeError(f"{name}: image {index} has non-numeric dtype {array.dtype}.")
+        if n_features is None:
+            n_features = array.shape[1]
+        elif array.shape[1] != n_features:
+            raise ValueError(
+                f"{name}: image {index} has {array.shape[1]} features per local descriptor; "
+                f"earlier images have {n_features}."
+            )
+        array = np.ascontiguousarray(array, dtype=dtype)
+        if not np.isfinite(array).all():
+            raise ValueError(f"{name}: image {index} contains NaN or infinity.")
+        sets.append(array)
+    if n_features == 0:
+        raise ValueError(f"{name}: local descriptors have 0 features.")
+    _set_or_check_n_features(estimator, n_features, reset=reset)
+    return sets
+
+
+def check_conv_maps(X, *, estimator, reset: bool) -> list[ConvMap]:
+    """Validate a list of conv maps (``ConvMap`` or 3-D arrays of shape (K, H, W)).
+
+    Plain arrays are wrapped in a ``ConvMap`` whose image size is the grid size (enough for every
+    mask except ``SiftMask``, which needs keypoints in image coordinates).
+    """
+    items = _as_list(X, what="conv map (ConvMap or (K, H, W) array)", estimator=estimator)
+    name = type(estimator).__name__
+    maps = []
+    n_channels = None
+    for index, item in enumerate(items):
+        if not isinstance(item, ConvMap):
+            array = np.asarray(item)
+            if array.ndim != 3:
+                raise ValueError(
+                    f"{name}: conv map {index} must have shape (n_channels, height, width); got {array.shape}."
+                )
+            item = ConvMap(array, image_size=(array.shape[2], array.shape[1]))
+        where = f" ({item.source})" if item.source else ""
+        if not np.issubdtype(item.features.dtype, np.floating):
+            raise TypeError(f"{name}: conv map {index}{where} has non-float dtype {item.features.dtype}.")
+        if not np.isfinite(item.features).all():
+            raise ValueError(f"{name}: conv map {index}{where} contains NaN or infinity.")
+        if n_channels is None:
+            n_channels = item.n_channels
+        elif item.n_channels != n_channels:
+            raise ValueError(
+                f"{name}: conv map {index}{where} has {item.n_channels} channels; earlier maps have {n_channels}."
+            )
+        maps.append(item)
+    _set_or_check_n_features(estimator, n_channels, reset=reset)
+    return maps
+
+
+def check_positive_int(value, name: str) -> int:
+    """Small helper for parameters validated outside ``_parameter_constraints``."""
+    if not isinstance(value, numbers.Integral) or value <= 0:
+        raise ValueError(f"{name} must be a positive integer; got {value!r}.")
+    return int(value)

@@ -1,0 +1,34 @@
+"""Behaviour shared by every selconv estimator: version-stamped pickles."""
+
+from __future__ import annotations
+
+import warnings
+
+
+class SelconvPickleMixin:
+    """Record the selconv version in pickles and warn when one is loaded under another version.
+
+    Put it left of scikit-learn's mixins: ``class MaxMask(SelconvPickleMixin, TransformerMixin, BaseEstimator)``.
+    scikit-learn does the same for its own version (``_sklearn_version``).
+    """
+
+    def __getstate__(self):
+        from selconv import __version__
+
+        state = super().__getstate__()
+        state = dict(state) if state is not None else dict(self.__dict__)
+        state["_selconv_version"] = __version__
+        return state
+
+    def __setstate__(self, state):
+        from selconv import __version__
+
+        pickled_version = state.pop("_selconv_version", None)
+        if pickled_version is not None and pickled_version != __version__:
+            warnings.warn(
+                f"This {type(self).__name__} was pickled with selconv {pickled_version} and is being "
+                f"loaded with selconv {__version__}; results may differ. Refit it to be safe.",
+                UserWarning,
+                stacklevel=2,
+            )
+        super().__setstate__(state)

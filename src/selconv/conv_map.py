@@ -1,0 +1,62 @@
+"""The conv map of one image: what ConvFeatureExtractor produces and what masks consume."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True, eq=False)
+class ConvMap:
+    """Feature map of one image at one CNN layer (or several, concatenated as hypercolumns).
+
+    Parameters
+    ----------
+    features : ndarray of shape (n_channels, height, width)
+        Activations, float32 (or float16 when asked for). Axis order follows PyTorch: K x H x W.
+    image_size : tuple of int
+        ``(width, height)`` in pixels of the (resized, possibly cropped) image the CNN saw.
+        Needed to map keypoints from image to grid coordinates.
+    keypoints : ndarray of shape (n_keypoints, 2) or None
+        ``(x, y)`` positions, in pixels of that same image, of local keypoints (OpenCV SIFT when
+        the extractor runs with ``keypoints="sift"``). ``None`` means none were detected/asked for;
+        an empty ``(0, 2)`` array means detection ran and found nothing.
+    source : str or None
+        Where the image came from (a file path, usually); used in error messages and reports.
+    """
+
+    features: np.ndarray
+    image_size: tuple[int, int]
+    keypoints: np.ndarray | None = None
+    source: str | None = None
+
+    def __post_init__(self):
+        features = np.asarray(self.features)
+        if features.ndim != 3:
+            raise ValueError(
+                f"ConvMap.features must have shape (n_channels, height, width); got shape {features.shape}"
+                + (f" for {self.source}" if self.source else "")
+            )
+        object.__setattr__(self, "features", features)
+        width, height = (int(v) for v in self.image_size)
+        if width <= 0 or height <= 0:
+            raise ValueError(f"ConvMap.image_size must be positive (width, height); got {self.image_size}")
+        object.__setattr__(self, "image_size", (width, height))
+        if self.keypoints is not None:
+            keypoints = np.asarray(self.keypoints, dtype=np.float32).reshape(-1, 2)
+            object.__setattr__(self, "keypoints", keypoints)
+
+    @property
+    def n_channels(self) -> int:
+        return self.features.shape[0]
+
+    @property
+    def grid_size(self) -> tuple[int, int]:
+        """``(width, height)`` of the feature grid."""
+        return self.features.shape[2], self.features.shape[1]
+
+    def local_features(self) -> np.ndarray:
+        """All H*W local features as an (H*W, K) array, row-major over (y, x)."""
+        n_channels = self.features.shape[0]
+        return self.features.reshape(n_channels, -1).T

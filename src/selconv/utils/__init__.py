@@ -1,0 +1,1 @@
+"""Utilities for users who extend selconv: estimator checks for ragged stages."""
