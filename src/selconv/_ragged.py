@@ -7,8 +7,6 @@ A plain list passes through scikit-learn's indexing, cross-validation, pickle an
 
 from __future__ import annotations
 
-import numbers
-
 import numpy as np
 
 from selconv.conv_map import ConvMap
@@ -122,8 +120,14 @@ def check_conv_maps(X, *, estimator, reset: bool) -> list[ConvMap]:
     return maps
 
 
-def check_positive_int(value, name: str) -> int:
-    """Small helper for parameters validated outside ``_parameter_constraints``."""
-    if not isinstance(value, numbers.Integral) or value <= 0:
-        raise ValueError(f"{name} must be a positive integer; got {value!r}.")
-    return int(value)
+def image_blocks(counts: np.ndarray, block_rows: int):
+    """Consecutive ranges [start, stop) of images with about ``block_rows`` rows each (at least one image)."""
+    start = 0
+    while start < len(counts):
+        stop = start + 1
+        rows = counts[start]
+        while stop < len(counts) and rows + counts[stop] <= block_rows:
+            rows += counts[stop]
+            stop += 1
+        yield start, stop
+        start = stop

@@ -1,0 +1,197 @@
+"""PCA of local features followed by l2-normalisation (ALGORITHMS.md section 3): ragged in, ragged out.
+
+The paper reduces the masked local conv features to d dimensions before embedding them:
+x' = U_d^T (x - mu), then x' / ||x'||. LocalPCA learns mu and U_d from a bounded uniform sample of
+the training local features, so fitting on thousands of images needs memory for the sample only.
+"""
+
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+from sklearn.base import BaseEstimator, TransformerMixin
+from sklearn.utils import check_random_state
+from sklearn.utils.random import sample_without_replacement
+from sklearn.utils.validation import check_is_fitted
+
+from selconv._compat import Interval, _fit_context
+from selconv._ragged import check_local_sets, image_blocks
+from selconv.base import SelconvPickleMixin
+
+__all__ = ["LocalPCA"]
+
+# Rows per block in the float64 covariance pass and the float32 transform: large enough for
+# efficient GEMMs, small enough to bound the extra memory (8k rows x 512 channels = 16 MiB float32; measured:
+# 64k-row blocks fall out of cache and were about 2x slower).
+_BLOCK_ROWS = 1 << 13
+
+
+class LocalPCA(SelconvPickleMixin, TransformerMixin, BaseEstimator):
+    """Project local features on their top principal directions, then l2-normalise each one.
+
+    ``fit`` draws at most ``max_samples`` local features uniformly at random over all images
+    (without replacement; all of them when there are fewer), and learns their mean and the
+    eigenvectors of their covariance in float64. ``transform`` maps every local feature x of every
+    image to x' = U_d^T (x - mean), optionally whitened, then divides it by its l2 norm (a row of
+    norm 0 stays 0). The number of local features per image is unchanged.
+
+    Parameters
+    ----------
+    n_components : int, default=32
+        Output dimension d; at most the input dimension K. The paper's d for each final dimension
+        is in ALGORITHMS.md section 6 (32 for D = 512).
+    max_samples : int, default=100_000
+        Most local features used to fit; bounds time and memory on large training sets.
+    whiten : bool, default=False
+        Divide each projected coordinate by the square root of its eigenvalue before the
+        l2-normalisation (the paper does not).
+    random_state : int, RandomState instance or None, default=None
+        Draws the sample when there are more than ``max_samples`` local features.
+
+    Attributes
+    ----------
+    mean_ : ndarray of shape (n_features_in_,), float64
+        Mean of the sampled local features.
+    components_ : ndarray of shape (n_components, n_features_in_), float64
+        Principal directions, by decreasing variance; each one's largest-magnitude entry is positive.
+    explained_variance_ : ndarray of shape (n_components,), float64
+        Variance of the sample along each component (covariance with ``n - 1`` in the denominator).
+    n_samples_seen_ : int
+        Number of local features the fit used.
+    n_features_in_ : int
+        Input dimension K.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from selconv.local import LocalPCA
+    >>> rng = np.random.default_rng(0)
+    >>> sets = [rng.random((30, 8)), np.zeros((0, 8)), rng.random((7, 8))]
+    >>> out = LocalPCA(n_components=4, random_state=0).fit_transform(sets)
+    >>> [s.shape for s in out]
+    [(30, 4), (0, 4), (7, 4)]
+    """
+
+    _parameter_constraints: dict = {
+        "n_components": [Interval(numbers.Integral, 1, None, closed="left")],
+        "max_samples": [Interval(numbers.Integral, 1, None, closed="left")],
+        "whiten": ["boolean"],
+        "random_state": ["random_state"],
+    }
+
+    def __init__(self, n_components=32, *, max_samples=100_000, whiten=False, random_state=None):
+        self.n_components = n_components
+        self.max_samples = max_samples
+        self.whiten = whiten
+        self.random_state = random_state
+
+    def _sample_rows(self, sets: list[np.ndarray]) -> list[np.ndarray]:
+        """Row indices sampled from each image: uniform over all local features, sorted within an image."""
+        counts = np.array([len(s) for s in sets], dtype=np.int64)
+        offsets = np.concatenate([[0], np.cumsum(counts)])
+        total = int(offsets[-1])
+        if total <= self.max_samples:
+            return [np.arange(n) for n in counts]
+        rng = check_random_state(self.random_state)
+        picked = np.sort(sample_without_replacement(total, self.max_samples, random_state=rng))
+        bounds = np.searchsorted(picked, offsets)
+        return [picked[bounds[i] : bounds[i + 1]] - offsets[i] for i in range(len(sets))]
+
+    @_fit_context(prefer_skip_nested_validation=True)
+    def fit(self, X, y=None):
+        """Learn the mean and principal directions of (a sample of) the local features.
+
+        Parameters
+        ----------
+        X : list of array-like of shape (n_local_i, n_features)
+            Local feature sets, one per image; ``n_local_i`` may differ and may be 0.
+        y : None
+            Ignored.
+
+        Returns
+        -------
+        self : object
+        """
+        sets = check_local_sets(X, estimator=self, reset=True)
+        n_features = self.n_features_in_
+        if self.n_components > n_features:
+            raise ValueError(
+                f"LocalPCA: n_components={self.n_components} must be at most the number of features "
+                f"per local descriptor K={n_features}."
+            )
+        n_total = sum(len(s) for s in sets)
+        if n_total == 0:
+            raise ValueError(f"LocalPCA: none of the {len(sets)} images has a local feature; nothing to fit.")
+        rows_per_image = self._sample_rows(sets)
+        n_samples = sum(len(rows) for rows in rows_per_image)
+        if n_samples < self.n_components:
+            raise ValueError(
+                f"LocalPCA needs at least n_components={self.n_components} local features to fit; got "
+                f"{n_samples} (max_samples={self.max_samples}, {n_total} local features in {len(sets)} images)."
+            )
+
+        # One pass over the sample in float64 blocks, centred on the first block's mean: the
+        # shifted scatter matrix avoids the cancellation of sum(x x^T) - n mu mu^T.
+        shift = None
+        shifted_sum = np.zeros(n_features)
+        scatter = np.zeros((n_features, n_features))
+        counts = np.array([len(rows) for rows in rows_per_image])
+        for start, stop in image_blocks(counts, _BLOCK_ROWS):
+            block = np.concatenate([sets[i][rows_per_image[i]] for i in range(start, stop)]).astype(np.float64)
+            if len(block) == 0:
+                continue
+            if shift is None:
+                shift = block.mean(axis=0)
+            block -= shift
+            shifted_sum += block.sum(axis=0)
+            scatter += block.T @ block
+        shifted_mean = shifted_sum / n_samples
+        covariance = (scatter - n_samples * np.outer(shifted_mean, shifted_mean)) / max(n_samples - 1, 1)
+
+        eigenvalues, eigenvectors = np.linalg.eigh(covariance)
+        order = np.argsort(eigenvalues)[::-1][: self.n_components]
+        components = eigenvectors[:, order].T
+        # eigh's signs depend on the LAPACK build; fix them so fits agree across machines.
+        signs = np.sign(components[np.arange(len(components)), np.abs(components).argmax(axis=1)])
+        self.components_ = components * signs[:, None]
+        self.explained_variance_ = np.clip(eigenvalues[order], 0.0, None)
+        self.mean_ = shift + shifted_mean
+        self.n_samples_seen_ = n_samples
+        return self
+
+    def transform(self, X):
+        """Project every local feature and l2-normalise it.
+
+        Parameters
+        ----------
+        X : list of array-like of shape (n_local_i, n_features)
+            Local feature sets, one per image, with the ``n_features_in_`` seen in ``fit``.
+
+        Returns
+        -------
+        local_sets : list of ndarray of shape (n_local_i, n_components), float32
+            Unit-norm rows (zero rows where x equals the mean); same counts as ``X``.
+        """
+        check_is_fitted(self)
+        sets = check_local_sets(X, estimator=self, reset=False)
+        projection = self.components_.T
+        if self.whiten:
+            scale = np.sqrt(self.explained_variance_)
+            # A zero-variance direction would divide by zero; give it the smallest scale that is not.
+            scale = np.maximum(scale, np.finfo(np.float64).eps * max(scale.max(), 1.0))
+            projection = projection / scale
+        projection = projection.astype(np.float32)
+        mean = self.mean_.astype(np.float32)
+
+        counts = np.array([len(s) for s in sets])
+        local_sets = []
+        # Few large GEMMs over concatenated images instead of one small GEMM per image.
+        for start, stop in image_blocks(counts, _BLOCK_ROWS):
+            block = np.concatenate(sets[start:stop])  # a fresh copy, so centring in place is safe
+            block -= mean
+            projected = block @ projection
+            norms = np.linalg.norm(projected, axis=1, keepdims=True)
+            np.divide(projected, norms, out=projected, where=norms > 0)
+            local_sets.extend(np.split(projected, np.cumsum(counts[start:stop])[:-1]))
+        return local_sets

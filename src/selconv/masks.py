@@ -1,0 +1,252 @@
+"""Masks that select local features from conv maps: NoMask, MaxMask, SumMask, SiftMask (paper section 3.2).
+
+Each mask maps a list of conv maps (:class:`~selconv.conv_map.ConvMap` or (K, H, W) arrays) to a list of
+local feature sets, one (n_i, K) float32 array per image (n_i may be 0). Rows are the selected grid
+cells in row-major (y, x) order, the order of :meth:`ConvMap.local_features`. The masks hold no
+learned state: ``fit`` only records the number of channels.
+"""
+
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+from scipy import ndimage
+from sklearn.base import BaseEstimator, TransformerMixin
+from sklearn.utils.validation import check_is_fitted
+
+from selconv._compat import Interval, StrOptions, _fit_context
+from selconv._ragged import check_conv_maps
+from selconv.base import SelconvPickleMixin
+from selconv.conv_map import ConvMap
+
+__all__ = ["NoMask", "MaxMask", "SumMask", "SiftMask"]
+
+
+class _BaseMask(SelconvPickleMixin, TransformerMixin, BaseEstimator):
+    """Shared machinery: subclasses only define ``_select(conv_map) -> (H, W) bool``."""
+
+    _parameter_constraints: dict = {}
+
+    def _select(self, conv_map: ConvMap) -> np.ndarray:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _check_maps(self, maps: list[ConvMap]) -> None:
+        """Hook for mask-specific input requirements (SiftMask needs keypoints)."""
+
+    def _validate(self, X, *, reset: bool) -> list[ConvMap]:
+        maps = check_conv_maps(X, estimator=self, reset=reset)
+        self._check_maps(maps)
+        return maps
+
+    def _selections(self, X) -> tuple[list[ConvMap], list[np.ndarray]]:
+        self._validate_params()  # get_selected_locations may run before (or without) fit
+        maps = self._validate(X, reset=False)
+        return maps, [self._select(conv_map) for conv_map in maps]
+
+    @_fit_context(prefer_skip_nested_validation=True)
+    def fit(self, X, y=None):
+        """Check the input and record ``n_features_in_`` (the number of channels K); nothing is learned.
+
+        Parameters
+        ----------
+        X : list of ConvMap or list of ndarray of shape (n_channels, height, width)
+            One conv map per image; grid sizes may differ between images.
+        y : None
+            Ignored.
+
+        Returns
+        -------
+        self : object
+        """
+        self._validate(X, reset=True)
+        return self
+
+    def transform(self, X):
+        """Keep the local features at the selected grid cells.
+
+        Parameters
+        ----------
+        X : list of ConvMap or list of ndarray of shape (n_channels, height, width)
+            One conv map per image, with the number of channels seen in ``fit``.
+
+        Returns
+        -------
+        local_sets : list of ndarray of shape (n_selected_i, n_channels), float32
+            The selected local features of each image, rows in row-major (y, x) order;
+            ``n_selected_i`` may be 0.
+        """
+        check_is_fitted(self)
+        maps, selections = self._selections(X)
+        local_sets = []
+        for conv_map, selected in zip(maps, selections):
+            n_channels = conv_map.n_channels
+            # Gather rows of the (H*W, K) view: one copy, already in row-major (y, x) order.
+            rows = conv_map.features.reshape(n_channels, -1).T[np.flatnonzero(selected)]
+            local_sets.append(np.ascontiguousarray(rows, dtype=np.float32))
+        return local_sets
+
+    def get_selected_locations(self, X) -> list[np.ndarray]:
+        """The selected grid cells of each image, for analysis and plots; does not need ``fit``.
+
+        Parameters
+        ----------
+        X : list of ConvMap or list of ndarray of shape (n_channels, height, width)
+
+        Returns
+        -------
+        selections : list of ndarray of shape (height_i, width_i), bool
+            True where the local feature is kept.
+        """
+        return self._selections(X)[1]
+
+    def selected_fraction(self, X) -> np.ndarray:
+        """Share of each image's local features that the mask keeps (paper Fig. 3a); does not need ``fit``.
+
+        Parameters
+        ----------
+        X : list of ConvMap or list of ndarray of shape (n_channels, height, width)
+
+        Returns
+        -------
+        fractions : ndarray of shape (n_images,), float64
+            Number of selected cells divided by H*W, per image; ``fractions.mean()`` is the average share.
+        """
+        return np.array([selected.mean() for selected in self.get_selected_locations(X)], dtype=np.float64)
+
+
+class NoMask(_BaseMask):
+    """Keep every local feature: all H*W cells of each conv map (the paper's "no mask" baseline).
+
+    Attributes
+    ----------
+    n_features_in_ : int
+        Number of channels K of the conv maps seen in ``fit``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from selconv.masks import NoMask
+    >>> maps = [np.ones((4, 2, 3), dtype=np.float32), np.ones((4, 1, 5), dtype=np.float32)]
+    >>> [s.shape for s in NoMask().fit_transform(maps)]
+    [(6, 4), (5, 4)]
+    """
+
+    def _select(self, conv_map):
+        return np.ones(conv_map.features.shape[1:], dtype=bool)
+
+
+class MaxMask(_BaseMask):
+    """MAX-mask: keep, for every channel k, the location of that channel's maximum (paper eq. 3).
+
+    The mask is the union of the per-channel argmax locations, so at most K cells are kept.
+    A channel that is zero everywhere has no maximum and contributes no location (the authors'
+    MATLAB ``max`` would pick the first cell). Ties between equal maxima go to the first cell in
+    row-major (y, x) order, as ``numpy.argmax`` and MATLAB's ``max`` both do.
+
+    Attributes
+    ----------
+    n_features_in_ : int
+        Number of channels K of the conv maps seen in ``fit``.
+    """
+
+    def _select(self, conv_map):
+        features = conv_map.features
+        flat = features.reshape(features.shape[0], -1)
+        argmax = flat.argmax(axis=1)
+        selected = np.zeros(flat.shape[1], dtype=bool)
+        selected[argmax[flat.any(axis=1)]] = True
+        return selected.reshape(features.shape[1:])
+
+
+class SumMask(_BaseMask):
+    """SUM-mask: keep the cells whose activation summed over channels is at least its median (paper eq. 4).
+
+    With S(x, y) = sum_k F_k(x, y) (accumulated in float64), the kept cells are those with
+    S >= median(S); the median of an even number of cells is the mean of the two middle values
+    (numpy and MATLAB agree), and ties at the median are kept, so at least half of the cells survive.
+
+    Attributes
+    ----------
+    n_features_in_ : int
+        Number of channels K of the conv maps seen in ``fit``.
+    """
+
+    def _select(self, conv_map):
+        channel_sum = conv_map.features.sum(axis=0, dtype=np.float64)
+        return channel_sum >= np.median(channel_sum)
+
+
+def _round_half_away(values: np.ndarray) -> np.ndarray:
+    """MATLAB's ``round`` (halves away from zero); ``numpy.round`` would round halves to even."""
+    return np.sign(values) * np.floor(np.abs(values) + 0.5)
+
+
+class SiftMask(_BaseMask):
+    """SIFT-mask: keep the cells under SIFT keypoints, with a square neighbourhood (paper eq. 1).
+
+    The paper maps a keypoint at (x, y), in 1-based pixel coordinates of the W_I x H_I image the
+    CNN saw, to the 1-based grid cell (round(x W / W_I), round(y H / H_I)) of the W x H grid.
+    ``ConvMap.keypoints`` follow OpenCV (0-based: the first pixel's centre is 0), so each keypoint
+    is shifted by +1 pixel, mapped with that formula, clipped to the grid and shifted back to a
+    0-based cell; this reproduces the authors' cells exactly. ``round`` is MATLAB's (halves away
+    from zero), not numpy's halves-to-even.
+
+    Parameters
+    ----------
+    radius : int, default=1
+        Also keep every cell within this Chebyshev distance of a keypoint's cell, clipped at the
+        grid border. 1 (a 3x3 neighbourhood) is what the authors' code does; 0 keeps only the
+        keypoints' own cells, as in the paper's equation.
+    fallback : {"all", "empty"}, default="all"
+        What an image with no keypoint (an empty ``keypoints`` array) gets: "all" keeps every cell,
+        i.e. no mask, as in the paper; "empty" keeps none.
+
+    Attributes
+    ----------
+    n_features_in_ : int
+        Number of channels K of the conv maps seen in ``fit``.
+
+    Notes
+    -----
+    Conv maps must carry keypoints: extract them with ``ConvFeatureExtractor(keypoints="sift")``.
+    Plain (K, H, W) arrays and maps with ``keypoints=None`` are rejected.
+    """
+
+    _parameter_constraints: dict = {
+        "radius": [Interval(numbers.Integral, 0, None, closed="left")],
+        "fallback": [StrOptions({"all", "empty"})],
+    }
+
+    def __init__(self, radius=1, *, fallback="all"):
+        self.radius = radius
+        self.fallback = fallback
+
+    def _check_maps(self, maps):
+        for index, conv_map in enumerate(maps):
+            if conv_map.keypoints is None:
+                where = f" ({conv_map.source})" if conv_map.source else ""
+                raise ValueError(
+                    f"SiftMask needs SIFT keypoints, but conv map {index}{where} has keypoints=None "
+                    f"(plain arrays never have them). Extract the conv maps with "
+                    f"ConvFeatureExtractor(keypoints='sift')."
+                )
+
+    def _select(self, conv_map):
+        height, width = conv_map.features.shape[1:]
+        keypoints = conv_map.keypoints
+        if len(keypoints) == 0:
+            return np.full((height, width), self.fallback == "all")
+        image_width, image_height = conv_map.image_size
+        # float64 and (x * W) / W_I in MATLAB's order, so halves land where the authors' do.
+        x = keypoints[:, 0].astype(np.float64) + 1.0
+        y = keypoints[:, 1].astype(np.float64) + 1.0
+        columns = np.clip(_round_half_away(x * width / image_width), 1, width).astype(np.intp) - 1
+        rows = np.clip(_round_half_away(y * height / image_height), 1, height).astype(np.intp) - 1
+        selected = np.zeros((height, width), dtype=bool)
+        selected[rows, columns] = True
+        if self.radius > 0:
+            size = 2 * self.radius + 1
+            # Cells outside the grid count as unselected, which clips the neighbourhood at the border.
+            selected = ndimage.binary_dilation(selected, structure=np.ones((size, size), dtype=bool))
+        return selected

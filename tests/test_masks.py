@@ -1,0 +1,212 @@
+"""Masks select exactly what ALGORITHMS.md section 2 defines, on hand-built and random conv maps."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from conftest import make_conv_maps
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+
+from selconv.conv_map import ConvMap
+from selconv.masks import MaxMask, NoMask, SiftMask, SumMask
+from selconv.utils.estimator_checks import check_data_free, check_fit_transform
+
+MASKS = [NoMask(), MaxMask(), SumMask(), SiftMask(), SiftMask(0, fallback="empty")]
+PROPERTY = settings(max_examples=60, deadline=None)
+
+# Small non-negative integer activations: many zeros and ties, like ReLU output, and exact sums.
+conv_arrays = st.tuples(st.integers(1, 5), st.integers(1, 6), st.integers(1, 6)).flatmap(
+    lambda shape: arrays(np.float32, shape, elements=st.integers(0, 3).map(float))
+)
+
+
+def with_keypoints(maps, random_state=0):
+    """ConvMaps over a 10x-larger image with random keypoints; the third image has none."""
+    rng = np.random.default_rng(random_state)
+    out = []
+    for i, features in enumerate(maps):
+        height, width = features.shape[1:]
+        n = 0 if i == 2 else 1 + i
+        keypoints = rng.uniform(0, [10 * width - 1, 10 * height - 1], size=(n, 2))
+        out.append(ConvMap(features, image_size=(10 * width, 10 * height), keypoints=keypoints, source=f"img{i}.jpg"))
+    return out
+
+
+def assert_rows_are_selected_features(features, selected, rows):
+    """Output rows are the selected cells' K-vectors, in row-major (y, x) order."""
+    ys, xs = np.nonzero(selected)  # row-major order
+    np.testing.assert_array_equal(rows, features[:, ys, xs].T.astype(np.float32))
+    assert rows.dtype == np.float32 and rows.flags.c_contiguous
+
+
+@pytest.mark.parametrize("mask", MASKS, ids=repr)
+def test_data_free(mask):
+    check_data_free(mask)
+
+
+@pytest.mark.parametrize("mask", [NoMask(), MaxMask(), SumMask()], ids=repr)
+def test_fit_transform_plain_arrays(mask, conv_maps):
+    check_fit_transform(mask, conv_maps)
+
+
+@pytest.mark.parametrize("mask", [SiftMask(), SiftMask(0, fallback="empty")], ids=repr)
+def test_fit_transform_sift(mask, conv_maps):
+    check_fit_transform(mask, with_keypoints(conv_maps))
+
+
+@given(features=conv_arrays)
+@PROPERTY
+def test_max_mask_is_union_of_channel_argmax(features):
+    mask = MaxMask().fit([features])
+    selected = mask.get_selected_locations([features])[0]
+    expected = np.zeros(features.shape[1:], dtype=bool)
+    for channel in features:
+        if channel.max() > 0:  # all-zero channels (non-negative maps) are skipped
+            positions = list(zip(*np.nonzero(channel == channel.max())))
+            expected[positions[0]] = True  # first maximum in row-major order
+    np.testing.assert_array_equal(selected, expected)
+    assert selected.sum() <= features.shape[0]
+    assert_rows_are_selected_features(features, selected, mask.transform([features])[0])
+
+
+@given(features=conv_arrays)
+@PROPERTY
+def test_sum_mask_keeps_cells_at_or_above_median(features):
+    mask = SumMask().fit([features])
+    selected = mask.get_selected_locations([features])[0]
+    sums = sorted(float(v) for v in features.sum(axis=0).ravel())
+    n = len(sums)
+    median = sums[n // 2] if n % 2 else (sums[n // 2 - 1] + sums[n // 2]) / 2
+    np.testing.assert_array_equal(selected, features.sum(axis=0) >= median)
+    assert selected.sum() >= math.ceil(n / 2)
+    assert_rows_are_selected_features(features, selected, mask.transform([features])[0])
+
+
+def expected_sift_cells(keypoints, image_size, grid_size, radius):
+    """The paper's 1-based formula with MATLAB rounding, written out cell by cell."""
+    (image_width, image_height), (width, height) = image_size, grid_size
+    expected = np.zeros((height, width), dtype=bool)
+    for x, y in keypoints:
+        column = min(max(math.floor((float(x) + 1) * width / image_width + 0.5), 1), width) - 1
+        row = min(max(math.floor((float(y) + 1) * height / image_height + 0.5), 1), height) - 1
+        for dy in range(-radius, radius + 1):
+            for dx in range(-radius, radius + 1):
+                if 0 <= row + dy < height and 0 <= column + dx < width:
+                    expected[row + dy, column + dx] = True
+    return expected
+
+
+@given(
+    grid=st.tuples(st.integers(1, 6), st.integers(1, 6)),
+    stride=st.sampled_from([1, 2, 4, 32]),
+    radius=st.integers(0, 2),
+    data=st.data(),
+)
+@PROPERTY
+def test_sift_mask_maps_keypoints_with_radius(grid, stride, radius, data):
+    height, width = grid
+    image_size = (width * stride, height * stride)
+    n = data.draw(st.integers(1, 5))
+    # Half-pixel keypoints hit the rounding halves often; the last pixel may be exceeded slightly.
+    coordinate = st.integers(0, 2 * max(image_size) + 1).map(lambda v: v / 2)
+    keypoints = np.array(data.draw(st.lists(st.tuples(coordinate, coordinate), min_size=n, max_size=n)))
+    features = np.arange(3 * height * width, dtype=np.float32).reshape(3, height, width)
+    conv_map = ConvMap(features, image_size=image_size, keypoints=keypoints)
+    mask = SiftMask(radius).fit([conv_map])
+    selected = mask.get_selected_locations([conv_map])[0]
+    np.testing.assert_array_equal(selected, expected_sift_cells(keypoints, image_size, (width, height), radius))
+    assert_rows_are_selected_features(features, selected, mask.transform([conv_map])[0])
+
+
+def test_sift_mask_hand_built_rounding_and_borders():
+    features = np.ones((2, 3, 4), dtype=np.float32)  # H=3, W=4 over an 8x6 image: 2 pixels per cell
+    # x=4 -> 1-based (4+1)*4/8 = 2.5: MATLAB rounds to 3 (0-based column 2); numpy's round would give 2.
+    conv_map = ConvMap(features, image_size=(8, 6), keypoints=[[4.0, 0.0]])
+    selected = SiftMask(0).get_selected_locations([conv_map])[0]
+    np.testing.assert_array_equal(np.argwhere(selected), [[0, 2]])
+    # Top-left corner pixel and a keypoint beyond the bottom-right corner, with a 3x3 neighbourhood:
+    conv_map = ConvMap(features, image_size=(8, 6), keypoints=[[0.0, 0.0], [50.0, 50.0]])
+    selected = SiftMask(1).get_selected_locations([conv_map])[0]
+    expected = np.array([[1, 1, 0, 0], [1, 1, 1, 1], [0, 0, 1, 1]], dtype=bool)
+    np.testing.assert_array_equal(selected, expected)
+
+
+@pytest.mark.parametrize("fallback, n_rows", [("all", 12), ("empty", 0)])
+def test_sift_mask_fallback_without_keypoints(fallback, n_rows):
+    features = np.ones((5, 3, 4), dtype=np.float32)
+    conv_map = ConvMap(features, image_size=(64, 48), keypoints=np.zeros((0, 2)))
+    mask = SiftMask(fallback=fallback).fit([conv_map])
+    (rows,) = mask.transform([conv_map])
+    assert rows.shape == (n_rows, 5)
+    assert mask.selected_fraction([conv_map])[0] == n_rows / 12
+
+
+def test_sift_mask_requires_keypoints():
+    features = np.ones((2, 3, 3), dtype=np.float32)
+    with pytest.raises(ValueError, match=r"conv map 1 \(b.jpg\) has keypoints=None.*keypoints='sift'"):
+        SiftMask().fit([ConvMap(features, (30, 30), keypoints=[[1, 1]]), ConvMap(features, (30, 30), source="b.jpg")])
+    with pytest.raises(ValueError, match="plain arrays never have them"):
+        SiftMask().fit([features])
+
+
+def test_ragged_output_with_unequal_counts_and_an_empty_image(conv_maps):
+    maps = list(conv_maps) + [np.zeros((32, 3, 5), dtype=np.float32)]  # all zero: MAX selects nothing
+    for mask in (NoMask(), MaxMask(), SumMask()):
+        out = mask.fit_transform(maps)
+        assert isinstance(out, list) and len(out) == len(maps)
+        for features, selected, rows in zip(maps, mask.get_selected_locations(maps), out):
+            assert_rows_are_selected_features(features, selected, rows)
+    counts = [len(rows) for rows in MaxMask().fit_transform(maps)]
+    assert counts[-1] == 0 and len(set(counts)) > 2
+    assert [len(rows) for rows in NoMask().fit_transform(maps)] == [m.shape[1] * m.shape[2] for m in maps]
+
+
+def test_float16_maps_give_float32_rows(conv_maps):
+    maps = [m.astype(np.float16) for m in conv_maps]
+    for mask in (NoMask(), MaxMask(), SumMask()):
+        out = mask.fit_transform(maps)
+        assert all(rows.dtype == np.float32 for rows in out)
+        np.testing.assert_array_equal(out[0], mask.transform([maps[0].astype(np.float32)])[0])
+
+
+def test_selected_fraction_matches_locations(conv_maps):
+    fractions = SumMask().selected_fraction(conv_maps)
+    assert fractions.shape == (len(conv_maps),)
+    np.testing.assert_allclose(fractions, [s.mean() for s in SumMask().get_selected_locations(conv_maps)])
+    assert np.all(fractions >= 0.5)
+    np.testing.assert_array_equal(NoMask().selected_fraction(conv_maps), 1.0)
+    assert np.all(MaxMask().selected_fraction(conv_maps) < 1.0)
+
+
+def test_bad_input_errors(conv_maps):
+    mask = MaxMask()
+    with pytest.raises(TypeError, match="got a single ndarray of shape"):
+        mask.fit(conv_maps[0])
+    with pytest.raises(TypeError, match="got a single ndarray of shape"):
+        mask.fit(conv_maps[0][0])
+    with pytest.raises(ValueError, match=r"conv map 0 must have shape \(n_channels, height, width\)"):
+        mask.fit([conv_maps[0][0]])
+    mask.fit(conv_maps)
+    with pytest.raises(ValueError, match="fitted with 32"):
+        mask.transform([np.ones((8, 3, 3), dtype=np.float32)])
+    bad = conv_maps[1].copy()
+    bad[0, 0, 0] = np.nan
+    with pytest.raises(ValueError, match="conv map 1 contains NaN or infinity"):
+        mask.transform([conv_maps[0], bad])
+    bad[0, 0, 0] = np.inf
+    with pytest.raises(ValueError, match="NaN or infinity"):
+        SumMask().fit([bad])
+    with pytest.raises(ValueError, match="empty list"):
+        NoMask().fit([])
+
+
+@pytest.mark.parametrize("params", [{"radius": -1}, {"radius": 1.5}, {"fallback": "none"}])
+def test_sift_mask_parameter_validation(params, conv_maps):
+    with pytest.raises(ValueError, match=f"'{next(iter(params))}' parameter of SiftMask"):
+        SiftMask(**params).fit(with_keypoints(conv_maps))
+    with pytest.raises(ValueError, match="parameter of SiftMask"):
+        SiftMask(**params).get_selected_locations(with_keypoints(conv_maps))
