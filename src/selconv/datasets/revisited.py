@@ -1,0 +1,86 @@
+"""Revisited Oxford and Paris (ROxford5k, RParis6k; Radenovic et al., CVPR 2018) with the Easy/Medium/Hard protocols."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from selconv.datasets._safe_pickle import safe_load_pickle
+from selconv.datasets.base import GroundTruthError, RetrievalDataset, make_ground_truth
+
+REVISITED_NAMES = ("roxford5k", "rparis6k")
+PROTOCOLS = ("easy", "medium", "hard")
+
+
+def revisited_ground_truth(entry, protocol):
+    """Positives and junk of one revisited query under `protocol` (the revisitop evaluation's rules).
+
+    easy: positives = easy, junk = junk + hard; medium: positives = easy + hard, junk = junk;
+    hard: positives = hard, junk = junk + easy.
+    """
+    easy, hard, junk = (np.asarray(entry.get(k, []), dtype=np.int64).ravel() for k in ("easy", "hard", "junk"))
+    if protocol == "easy":
+        return make_ground_truth(easy, np.concatenate([junk, hard]))
+    if protocol == "medium":
+        return make_ground_truth(np.concatenate([easy, hard]), junk)
+    if protocol == "hard":
+        return make_ground_truth(hard, np.concatenate([junk, easy]))
+    raise ValueError(f"protocol must be one of {PROTOCOLS}; got {protocol!r}")
+
+
+def load_revisited(
+    root, name="roxford5k", protocol="medium", *, gnd_file=None, images=None, distractors=None
+) -> RetrievalDataset:
+    """Load ROxford5k or RParis6k from the official ``gnd_<name>.pkl`` and the images.
+
+    Parameters
+    ----------
+    root : path-like
+        Dataset folder, official layout: ``root/gnd_<name>.pkl`` and ``root/jpg/<image>.jpg``.
+    name : {"roxford5k", "rparis6k"}
+        Which dataset.
+    protocol : {"easy", "medium", "hard"}
+        Evaluation protocol (see :func:`revisited_ground_truth`).
+    gnd_file, images : path-like or None
+        Override the ground-truth pickle / image folder locations.
+    distractors : path-like or None
+        Folder of the revisitop 1M distractors (R1M), appended to the database.
+
+    Returns
+    -------
+    RetrievalDataset
+        Database = ``imlist`` order (4,993 / 6,322 images), queries = ``qimlist`` (70) with their
+        boxes; queries are not database images in this protocol.
+
+    Notes
+    -----
+    The ground truth is a pickle; it is read with a restricted unpickler that rebuilds only
+    builtin containers and numpy arrays and refuses anything else, so a tampered file cannot run code.
+    """
+    if name not in REVISITED_NAMES:
+        raise ValueError(f"name must be one of {REVISITED_NAMES}; got {name!r}")
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"protocol must be one of {PROTOCOLS}; got {protocol!r}")
+    root = Path(root)
+    gnd_file = Path(gnd_file) if gnd_file is not None else root / f"gnd_{name}.pkl"
+    image_folder = Path(images) if images is not None else root / "jpg"
+    cfg = safe_load_pickle(gnd_file)
+    if not isinstance(cfg, dict) or not {"imlist", "qimlist", "gnd"} <= set(cfg):
+        raise GroundTruthError(f"{gnd_file}: expected a dict with 'imlist', 'qimlist' and 'gnd'")
+    if len(cfg["gnd"]) != len(cfg["qimlist"]):
+        raise GroundTruthError(f"{gnd_file}: {len(cfg['gnd'])} 'gnd' entries for {len(cfg['qimlist'])} queries")
+    database = [image_folder / f"{n}.jpg" for n in cfg["imlist"]]
+    queries = [image_folder / f"{n}.jpg" for n in cfg["qimlist"]]
+    missing = [str(p) for p in database + queries if not p.is_file()]
+    if missing:
+        raise FileNotFoundError(f"{len(missing)} images named in {gnd_file} are not in {image_folder}, e.g. {missing[:3]}")
+    boxes = [None if e.get("bbx") is None else tuple(np.asarray(e["bbx"], dtype=float).ravel()) for e in cfg["gnd"]]
+    dataset = RetrievalDataset(
+        name=f"{name}-{protocol}", root=root, database=database, queries=queries,
+        ground_truth=[revisited_ground_truth(entry, protocol) for entry in cfg["gnd"]],
+        query_boxes=boxes, info={"protocol": protocol, "gnd_file": str(gnd_file)},
+    )
+    if distractors is not None:
+        dataset = dataset.with_distractors(distractors, name=f"{name}+r1m-{protocol}")
+    return dataset
