@@ -1,0 +1,150 @@
+"""What every hasher shares: input validation, the n_bits rules, chunked encoding and bit packing.
+
+Codes are packed with :func:`numpy.packbits` in big-endian bit order: bit ``t`` of a code is bit
+``7 - t % 8`` of byte ``t // 8``. That is the layout faiss binary indexes (``IndexBinaryFlat``) take,
+``n_bits / 8`` bytes per code, and the layout :func:`selconv.search.hamming_distances` reads.
+"""
+
+from __future__ import annotations
+
+import numbers
+from abc import ABCMeta, abstractmethod
+
+import numpy as np
+from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin
+from sklearn.utils.validation import check_is_fitted
+
+from selconv._compat import Interval, _fit_context, validate_data
+from selconv.base import SelconvPickleMixin
+
+# Rows encoded at once in transform: bounds the float work array (rows x n_bits) for millions of images.
+_TRANSFORM_CHUNK_ROWS = 65536
+
+
+def pack_bits(bits: np.ndarray) -> np.ndarray:
+    """Pack (n, n_bits) 0/1 values into (n, n_bits / 8) uint8 codes, big-endian bit order."""
+    return np.packbits(np.asarray(bits, dtype=np.uint8), axis=1, bitorder="big")
+
+
+def principal_axes(X: np.ndarray, n_components: int):
+    """Mean, leading principal directions and their variances of the rows of X (float64).
+
+    Returns ``(mean, axes, variances)`` with ``axes`` of shape (n_features, n_components), columns
+    sorted by decreasing variance, each column's sign fixed (largest |entry| positive) so that the
+    result does not depend on the LAPACK build.
+    """
+    mean = X.mean(axis=0)
+    _, singular, vt = np.linalg.svd(X - mean, full_matrices=False)
+    axes = vt[:n_components].T
+    signs = np.sign(axes[np.argmax(np.abs(axes), axis=0), np.arange(axes.shape[1])])
+    signs[signs == 0] = 1.0
+    variances = singular[:n_components] ** 2 / max(X.shape[0] - 1, 1)
+    return mean, axes * signs, variances
+
+
+def unpack_bits(codes: np.ndarray) -> np.ndarray:
+    """Inverse of :func:`pack_bits`: (n, n_bytes) uint8 -> (n, 8 * n_bytes) uint8 0/1."""
+    return np.unpackbits(np.asarray(codes, dtype=np.uint8), axis=1, bitorder="big")
+
+
+class BaseHasher(
+    SelconvPickleMixin, ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator, metaclass=ABCMeta
+):
+    """Base class of the hashers: 2-D real descriptors -> packed binary codes.
+
+    Subclasses implement ``_fit(X)`` (X validated, float64, n_bits checked) and
+    ``_encode(X)`` returning an (n, n_bits) boolean array for one chunk of rows. ``transform`` packs
+    the bits (``n_bits / 8`` uint8 per row); ``transform_bits`` returns them unpacked.
+    """
+
+    _parameter_constraints: dict = {
+        "n_bits": [Interval(numbers.Integral, 8, None, closed="left")],
+    }
+
+    @abstractmethod
+    def _fit(self, X: np.ndarray):
+        """Learn the hash function from validated float64 X; return self."""
+
+    @abstractmethod
+    def _encode(self, X: np.ndarray) -> np.ndarray:
+        """(n, n_features) float64 -> (n, n_bits) bool."""
+
+    def _validate_fit_input(self, X) -> np.ndarray:
+        X = validate_data(self, X, reset=True, dtype=np.float64, ensure_min_samples=1)
+        n_samples, n_features = X.shape
+        name = type(self).__name__
+        if self.n_bits % 8:
+            raise ValueError(
+                f"{name}: n_bits must be a multiple of 8 (codes are stored packed, n_bits / 8 bytes); "
+                f"got n_bits={self.n_bits}."
+            )
+        if self.n_bits > n_features:
+            raise ValueError(
+                f"{name}: n_bits={self.n_bits} exceeds the number of features of X (n_features = {n_features}); "
+                f"the codes come from a projection to n_bits dimensions."
+            )
+        if self.n_bits > n_samples:
+            raise ValueError(
+                f"{name}: n_bits={self.n_bits} exceeds the number of training samples (n_samples = {n_samples}); "
+                f"the PCA needs at least n_bits samples."
+            )
+        return X
+
+    @_fit_context(prefer_skip_nested_validation=True)
+    def fit(self, X, y=None):
+        """Learn the hash function.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Training descriptors; ``n_bits <= min(n_samples, n_features)``.
+        y : None
+            Ignored.
+
+        Returns
+        -------
+        self
+        """
+        return self._fit(self._validate_fit_input(X))
+
+    def transform_bits(self, X) -> np.ndarray:
+        """Binary codes, unpacked.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+
+        Returns
+        -------
+        bits : ndarray of shape (n_samples, n_bits), dtype uint8, values 0/1
+        """
+        check_is_fitted(self)
+        X = validate_data(self, X, reset=False, dtype=np.float64)
+        bits = np.empty((X.shape[0], self.n_bits), dtype=np.uint8)
+        for start in range(0, X.shape[0], _TRANSFORM_CHUNK_ROWS):
+            stop = start + _TRANSFORM_CHUNK_ROWS
+            bits[start:stop] = self._encode(X[start:stop])
+        return bits
+
+    def transform(self, X) -> np.ndarray:
+        """Binary codes, packed (big-endian bit order, the layout of faiss binary indexes).
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+
+        Returns
+        -------
+        codes : ndarray of shape (n_samples, n_bits // 8), dtype uint8
+        """
+        return pack_bits(self.transform_bits(X))
+
+    @property
+    def _n_features_out(self):
+        return self.n_bits // 8
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        # Output is always uint8 codes, whatever the input float dtype.
+        tags.transformer_tags.preserves_dtype = []
+        return tags

@@ -1,0 +1,380 @@
+"""Retrieval evaluation: Oxford/Paris average precision with junk, mAP, UKBench N-S score, a GridSearchCV scorer.
+
+Ground truth (shared with every dataset loader): a list with one dict per query,
+``{"positives": int array of database indices, "junk": int array of database indices}``
+(``"junk"`` may be omitted). Rankings are (n_queries, n_ranked) arrays of database indices, best
+first, e.g. from :func:`selconv.search.rank`; a ranking may be shorter than the database, and a
+positive that is not ranked then contributes nothing (it still counts in the number of positives).
+"""
+
+from __future__ import annotations
+
+import numbers
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+
+from selconv.search import average_query_expansion, rank, resolve_metric
+
+DISTRACTOR_LABEL = -1
+"""Label of images that are only database members (never queries, never relevant) in :func:`map_scorer`.
+``None`` labels are distractors too."""
+
+# Bound on the elements of a (queries-chunk x database) work array.
+_WORK_ELEMENTS = 1 << 23
+
+
+class NoPositiveWarning(UserWarning):
+    """A query has no positive image: its AP is undefined (NaN) and it is left out of the mAP."""
+
+
+def _check_rankings(rankings) -> np.ndarray:
+    rankings = np.asarray(rankings)
+    if rankings.ndim == 1:
+        rankings = rankings[None, :]
+    if rankings.ndim != 2 or not np.issubdtype(rankings.dtype, np.integer):
+        raise ValueError(
+            f"rankings must be an integer array of shape (n_queries, n_ranked) holding database indices; "
+            f"got dtype {rankings.dtype} and shape {rankings.shape}."
+        )
+    if rankings.size and rankings.min() < 0:
+        raise ValueError("rankings must hold non-negative database indices.")
+    return rankings.astype(np.int64, copy=False)
+
+
+def _index_array(values, what: str) -> np.ndarray:
+    array = np.asarray([] if values is None else values).ravel()
+    if array.size == 0:
+        return np.zeros(0, dtype=np.int64)
+    if not np.issubdtype(array.dtype, np.integer):
+        raise ValueError(f"{what} must hold integer database indices; got dtype {array.dtype}.")
+    if array.min() < 0:
+        raise ValueError(f"{what} holds a negative database index ({array.min()}).")
+    return array.astype(np.int64)
+
+
+def _check_ground_truth(ground_truth, n_queries: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    if isinstance(ground_truth, dict) or not hasattr(ground_truth, "__len__"):
+        raise TypeError(
+            "ground_truth must be a list with one dict per query, "
+            '{"positives": int array, "junk": int array}.'
+        )
+    if len(ground_truth) != n_queries:
+        raise ValueError(f"ground_truth has {len(ground_truth)} entries but there are {n_queries} queries.")
+    checked = []
+    for q, entry in enumerate(ground_truth):
+        if not isinstance(entry, dict) or "positives" not in entry:
+            raise ValueError(f'ground_truth[{q}] must be a dict with a "positives" key (and optionally "junk").')
+        positives = _index_array(entry["positives"], f'ground_truth[{q}]["positives"]')
+        junk = _index_array(entry.get("junk"), f'ground_truth[{q}]["junk"]')
+        checked.append((positives, junk))
+    return checked
+
+
+def _ranked_relevance(rankings, positive_mask, junk_mask):
+    """Positive / junk flags of each ranked item; an image in both counts as positive (as in cirtorch)."""
+    positive = np.take_along_axis(positive_mask, rankings, axis=1)
+    junk = np.take_along_axis(junk_mask, rankings, axis=1) & ~positive
+    return positive, junk
+
+
+def _average_precision_rows(rankings, positive_mask, junk_mask):
+    """Oxford AP of each row (NaN where the row has no positive), vectorised over queries.
+
+    r_j = 0-based rank of the j-th positive among non-junk items; AP = mean_j (P0 + P1) / 2 with
+    P0 = j / r_j (1 if r_j = 0) and P1 = (j + 1) / (r_j + 1).
+    """
+    positive, junk = _ranked_relevance(rankings, positive_mask, junk_mask)
+    r = np.cumsum(~junk, axis=1) - 1
+    j = np.cumsum(positive, axis=1) - 1
+    # r = -1 before the first non-junk item: those entries are junk, never positive, and masked below.
+    with np.errstate(divide="ignore", invalid="ignore"):
+        p0 = np.where(r == 0, 1.0, j / r)
+        p1 = (j + 1) / (r + 1)
+    total = np.where(positive, (p0 + p1) / 2, 0.0).sum(axis=1)
+    n_positives = positive_mask.sum(axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(n_positives > 0, total / n_positives, np.nan)
+
+
+def _masks_from_ground_truth(checked, rows, n_database):
+    positive_mask = np.zeros((len(rows), n_database), dtype=bool)
+    junk_mask = np.zeros((len(rows), n_database), dtype=bool)
+    for row, q in enumerate(rows):
+        positives, junk = checked[q]
+        positive_mask[row, positives] = True
+        junk_mask[row, junk] = True
+    return positive_mask, junk_mask
+
+
+def _per_query(rankings, ground_truth, row_function):
+    """Apply ``row_function(rankings_chunk, positive_mask, junk_mask)`` over chunks of queries."""
+    rankings = _check_rankings(rankings)
+    checked = _check_ground_truth(ground_truth, len(rankings))
+    largest = [rankings.max(initial=-1)] + [a.max(initial=-1) for pair in checked for a in pair]
+    n_database = int(max(largest)) + 1
+    step = max(1, _WORK_ELEMENTS // max(1, n_database))
+    out = []
+    for start in range(0, len(rankings), step):
+        rows = range(start, min(start + step, len(rankings)))
+        masks = _masks_from_ground_truth(checked, rows, n_database)
+        out.append(row_function(rankings[start : start + step], *masks))
+    return np.concatenate(out) if out else np.zeros(0)
+
+
+def _warn_no_positives(queries) -> None:
+    if len(queries):
+        warnings.warn(
+            f"{len(queries)} quer{'y has' if len(queries) == 1 else 'ies have'} no positive image and "
+            f"{'is' if len(queries) == 1 else 'are'} left out of the mAP (AP = NaN): query indices "
+            f"{np.asarray(queries).tolist()}.",
+            NoPositiveWarning,
+            stacklevel=3,
+        )
+
+
+def average_precision(ranking, positives, junk=()) -> float:
+    """Average precision of one ranking, exactly as the Oxford/Paris evaluation code computes it.
+
+    Junk images are removed from the ranking first; with r_j the 0-based rank of the j-th positive
+    (j = 0..N-1) among the remaining images, ``AP = sum_j (P0 + P1) / (2 N)``, ``P0 = j / r_j``
+    (1 if r_j = 0) and ``P1 = (j + 1) / (r_j + 1)`` (the trapezoid rule over recall steps).
+
+    Parameters
+    ----------
+    ranking : array-like of shape (n_ranked,)
+        Database indices, best first.
+    positives : array-like of int
+        Database indices of the relevant images (N of them).
+    junk : array-like of int, default=()
+        Database indices ignored by the evaluation.
+
+    Returns
+    -------
+    ap : float
+        In [0, 1]; NaN (with a :class:`NoPositiveWarning`) when there is no positive.
+    """
+    ranking = np.asarray(ranking)
+    if ranking.ndim != 1:
+        raise ValueError(f"ranking must be 1-D (database indices, best first); got shape {ranking.shape}.")
+    ap = average_precisions(ranking[None, :], [{"positives": positives, "junk": junk}])[0]
+    if np.isnan(ap):
+        warnings.warn("The query has no positive image: AP is undefined (NaN).", NoPositiveWarning, stacklevel=2)
+    return float(ap)
+
+
+def average_precisions(rankings, ground_truth) -> np.ndarray:
+    """Average precision of every query (NaN for a query without positives), vectorised.
+
+    Parameters
+    ----------
+    rankings : array-like of shape (n_queries, n_ranked)
+        Database indices, best first.
+    ground_truth : list of dict
+        One ``{"positives": ..., "junk": ...}`` per query.
+
+    Returns
+    -------
+    aps : ndarray of shape (n_queries,)
+    """
+    return _per_query(rankings, ground_truth, _average_precision_rows)
+
+
+def mean_average_precision(rankings, ground_truth) -> float:
+    """mAP over the queries that have positives; a :class:`NoPositiveWarning` names the others.
+
+    Parameters
+    ----------
+    rankings : array-like of shape (n_queries, n_ranked)
+    ground_truth : list of dict
+
+    Returns
+    -------
+    map : float
+        NaN if no query has a positive.
+    """
+    aps = average_precisions(rankings, ground_truth)
+    return _mean_reporting_missing(aps)
+
+
+def _mean_reporting_missing(aps) -> float:
+    missing = np.flatnonzero(np.isnan(aps))
+    _warn_no_positives(missing)
+    return float(np.mean(aps[~np.isnan(aps)])) if len(missing) < len(aps) else float("nan")
+
+
+def ns_score(rankings, ground_truth, *, top: int = 4) -> float:
+    """UKBench N-S score: mean number of positives among the first ``top`` ranked (non-junk) images.
+
+    For the standard score (0..4) the ground truth of a UKBench query lists its whole group of 4
+    images as positives, the query itself included, and the query is ranked against the database
+    that contains it.
+
+    Parameters
+    ----------
+    rankings : array-like of shape (n_queries, n_ranked)
+    ground_truth : list of dict
+    top : int, default=4
+
+    Returns
+    -------
+    score : float
+    """
+    if not isinstance(top, numbers.Integral) or top <= 0:
+        raise ValueError(f"top must be a positive integer; got {top!r}.")
+
+    def hits(rankings_chunk, positive_mask, junk_mask):
+        positive, junk = _ranked_relevance(rankings_chunk, positive_mask, junk_mask)
+        within_top = np.cumsum(~junk, axis=1) <= top
+        return (positive & within_top).sum(axis=1)
+
+    return float(np.mean(_per_query(rankings, ground_truth, hits)))
+
+
+@dataclass
+class RetrievalResult:
+    """Outcome of :func:`evaluate`.
+
+    Attributes
+    ----------
+    map : float
+        Mean AP over the queries with positives (NaN if none has).
+    average_precisions : ndarray of shape (n_queries,)
+        Per-query AP; NaN for a query without positives.
+    rankings : ndarray of shape (n_queries, n_database)
+        Database indices, best first (after query expansion, if any).
+    metric : str
+        "ip" or "hamming", the metric actually used.
+    queries_without_positives : ndarray of int
+        Indices of the queries left out of the mAP.
+    """
+
+    map: float
+    average_precisions: np.ndarray
+    rankings: np.ndarray
+    metric: str
+    queries_without_positives: np.ndarray
+
+
+def evaluate(query_descriptors, database_descriptors, ground_truth, *, metric="auto", query_expansion=0):
+    """Rank the database for each query and compute the Oxford AP / mAP.
+
+    Parameters
+    ----------
+    query_descriptors : array-like of shape (n_queries, D)
+        Real descriptors or packed uint8 hash codes.
+    database_descriptors : array-like of shape (n_database, D)
+    ground_truth : list of dict
+        One ``{"positives": ..., "junk": ...}`` per query, database indices.
+    metric : {"auto", "ip", "hamming"}, default="auto"
+        "auto": Hamming distance for uint8 codes, inner product otherwise.
+    query_expansion : int, default=0
+        If > 0, average query expansion with that many top images, then rank again (the authors use 5;
+        real-valued descriptors only).
+
+    Returns
+    -------
+    result : RetrievalResult
+    """
+    metric = resolve_metric(metric, query_descriptors, database_descriptors)
+    if not isinstance(query_expansion, numbers.Integral) or query_expansion < 0:
+        raise ValueError(f"query_expansion must be a non-negative integer; got {query_expansion!r}.")
+    rankings = rank(query_descriptors, database_descriptors, metric=metric)
+    if query_expansion:
+        if metric == "hamming":
+            raise ValueError("query_expansion applies to real-valued descriptors, not to Hamming ranking of codes.")
+        expanded = average_query_expansion(query_descriptors, database_descriptors, rankings, top=query_expansion)
+        rankings = rank(expanded, database_descriptors, metric="ip")
+    aps = average_precisions(rankings, ground_truth)
+    return RetrievalResult(
+        map=_mean_reporting_missing(aps),
+        average_precisions=aps,
+        rankings=rankings,
+        metric=metric,
+        queries_without_positives=np.flatnonzero(np.isnan(aps)),
+    )
+
+
+def _is_distractor(labels: np.ndarray, distractor_label) -> np.ndarray:
+    if labels.dtype == object:
+        return np.array([label is None or label == distractor_label for label in labels], dtype=bool)
+    if distractor_label is None:
+        return np.zeros(len(labels), dtype=bool)
+    return labels == distractor_label
+
+
+def _label_ids(labels: np.ndarray) -> np.ndarray:
+    """Integer id per distinct label (any hashable labels, also mixed types in an object array)."""
+    if labels.dtype != object:
+        return np.unique(labels, return_inverse=True)[1].ravel()
+    ids: dict = {}
+    return np.array([ids.setdefault(label, len(ids)) for label in labels], dtype=np.int64)
+
+
+class _MapScorer:
+    """mAP of a fitted estimator's descriptors where images sharing a label are relevant to each other.
+
+    A plain class (not a closure) so that it pickles for parallel GridSearchCV.
+    """
+
+    def __init__(self, distractor_label, metric):
+        self.distractor_label = distractor_label
+        self.metric = metric
+
+    def __repr__(self):
+        return f"make_map_scorer(distractor_label={self.distractor_label!r}, metric={self.metric!r})"
+
+    def __call__(self, estimator, X, y):
+        if y is None:
+            raise TypeError("map_scorer needs labels y: images sharing a label are relevant to each other.")
+        labels = np.asarray(y)
+        if labels.ndim != 1:
+            labels = np.asarray(list(y), dtype=object)
+        descriptors = estimator.transform(X)
+        if len(labels) != len(descriptors):
+            raise ValueError(f"y has {len(labels)} labels for {len(descriptors)} descriptors.")
+        member = ~_is_distractor(labels, self.distractor_label)
+        group = np.full(len(labels), -1, dtype=np.int64)
+        group[member] = _label_ids(labels[member])
+        sizes = np.bincount(group[member], minlength=1)
+        queries = np.flatnonzero(member & (sizes[np.maximum(group, 0)] >= 2))
+        if len(queries) == 0:
+            raise ValueError(
+                "map_scorer: no image shares its label with another non-distractor image, so there is no query "
+                "with a positive (check the labels and the cross-validation split)."
+            )
+        metric = resolve_metric(self.metric, descriptors)
+        rankings = rank(descriptors[queries], descriptors, metric=metric)
+        positive_mask = group[queries][:, None] == group[None, :]
+        positive_mask &= member[None, :]
+        positive_mask[np.arange(len(queries)), queries] = False
+        junk_mask = np.zeros_like(positive_mask)
+        junk_mask[np.arange(len(queries)), queries] = True
+        return float(np.mean(_average_precision_rows(rankings, positive_mask, junk_mask)))
+
+
+def make_map_scorer(*, distractor_label=DISTRACTOR_LABEL, metric="auto"):
+    """A ``scoring=`` callable for GridSearchCV: mAP of ``estimator.transform(X)`` with labels y.
+
+    Each image whose label is shared by another image is a query; the images sharing its label are
+    its positives; the query itself is junk; images labelled ``distractor_label`` (or None) are only
+    database members. Every image is in the database.
+
+    Parameters
+    ----------
+    distractor_label : object, default=DISTRACTOR_LABEL (-1)
+    metric : {"auto", "ip", "hamming"}, default="auto"
+        "auto": Hamming for uint8 codes, inner product otherwise.
+
+    Returns
+    -------
+    scorer : callable ``scorer(estimator, X, y) -> float`` (greater is better)
+    """
+    if metric not in ("auto", "ip", "hamming"):
+        raise ValueError(f"metric must be 'auto', 'ip' or 'hamming'; got {metric!r}.")
+    return _MapScorer(distractor_label, metric)
+
+
+map_scorer = make_map_scorer()
+"""``scorer(estimator, X, y)``: :func:`make_map_scorer` with its defaults."""
