@@ -1,0 +1,219 @@
+"""F-FAemb, the fast function-approximation-based embedding of local features: ragged in, ragged out.
+
+Do & Cheung, "Embedding based on function approximation for large scale image search", TPAMI 2018
+(the fast version of Do, Tran & Cheung's FAemb, CVPR 2015), as the authors' public code computes it
+(``learn_coeff_one_sample.m``, ``faemb.c``, ``projection_learn_batch.m`` in selectiveConvFeature):
+
+1. Codebook (anchor points) v_1..v_|C| by k-means on the training local features.
+2. Coefficients gamma(x) in R^|C| in closed form, minimising
+   1/2 ||x - V gamma||^2 + mu/2 * a(x) ||gamma||^2 subject to sum_j gamma_j = 1,
+   where a(x) = sum_j ||x - v_j||_1^3 (the locality term):
+   gamma = M (V^T x - lambda 1), M = (V^T V + mu a(x) I)^-1, lambda = (1^T M V^T x - 1) / (1^T M 1).
+3. With r_j = (x - v_j) / ||x - v_j||, phi(x) = [gamma_j(x) * upper(r_j r_j^T)]_j, the upper
+   triangles (row-major, diagonal included) of the second-order terms: dimension |C| d (d + 1) / 2.
+4. As for Temb: centre on the training mean of phi, whiten with P = diag(lambda^-1/2) V^T where the
+   ``n_clamped`` smallest eigenvalues are clamped (authors: 129), l2-normalise.
+
+After aggregation the paper drops the first d (d + 1) components of the rotated aggregate
+(ALGORITHMS.md section 6; the original FAemb dropped d (d + 1) / 2): in a pipeline that is
+``RotationNormalizer(n_dropped=d * (d + 1))`` after the aggregator, giving the paper's final
+dimension (|C| - 2) d (d + 1) / 2 (Table 2: d = 32, |C| = 10 -> 4224).
+"""
+
+from __future__ import annotations
+
+import numbers
+import warnings
+from functools import partial
+
+import numpy as np
+from sklearn.base import BaseEstimator, TransformerMixin
+from sklearn.utils import check_random_state
+from sklearn.utils.validation import check_is_fitted
+
+from selconv._compat import Interval, _fit_context
+from selconv._ragged import check_local_sets
+from selconv.base import SelconvPickleMixin
+from selconv.embedding._codebook import (
+    check_enough_features,
+    embed_sets,
+    kmeans_codebook,
+    learn_clamped_whitening,
+    sample_features,
+)
+
+__all__ = ["FAembEmbedding"]
+
+# Rows per chunk: the (rows, |C| d (d + 1) / 2) second-order block stays a few MiB at the paper's
+# d = 32, |C| = 10 (256 x 5280 float32 = 5.4 MiB).
+_CHUNK_ROWS = 256
+
+
+class FAembEmbedding(SelconvPickleMixin, TransformerMixin, BaseEstimator):
+    """Embed every local feature with F-FAemb (paper Table 2: d = 32, |C| = 10).
+
+    ``fit`` learns a k-means codebook on a uniform random sample of at most ``max_samples`` training
+    local features, then the mean and clamped whitening of phi over ALL of them (as
+    :class:`~selconv.embedding.TriangulationEmbedding`). ``transform`` maps each local feature x to
+    P (phi(x) - phibar) / ||P (phi(x) - phibar)|| (module docstring for phi).
+
+    Parameters
+    ----------
+    n_clusters : int, default=10
+        Codebook size |C|; the embedding has dimension |C| d (d + 1) / 2, the aggregate after the
+        paper's truncation (|C| - 2) d (d + 1) / 2.
+    mu : float > 0, default=1e-2
+        Weight of the locality term in the coefficients (the authors' recommended 1e-2).
+    n_clamped : int, default=129
+        Number of smallest covariance eigenvalues clamped to the ``n_clamped``-th smallest (the
+        authors' code: ``eigval(end-128:end) = eigval(end-128)``). 0 or 1 leaves them unchanged.
+    max_samples : int, default=100_000
+        Most local features used by k-means. The mean and covariance use every training local feature.
+    kmeans_n_init : int, default=1
+        k-means++ restarts of :class:`sklearn.cluster.KMeans`, best inertia kept. (The authors run
+        k-means 5 times and keep the codebook of lowest F-FAemb objective.)
+    random_state : int, RandomState instance or None, default=None
+        Draws the k-means sample and seeds k-means; fixed, the fit is reproducible bit for bit.
+
+    Attributes
+    ----------
+    cluster_centers_ : ndarray of shape (n_clusters, n_features_in_), float32
+        The anchor points v_1..v_|C|.
+    mean_ : ndarray of shape (n_clusters * n_features_in_ * (n_features_in_ + 1) // 2,), float64
+        phibar.
+    eigenvalues_ : ndarray of the same shape, float64
+        Covariance eigenvalues of phi in decreasing order, after clamping.
+    projection_ : ndarray of shape (D, D), float32
+        P = diag(eigenvalues_^-1/2) V^T.
+    n_samples_seen_ : int
+        Number of training local features behind ``mean_`` and ``eigenvalues_``.
+    n_features_in_ : int
+        Input dimension d.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from selconv.embedding import FAembEmbedding
+    >>> rng = np.random.default_rng(0)
+    >>> sets = [rng.standard_normal((200, 3)).astype(np.float32), np.zeros((0, 3), np.float32)]
+    >>> faemb = FAembEmbedding(n_clusters=4, n_clamped=2, random_state=0).fit(sets)
+    >>> [s.shape for s in faemb.transform(sets)]
+    [(200, 24), (0, 24)]
+    """
+
+    _parameter_constraints: dict = {
+        "n_clusters": [Interval(numbers.Integral, 1, None, closed="left")],
+        "mu": [Interval(numbers.Real, 0, None, closed="neither")],
+        "n_clamped": [Interval(numbers.Integral, 0, None, closed="left")],
+        "max_samples": [Interval(numbers.Integral, 1, None, closed="left")],
+        "kmeans_n_init": [Interval(numbers.Integral, 1, None, closed="left")],
+        "random_state": ["random_state"],
+    }
+
+    def __init__(
+        self, n_clusters=10, *, mu=1e-2, n_clamped=129, max_samples=100_000, kmeans_n_init=1, random_state=None
+    ):
+        self.n_clusters = n_clusters
+        self.mu = mu
+        self.n_clamped = n_clamped
+        self.max_samples = max_samples
+        self.kmeans_n_init = kmeans_n_init
+        self.random_state = random_state
+
+    def coefficients(self, x: np.ndarray) -> np.ndarray:
+        """The closed-form coefficients gamma for the rows of ``x`` (n, d): (n, n_clusters) float64.
+
+        Each row sums to 1. Solved for all rows at once through the eigen-decomposition
+        V^T V = U diag(e) U^T: M = U diag(1 / (e + mu a(x))) U^T differs between rows by a scalar shift only.
+        """
+        anchors = self.cluster_centers_.astype(np.float64)
+        x = x.astype(np.float64)
+        locality = (np.abs(x[:, None, :] - anchors[None]).sum(axis=2) ** 3).sum(axis=1)
+        gram_values, gram_vectors = np.linalg.eigh(anchors @ anchors.T)
+        denominators = np.maximum(gram_values[None, :] + self.mu * locality[:, None], np.finfo(np.float64).tiny)
+        ones_rotated = gram_vectors.sum(axis=0)  # U^T 1
+        m_vx = (x @ anchors.T @ gram_vectors) / denominators  # U^T M V^T x
+        m_one = ones_rotated[None, :] / denominators  # U^T M 1
+        lagrange = (m_vx @ ones_rotated - 1.0) / (m_one @ ones_rotated)
+        return (m_vx - lagrange[:, None] * m_one) @ gram_vectors.T
+
+    def _second_order(self, x: np.ndarray) -> np.ndarray:
+        """phi(x) before centring and whitening: (n, |C| d (d + 1) / 2) float32."""
+        n_features = x.shape[1]
+        gamma = self.coefficients(x).astype(np.float32)
+        residuals = x[:, None, :] - self.cluster_centers_[None]
+        norms = np.sqrt(np.einsum("nkd,nkd->nk", residuals, residuals))
+        # A feature equal to an anchor has no direction to it: its block stays zero instead of NaN.
+        np.divide(residuals, norms[:, :, None], out=residuals, where=norms[:, :, None] > 0)
+        rows, cols = np.triu_indices(n_features)
+        products = residuals[:, :, rows] * residuals[:, :, cols]
+        products *= gamma[:, :, None]
+        return products.reshape(len(x), -1)
+
+    @_fit_context(prefer_skip_nested_validation=True)
+    def fit(self, X, y=None):
+        """Learn the anchor points, the mean of phi and the whitening projection.
+
+        Parameters
+        ----------
+        X : list of array-like of shape (n_local_i, n_features)
+            Training local feature sets, one per image (typically LocalPCA output); counts may differ
+            and may be 0.
+        y : None
+            Ignored.
+
+        Returns
+        -------
+        self : object
+        """
+        sets = check_local_sets(X, estimator=self, reset=True)
+        features = np.concatenate(sets)
+        n_samples, n_features = features.shape
+        dim = self.n_clusters * n_features * (n_features + 1) // 2
+        check_enough_features(n_samples, self.n_clusters, estimator=self, n_images=len(sets))
+        if self.n_clamped > dim:
+            raise ValueError(
+                f"FAembEmbedding: n_clamped={self.n_clamped} exceeds the embedding dimension "
+                f"n_clusters * d (d + 1) / 2 = {self.n_clusters} * {n_features} * {n_features + 1} / 2 = {dim}."
+            )
+        if n_samples <= dim:
+            warnings.warn(
+                f"FAembEmbedding: {n_samples} training local features for a {dim}-dimensional embedding: "
+                f"the covariance is singular and the whitening of its null space is arbitrary. Fit on more "
+                f"local features (typically many times {dim}).",
+                UserWarning,
+                stacklevel=2,
+            )
+        rng = check_random_state(self.random_state)
+        sample = sample_features(features, self.max_samples, rng)
+        self.cluster_centers_ = kmeans_codebook(sample, self.n_clusters, n_init=self.kmeans_n_init, rng=rng)
+        self.mean_, self.eigenvalues_, self.projection_ = learn_clamped_whitening(
+            self._second_order, features, dim, self.n_clamped
+        )
+        self.n_samples_seen_ = n_samples
+        return self
+
+    def _embed(self, x: np.ndarray, offset: np.ndarray) -> np.ndarray:
+        """P phi(x) - offset, l2-normalised, where offset = P phibar (computed once per transform)."""
+        out = self._second_order(x) @ self.projection_.T
+        out -= offset
+        norms = np.sqrt(np.einsum("nd,nd->n", out, out))[:, None]
+        return np.divide(out, norms, out=out, where=norms > 0)
+
+    def transform(self, X):
+        """Embed, whiten and l2-normalise every local feature of every image.
+
+        Parameters
+        ----------
+        X : list of array-like of shape (n_local_i, n_features)
+            Local feature sets, one per image, with the ``n_features_in_`` seen in ``fit``.
+
+        Returns
+        -------
+        local_sets : list of ndarray of shape (n_local_i, n_clusters * d * (d + 1) // 2), float32
+            Unit-norm embedded local features (a row that whitening maps to 0 stays 0); same counts as ``X``.
+        """
+        check_is_fitted(self)
+        sets = check_local_sets(X, estimator=self, reset=False)
+        offset = (self.projection_.astype(np.float64) @ self.mean_).astype(np.float32)
+        return embed_sets(sets, partial(self._embed, offset=offset), len(self.mean_), chunk_rows=_CHUNK_ROWS)
