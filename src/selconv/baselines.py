@@ -1,0 +1,566 @@
+"""Baselines on the same conv maps as the paper's framework: SPoC, MAC, R-MAC, CroW, GeM and PCA-whitening.
+
+ALGORITHMS.md section 8. Each pooling estimator maps a list of conv maps (``ConvMap`` or (K, H, W)
+arrays) to ONE 2-D float32 array (n_images, K) of l2-normalised pooled vectors; :class:`PCAWhitening`
+then applies the usual post-processing l2 -> centre -> PCA-whitening (learned on the TRAINING set)
+-> l2. :func:`make_baseline` builds the two-step pipeline.
+
+Whitening learned from a few hundred training images overfits: the smallest sample eigenvalues are
+far below the true ones, and dividing by their square root amplifies noise directions until they
+dominate the inner product. :class:`PCAWhitening` therefore shrinks the eigenvalues towards their
+mean, lambda_i -> lambda_i + s * mean(lambda), with s chosen by default on the training vectors alone
+by the Ledoit-Wolf formula (``shrinkage="ledoit-wolf"``), and optionally keeps only the leading
+``n_components`` directions.
+"""
+
+from __future__ import annotations
+
+import numbers
+import warnings
+
+import numpy as np
+from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin
+from sklearn.covariance import ledoit_wolf_shrinkage
+from sklearn.pipeline import Pipeline
+from sklearn.utils.validation import check_is_fitted
+
+from selconv._compat import Interval, StrOptions, _fit_context, validate_data
+from selconv._ragged import check_conv_maps
+from selconv.aggregation import _l2_normalize_rows
+from selconv.base import SelconvPickleMixin
+
+__all__ = ["SPoC", "MAC", "RMAC", "CroW", "GeM", "PCAWhitening", "make_baseline", "rmac_regions"]
+
+
+def _eigenvalue_floor(eigenvalues: np.ndarray) -> float:
+    """Smallest denominator kept finite: a singular covariance must not divide by zero."""
+    return np.finfo(np.float64).eps * max(float(eigenvalues.max(initial=0.0)), 1e-300)
+
+
+class PCAWhitening(SelconvPickleMixin, ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
+    """l2-normalise, centre, PCA-whiten with shrunk eigenvalues, l2-normalise (2-D -> 2-D).
+
+    The standard post-processing of pooled CNN vectors (Babenko & Lempitsky; Tolias et al.;
+    Radenovic et al.), regularised so that it survives small training sets. ``fit`` l2-normalises the
+    training vectors, takes their mean m and the eigen-decomposition lambda_i, v_i of their
+    covariance; ``transform`` maps x to
+
+        z_i = v_i^T (x / ||x|| - m) / sqrt(lambda_i + s * mean(lambda)),   i = 1..n_components,
+
+    then l2-normalises z. s = 0 is plain PCA-whitening; s -> infinity is plain PCA projection
+    (a rotation, no whitening). In between, whitening is the inverse square root of the shrunk
+    covariance (1 - delta) C + delta * mean(lambda) I with s = delta / (1 - delta).
+
+    Parameters
+    ----------
+    n_components : int or None, default=None
+        Number of leading principal directions kept (dimension reduction); None keeps all
+        ``n_features_in_``. With shrinkage > 0 keeping all directions is well defined even when the
+        training set has fewer vectors than dimensions (the null space gets the largest, common scale).
+    shrinkage : float >= 0 or "ledoit-wolf", default="ledoit-wolf"
+        s above. "ledoit-wolf" estimates delta from the TRAINING vectors only with the Ledoit-Wolf
+        formula (:func:`sklearn.covariance.ledoit_wolf_shrinkage`), which is large when the training
+        set is small relative to the dimension (where plain whitening overfits) and tends to 0 when it
+        is large (where plain whitening is what the literature uses). Never choose it on test queries.
+
+    Attributes
+    ----------
+    mean_ : ndarray of shape (n_features_in_,), float64
+        Mean of the l2-normalised training vectors.
+    components_ : ndarray of shape (n_components_, n_features_in_), float64
+        Principal directions by decreasing variance; each one's largest-magnitude entry is positive.
+    explained_variance_ : ndarray of shape (n_components_,), float64
+        Covariance eigenvalues lambda_i of the kept directions.
+    scale_ : ndarray of shape (n_components_,), float64
+        1 / sqrt(lambda_i + s * mean(lambda)), the whitening weights.
+    shrinkage_ : float
+        The s used (inf when Ledoit-Wolf finds delta = 1: no whitening).
+    n_components_ : int
+        Output dimension.
+    n_features_in_ : int
+        Input dimension.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from selconv.baselines import PCAWhitening
+    >>> X = np.random.default_rng(0).random((50, 8))
+    >>> PCAWhitening(n_components=4, shrinkage=0.1).fit_transform(X).shape
+    (50, 4)
+    """
+
+    _parameter_constraints: dict = {
+        "n_components": [Interval(numbers.Integral, 1, None, closed="left"), None],
+        "shrinkage": [Interval(numbers.Real, 0, None, closed="left"), StrOptions({"ledoit-wolf"})],
+    }
+
+    def __init__(self, n_components=None, *, shrinkage="ledoit-wolf"):
+        self.n_components = n_components
+        self.shrinkage = shrinkage
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.transformer_tags.preserves_dtype = ["float64", "float32"]
+        return tags
+
+    @_fit_context(prefer_skip_nested_validation=True)
+    def fit(self, X, y=None):
+        """Learn the mean, principal directions and shrunk whitening weights of the training vectors.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Training vectors (e.g. pooled conv features of a held-out training set), n_samples >= 2.
+        y : None
+            Ignored.
+
+        Returns
+        -------
+        self : object
+        """
+        X = validate_data(self, X, reset=True, dtype=[np.float64, np.float32], ensure_min_samples=2)
+        n_samples, n_features = X.shape
+        if self.n_components is not None and self.n_components > n_features:
+            raise ValueError(
+                f"PCAWhitening: n_components={self.n_components} must be at most the number of features "
+                f"{n_features}."
+            )
+        centred = _l2_normalize_rows(X.astype(np.float64))
+        self.mean_ = centred.mean(axis=0)
+        centred -= self.mean_
+        covariance = centred.T @ centred / n_samples
+        eigenvalues, eigenvectors = np.linalg.eigh(covariance)
+        eigenvalues = np.clip(eigenvalues[::-1], 0.0, None)
+        eigenvectors = eigenvectors[:, ::-1]
+        mean_eigenvalue = eigenvalues.mean()
+
+        if self.shrinkage == "ledoit-wolf":
+            delta = float(ledoit_wolf_shrinkage(centred, assume_centered=True)) if mean_eigenvalue > 0 else 1.0
+            self.shrinkage_ = np.inf if delta >= 1.0 else delta / (1.0 - delta)
+        else:
+            self.shrinkage_ = float(self.shrinkage)
+        if self.shrinkage_ == 0 and n_samples <= n_features and (self.n_components or n_features) >= n_samples:
+            warnings.warn(
+                f"PCAWhitening: {n_samples} training vectors in {n_features} dimensions and no shrinkage: "
+                f"the smallest eigenvalues are zero or noise and whitening will amplify them. Use "
+                f"shrinkage > 0 or n_components < {n_samples}.",
+                UserWarning,
+                stacklevel=2,
+            )
+
+        n_components = n_features if self.n_components is None else self.n_components
+        if np.isinf(self.shrinkage_):
+            scale = np.ones(n_components)
+        else:
+            denominators = eigenvalues[:n_components] + self.shrinkage_ * mean_eigenvalue
+            scale = 1.0 / np.sqrt(np.maximum(denominators, _eigenvalue_floor(eigenvalues)))
+        components = eigenvectors[:, :n_components].T
+        # eigh's signs depend on the LAPACK build; fix them so fits agree across machines.
+        signs = np.sign(components[np.arange(n_components), np.abs(components).argmax(axis=1)])
+        self.components_ = components * signs[:, None]
+        self.explained_variance_ = eigenvalues[:n_components]
+        self.scale_ = scale
+        self.n_components_ = n_components
+        self._n_features_out = n_components
+        return self
+
+    def transform(self, X):
+        """l2 -> centre -> project and whiten -> l2.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+
+        Returns
+        -------
+        X_out : ndarray of shape (n_samples, n_components_)
+            Unit-norm rows (a row equal to the training mean maps to 0); float32 unless X is float64.
+        """
+        check_is_fitted(self)
+        X = validate_data(self, X, reset=False, dtype=[np.float64, np.float32])
+        dtype = X.dtype
+        projection = (self.components_.T * self.scale_).astype(dtype)
+        offset = (self.mean_ @ projection.astype(np.float64)).astype(dtype)
+        return _l2_normalize_rows(_l2_normalize_rows(X) @ projection - offset)
+
+
+def rmac_regions(height: int, width: int, *, levels: int = 3, overlap: float = 0.4) -> np.ndarray:
+    """The R-MAC region grid of Tolias, Sicre & Jegou (ICLR 2016) on a height x width map.
+
+    At level l = 1..``levels`` the square regions have side floor(2 min(H, W) / (l + 1)) and are
+    spread uniformly over the map, l regions along the short side and l + extra along the long side,
+    where the extra count (0 for a square map) makes consecutive regions on the long side overlap by
+    about ``overlap`` (the authors try 2..7 regions along the long side). Regions of side 0 are skipped.
+    Same grid as the authors' ``rmac_regions.m`` and cirtorch's ``rmac``.
+
+    Parameters
+    ----------
+    height, width : int
+        Grid size of the conv map.
+    levels : int, default=3
+        Number of scales L.
+    overlap : float, default=0.4
+        Desired overlap of neighbouring regions.
+
+    Returns
+    -------
+    regions : ndarray of shape (n_regions, 4), int64
+        ``(x, y, side, side)``: 0-based top-left corner in grid cells, then width and height.
+        A 24 x 32 map at L = 3 gives 2 + 6 + 12 = 20 regions, a square map 1 + 4 + 9 = 14.
+    """
+    short, long_ = min(height, width), max(height, width)
+    if short == 0:
+        return np.zeros((0, 4), dtype=np.int64)
+    steps = np.arange(2, 8)
+    step_overlap = 1.0 - (long_ - short) / (steps - 1) / short
+    extra = int(np.argmin(np.abs(step_overlap - overlap))) + 1
+    extra_w = extra if height < width else 0
+    extra_h = extra if height > width else 0
+    regions = []
+    for level in range(1, levels + 1):
+        side = int(np.floor(2 * short / (level + 1)))
+        if side == 0:
+            continue
+        half = np.floor(side / 2 - 1)
+
+        def corners(n_extra, size):
+            count = level + n_extra
+            step = 0.0 if count == 1 else (size - side) / (count - 1)
+            return (np.floor(half + np.arange(count) * step) - half).astype(np.int64)
+
+        ys, xs = np.meshgrid(corners(extra_h, height), corners(extra_w, width), indexing="ij")
+        block = np.stack([xs.ravel(), ys.ravel(), np.full(xs.size, side), np.full(xs.size, side)], axis=1)
+        regions.append(block)
+    return np.concatenate(regions) if regions else np.zeros((0, 4), dtype=np.int64)
+
+
+class _ConvMapPooling(SelconvPickleMixin, ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
+    """Shared machinery: subclasses define ``_pool(F) -> (K,)`` for one (K, H, W) float32 map."""
+
+    _parameter_constraints: dict = {}
+    #: Pooling needs non-negative activations (post-ReLU maps); checked with a clear error.
+    _requires_nonnegative = False
+
+    def _pool(self, features: np.ndarray) -> np.ndarray:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _check_maps(self, X, *, reset: bool) -> list[np.ndarray]:
+        maps = check_conv_maps(X, estimator=self, reset=reset)
+        arrays = []
+        for index, conv_map in enumerate(maps):
+            features = np.asarray(conv_map.features, dtype=np.float32)
+            if self._requires_nonnegative and features.size and features.min() < 0:
+                where = f" ({conv_map.source})" if conv_map.source else ""
+                raise ValueError(
+                    f"{type(self).__name__}: conv map {index}{where} has negative activations; it is defined "
+                    f"for non-negative (post-ReLU) conv maps."
+                )
+            arrays.append(features)
+        return arrays
+
+    @_fit_context(prefer_skip_nested_validation=True)
+    def fit(self, X, y=None):
+        """Check the conv maps and record their number of channels; nothing is learned.
+
+        Parameters
+        ----------
+        X : list of ConvMap or array-like of shape (n_channels, height, width)
+            One conv map per image; grid sizes may differ.
+        y : None
+            Ignored.
+
+        Returns
+        -------
+        self : object
+        """
+        self._check_maps(X, reset=True)
+        self._n_features_out = self.n_features_in_
+        return self
+
+    def transform(self, X):
+        """Pool each conv map into one l2-normalised vector.
+
+        Parameters
+        ----------
+        X : list of ConvMap or array-like of shape (n_channels, height, width)
+            One conv map per image, with the ``n_features_in_`` channels seen in ``fit``.
+
+        Returns
+        -------
+        X_out : ndarray of shape (n_images, n_channels), float32
+            Unit-norm rows; an all-zero (or empty) map gives a zero row.
+        """
+        check_is_fitted(self)
+        maps = self._check_maps(X, reset=False)
+        pooled = np.zeros((len(maps), self._n_features_out), dtype=np.float32)
+        for index, features in enumerate(maps):
+            if features.shape[1] * features.shape[2] > 0:
+                pooled[index] = self._pool(features)
+        return _l2_normalize_rows(pooled)
+
+
+def _center_prior(height: int, width: int) -> np.ndarray:
+    """Babenko & Lempitsky's Gaussian centre prior on the grid (cell centres), sigma = 1/3 of the
+    distance from the centre to the closest border."""
+    sigma = min(height, width) / 2 / 3
+    y = np.arange(height) - (height - 1) / 2
+    x = np.arange(width) - (width - 1) / 2
+    return np.exp(-(y[:, None] ** 2 + x[None, :] ** 2) / (2 * sigma**2))
+
+
+class SPoC(_ConvMapPooling):
+    """Sum pooling of conv features, SPoC (Babenko & Lempitsky, ICCV 2015).
+
+    psi_k = sum_(x,y) alpha(x, y) F_k(x, y), l2-normalised; alpha = 1, or with ``center_prior`` a
+    Gaussian centred on the map with sigma one third of the distance from the centre to the closest
+    border (the paper's centre prior, computed on the grid's cell centres).
+
+    Parameters
+    ----------
+    center_prior : bool, default=False
+        Weight locations by the Gaussian centre prior.
+    """
+
+    _parameter_constraints: dict = {"center_prior": ["boolean"]}
+
+    def __init__(self, *, center_prior=False):
+        self.center_prior = center_prior
+
+    def _pool(self, features):
+        if not self.center_prior:
+            return features.sum(axis=(1, 2), dtype=np.float64)
+        weights = _center_prior(*features.shape[1:])
+        return np.tensordot(features, weights.astype(np.float32), axes=([1, 2], [0, 1]))
+
+
+class MAC(_ConvMapPooling):
+    """Maximum activation of convolutions, MAC (Tolias et al.; Razavian et al.): psi_k = max F_k, l2-normalised."""
+
+    def _pool(self, features):
+        return features.max(axis=(1, 2))
+
+
+class GeM(_ConvMapPooling):
+    """Generalised-mean pooling, GeM (Radenovic, Tolias & Chum, TPAMI 2018).
+
+    psi_k = (mean_(x,y) F_k(x, y)^p)^(1/p), l2-normalised: p = 1 is average pooling (SPoC after
+    l2-normalisation), p -> infinity is MAC. Defined for non-negative (post-ReLU) maps; negative
+    activations raise (cirtorch clamps them to 1e-6 instead).
+
+    Parameters
+    ----------
+    p : float > 0, default=3.0
+        The power (the value of Radenovic et al. for a fixed p).
+    """
+
+    _parameter_constraints: dict = {"p": [Interval(numbers.Real, 0, None, closed="neither")]}
+    _requires_nonnegative = True
+
+    def __init__(self, p=3.0):
+        self.p = p
+
+    def _pool(self, features):
+        flat = features.reshape(features.shape[0], -1).astype(np.float64)
+        peak = flat.max(axis=1)
+        # Scale each channel by its maximum first so that large p neither overflows nor underflows.
+        ratio = np.divide(flat, peak[:, None], out=np.zeros_like(flat), where=peak[:, None] > 0)
+        return peak * np.mean(ratio**self.p, axis=1) ** (1.0 / self.p)
+
+
+class CroW(_ConvMapPooling):
+    """Cross-dimensional weighting, CroW (Kalantidis, Mellina & Osindero, ECCVW 2016).
+
+    Spatial weights from the channel sum S'(x, y) = sum_k F_k(x, y):
+    S = (S' / ||S'||_a)^(1/b); channel weights from the sparsity of each channel, Q_k = fraction of
+    non-zero locations, Omega_k = log(sum_h Q_h / Q_k) (0 for an all-zero channel);
+    psi_k = Omega_k sum_(x,y) S(x, y) F_k(x, y), l2-normalised. As the authors' code, the weights
+    come from each image's own map. Defined for non-negative (post-ReLU) maps.
+
+    Parameters
+    ----------
+    a : float > 0, default=2
+        Power of the spatial normalisation.
+    b : float > 0, default=2
+        Inverse power applied to the normalised spatial weights.
+    """
+
+    _parameter_constraints: dict = {
+        "a": [Interval(numbers.Real, 0, None, closed="neither")],
+        "b": [Interval(numbers.Real, 0, None, closed="neither")],
+    }
+    _requires_nonnegative = True
+
+    def __init__(self, *, a=2, b=2):
+        self.a = a
+        self.b = b
+
+    def spatial_weights(self, features: np.ndarray) -> np.ndarray:
+        """S for one (K, H, W) map: (H, W), zero where the map is all zero."""
+        channel_sum = features.sum(axis=0, dtype=np.float64)
+        norm = np.sum(channel_sum**self.a) ** (1.0 / self.a)
+        if norm == 0:
+            return np.zeros_like(channel_sum)
+        return (channel_sum / norm) ** (1.0 / self.b)
+
+    @staticmethod
+    def channel_weights(features: np.ndarray) -> np.ndarray:
+        """Omega for one (K, H, W) map: (K,), log inverse sparsity, 0 for an all-zero channel."""
+        nonzero = np.count_nonzero(features.reshape(features.shape[0], -1), axis=1) / (
+            features.shape[1] * features.shape[2]
+        )
+        total = nonzero.sum()
+        return np.log(np.divide(total, nonzero, out=np.ones_like(nonzero), where=nonzero > 0))
+
+    def _pool(self, features):
+        weighted = np.tensordot(features.astype(np.float64), self.spatial_weights(features), axes=([1, 2], [0, 1]))
+        return weighted * self.channel_weights(features)
+
+
+class RMAC(_ConvMapPooling):
+    """Regional maximum activation of convolutions, R-MAC (Tolias, Sicre & Jegou, ICLR 2016).
+
+    MAC vectors of the regions of :func:`rmac_regions` (L scales, ``overlap``), each l2-normalised
+    and, with ``region_whitening``, PCA-whitened and l2-normalised again by a :class:`PCAWhitening`
+    learned in ``fit`` on the regions of the training maps (Tolias et al. learn it on regions of a
+    held-out dataset); the region vectors are summed and the sum l2-normalised. As in Tolias et al.
+    the whole map is not itself a region (cirtorch also adds its MAC vector).
+
+    Parameters
+    ----------
+    levels : int, default=3
+        Number of scales L.
+    overlap : float in [0, 1), default=0.4
+        Desired overlap of neighbouring regions.
+    region_whitening : bool, default=True
+        Whiten the region vectors (part of R-MAC's definition); False sums plain l2-normalised regions
+        and ``fit`` learns nothing.
+    n_components : int or None, default=None
+        Output dimension of the regional whitening; None keeps n_channels. Ignored without
+        ``region_whitening``.
+    shrinkage : float >= 0 or "ledoit-wolf", default="ledoit-wolf"
+        Eigenvalue shrinkage of the regional whitening; see :class:`PCAWhitening`.
+
+    Attributes
+    ----------
+    region_whitening_ : PCAWhitening or None
+        The fitted regional whitening.
+    n_regions_seen_ : int
+        Number of training regions it was learned on.
+    """
+
+    _parameter_constraints: dict = {
+        "levels": [Interval(numbers.Integral, 1, None, closed="left")],
+        "overlap": [Interval(numbers.Real, 0, 1, closed="left")],
+        "region_whitening": ["boolean"],
+        "n_components": [Interval(numbers.Integral, 1, None, closed="left"), None],
+        "shrinkage": [Interval(numbers.Real, 0, None, closed="left"), StrOptions({"ledoit-wolf"})],
+    }
+
+    def __init__(self, *, levels=3, overlap=0.4, region_whitening=True, n_components=None, shrinkage="ledoit-wolf"):
+        self.levels = levels
+        self.overlap = overlap
+        self.region_whitening = region_whitening
+        self.n_components = n_components
+        self.shrinkage = shrinkage
+
+    def _region_vectors(self, features: np.ndarray) -> np.ndarray:
+        """l2-normalised MAC vectors of one map's regions: (n_regions, K) float32."""
+        regions = rmac_regions(*features.shape[1:], levels=self.levels, overlap=self.overlap)
+        vectors = []
+        # The regions of one side form a grid of top rows x left columns: take the max over each
+        # needed band of rows once, then over each needed band of columns (a separable max filter).
+        for side in np.unique(regions[:, 2]):
+            at_side = regions[regions[:, 2] == side]
+            rows, row_index = np.unique(at_side[:, 1], return_inverse=True)
+            cols, col_index = np.unique(at_side[:, 0], return_inverse=True)
+            row_max = np.lib.stride_tricks.sliding_window_view(features, side, axis=1)[:, rows].max(axis=-1)
+            grid_max = np.lib.stride_tricks.sliding_window_view(row_max, side, axis=2)[:, :, cols].max(axis=-1)
+            vectors.append(grid_max[:, row_index, col_index].T)
+        if not vectors:
+            return np.zeros((0, features.shape[0]), dtype=np.float32)
+        return _l2_normalize_rows(np.concatenate(vectors))
+
+    @_fit_context(prefer_skip_nested_validation=True)
+    def fit(self, X, y=None):
+        """Learn the regional PCA-whitening on the regions of the training conv maps.
+
+        Parameters
+        ----------
+        X : list of ConvMap or array-like of shape (n_channels, height, width)
+            Training conv maps (a held-out set, never the test database's queries).
+        y : None
+            Ignored.
+
+        Returns
+        -------
+        self : object
+        """
+        maps = self._check_maps(X, reset=True)
+        self.region_whitening_ = None
+        self.n_regions_seen_ = 0
+        self._n_features_out = self.n_features_in_
+        if not self.region_whitening:
+            return self
+        regions = np.concatenate([self._region_vectors(features) for features in maps])
+        # All-zero regions carry no direction; they would only pull the mean towards 0.
+        regions = regions[np.any(regions != 0, axis=1)]
+        if len(regions) < 2:
+            raise ValueError(
+                f"RMAC: the training conv maps have {len(regions)} non-zero regions; the regional "
+                f"whitening needs at least 2."
+            )
+        self.region_whitening_ = PCAWhitening(self.n_components, shrinkage=self.shrinkage).fit(regions)
+        self.n_regions_seen_ = len(regions)
+        self._n_features_out = self.region_whitening_.n_components_
+        return self
+
+    def _pool(self, features):
+        regions = self._region_vectors(features)
+        regions = regions[np.any(regions != 0, axis=1)]
+        if len(regions) == 0:
+            return np.zeros(self._n_features_out, dtype=np.float32)
+        if self.region_whitening_ is not None:
+            regions = self.region_whitening_.transform(regions)
+        return regions.sum(axis=0, dtype=np.float64)
+
+
+_POOLINGS = {"spoc": SPoC, "mac": MAC, "rmac": RMAC, "crow": CroW, "gem": GeM}
+
+
+def make_baseline(name, *, n_components=None, whitening=True, shrinkage="ledoit-wolf", **pooling_params):
+    """The pipeline [pooling, PCAWhitening] of one of the paper's baselines.
+
+    Parameters
+    ----------
+    name : {"spoc", "mac", "rmac", "crow", "gem"}
+        The pooling: :class:`SPoC`, :class:`MAC`, :class:`RMAC`, :class:`CroW` or :class:`GeM`.
+    n_components : int or None, default=None
+        Output dimension of the final whitening (dimension reduction); None keeps n_channels.
+    whitening : bool, default=True
+        Learn the final l2 -> centre -> PCA-whitening -> l2 on the training set (and, for R-MAC, the
+        regional whitening too). False gives the plain l2-normalised pooled vectors
+        (the ``"whitening"`` step is then ``"passthrough"``).
+    shrinkage : float >= 0 or "ledoit-wolf", default="ledoit-wolf"
+        Eigenvalue shrinkage of every whitening in the pipeline; see :class:`PCAWhitening`.
+    **pooling_params
+        Passed to the pooling estimator (e.g. ``p=3.0`` for GeM, ``center_prior=True`` for SPoC).
+
+    Returns
+    -------
+    pipeline : sklearn.pipeline.Pipeline
+        Steps ``"pooling"`` and ``"whitening"``; fit it on TRAINING conv maps.
+
+    Examples
+    --------
+    >>> from selconv.baselines import make_baseline
+    >>> pipeline = make_baseline("gem", n_components=256, p=3.0)
+    >>> [name for name, _ in pipeline.steps], pipeline[-1].n_components
+    (['pooling', 'whitening'], 256)
+    """
+    if name not in _POOLINGS:
+        raise ValueError(f"make_baseline: unknown baseline name {name!r}; choose one of {sorted(_POOLINGS)}.")
+    if name == "rmac":
+        pooling_params = {"region_whitening": whitening, "shrinkage": shrinkage, **pooling_params}
+    pooling = _POOLINGS[name](**pooling_params)
+    final = PCAWhitening(n_components, shrinkage=shrinkage) if whitening else "passthrough"
+    return Pipeline([("pooling", pooling), ("whitening", final)])
