@@ -1,0 +1,472 @@
+"""Single-threaded time per image of every stage after the CNN, against the paper's MATLAB (paper Fig. 7).
+
+Stages: mask, LocalPCA, Temb, democratic pooling, RN, PN (and ITQ when selconv.hashing.ITQHasher
+exists), on conv maps shaped like VGG16 pool5 of a 1024-px image (K = 512 channels on a 32 x 24 grid).
+Three configurations, as in the paper's figure: MAX-mask at 512-D (d=32, |C|=20) and 1024-D
+(d=64, |C|=18), and no mask at 512-D. The paper measured 7.8 / 11.2 / 15.8 ms per image on one
+3.4 GHz core (i7-6700), mask included, conv extraction excluded.
+
+Everything runs on ONE thread (BLAS, OpenMP, torch). The same run measures this machine's
+single-thread float32 GEMM rate and reports the FLOP rate achieved by the dominant steps (the Temb
+projection GEMM and the democratic Gram matrix) as a fraction of it. It also times the fit of the
+whole chain on the local features of ``--n-fit-images`` training images.
+
+Without ``--maps`` the conv maps are synthetic, built to match pool5's statistics that drive the cost:
+the grid size and the share of cells MAX-mask keeps (29% measured on real images, see
+../shared/data/README.md; paper: ~30%); see :func:`synthetic_pool5_map`. With ``--maps file.npz`` (one (K, H, W)
+array per entry) real maps are used, cycled as needed.
+
+Run from the repository root::
+
+    python benchmarks/bench_stages.py                      # full run, writes benchmarks/results/stages.md + .png
+    python benchmarks/bench_stages.py --n-fit-images 1000  # quicker fit measurement
+"""
+
+from __future__ import annotations
+
+import os
+
+# Before numpy/scipy/torch load their thread pools: one thread everywhere.
+for _variable in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "BLIS_NUM_THREADS"):
+    os.environ[_variable] = "1"
+
+import argparse  # noqa: E402
+import platform  # noqa: E402
+import shlex  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+import warnings  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+from threadpoolctl import threadpool_info, threadpool_limits  # noqa: E402
+
+from selconv.aggregation import DemocraticAggregator, EmptyImageWarning  # noqa: E402
+from selconv.embedding import TriangulationEmbedding  # noqa: E402
+from selconv.local import LocalPCA  # noqa: E402
+from selconv.masks import MaxMask, NoMask  # noqa: E402
+from selconv.postprocessing import PowerNormalizer, RotationNormalizer  # noqa: E402
+
+try:
+    from selconv.hashing import ITQHasher
+except ImportError:  # written by another engineer; the benchmark runs without it
+    ITQHasher = None
+
+#: name, mask class, d, |C|, paper MATLAB ms per image (Fig. 7)
+CONFIGS = [
+    ("MAX-mask 512-D", MaxMask, 32, 20, 7.8),
+    ("MAX-mask 1024-D", MaxMask, 64, 18, 11.2),
+    ("no mask 512-D", NoMask, 32, 20, 15.8),
+]
+N_DROPPED = 128  # leading rotated components dropped after Temb (paper, ALGORITHMS.md section 6)
+N_BITS = 256  # ITQ code length for the timing (paper: 64..512 bits from the 512-D vector)
+DEFAULT_N_FIT_IMAGES = 5000  # the paper learns on 5,000-6,400 training images
+POOL5_SHAPE = (512, 24, 32)  # K x H x W of VGG16 pool5 for a 1024 x 768 image
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def synthetic_pool5_map(rng, shape=POOL5_SHAPE, zero_fraction=0.8, n_salient=260) -> np.ndarray:
+    """A (K, H, W) float32 map with pool5-like sparsity and MAX-mask selectivity.
+
+    Activations are exponential noise with ``zero_fraction`` of them set to 0 (ReLU). Real pool5
+    channels peak on the few object parts an image has, so every channel's maximum is placed on
+    one of ``n_salient`` cells of the image: the union of the K maxima then covers about
+    n_salient (1 - exp(-K / n_salient)) = 224 of the 768 cells, the 29% MAX-mask keeps on real
+    images (the number of selected local features is what the later stages' cost depends on).
+    """
+    n_channels, height, width = shape
+    n_cells = height * width
+    x = rng.standard_exponential((n_channels, n_cells), dtype=np.float32)
+    x[rng.random((n_channels, n_cells), dtype=np.float32) < zero_fraction] = 0.0
+    salient = rng.choice(n_cells, n_salient, replace=False)
+    peaks = salient[rng.integers(0, n_salient, n_channels)]
+    x[np.arange(n_channels), peaks] = x.max(axis=1) + 1.0 + rng.standard_exponential(n_channels, dtype=np.float32)
+    return x.reshape(shape)
+
+
+class MapSource:
+    """Conv maps by index: real ones from ``--maps`` (cycled), or synthetic ones seeded per index."""
+
+    def __init__(self, path: str | None, seed: int):
+        self.seed = seed
+        self.maps = None
+        if path is not None:
+            with np.load(path) as archive:
+                self.maps = [np.asarray(archive[key], dtype=np.float32) for key in sorted(archive.files)]
+            bad = [m.shape for m in self.maps if m.ndim != 3]
+            if not self.maps or bad:
+                raise ValueError(f"--maps {path}: expected one (K, H, W) array per entry; got shapes {bad or 'none'}.")
+
+    def __call__(self, start: int, stop: int) -> list[np.ndarray]:
+        if self.maps is not None:
+            return [self.maps[i % len(self.maps)] for i in range(start, stop)]
+        return [synthetic_pool5_map(np.random.default_rng([self.seed, i])) for i in range(start, stop)]
+
+
+def best_time(function, repeats: int) -> float:
+    """Smallest CPU time of this thread over ``repeats`` calls.
+
+    With every library limited to one thread, all the work runs on the calling thread, so its CPU
+    time (``time.thread_time``) is the single-core compute time: on an idle machine it equals the
+    wall time, and on a shared one it leaves out the slices other processes take.
+    """
+    times = []
+    for _ in range(repeats):
+        start = time.thread_time()
+        function()
+        times.append(time.thread_time() - start)
+    return min(times)
+
+
+def gemm_rate(m: int, k: int, n: int, repeats: int) -> float:
+    """Single-thread float32 GEMM rate of an (m, k) @ (k, n) product, in GFLOP/s."""
+    rng = np.random.default_rng(0)
+    a = rng.random((m, k), dtype=np.float32)
+    b = rng.random((k, n), dtype=np.float32)
+    out = np.empty((m, n), dtype=np.float32)
+    np.matmul(a, b, out=out)  # warm-up
+    return 2.0 * m * k * n / best_time(lambda: np.matmul(a, b, out=out), repeats) / 1e9
+
+
+def fit_chain(config, source: MapSource, n_fit: int, batch: int, seed: int):
+    """Fit mask -> LocalPCA -> Temb -> democratic -> RN -> PN (-> ITQ) as Pipeline.fit would; time each stage.
+
+    The training conv maps are produced batch by batch and never all held in memory. LocalPCA is
+    fitted on the first images holding at least its ``max_samples`` local features (it would sample
+    only that many from all images anyway), then transforms every training image.
+    """
+    _, mask_class, d, n_clusters, _ = config
+    mask = mask_class().fit(source(0, 1))
+    pca = LocalPCA(d, random_state=seed)
+    times = dict.fromkeys(["mask", "LocalPCA", "Temb", "democratic", "RN", "PN"], 0.0)
+    if ITQHasher is not None:
+        times["ITQ"] = 0.0
+
+    def masked(start, stop):
+        maps = source(start, stop)
+        began = time.thread_time()
+        sets = mask.transform(maps)
+        times["mask"] += time.thread_time() - began
+        return sets
+
+    # LocalPCA's fit sample: the first images, up to max_samples local features.
+    raw, n_raw, stop = [], 0, 0
+    while stop < n_fit and n_raw < pca.max_samples:
+        sets = masked(stop, min(stop + batch, n_fit))
+        stop += len(sets)
+        raw += sets
+        n_raw += sum(len(s) for s in sets)
+    began = time.thread_time()
+    pca.fit(raw)
+    reduced = pca.transform(raw)
+    times["LocalPCA"] += time.thread_time() - began
+    del raw
+    for start in range(stop, n_fit, batch):
+        sets = masked(start, min(start + batch, n_fit))
+        began = time.thread_time()
+        reduced += pca.transform(sets)
+        times["LocalPCA"] += time.thread_time() - began
+    n_local = sum(len(s) for s in reduced)
+
+    began = time.thread_time()
+    temb = TriangulationEmbedding(n_clusters, random_state=seed).fit(reduced)
+    times["Temb"] += time.thread_time() - began
+    democratic = DemocraticAggregator().fit(temb.transform(reduced[:1]))
+    aggregated = []
+    for start in range(0, n_fit, batch):  # embedded sets are |C| times larger: never all at once
+        began = time.thread_time()
+        embedded = temb.transform(reduced[start : start + batch])
+        middle = time.thread_time()
+        aggregated.append(democratic.transform(embedded))
+        times["Temb"] += middle - began
+        times["democratic"] += time.thread_time() - middle
+    aggregated = np.concatenate(aggregated)
+
+    began = time.thread_time()
+    rn = RotationNormalizer(n_dropped=N_DROPPED)
+    rotated = rn.fit_transform(aggregated)
+    times["RN"] = time.thread_time() - began
+    began = time.thread_time()
+    pn = PowerNormalizer()
+    final = pn.fit_transform(rotated)
+    times["PN"] = time.thread_time() - began
+    stages = {"mask": mask, "LocalPCA": pca, "Temb": temb, "democratic": democratic, "RN": rn, "PN": pn}
+    if ITQHasher is not None:
+        began = time.thread_time()
+        n_bits = min(N_BITS, len(final) // 8 * 8)  # ITQ's PCA needs n_bits training vectors
+        stages["ITQ"] = ITQHasher(n_bits, random_state=seed).fit(final)
+        times["ITQ"] = time.thread_time() - began
+    return stages, times, n_local
+
+
+def time_online(stages: dict, maps: list, repeats: int, batch: int = 20):
+    """Per-stage seconds per image: one call per image (online query), and calls on ``batch`` images.
+
+    Every timed call is short (milliseconds) and repeated ``repeats`` times back to back, keeping the
+    best: on a machine shared with other processes this picks the undisturbed runs, where timing
+    the whole test set at once would average the disturbances in.
+    """
+    names = list(stages)
+    # Inputs of every stage, computed once.
+    inputs = {names[0]: maps}
+    for previous, name in zip(names, names[1:]):
+        inputs[name] = stages[previous].transform(inputs[previous])
+    n_images = len(maps)
+    per_image, batched = {}, {}
+    for name in names:
+        stage, data = stages[name], inputs[name]
+        per_image[name] = sum(
+            best_time(lambda i=i: stage.transform(data[i : i + 1]), repeats) for i in range(n_images)
+        ) / n_images
+        batched[name] = sum(
+            best_time(lambda i=i: stage.transform(data[i : i + batch]), repeats) for i in range(0, n_images, batch)
+        ) / n_images
+    return per_image, batched, inputs
+
+
+def gram_rate(embedded: list, repeats: int) -> float:
+    """GFLOP/s of the democratic Gram matrices Y Y^T alone, on the actual embedded test images."""
+    seconds = sum(best_time(lambda Y=Y: Y @ Y.T, repeats) for Y in embedded if len(Y))
+    return sum(len(Y) * (len(Y) + 1) * Y.shape[1] for Y in embedded) / seconds / 1e9
+
+
+def machine_info() -> dict:
+    cpu = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        cpu = platform.processor() or "unknown"
+    blas = [
+        f"{i['internal_api']} {i.get('version')} ({i.get('architecture')}, {i['filepath'].rsplit('/', 1)[-1]})"
+        for i in threadpool_info()
+        if i["user_api"] == "blas" and "numpy" in i["filepath"]
+    ]
+    load = os.getloadavg() if hasattr(os, "getloadavg") else None
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "blas": "; ".join(blas) or "unknown",
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+        "load": load,
+    }
+
+
+def write_plot(path: Path, rows: list[dict]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    stage_names = list(rows[0]["per_image"])
+    colors = plt.get_cmap("tab10").colors
+    fig, ax = plt.subplots(figsize=(9, 4.8))
+    width = 0.26
+    for index, row in enumerate(rows):
+        for offset, key, label in [(-width, "per_image", "one image per call"), (0.0, "batched", "batched")]:
+            bottom = 0.0
+            for s, stage in enumerate(stage_names):
+                value = row[key][stage] * 1e3
+                ax.bar(index + offset, value, width, bottom=bottom, color=colors[s],
+                       label=stage if index == 0 and key == "per_image" else None,
+                       hatch=None if key == "per_image" else "//", edgecolor="white")
+                bottom += value
+        paper_label = "paper (MATLAB, i7-6700 core)" if index == 0 else None
+        ax.bar(index + width, row["paper_ms"], width, color="0.6", label=paper_label)
+    ax.set_xticks(range(len(rows)))
+    ax.set_xticklabels([r["name"] for r in rows])
+    ax.set_xlabel("per configuration: one image per call (plain) | batched (hatched) | paper's MATLAB (grey)",
+                  fontsize=8)
+    ax.set_ylabel("ms per image, 1 thread")
+    ax.set_title("Online time per image after the CNN, per stage")
+    ax.legend(fontsize=8, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_markdown(path: Path, args, info, peak, rows, wall) -> None:
+    ms = lambda seconds: f"{seconds * 1e3:.2f}"  # noqa: E731
+    stage_names = list(rows[0]["per_image"])
+    lines = [
+        "# Stage timings: time per image after the CNN, one thread",
+        "",
+        f"Generated by `benchmarks/bench_stages.py` in {wall / 60:.1f} min. Rerun from the repository root:",
+        "",
+        "```",
+        "python " + " ".join(shlex.quote(a) for a in [Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
+        "```",
+        "",
+        "## Machine",
+        "",
+        f"- CPU: {info['cpu']} ({info['cores']} logical cores visible; ONE thread used: threadpoolctl limit 1, "
+        f"OMP/OPENBLAS/MKL_NUM_THREADS=1, torch.set_num_threads(1))",
+        f"- numpy {info['numpy']}, BLAS: {info['blas']}; Python {info['python']}",
+        f"- load average at start (1/5/15 min): {', '.join(f'{v:.1f}' for v in info['load'] or []) or 'n/a'}"
+        " (other processes share the cores). Every time below is the CPU time of the one working thread"
+        " (`time.thread_time`: on an idle machine the wall time; here it leaves out the slices other processes"
+        " take), best of the repeats; shared caches and memory bandwidth still feel the other processes.",
+        "- single-thread float32 GEMM rate (numpy matmul, best of repeats), measured in the same run: "
+        + "; ".join(f"{shape}: {rate:.1f} GFLOP/s" for shape, rate in peak["shapes"].items())
+        + f". Reference peak used below = **{peak['reference']:.1f} GFLOP/s**, the best of these (so the ratios"
+        " are conservative).",
+        "",
+        "## Input",
+        "",
+        ("- conv maps: " + (f"real maps from `{args.maps}`" if args.maps else
+         "synthetic VGG16-pool5-like maps (K=512, 24 x 32 grid = 1024 x 768 image; 80% zeros; channel maxima on "
+         "260 salient cells, see `synthetic_pool5_map`)")),
+        f"- online timing: {args.n_images} test images (not the training ones); every call repeated {args.repeats}"
+        " times, the best kept; 'one image per call' times every stage's `transform([x])` per image (an online"
+        " query, as in the paper); 'batched' times `transform` on 20 images at a time, divided by 20.",
+        f"- MAX-mask keeps {rows[0]['kept']:.1%} of the cells ({rows[0]['n_local']:.0f} local features per image; "
+        "paper ~30%, measured on real images 29%); no mask keeps all 768.",
+        "",
+        "## Online time per image (ms, one thread)",
+        "",
+        "| configuration | " + " | ".join(stage_names) + " | total w/o ITQ | paper MATLAB | ratio to paper |",
+        "|---" * (len(stage_names) + 4) + "|",
+    ]
+    for row in rows:
+        for key, label in [("per_image", "one image per call"), ("batched", "batched")]:
+            total = sum(v for k, v in row[key].items() if k != "ITQ")
+            lines.append(
+                f"| {row['name']}, {label} | " + " | ".join(ms(row[key][s]) for s in stage_names)
+                + f" | **{ms(total)}** | {row['paper_ms']} | {total * 1e3 / row['paper_ms']:.2f} |"
+            )
+    lines += [
+        "",
+        "The paper's time includes computing and applying the mask and excludes conv-map extraction, as here;"
+        " it covers mask, local PCA, Temb, democratic pooling, RN and PN (no hashing). The paper's core"
+        " (i7-6700, 3.4 GHz, AVX2) has a float32 peak of about 109 GFLOP/s, close to this machine's GEMM rate"
+        " above. Repeating a call on the same image keeps its data in cache, as it is in an online query whose"
+        " conv map the CNN has just written; the batched calls stream 20 maps (30 MB), hence their slower mask." +
+        ("" if "ITQ" in stage_names else " ITQ: `selconv.hashing.ITQHasher` was not available, skipped."),
+        "",
+        "## FLOP rate of the dominant steps, as a fraction of this machine's single-thread GEMM rate",
+        "",
+        "Stage rate = the step's arithmetic / the WHOLE stage's time (element-wise work, validation and Python"
+        " overhead included): a lower bound on the rate of the GEMM inside it. Temb: 2 n D^2 (the projection"
+        " GEMM, n local features, D = |C| d); democratic: n (n + 1) D per image (the symmetric Gram matrix,"
+        " the flops BLAS syrk performs; a GEMM-equivalent count 2 n^2 D would double these). 'Gram alone' times"
+        " `Y @ Y.T` by itself on the same embedded test images. Target: >= 0.5. With MAX-mask an image has"
+        " about 223 local features, so its Gram matrix is only about 32 MFLOP (under half a millisecond) and"
+        " the rest of the stage (l2-normalisation, 10 Sinkhorn steps, validation) weighs more.",
+        "",
+        "| configuration | D | Temb stage, batched | Temb stage, one image per call | democratic stage, batched "
+        "| Gram alone |",
+        "|---|---|---|---|---|---|",
+    ]
+    fraction = lambda rate: f"{rate:.1f} GFLOP/s = **{rate / peak['reference']:.2f}**"  # noqa: E731
+    for row in rows:
+        lines.append(
+            f"| {row['name']} | {row['dim']} | {fraction(row['temb_rate'])} | {fraction(row['temb_rate_single'])} | "
+            f"{fraction(row['democratic_rate'])} | {fraction(row['gram_rate'])} |"
+        )
+    lines += [
+        "",
+        f"## Fit time on the local features of {args.n_fit_images} training images (s, one thread)",
+        "",
+        "As `Pipeline.fit` spends it: each stage's fit plus the transform of the training set for the next stage"
+        " (LocalPCA fits on the first images holding its max_samples=100,000 local features, Temb's k-means on"
+        " 100,000 sampled ones, its mean and covariance on all). CPU time of the one thread, measured once;"
+        " map generation is not counted.",
+        "",
+        "| configuration | training local features | " + " | ".join(rows[0]["fit"]) + " | total |",
+        "|---" * (len(rows[0]["fit"]) + 3) + "|",
+    ]
+    for row in rows:
+        lines.append(
+            f"| {row['name']} | {row['n_fit_local']:,} | " + " | ".join(f"{v:.1f}" for v in row["fit"].values())
+            + f" | **{sum(row['fit'].values()):.1f}** |"
+        )
+    if args.n_fit_images < DEFAULT_N_FIT_IMAGES:
+        lines += [
+            "",
+            f"Note: the fit was measured on {args.n_fit_images:,} training images rather than the default"
+            f" {DEFAULT_N_FIT_IMAGES:,}, because the full run takes well over 5 minutes on this shared machine."
+            " Fit time grows linearly with the number of training local features, except LocalPCA's fit and"
+            " Temb's k-means, which use samples of a fixed size (100,000 local features).",
+        ]
+    if args.note:
+        lines += ["", f"Note: {args.note}"]
+    lines += ["", "![stage timings](stages.png)", ""]
+    path.write_text("\n".join(lines))
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--maps", help="npz file with one (K, H, W) conv map per entry (default: synthetic pool5 maps)")
+    parser.add_argument("--n-images", type=int, default=100, help="test images for the online timing (default 100)")
+    parser.add_argument("--n-fit-images", type=int, default=DEFAULT_N_FIT_IMAGES,
+                        help=f"training images for the fit timing (default {DEFAULT_N_FIT_IMAGES})")
+    parser.add_argument("--repeats", type=int, default=5, help="repeats of every timing; the best is kept (default 5)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out-dir", type=Path, default=RESULTS, help="where stages.md and stages.png go")
+    parser.add_argument("--note", default="", help="a remark added to the results file")
+    args = parser.parse_args(argv)
+
+    started = time.perf_counter()
+    limiter = threadpool_limits(limits=1)  # noqa: F841 - kept alive for the whole run
+    try:
+        import torch
+
+        torch.set_num_threads(1)
+    except ImportError:
+        pass
+    warnings.simplefilter("ignore", EmptyImageWarning)
+    info = machine_info()
+    print(f"CPU {info['cpu']}, BLAS {info['blas']}, load {info['load']}", flush=True)
+
+    source = MapSource(args.maps, args.seed)
+    fit_source = source
+    test_source = MapSource(args.maps, args.seed + 1)
+    test_maps = test_source(0, args.n_images)
+
+    shapes = {"1024x640 @ 640x640": (1024, 640, 640), "1024x1152 @ 1152x1152": (1024, 1152, 1152),
+              "2048x2048 @ 2048x2048": (2048, 2048, 2048)}
+    peak = {"shapes": {name: gemm_rate(*shape, repeats=args.repeats) for name, shape in shapes.items()}}
+    print(f"GEMM: {peak['shapes']}", flush=True)
+
+    rows = []
+    for config in CONFIGS:
+        name, _, d, n_clusters, paper_ms = config
+        print(f"== {name}: fitting on {args.n_fit_images} images", flush=True)
+        stages, fit_times, n_fit_local = fit_chain(config, fit_source, args.n_fit_images, batch=250, seed=args.seed)
+        print(f"   fit times {fit_times}", flush=True)
+        dim = d * n_clusters
+        # The machine's rate can drift while other processes come and go: measure the GEMM of the
+        # Temb projection's own shape again next to this configuration's timings.
+        peak["shapes"][f"1024x{dim} @ {dim}x{dim}, before {name}"] = gemm_rate(1024, dim, dim, args.repeats)
+        per_image, batched, inputs = time_online(stages, test_maps, args.repeats)
+        peak["shapes"][f"1024x{dim} @ {dim}x{dim}, after {name}"] = gemm_rate(1024, dim, dim, args.repeats)
+        counts = np.array([len(s) for s in inputs["Temb"]])
+        temb_flops = 2.0 * counts.sum() * dim**2
+        gram_flops = float(np.sum(counts * (counts + 1))) * dim
+        n_images = len(test_maps)
+        rows.append({
+            "name": name, "paper_ms": paper_ms, "dim": dim, "per_image": per_image, "batched": batched,
+            "fit": fit_times, "n_fit_local": n_fit_local, "n_local": counts.mean(),
+            "kept": counts.mean() / np.prod(test_maps[0].shape[1:]),
+            "temb_rate": temb_flops / (batched["Temb"] * n_images) / 1e9,
+            "temb_rate_single": temb_flops / (per_image["Temb"] * n_images) / 1e9,
+            "democratic_rate": gram_flops / (batched["democratic"] * n_images) / 1e9,
+            "gram_rate": gram_rate(inputs["democratic"], args.repeats),
+        })
+        print(f"   per image (ms): " + ", ".join(f"{k} {v * 1e3:.2f}" for k, v in per_image.items()), flush=True)
+        print(f"   batched (ms):   " + ", ".join(f"{k} {v * 1e3:.2f}" for k, v in batched.items()), flush=True)
+        print(f"   GFLOP/s: Temb {rows[-1]['temb_rate']:.1f}, democratic {rows[-1]['democratic_rate']:.1f}, "
+              f"Gram alone {rows[-1]['gram_rate']:.1f}", flush=True)
+
+    peak["reference"] = max(peak["shapes"].values())
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    write_plot(args.out_dir / "stages.png", rows)
+    write_markdown(args.out_dir / "stages.md", args, info, peak, rows, time.perf_counter() - started)
+    print(f"wrote {args.out_dir / 'stages.md'}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
