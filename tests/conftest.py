@@ -7,6 +7,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from threadpoolctl import threadpool_limits
+
+# `make test` runs two xdist workers on two cores: one BLAS thread each avoids oversubscription
+# (small matrix products ran ~17x slower with default threading on a loaded 2-core machine).
+threadpool_limits(1)
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
