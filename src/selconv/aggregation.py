@@ -16,9 +16,9 @@ from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, Transfo
 from sklearn.utils.validation import check_is_fitted
 
 from selconv._compat import Interval, _fit_context
+from selconv._linalg import l2_normalize_rows
 from selconv._ragged import check_local_sets
 from selconv.base import SelconvPickleMixin
-from selconv.postprocessing import _l2_normalize_rows
 
 __all__ = [
     "EmptyImageWarning",
@@ -154,7 +154,7 @@ class DemocraticAggregator(_BaseAggregator):
         weights : ndarray of shape (n_local,), float32
             lambda, so that the aggregate is ``weights @ normalised(Y)``; 0 for a zero row.
         """
-        return self._weights(_l2_normalize_rows(np.asarray(Y, dtype=np.float32)))
+        return self._weights(l2_normalize_rows(np.asarray(Y, dtype=np.float32)))
 
     def _weights(self, Y: np.ndarray) -> np.ndarray:
         gram = Y @ Y.T  # numpy hands Y @ Y.T to BLAS syrk: half the flops of a general product
@@ -178,7 +178,7 @@ class DemocraticAggregator(_BaseAggregator):
         return weights
 
     def _aggregate(self, Y):
-        Y = _l2_normalize_rows(Y)
+        Y = l2_normalize_rows(Y)
         return self._weights(Y) @ Y
 
 

@@ -25,8 +25,8 @@ from sklearn.pipeline import Pipeline
 from sklearn.utils.validation import check_is_fitted
 
 from selconv._compat import Interval, StrOptions, _fit_context, validate_data
+from selconv._linalg import l2_normalize_rows, principal_axes
 from selconv._ragged import check_conv_maps
-from selconv.aggregation import _l2_normalize_rows
 from selconv.base import SelconvPickleMixin
 
 __all__ = ["SPoC", "MAC", "RMAC", "CroW", "GeM", "PCAWhitening", "make_baseline", "rmac_regions"]
@@ -125,13 +125,12 @@ class PCAWhitening(SelconvPickleMixin, ClassNamePrefixFeaturesOutMixin, Transfor
                 f"PCAWhitening: n_components={self.n_components} must be at most the number of features "
                 f"{n_features}."
             )
-        centred = _l2_normalize_rows(X.astype(np.float64))
+        centred = l2_normalize_rows(X.astype(np.float64))
         self.mean_ = centred.mean(axis=0)
         centred -= self.mean_
         covariance = centred.T @ centred / n_samples
-        eigenvalues, eigenvectors = np.linalg.eigh(covariance)
-        eigenvalues = np.clip(eigenvalues[::-1], 0.0, None)
-        eigenvectors = eigenvectors[:, ::-1]
+        eigenvalues, eigenvectors = principal_axes(covariance)
+        eigenvalues = np.clip(eigenvalues, 0.0, None)
         mean_eigenvalue = eigenvalues.mean()
 
         if self.shrinkage == "ledoit-wolf":
@@ -154,10 +153,7 @@ class PCAWhitening(SelconvPickleMixin, ClassNamePrefixFeaturesOutMixin, Transfor
         else:
             denominators = eigenvalues[:n_components] + self.shrinkage_ * mean_eigenvalue
             scale = 1.0 / np.sqrt(np.maximum(denominators, _eigenvalue_floor(eigenvalues)))
-        components = eigenvectors[:, :n_components].T
-        # eigh's signs depend on the LAPACK build; fix them so fits agree across machines.
-        signs = np.sign(components[np.arange(n_components), np.abs(components).argmax(axis=1)])
-        self.components_ = components * signs[:, None]
+        self.components_ = eigenvectors[:, :n_components].T
         self.explained_variance_ = eigenvalues[:n_components]
         self.scale_ = scale
         self.n_components_ = n_components
@@ -181,7 +177,7 @@ class PCAWhitening(SelconvPickleMixin, ClassNamePrefixFeaturesOutMixin, Transfor
         dtype = X.dtype
         projection = (self.components_.T * self.scale_).astype(dtype)
         offset = (self.mean_ @ projection.astype(np.float64)).astype(dtype)
-        return _l2_normalize_rows(_l2_normalize_rows(X) @ projection - offset)
+        return l2_normalize_rows(l2_normalize_rows(X) @ projection - offset)
 
 
 def rmac_regions(height: int, width: int, *, levels: int = 3, overlap: float = 0.4) -> np.ndarray:
@@ -296,7 +292,7 @@ class _ConvMapPooling(SelconvPickleMixin, ClassNamePrefixFeaturesOutMixin, Trans
         for index, features in enumerate(maps):
             if features.shape[1] * features.shape[2] > 0:
                 pooled[index] = self._pool(features)
-        return _l2_normalize_rows(pooled)
+        return l2_normalize_rows(pooled)
 
 
 def _center_prior(height: int, width: int) -> np.ndarray:
@@ -478,7 +474,7 @@ class RMAC(_ConvMapPooling):
             vectors.append(grid_max[:, row_index, col_index].T)
         if not vectors:
             return np.zeros((0, features.shape[0]), dtype=np.float32)
-        return _l2_normalize_rows(np.concatenate(vectors))
+        return l2_normalize_rows(np.concatenate(vectors))
 
     @_fit_context(prefer_skip_nested_validation=True)
     def fit(self, X, y=None):

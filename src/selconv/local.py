@@ -7,6 +7,7 @@ the training local features, so fitting on thousands of images needs memory for 
 
 from __future__ import annotations
 
+import itertools
 import numbers
 
 import numpy as np
@@ -16,6 +17,7 @@ from sklearn.utils.random import sample_without_replacement
 from sklearn.utils.validation import check_is_fitted
 
 from selconv._compat import Interval, _fit_context
+from selconv._linalg import l2_normalize_rows, mean_and_scatter, principal_axes, whitening_scale
 from selconv._ragged import check_local_sets, image_blocks
 from selconv.base import SelconvPickleMixin
 
@@ -131,32 +133,17 @@ class LocalPCA(SelconvPickleMixin, TransformerMixin, BaseEstimator):
                 f"{n_samples} (max_samples={self.max_samples}, {n_total} local features in {len(sets)} images)."
             )
 
-        # One pass over the sample in float64 blocks, centred on the first block's mean: the
-        # shifted scatter matrix avoids the cancellation of sum(x x^T) - n mu mu^T.
-        shift = None
-        shifted_sum = np.zeros(n_features)
-        scatter = np.zeros((n_features, n_features))
+        # One pass over the sample in float64 blocks, centred on the first block's mean.
         counts = np.array([len(rows) for rows in rows_per_image])
-        for start, stop in image_blocks(counts, _BLOCK_ROWS):
-            block = np.concatenate([sets[i][rows_per_image[i]] for i in range(start, stop)]).astype(np.float64)
-            if len(block) == 0:
-                continue
-            if shift is None:
-                shift = block.mean(axis=0)
-            block -= shift
-            shifted_sum += block.sum(axis=0)
-            scatter += block.T @ block
-        shifted_mean = shifted_sum / n_samples
-        covariance = (scatter - n_samples * np.outer(shifted_mean, shifted_mean)) / max(n_samples - 1, 1)
-
-        eigenvalues, eigenvectors = np.linalg.eigh(covariance)
-        order = np.argsort(eigenvalues)[::-1][: self.n_components]
-        components = eigenvectors[:, order].T
-        # eigh's signs depend on the LAPACK build; fix them so fits agree across machines.
-        signs = np.sign(components[np.arange(len(components)), np.abs(components).argmax(axis=1)])
-        self.components_ = components * signs[:, None]
-        self.explained_variance_ = np.clip(eigenvalues[order], 0.0, None)
-        self.mean_ = shift + shifted_mean
+        blocks = (
+            np.concatenate([sets[i][rows_per_image[i]] for i in range(start, stop)]).astype(np.float64)
+            for start, stop in image_blocks(counts, _BLOCK_ROWS)
+        )
+        first = next(block for block in blocks if len(block))
+        self.mean_, scatter, _ = mean_and_scatter(itertools.chain([first], blocks), first.mean(axis=0))
+        eigenvalues, eigenvectors = principal_axes(scatter / max(n_samples - 1, 1))
+        self.components_ = eigenvectors[:, : self.n_components].T
+        self.explained_variance_ = np.clip(eigenvalues[: self.n_components], 0.0, None)
         self.n_samples_seen_ = n_samples
         return self
 
@@ -177,10 +164,7 @@ class LocalPCA(SelconvPickleMixin, TransformerMixin, BaseEstimator):
         sets = check_local_sets(X, estimator=self, reset=False)
         projection = self.components_.T
         if self.whiten:
-            scale = np.sqrt(self.explained_variance_)
-            # A zero-variance direction would divide by zero; give it the smallest scale that is not.
-            scale = np.maximum(scale, np.finfo(np.float64).eps * max(scale.max(), 1.0))
-            projection = projection / scale
+            projection = projection / whitening_scale(self.explained_variance_)
         projection = projection.astype(np.float32)
         mean = self.mean_.astype(np.float32)
 
@@ -191,7 +175,6 @@ class LocalPCA(SelconvPickleMixin, TransformerMixin, BaseEstimator):
             block = np.concatenate(sets[start:stop])  # a fresh copy, so centring in place is safe
             block -= mean
             projected = block @ projection
-            norms = np.linalg.norm(projected, axis=1, keepdims=True)
-            np.divide(projected, norms, out=projected, where=norms > 0)
+            l2_normalize_rows(projected, out=projected)
             local_sets.extend(np.split(projected, np.cumsum(counts[start:stop])[:-1]))
         return local_sets

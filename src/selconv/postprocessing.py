@@ -14,30 +14,10 @@ from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, OneToOn
 from sklearn.utils.validation import check_is_fitted
 
 from selconv._compat import Interval, _fit_context, validate_data
+from selconv._linalg import l2_normalize_rows, principal_axes, whitening_scale
 from selconv.base import SelconvPickleMixin
 
 __all__ = ["RotationNormalizer", "PowerNormalizer"]
-
-
-def _l2_normalize_rows(X: np.ndarray, *, out: np.ndarray | None = None) -> np.ndarray:
-    """X with unit-norm rows (zero rows stay zero), in ``out`` (may be X itself) or a new array.
-
-    Multiplies by the reciprocal norms: one pass over X, the norms computed once per row.
-    """
-    norms = np.sqrt(np.einsum("nd,nd->n", X, X))
-    # The sum of squares under- or overflows for tiny or huge rows (rare): those rows are rescaled
-    # by their largest entry first, so only all-zero rows keep a zero norm.
-    unsafe = np.flatnonzero((norms < np.sqrt(np.finfo(X.dtype).tiny)) | ~np.isfinite(norms))
-    rescued = X[unsafe]
-    inverse = np.zeros_like(norms)
-    np.divide(1.0, norms, out=inverse, where=norms > 0)
-    out = np.multiply(X, inverse[:, None], out=out)
-    if len(unsafe):
-        largest = np.abs(rescued).max(axis=1, keepdims=True)
-        np.divide(rescued, largest, out=rescued, where=largest > 0)
-        norms = np.sqrt(np.einsum("nd,nd->n", rescued, rescued))[:, None]
-        out[unsafe] = np.divide(rescued, norms, out=np.zeros_like(rescued), where=norms > 0)
-    return out
 
 
 class RotationNormalizer(SelconvPickleMixin, ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
@@ -100,7 +80,7 @@ class RotationNormalizer(SelconvPickleMixin, ClassNamePrefixFeaturesOutMixin, Tr
         self.normalize_input = normalize_input
 
     def _prepare(self, X):
-        return _l2_normalize_rows(X) if self.normalize_input else X
+        return l2_normalize_rows(X) if self.normalize_input else X
 
     @_fit_context(prefer_skip_nested_validation=True)
     def fit(self, X, y=None):
@@ -135,16 +115,12 @@ class RotationNormalizer(SelconvPickleMixin, ClassNamePrefixFeaturesOutMixin, Tr
         X = self._prepare(X).astype(np.float64)
         self.mean_ = X.mean(axis=0)
         centred = X - self.mean_
-        eigenvalues, eigenvectors = np.linalg.eigh(centred.T @ centred / n_samples)
-        components = eigenvectors[:, ::-1].T
-        # eigh's signs depend on the LAPACK build; fix them so fits agree across machines.
-        signs = np.sign(components[np.arange(n_features), np.abs(components).argmax(axis=1)])
-        self.components_ = components * signs[:, None]
-        self.explained_variance_ = np.clip(eigenvalues[::-1], 0.0, None)
+        eigenvalues, eigenvectors = principal_axes(centred.T @ centred / n_samples)
+        self.components_ = eigenvectors.T
+        self.explained_variance_ = np.clip(eigenvalues, 0.0, None)
         projection = self.components_[self.n_dropped :].T
         if self.whiten:
-            scale = np.sqrt(self.explained_variance_[self.n_dropped :])
-            projection = projection / np.maximum(scale, np.finfo(np.float64).eps * max(scale.max(), 1.0))
+            projection = projection / whitening_scale(self.explained_variance_[self.n_dropped :])
         # float32 copies made once here, not at every transform of one image.
         self._projection = {np.dtype(np.float64): projection, np.dtype(np.float32): projection.astype(np.float32)}
         self._mean = {np.dtype(np.float64): self.mean_, np.dtype(np.float32): self.mean_.astype(np.float32)}
@@ -232,4 +208,4 @@ class PowerNormalizer(SelconvPickleMixin, OneToOneFeatureMixin, TransformerMixin
         check_is_fitted(self)
         X = validate_data(self, X, dtype=[np.float64, np.float32], reset=False)
         powered = np.sign(X) * np.power(np.abs(X), self.alpha)
-        return _l2_normalize_rows(powered)
+        return l2_normalize_rows(powered)

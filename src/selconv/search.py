@@ -12,6 +12,8 @@ import numbers
 
 import numpy as np
 
+from selconv._linalg import l2_normalize_rows
+
 # Bound on the elements of any (n_queries x database-chunk [x bytes]) work array (about 64 MB of int32/float32).
 _WORK_ELEMENTS = 1 << 24
 
@@ -332,5 +334,4 @@ def average_query_expansion(query, database, ranking, top: int = 5) -> np.ndarra
             f"for {queries.shape[0]} queries."
         )
     expanded = queries + db[ranking[:, :top]].sum(axis=1)
-    norms = np.linalg.norm(expanded, axis=1, keepdims=True)
-    return np.divide(expanded, norms, out=np.zeros_like(expanded), where=norms > 0)
+    return l2_normalize_rows(expanded, out=expanded)

@@ -1,15 +1,24 @@
-"""Learning steps shared by the codebook embeddings: a bounded random sample of the training local
-features, a k-means codebook on it, and the clamped PCA-whitening of embedded local features."""
+"""Learning and embedding steps shared by the codebook embeddings (Temb, VLAD, FV, F-FAemb): a bounded
+random sample of the training local features, a k-means codebook on it, normalised residuals to the
+codewords, the clamped PCA-whitening of embedded local features, and the chunked transform."""
 
 from __future__ import annotations
+
+import warnings
 
 import numpy as np
 from sklearn.cluster import KMeans
 from sklearn.utils.random import sample_without_replacement
 
-# Rows per chunk of the scatter-matrix pass: each float64 accumulation of the D x D scatter is
-# amortised over a large float32 GEMM.
-_FIT_CHUNK_ROWS = 8192
+from selconv._linalg import l2_normalize_rows, mean_and_scatter, principal_axes
+
+# Rows per chunk of the embedding: the (rows, |C| d) residual block and its product with P stay in
+# the CPU caches for the paper's Temb dimensions (1024 x 640 float32 = 2.5 MiB), which keeps the
+# element-wise steps from becoming memory-bound, and 1024 rows are plenty for an efficient GEMM.
+CHUNK_ROWS = 1024
+# Rows per chunk of the whitening fit's scatter-matrix pass: larger, so each float64 accumulation
+# of the D x D scatter is amortised over a big float32 GEMM.
+_FIT_CHUNK_ROWS = 8 * CHUNK_ROWS
 
 
 def sample_features(features: np.ndarray, max_samples: int, rng: np.random.RandomState) -> np.ndarray:
@@ -19,12 +28,32 @@ def sample_features(features: np.ndarray, max_samples: int, rng: np.random.Rando
     return features[np.sort(sample_without_replacement(len(features), max_samples, random_state=rng))]
 
 
-def check_enough_features(n_samples: int, n_clusters: int, *, estimator, n_images: int) -> None:
-    """Clear error when there are fewer training local features than codewords."""
+def check_enough_features(
+    n_samples: int, n_clusters: int, *, estimator, n_images: int, param: str = "n_clusters"
+) -> None:
+    """Clear error when there are fewer training local features than codewords (the parameter ``param``)."""
     if n_samples < n_clusters:
         raise ValueError(
             f"{type(estimator).__name__}: X has {n_samples} local features in {n_images} images, fewer than "
-            f"the {n_clusters} codewords; the codebook needs at least one local feature per codeword."
+            f"{param}={n_clusters}; the codebook needs at least one local feature per codeword."
+        )
+
+
+def check_whitening_fit(n_samples: int, dim: int, n_clamped: int, *, estimator, dim_formula: str) -> None:
+    """Error when ``n_clamped`` exceeds the embedding dimension; warning when the covariance is singular.
+
+    ``dim_formula`` spells out how the dimension comes about, e.g. ``"n_clusters * n_features = 20 * 32"``.
+    """
+    name = type(estimator).__name__
+    if n_clamped > dim:
+        raise ValueError(f"{name}: n_clamped={n_clamped} exceeds the embedding dimension {dim_formula} = {dim}.")
+    if n_samples <= dim:
+        warnings.warn(
+            f"{name}: {n_samples} training local features for a {dim}-dimensional embedding: the covariance "
+            f"is singular and the whitening of its null space is arbitrary. Fit on more local features "
+            f"(typically many times {dim}).",
+            UserWarning,
+            stacklevel=3,
         )
 
 
@@ -34,70 +63,91 @@ def kmeans_codebook(sample: np.ndarray, n_clusters: int, *, n_init: int, rng: np
     return kmeans.fit(sample).cluster_centers_.astype(np.float32)
 
 
-def learn_clamped_whitening(embed, features: np.ndarray, dim: int, n_clamped: int):
+def normalized_residuals(x: np.ndarray, centers: np.ndarray) -> np.ndarray:
+    """(x - c_j) / ||x - c_j|| for every row x of ``x`` (n, d) and codeword c_j: (n, n_clusters, d) float32.
+
+    A feature equal to a codeword has no direction to it: that residual stays zero instead of NaN.
+    """
+    residuals = x[:, None, :] - centers[None, :, :]
+    norms = np.sqrt(np.einsum("nkd,nkd->nk", residuals, residuals))
+    # Multiplying by the reciprocal is cheaper than dividing every entry.
+    inverse = np.zeros_like(norms)
+    np.divide(1.0, norms, out=inverse, where=norms > 0)
+    residuals *= inverse[:, :, None]
+    return residuals
+
+
+def learn_clamped_whitening(embed, features: np.ndarray, sample: np.ndarray, n_clamped: int):
     """Mean and whitening projection of ``embed(features)``, with the smallest eigenvalues clamped.
 
     Jegou & Zisserman's whitening of embedded local features, as the authors' code also does for
     F-FAemb: phibar = mean of phi, covariance eigenvalues lambda (decreasing) and eigenvectors V,
-    the ``n_clamped`` smallest lambda set to the ``n_clamped``-th smallest,
-    P = diag(lambda^-1/2) V^T. One pass over all features in float32 chunks of ``embed``,
-    accumulated in float64.
+    the ``n_clamped`` smallest lambda set to the ``n_clamped``-th smallest (which stops the
+    near-null directions from dominating), P = diag(lambda^-1/2) V^T. One pass over all features
+    in float32 chunks of ``embed`` (float32 GEMMs, twice as fast), accumulated in float64 and
+    centred on the mean of phi over the first chunk of ``sample`` (see
+    :func:`selconv._linalg.mean_and_scatter`).
 
     Parameters
     ----------
     embed : callable
-        Maps an (n, d) float32 chunk to its (n, dim) float32 embedding.
+        Maps an (n, d) float32 chunk to a fresh (n, D) float32 embedding.
     features : ndarray of shape (n_samples, d), float32
-    dim : int
-        Embedding dimension.
+        All training local features.
+    sample : ndarray of shape (n_sampled, d), float32
+        A uniform random sample of them (the k-means sample), for the centre of the accumulation.
     n_clamped : int
-        0 or 1 leaves the spectrum unchanged; at most ``dim``.
+        0 or 1 leaves the spectrum unchanged; at most D.
 
     Returns
     -------
-    mean : ndarray of shape (dim,), float64
-    eigenvalues : ndarray of shape (dim,), float64
+    mean : ndarray of shape (D,), float64
+    eigenvalues : ndarray of shape (D,), float64
         Decreasing, after clamping.
-    projection : ndarray of shape (dim, dim), float32
+    projection : ndarray of shape (D, D), float32
         P; its rows are the whitened principal directions.
     """
-    n_samples = len(features)
-    # Centre on the mean of the first chunk: the shifted scatter sum((phi - s)(phi - s)^T) has small
-    # entries, so the float32 GEMM per chunk loses nothing the float64 sum would keep.
-    shift = embed(features[:_FIT_CHUNK_ROWS]).mean(axis=0, dtype=np.float64)
-    shift32 = shift.astype(np.float32)
-    shifted_sum = np.zeros(dim)
-    scatter = np.zeros((dim, dim))
-    for start in range(0, n_samples, _FIT_CHUNK_ROWS):
-        block = embed(features[start : start + _FIT_CHUNK_ROWS])
-        block -= shift32
-        shifted_sum += block.sum(axis=0, dtype=np.float64)
-        scatter += block.T @ block
-    shifted_mean = shifted_sum / n_samples
-    covariance = scatter / n_samples - np.outer(shifted_mean, shifted_mean)
-
-    eigenvalues, eigenvectors = np.linalg.eigh(covariance)
-    eigenvalues, eigenvectors = eigenvalues[::-1], eigenvectors[:, ::-1]
+    # Rounded to float32 so that the shift the float32 chunks are centred on is exactly the one added back.
+    shift = embed(sample[:_FIT_CHUNK_ROWS]).mean(axis=0, dtype=np.float64).astype(np.float32).astype(np.float64)
+    chunks = (embed(features[start : start + _FIT_CHUNK_ROWS]) for start in range(0, len(features), _FIT_CHUNK_ROWS))
+    mean, scatter, n_samples = mean_and_scatter(chunks, shift)
+    eigenvalues, eigenvectors = principal_axes(scatter / n_samples)
+    dim = len(eigenvalues)
     if n_clamped > 0:
         eigenvalues[dim - n_clamped :] = eigenvalues[dim - n_clamped]
     # A singular covariance (too few features) would divide by zero; keep the scale finite.
-    eigenvalues = np.maximum(eigenvalues, np.finfo(np.float64).eps * max(eigenvalues[0], 1e-300))
-    # eigh's signs depend on the LAPACK build; fix them so fits agree across machines.
-    signs = np.sign(eigenvectors[np.abs(eigenvectors).argmax(axis=0), np.arange(dim)])
-    eigenvectors *= signs
+    eigenvalues = np.maximum(eigenvalues, np.finfo(np.float64).eps * eigenvalues[0] if eigenvalues[0] > 0 else 1.0)
     projection = (eigenvectors / np.sqrt(eigenvalues)).T.astype(np.float32)
-    return shift + shifted_mean, eigenvalues, projection
+    return mean, eigenvalues, projection
 
 
-def embed_sets(sets: list[np.ndarray], embed, dim: int, *, chunk_rows: int = 1024) -> list[np.ndarray]:
+def embed_sets(
+    sets: list[np.ndarray], embed, dim: int, *, chunk_rows: int = CHUNK_ROWS, whitening=None
+) -> list[np.ndarray]:
     """Apply ``embed`` ((n, d) -> (n, dim) float32) to every image's local features, ragged out.
 
-    The images are concatenated and embedded in chunks of ``chunk_rows`` rows, so the work is a few
-    large array operations whatever the number of local features per image; an image with no
-    local feature gets a (0, dim) array.
+    The images are concatenated and embedded in chunks of ``chunk_rows`` rows written into one
+    preallocated output, so the work is a few large array operations (GEMMs) whatever the number of
+    local features per image; an image with no local feature gets a (0, dim) array.
+
+    ``whitening=(mean, projection)`` (from :func:`learn_clamped_whitening`) maps each embedded row
+    phi to P (phi - mean) / ||P (phi - mean)|| (a row that whitening maps to 0 stays 0); ``embed``
+    must then return a fresh array.
     """
     features = np.concatenate(sets)
+    if whitening is not None:
+        mean32 = whitening[0].astype(np.float32)
+        projection_t = whitening[1].T
     embedded = np.empty((len(features), dim), dtype=np.float32)
     for start in range(0, len(features), chunk_rows):
-        embedded[start : start + chunk_rows] = embed(features[start : start + chunk_rows])
+        out = embedded[start : start + chunk_rows]
+        block = embed(features[start : start + chunk_rows])
+        if whitening is None:
+            out[...] = block
+            continue
+        # Centre before the GEMM: P phi - P phibar would cancel badly in float32 along the
+        # low-variance directions, where P phibar is large.
+        block -= mean32
+        np.matmul(block, projection_t, out=out)
+        l2_normalize_rows(out, out=out)
     return np.split(embedded, np.cumsum([len(s) for s in sets])[:-1])

@@ -23,8 +23,6 @@ dimension (|C| - 2) d (d + 1) / 2 (Table 2: d = 32, |C| = 10 -> 4224).
 from __future__ import annotations
 
 import numbers
-import warnings
-from functools import partial
 
 import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin
@@ -36,9 +34,11 @@ from selconv._ragged import check_local_sets
 from selconv.base import SelconvPickleMixin
 from selconv.embedding._codebook import (
     check_enough_features,
+    check_whitening_fit,
     embed_sets,
     kmeans_codebook,
     learn_clamped_whitening,
+    normalized_residuals,
     sample_features,
 )
 
@@ -141,10 +141,7 @@ class FAembEmbedding(SelconvPickleMixin, TransformerMixin, BaseEstimator):
         """phi(x) before centring and whitening: (n, |C| d (d + 1) / 2) float32."""
         n_features = x.shape[1]
         gamma = self.coefficients(x).astype(np.float32)
-        residuals = x[:, None, :] - self.cluster_centers_[None]
-        norms = np.sqrt(np.einsum("nkd,nkd->nk", residuals, residuals))
-        # A feature equal to an anchor has no direction to it: its block stays zero instead of NaN.
-        np.divide(residuals, norms[:, :, None], out=residuals, where=norms[:, :, None] > 0)
+        residuals = normalized_residuals(x, self.cluster_centers_)
         rows, cols = np.triu_indices(n_features)
         products = residuals[:, :, rows] * residuals[:, :, cols]
         products *= gamma[:, :, None]
@@ -171,34 +168,21 @@ class FAembEmbedding(SelconvPickleMixin, TransformerMixin, BaseEstimator):
         n_samples, n_features = features.shape
         dim = self.n_clusters * n_features * (n_features + 1) // 2
         check_enough_features(n_samples, self.n_clusters, estimator=self, n_images=len(sets))
-        if self.n_clamped > dim:
-            raise ValueError(
-                f"FAembEmbedding: n_clamped={self.n_clamped} exceeds the embedding dimension "
-                f"n_clusters * d (d + 1) / 2 = {self.n_clusters} * {n_features} * {n_features + 1} / 2 = {dim}."
-            )
-        if n_samples <= dim:
-            warnings.warn(
-                f"FAembEmbedding: {n_samples} training local features for a {dim}-dimensional embedding: "
-                f"the covariance is singular and the whitening of its null space is arbitrary. Fit on more "
-                f"local features (typically many times {dim}).",
-                UserWarning,
-                stacklevel=2,
-            )
+        check_whitening_fit(
+            n_samples,
+            dim,
+            self.n_clamped,
+            estimator=self,
+            dim_formula=f"n_clusters * d (d + 1) / 2 = {self.n_clusters} * {n_features} * {n_features + 1} / 2",
+        )
         rng = check_random_state(self.random_state)
         sample = sample_features(features, self.max_samples, rng)
         self.cluster_centers_ = kmeans_codebook(sample, self.n_clusters, n_init=self.kmeans_n_init, rng=rng)
         self.mean_, self.eigenvalues_, self.projection_ = learn_clamped_whitening(
-            self._second_order, features, dim, self.n_clamped
+            self._second_order, features, sample, self.n_clamped
         )
         self.n_samples_seen_ = n_samples
         return self
-
-    def _embed(self, x: np.ndarray, offset: np.ndarray) -> np.ndarray:
-        """P phi(x) - offset, l2-normalised, where offset = P phibar (computed once per transform)."""
-        out = self._second_order(x) @ self.projection_.T
-        out -= offset
-        norms = np.sqrt(np.einsum("nd,nd->n", out, out))[:, None]
-        return np.divide(out, norms, out=out, where=norms > 0)
 
     def transform(self, X):
         """Embed, whiten and l2-normalise every local feature of every image.
@@ -215,5 +199,6 @@ class FAembEmbedding(SelconvPickleMixin, TransformerMixin, BaseEstimator):
         """
         check_is_fitted(self)
         sets = check_local_sets(X, estimator=self, reset=False)
-        offset = (self.projection_.astype(np.float64) @ self.mean_).astype(np.float32)
-        return embed_sets(sets, partial(self._embed, offset=offset), len(self.mean_), chunk_rows=_CHUNK_ROWS)
+        return embed_sets(
+            sets, self._second_order, len(self.mean_), chunk_rows=_CHUNK_ROWS, whitening=(self.mean_, self.projection_)
+        )

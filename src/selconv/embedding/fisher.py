@@ -126,7 +126,9 @@ class FisherVectorEmbedding(SelconvPickleMixin, TransformerMixin, BaseEstimator)
         """
         sets = check_local_sets(X, estimator=self, reset=True)
         features = np.concatenate(sets)
-        check_enough_features(len(features), self.n_components, estimator=self, n_images=len(sets))
+        check_enough_features(
+            len(features), self.n_components, estimator=self, n_images=len(sets), param="n_components"
+        )
         rng = check_random_state(self.random_state)
         sample = sample_features(features, self.max_samples, rng)
         gmm = GaussianMixture(

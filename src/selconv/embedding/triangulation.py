@@ -10,29 +10,27 @@ covariance are clamped; the result y = P (phi(x) - phibar) is l2-normalised.
 from __future__ import annotations
 
 import numbers
-import warnings
 
 import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin
-from sklearn.cluster import KMeans
 from sklearn.utils import check_random_state
-from sklearn.utils.random import sample_without_replacement
 from sklearn.utils.validation import check_is_fitted
 
 from selconv._compat import Interval, _fit_context
 from selconv._ragged import check_local_sets
 from selconv.base import SelconvPickleMixin
-from selconv.postprocessing import _l2_normalize_rows
+from selconv.embedding._codebook import CHUNK_ROWS as _CHUNK_ROWS  # read at each transform (tests vary it)
+from selconv.embedding._codebook import (
+    check_enough_features,
+    check_whitening_fit,
+    embed_sets,
+    kmeans_codebook,
+    learn_clamped_whitening,
+    normalized_residuals,
+    sample_features,
+)
 
 __all__ = ["TriangulationEmbedding"]
-
-# Rows per chunk of the embedding: the (rows, |C| d) residual block and its product with P stay in
-# the CPU caches for the paper's dimensions (1024 x 640 float32 = 2.5 MiB), which keeps the
-# element-wise steps from becoming memory-bound, and 1024 rows are plenty for an efficient GEMM.
-_CHUNK_ROWS = 1024
-# Rows per chunk of the fit's scatter-matrix pass: larger, so each float64 accumulation of the
-# (|C| d)^2 scatter is amortised over a big float32 GEMM.
-_FIT_CHUNK_ROWS = 8 * _CHUNK_ROWS
 
 
 class TriangulationEmbedding(SelconvPickleMixin, TransformerMixin, BaseEstimator):
@@ -105,14 +103,7 @@ class TriangulationEmbedding(SelconvPickleMixin, TransformerMixin, BaseEstimator
 
     def _triangulate(self, x: np.ndarray) -> np.ndarray:
         """phi(x) for a chunk of rows: (n, d) float32 -> (n, |C| d) float32, blocks ordered by codeword."""
-        residuals = x[:, None, :] - self.cluster_centers_[None, :, :]
-        norms = np.sqrt(np.einsum("nkd,nkd->nk", residuals, residuals))
-        # A feature equal to a codeword has no direction to it: its block stays zero instead of NaN.
-        # (Multiplying by the reciprocal is cheaper than dividing every entry.)
-        inverse = np.zeros_like(norms)
-        np.divide(1.0, norms, out=inverse, where=norms > 0)
-        residuals *= inverse[:, :, None]
-        return residuals.reshape(len(x), residuals.shape[1] * residuals.shape[2])
+        return normalized_residuals(x, self.cluster_centers_).reshape(len(x), self.cluster_centers_.size)
 
     @_fit_context(prefer_skip_nested_validation=True)
     def fit(self, X, y=None):
@@ -132,68 +123,20 @@ class TriangulationEmbedding(SelconvPickleMixin, TransformerMixin, BaseEstimator
         sets = check_local_sets(X, estimator=self, reset=True)
         features = np.concatenate(sets)
         n_samples, n_features = features.shape
-        dim = self.n_clusters * n_features
-        if n_samples < self.n_clusters:
-            raise ValueError(
-                f"TriangulationEmbedding: X has {n_samples} local features in {len(sets)} images, fewer than "
-                f"n_clusters={self.n_clusters}; k-means needs at least one local feature per codeword."
-            )
-        if self.n_clamped > dim:
-            raise ValueError(
-                f"TriangulationEmbedding: n_clamped={self.n_clamped} exceeds the embedding dimension "
-                f"n_clusters * n_features = {self.n_clusters} * {n_features} = {dim}."
-            )
-        if n_samples <= dim:
-            warnings.warn(
-                f"TriangulationEmbedding: {n_samples} training local features for a {dim}-dimensional "
-                f"embedding: the covariance is singular and the whitening of its null space is arbitrary. "
-                f"Fit on more local features (typically many times {dim}).",
-                UserWarning,
-                stacklevel=2,
-            )
-
+        check_enough_features(n_samples, self.n_clusters, estimator=self, n_images=len(sets))
+        check_whitening_fit(
+            n_samples,
+            self.n_clusters * n_features,
+            self.n_clamped,
+            estimator=self,
+            dim_formula=f"n_clusters * n_features = {self.n_clusters} * {n_features}",
+        )
         rng = check_random_state(self.random_state)
-        if n_samples > self.max_samples:
-            sample = features[np.sort(sample_without_replacement(n_samples, self.max_samples, random_state=rng))]
-        else:
-            sample = features
-        kmeans = KMeans(
-            n_clusters=self.n_clusters,
-            n_init=self.kmeans_n_init,
-            random_state=rng.randint(np.iinfo(np.int32).max),
-        ).fit(sample)
-        self.cluster_centers_ = kmeans.cluster_centers_.astype(np.float32)
-
-        # One pass over all features in float32 chunks (float32 GEMMs, twice as fast), accumulated in
-        # float64. Centring on s, the mean of phi over a first chunk, avoids the cancellation of
-        # sum(phi phi^T) - n phibar phibar^T: the shifted scatter sum((phi - s)(phi - s)^T) is of the
-        # size of the covariance itself, so float32 rounding stays small relative to it.
-        shift32 = self._triangulate(sample[:_FIT_CHUNK_ROWS]).mean(axis=0, dtype=np.float64).astype(np.float32)
-        shift = shift32.astype(np.float64)
-        shifted_sum = np.zeros(dim)
-        scatter = np.zeros((dim, dim))
-        for start in range(0, n_samples, _FIT_CHUNK_ROWS):
-            block = self._triangulate(features[start : start + _FIT_CHUNK_ROWS])
-            block -= shift32
-            shifted_sum += block.sum(axis=0, dtype=np.float64)
-            scatter += block.T @ block
-        shifted_mean = shifted_sum / n_samples
-        covariance = scatter / n_samples - np.outer(shifted_mean, shifted_mean)
-
-        eigenvalues, eigenvectors = np.linalg.eigh(covariance)
-        eigenvalues, eigenvectors = eigenvalues[::-1], eigenvectors[:, ::-1]
-        if self.n_clamped > 0:
-            eigenvalues[dim - self.n_clamped :] = eigenvalues[dim - self.n_clamped]
-        # A singular covariance (too few features) would divide by zero; keep the scale finite.
-        eigenvalues = np.maximum(eigenvalues, np.finfo(np.float64).eps * eigenvalues[0] if eigenvalues[0] > 0 else 1.0)
-        # eigh's signs depend on the LAPACK build; fix them so fits agree across machines.
-        signs = np.sign(eigenvectors[np.abs(eigenvectors).argmax(axis=0), np.arange(dim)])
-        eigenvectors *= signs
-        self.mean_ = shift + shifted_mean
-        self.eigenvalues_ = eigenvalues
-        projection = (eigenvectors / np.sqrt(eigenvalues)).T
-        self.projection_ = projection.astype(np.float32)
-        self._mean32 = self.mean_.astype(np.float32)  # made once here, not at every transform
+        sample = sample_features(features, self.max_samples, rng)
+        self.cluster_centers_ = kmeans_codebook(sample, self.n_clusters, n_init=self.kmeans_n_init, rng=rng)
+        self.mean_, self.eigenvalues_, self.projection_ = learn_clamped_whitening(
+            self._triangulate, features, sample, self.n_clamped
+        )
         self.n_samples_seen_ = n_samples
         return self
 
@@ -215,15 +158,6 @@ class TriangulationEmbedding(SelconvPickleMixin, TransformerMixin, BaseEstimator
         """
         check_is_fitted(self)
         sets = check_local_sets(X, estimator=self, reset=False)
-        features = np.concatenate(sets)
-        projection_t = self.projection_.T
-        embedded = np.empty((len(features), projection_t.shape[1]), dtype=np.float32)
-        for start in range(0, len(features), _CHUNK_ROWS):
-            out = embedded[start : start + _CHUNK_ROWS]
-            # Centre before the GEMM: P phi - P phibar would cancel badly in float32 along the
-            # low-variance directions, where P phibar is large.
-            centred = self._triangulate(features[start : start + _CHUNK_ROWS])
-            centred -= self._mean32
-            np.matmul(centred, projection_t, out=out)
-            _l2_normalize_rows(out, out=out)
-        return np.split(embedded, np.cumsum([len(s) for s in sets])[:-1])
+        return embed_sets(
+            sets, self._triangulate, len(self.mean_), chunk_rows=_CHUNK_ROWS, whitening=(self.mean_, self.projection_)
+        )

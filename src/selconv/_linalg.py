@@ -1,0 +1,80 @@
+"""Small numerical helpers shared by the estimators: row l2-normalisation, one-pass covariance, PCA bases."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+
+
+def l2_normalize_rows(X: np.ndarray, *, out: np.ndarray | None = None) -> np.ndarray:
+    """X with unit-norm rows (zero rows stay zero), in ``out`` (may be X itself) or a new array.
+
+    Multiplies by the reciprocal norms: one pass over X, the norms computed once per row.
+    """
+    norms = np.sqrt(np.einsum("nd,nd->n", X, X))
+    # The sum of squares under- or overflows for tiny or huge rows (rare): those rows are rescaled
+    # by their largest entry first, so only all-zero rows keep a zero norm.
+    unsafe = np.flatnonzero((norms < np.sqrt(np.finfo(X.dtype).tiny)) | ~np.isfinite(norms))
+    rescued = X[unsafe]
+    inverse = np.zeros_like(norms)
+    np.divide(1.0, norms, out=inverse, where=norms > 0)
+    out = np.multiply(X, inverse[:, None], out=out)
+    if len(unsafe):
+        largest = np.abs(rescued).max(axis=1, keepdims=True)
+        np.divide(rescued, largest, out=rescued, where=largest > 0)
+        norms = np.sqrt(np.einsum("nd,nd->n", rescued, rescued))[:, None]
+        out[unsafe] = np.divide(rescued, norms, out=np.zeros_like(rescued), where=norms > 0)
+    return out
+
+
+def mean_and_scatter(blocks: Iterable[np.ndarray], shift: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+    """Mean and centred scatter matrix sum((x - mean)(x - mean)^T) of the rows of ``blocks``, in one pass.
+
+    Each block is centred on ``shift`` (in place, in the block's dtype) before its GEMM, and the
+    sums are accumulated in float64: with ``shift`` near the mean (e.g. the mean of a first block)
+    the shifted scatter is of the size of the covariance itself, which avoids the cancellation of
+    sum(x x^T) - n mean mean^T, so float32 blocks (twice as fast) lose little.
+
+    Parameters
+    ----------
+    blocks : iterable of ndarray of shape (n_i, d)
+        Fresh arrays (they are modified); empty blocks are allowed, at least one row in all.
+    shift : ndarray of shape (d,)
+        Centre of the accumulation; float64 whose cast to the blocks' dtype is exact is best.
+
+    Returns
+    -------
+    mean : ndarray of shape (d,), float64
+    scatter : ndarray of shape (d, d), float64
+    n_samples : int
+    """
+    shift = np.asarray(shift, dtype=np.float64)
+    shifted_sum = np.zeros(len(shift))
+    scatter = np.zeros((len(shift), len(shift)))
+    n_samples = 0
+    for block in blocks:
+        block -= shift.astype(block.dtype)
+        shifted_sum += block.sum(axis=0, dtype=np.float64)
+        scatter += block.T @ block
+        n_samples += len(block)
+    shifted_mean = shifted_sum / n_samples
+    return shift + shifted_mean, scatter - n_samples * np.outer(shifted_mean, shifted_mean), n_samples
+
+
+def principal_axes(covariance: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Eigenvalues (decreasing) and eigenvectors (columns, same order) of a symmetric matrix.
+
+    eigh's signs depend on the LAPACK build; each eigenvector is signed so that its
+    largest-magnitude entry is positive, so fits agree across machines.
+    """
+    eigenvalues, eigenvectors = np.linalg.eigh(covariance)
+    eigenvalues, eigenvectors = eigenvalues[::-1], eigenvectors[:, ::-1]
+    signs = np.sign(eigenvectors[np.abs(eigenvectors).argmax(axis=0), np.arange(eigenvectors.shape[1])])
+    return eigenvalues, eigenvectors * signs
+
+
+def whitening_scale(variances: np.ndarray) -> np.ndarray:
+    """sqrt(variances), each at least eps * max(largest, 1): a zero-variance direction must not divide by zero."""
+    scale = np.sqrt(variances)
+    return np.maximum(scale, np.finfo(np.float64).eps * max(scale.max(), 1.0))
