@@ -1,0 +1,182 @@
+"""Paper presets: the full "mask -> local PCA -> Temb -> democratic pooling -> RN -> PN [-> ITQ]" pipeline.
+
+:func:`make_paper_pipeline` builds the paper's default framework, M + phi_Delta + psi_d (Do, Hoang et al.,
+sections 3-5), as one :class:`sklearn.pipeline.Pipeline` whose steps are the selconv estimators, so it can
+be fitted, cloned, grid-searched and pickled like any scikit-learn model. :data:`PAPER_SETTINGS` is the
+paper's Table 4: for each final dimension D the number d of local PCA components and the codebook size |C|
+(D = d |C| - 128, the 128 leading rotated components being dropped).
+"""
+
+from __future__ import annotations
+
+import numbers
+
+from sklearn.pipeline import Pipeline
+
+__all__ = ["PAPER_SETTINGS", "MASKS", "FIT_ON", "make_mask", "make_paper_pipeline", "paper_dimension"]
+
+#: Paper Table 4: final dimension D -> (d local PCA components, |C| Temb codewords).
+PAPER_SETTINGS: dict[int, tuple[int, int]] = {
+    512: (32, 20),
+    1024: (64, 18),
+    2048: (64, 34),
+    4096: (64, 66),
+    8064: (128, 64),
+}
+
+#: Mask names accepted by :func:`make_mask` and :func:`make_paper_pipeline`.
+MASKS = ("max", "sum", "sift", "none")
+
+#: Learning protocols: "training" (held-out images, paper default) or "database" (paper Table 9).
+FIT_ON = ("training", "database")
+
+#: Leading rotated components dropped after Temb + democratic pooling (paper section 5, ALGORITHMS.md 6).
+_PAPER_N_DROPPED = 128
+
+
+def make_mask(name: str):
+    """The mask estimator called ``name``: "max" (MaxMask), "sum" (SumMask), "sift" (SiftMask) or "none".
+
+    Parameters
+    ----------
+    name : {"max", "sum", "sift", "none"}
+
+    Returns
+    -------
+    mask : estimator
+        A fresh, unfitted mask with the paper's defaults.
+    """
+    from selconv.masks import MaxMask, NoMask, SiftMask, SumMask
+
+    masks = {"max": MaxMask, "sum": SumMask, "sift": SiftMask, "none": NoMask}
+    if name not in masks:
+        raise ValueError(f"mask must be one of {', '.join(repr(m) for m in MASKS)}; got {name!r}.")
+    return masks[name]()
+
+
+def paper_dimension(dim: int, *, fit_on: str = "training", n_dropped: int | None = None) -> int:
+    """Output dimension of ``make_paper_pipeline(dim, fit_on=fit_on, n_dropped=n_dropped)``: d |C| - n_dropped."""
+    n_components, n_clusters = _settings(dim)
+    return n_components * n_clusters - _resolve_n_dropped(n_dropped, fit_on)
+
+
+def _resolve_n_dropped(n_dropped, fit_on: str) -> int:
+    if fit_on not in FIT_ON:
+        raise ValueError(f"fit_on must be one of {', '.join(repr(f) for f in FIT_ON)}; got {fit_on!r}.")
+    if n_dropped is None:
+        return _PAPER_N_DROPPED if fit_on == "training" else 0
+    return n_dropped
+
+
+def _settings(dim) -> tuple[int, int]:
+    if isinstance(dim, bool) or not isinstance(dim, numbers.Integral) or int(dim) not in PAPER_SETTINGS:
+        raise ValueError(
+            f"dim must be one of the paper's final dimensions {sorted(PAPER_SETTINGS)} (Table 4); got {dim!r}."
+        )
+    return PAPER_SETTINGS[int(dim)]
+
+
+def make_paper_pipeline(
+    dim: int = 512,
+    *,
+    mask: str = "max",
+    n_bits: int | None = None,
+    extractor=None,
+    n_dropped: int | None = None,
+    alpha: float = 0.5,
+    random_state=0,
+    fit_on: str = "training",
+) -> Pipeline:
+    """The paper's framework M + Temb + democratic pooling (+ ITQ) with the Table 4 setting for ``dim``.
+
+    Steps (names usable in ``set_params`` and grid searches): ``extract`` (only when ``extractor`` is
+    given), ``mask``, ``pca`` (:class:`~selconv.local.LocalPCA`), ``embed``
+    (:class:`~selconv.embedding.TriangulationEmbedding`), ``aggregate``
+    (:class:`~selconv.aggregation.DemocraticAggregator`), ``rotate``
+    (:class:`~selconv.postprocessing.RotationNormalizer`), ``power``
+    (:class:`~selconv.postprocessing.PowerNormalizer`) and, when ``n_bits`` is given, ``itq``
+    (:class:`~selconv.hashing.ITQHasher`).
+
+    Parameters
+    ----------
+    dim : {512, 1024, 2048, 4096, 8064}, default=512
+        Final real-valued dimension D of the paper's Table 4; selects (d, |C|) from
+        :data:`PAPER_SETTINGS`. The output has ``d * |C| - n_dropped`` columns (= D with the default
+        ``n_dropped`` and ``fit_on="training"``).
+    mask : {"max", "sum", "sift", "none"}, default="max"
+        Which local features to keep (paper section 3.2). "sift" needs conv maps carrying SIFT
+        keypoints (``ConvFeatureExtractor(keypoints="sift")``).
+    n_bits : int or None, default=None
+        If given, append an ITQ hasher producing ``n_bits``-bit codes packed in ``n_bits / 8`` uint8
+        bytes per image (paper section 5.3.2: 512-D real -> 64..512 bits; rank by Hamming distance).
+    extractor : None, True or ConvFeatureExtractor, default=None
+        None: the pipeline starts at conv maps (a list of :class:`~selconv.conv_map.ConvMap`).
+        True: prepend ``ConvFeatureExtractor()`` with its defaults (VGG16 pool5, 1024 px; SIFT keypoints
+        when ``mask="sift"``), so the pipeline takes image paths. An extractor instance is used as is.
+    n_dropped : int or None, default=None
+        Leading rotated components dropped by ``rotate``. None means the paper's choice for ``fit_on``:
+        128 for "training", 0 for "database".
+    alpha : float, default=0.5
+        Power-law exponent of ``power`` (paper: 0.5 in all experiments).
+    random_state : int, RandomState instance or None, default=0
+        Seeds every random stage (PCA sampling, k-means, ITQ rotation), so a fit is reproducible.
+    fit_on : {"training", "database"}, default="training"
+        The protocol the pipeline will be fitted under. "training": a held-out training set (paper
+        default). "database": the test database itself (paper Table 9, the SCDA comparison); the paper
+        then does not truncate, because the database's own leading directions are what tell its images
+        apart (ALGORITHMS.md section 6), hence ``n_dropped`` defaults to 0. The pipeline is fitted on
+        whatever data ``fit`` receives; this parameter only selects the protocol's settings.
+
+    Returns
+    -------
+    pipeline : sklearn.pipeline.Pipeline
+        Unfitted.
+
+    Examples
+    --------
+    >>> from selconv.pipelines import make_paper_pipeline
+    >>> pipeline = make_paper_pipeline(512, mask="max")
+    >>> [name for name, _ in pipeline.steps]
+    ['mask', 'pca', 'embed', 'aggregate', 'rotate', 'power']
+    """
+    from selconv.aggregation import DemocraticAggregator
+    from selconv.embedding import TriangulationEmbedding
+    from selconv.local import LocalPCA
+    from selconv.postprocessing import PowerNormalizer, RotationNormalizer
+
+    n_components, n_clusters = _settings(dim)
+    n_dropped = _resolve_n_dropped(n_dropped, fit_on)
+    mask_estimator = make_mask(mask)
+
+    steps = []
+    if extractor is not None and extractor is not False:
+        steps.append(("extract", _resolve_extractor(extractor, mask=mask)))
+    steps += [
+        ("mask", mask_estimator),
+        ("pca", LocalPCA(n_components, random_state=random_state)),
+        ("embed", TriangulationEmbedding(n_clusters, random_state=random_state)),
+        ("aggregate", DemocraticAggregator()),
+        ("rotate", RotationNormalizer(n_dropped=n_dropped)),
+        ("power", PowerNormalizer(alpha=alpha)),
+    ]
+    if n_bits is not None:
+        from selconv.hashing import ITQHasher
+
+        steps.append(("itq", ITQHasher(n_bits, random_state=random_state)))
+    return Pipeline(steps)
+
+
+def _resolve_extractor(extractor, *, mask: str):
+    from selconv.extraction import ConvFeatureExtractor
+
+    if extractor is True:
+        return ConvFeatureExtractor(keypoints="sift" if mask == "sift" else None)
+    if not isinstance(extractor, ConvFeatureExtractor):
+        raise TypeError(
+            f"extractor must be None, True or a ConvFeatureExtractor; got {type(extractor).__name__}."
+        )
+    if mask == "sift" and extractor.get_params().get("keypoints") is None:
+        raise ValueError(
+            'mask="sift" needs SIFT keypoints: pass ConvFeatureExtractor(keypoints="sift") as extractor.'
+        )
+    return extractor
