@@ -1,0 +1,161 @@
+"""Smoke test of benchmarks/paper_experiments.py: every phase runs end to end on a tiny generated dataset.
+
+The dataset copies the shared layout (oxford5k-subset with official ground-truth files, bsds500,
+imagenet-sample-500) with a dozen small synthetic photos, so the test needs no shared data; the CNN is
+VGG16 with the ImageNet weights the extractor resolves offline (numbers are meaningless at this size,
+only the plumbing is checked).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def _load_script():
+    sys.path.insert(0, str(BENCHMARKS))
+    spec = importlib.util.spec_from_file_location("paper_experiments", BENCHMARKS / "paper_experiments.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _photo(rng, base, size):
+    """A textured image: a landmark's base pattern (shared by its images) plus its own shapes and noise."""
+    from PIL import Image, ImageDraw
+
+    width, height = size
+    image = base.resize((width, height))
+    draw = ImageDraw.Draw(image)
+    for _ in range(12):
+        x, y = rng.integers(0, width), rng.integers(0, height)
+        r = int(rng.integers(4, max(5, width // 6)))
+        draw.ellipse([x - r, y - r, x + r, y + r], fill=tuple(int(v) for v in rng.integers(0, 256, 3)))
+    pixels = np.asarray(image, dtype=np.float32) + rng.normal(0, 12, (height, width, 3))
+    return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
+
+
+def _base_pattern(rng):
+    from PIL import Image
+
+    coarse = rng.integers(0, 256, (6, 8, 3), dtype=np.uint8)
+    return Image.fromarray(coarse).resize((160, 120), Image.Resampling.NEAREST)
+
+
+def make_tiny_shared_layout(root: Path, seed=0, n_training_per_source=4) -> Path:
+    """oxford5k-subset (2 landmarks x 5 images + 2 distractors, 2 official queries) and training photos."""
+    rng = np.random.default_rng(seed)
+    subset = root / "oxford5k-subset"
+    (subset / "jpg").mkdir(parents=True)
+    (subset / "groundtruth").mkdir()
+    names = []
+    for landmark in ("abbey", "bridge"):
+        base = _base_pattern(rng)
+        images = [f"{landmark}_{i:06d}" for i in range(5)]
+        for name in images:
+            _photo(rng, base, (160, 120)).save(subset / "jpg" / f"{name}.jpg", quality=90)
+        names += images
+        gt = subset / "groundtruth"
+        (gt / f"{landmark}_1_query.txt").write_text(f"oxc1_{images[0]} 10.0 8.5 150.0 110.0\n")
+        (gt / f"{landmark}_1_good.txt").write_text("\n".join(images[:3]) + "\n")
+        (gt / f"{landmark}_1_ok.txt").write_text(images[3] + "\n")
+        (gt / f"{landmark}_1_junk.txt").write_text(images[4] + "\n")
+    for distractor in range(2):
+        name = f"other_{distractor:06d}"
+        _photo(rng, _base_pattern(rng), (120, 160)).save(subset / "jpg" / f"{name}.jpg", quality=90)
+        names.append(name)
+    (subset / "images.txt").write_text("\n".join(names) + "\n")
+    for source, size in (("bsds500", (160, 107)), ("imagenet-sample-500", (150, 112))):
+        (root / source / "jpg").mkdir(parents=True)
+        for i in range(n_training_per_source):
+            _photo(rng, _base_pattern(rng), size).save(root / source / "jpg" / f"{source}_{i}.jpg", quality=90)
+    return root
+
+
+@pytest.mark.slow
+def test_paper_experiments_runs_every_phase(tmp_path):
+    from threadpoolctl import threadpool_limits
+
+    script = _load_script()
+    # 2 x 33 training photos: enough vectors for 64-bit ITQ (n_bits <= n_samples); 512 bits is skipped.
+    data = make_tiny_shared_layout(tmp_path / "data", n_training_per_source=33)
+    out = tmp_path / "out"
+    argv = ["--data-dir", str(data), "--out", str(out), "--cache-dir", str(tmp_path / "cache"),
+            "--max-size", "128", "--device", "cpu", "--batch-size", "8", "--num-workers", "2",
+            "--n-jobs", "2", "--limit-db", "11", "--budget-s", "1e9", "--sweep-dims", "2048",
+            "--table9", "32,20"]
+    # One BLAS thread: on a shared CI machine multi-threaded eigh can be 20x slower, not faster.
+    with threadpool_limits(1):
+        report = script.main(argv)
+
+    text = report.read_text()
+    results = json.loads((out / "paper_results.json").read_text())
+    assert not results["errors"], results["errors"]
+    assert set(results["skipped"]) == {"ITQ 128 bits", "ITQ 256 bits", "ITQ 512 bits"}, results["skipped"]
+    for heading in ("## 1.", "## 2.", "## 3.", "## 4.", "## 5.", "## 6.", "## 7.", "## 8.", "## 9.", "## 10."):
+        assert heading in text, f"{heading} missing from the report"
+    # Every configuration produced an mAP in [0, 100] for both protocols.
+    for key, value in results["framework"].items():
+        for protocol in ("official-10", "loo-landmark"):
+            assert 0.0 <= value[protocol]["map"] <= 100.0, key
+    assert set(results["framework"]) >= {f"{f}/{m}/{d}" for f in ("training", "database")
+                                         for m in ("max", "sum", "sift", "none") for d in (512, 1024)}
+    assert {"real", "64"} <= set(results["itq"])
+    assert set(results["baselines"]) == {"spoc", "mac", "rmac", "crow", "gem"}
+    # pool5 is the 2x2 max-pool of conv5_3: the hypercolumn extraction agrees with the pool5 one.
+    assert results["pool5_vs_maxpooled_conv5_3_max_rel_diff"] < 1e-3
+    assert sorted(p.name for p in out.glob("*.png")) == ["fig4_alpha.png", "fig5_dimensions.png", "fig_itq.png"]
+    assert len(list(out.iterdir())) <= 8
+
+    # A second run resumes from the map cache: nothing new is written and the masks see the same maps.
+    cached = sorted((tmp_path / "cache" / "maps").rglob("*.npz"))
+    assert len(cached) == 66 + 11 + 2
+    with threadpool_limits(1):
+        script.main(argv + ["--skip", "baselines,framework-database,dimensions,hypercolumns,table9"])
+    rerun = json.loads((out / "paper_results.json").read_text())
+    assert sorted((tmp_path / "cache" / "maps").rglob("*.npz")) == cached
+    assert rerun["mask_share"] == results["mask_share"]
+    assert "training/max/512" in rerun["framework"]
+
+
+def test_database_limit_keeps_positives_and_remaps_ground_truth(tmp_path):
+    script = _load_script()
+    data = make_tiny_shared_layout(tmp_path / "data")
+    args = script.parse_args(["--data-dir", str(data), "--out", str(tmp_path / "o"), "--limit-db", "6",
+                              "--limit-train", "3"])
+    loaded = script.Data(args)
+    assert len(loaded.database) == 6 and len(loaded.training) == 3
+    for gt in loaded.official_gt + loaded.loo_gt:
+        assert len(gt["positives"]) > 0
+        assert np.all(gt["positives"] < 6) and np.all(gt["junk"] < 6)
+    # Remapped indices point at the same files as before the limit.
+    names = [Path(p).stem for p in loaded.database]
+    for row, gt in zip(loaded.loo_rows, loaded.loo_gt):
+        assert names[row].split("_")[0] == names[gt["positives"][0]].split("_")[0]
+
+
+def test_parallel_fit_equals_pipeline_fit_transform(tmp_path):
+    """The script's chunked, threaded fit gives the Pipeline's own fit_transform result."""
+    from conftest import make_local_sets
+    from selconv.pipelines import make_paper_pipeline
+
+    script = _load_script()
+    args = script.parse_args(["--data-dir", str(tmp_path), "--out", str(tmp_path / "o"), "--n-jobs", "2"])
+    run = script.Run(args)
+    # Several times more local features than the 640 embedding dimensions: a well-conditioned whitening.
+    sets = make_local_sets(counts=(300, 0, 250, 120, 400, 1, 350, 280, 180, 270), n_features=48)
+    # n_dropped=0: with 10 images every training direction is among the 128 the paper drops, and what
+    # remains is rounding noise that no two summation orders agree on.
+    reference = make_paper_pipeline(512, n_dropped=0)[1:-1].fit_transform(sets)
+    head = make_paper_pipeline(512, n_dropped=0)[1:-1]
+    ours = script.fit_head(run, head, sets)
+    np.testing.assert_allclose(ours, reference, rtol=1e-4, atol=1e-5)
+    # Chunked transform (chunks of 3 images in 2 threads) equals the plain transform.
+    np.testing.assert_allclose(run.transform(head, sets, chunk=3), head.transform(sets), rtol=1e-4, atol=1e-5)
