@@ -180,6 +180,12 @@ def test_resize_upscale_and_keypoints(image_files):
     assert flat.transform([np.full((40, 40, 3), 128, np.uint8)])[0].keypoints.shape == (0, 2)
 
 
+def test_image_too_small_for_the_layer_is_a_clear_error(vgg, image_files):
+    path = image_files[0]  # 96 x 72, max_size 64: a 6 x 6 px crop leaves no pool5 cell
+    with pytest.raises(ValueError, match="too small for the requested layer.*raise max_size"):
+        vgg.transform([(path, (0, 0, 9, 9))])
+
+
 def test_bounding_box_crop_scaled_by_full_image_factor(vgg, image_files):
     path = image_files[0]  # 96 x 72, max_size 64: factor 2/3
     box = (12, 6, 84, 60)  # 72 x 54 -> 48 x 36

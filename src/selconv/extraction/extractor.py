@@ -96,7 +96,17 @@ class _BatchRunner:
 
     def submit(self, batch):
         """Start a batch; return the finished results of the previous one (CUDA) or of this one (CPU)."""
-        job = (batch, self._forward([img.pixels for _, img, _ in batch]))
+        try:
+            job = (batch, self._forward([img.pixels for _, img, _ in batch]))
+        except RuntimeError as error:
+            if "too small" not in str(error):
+                raise
+            height, width = batch[0][1].pixels.shape[:2]
+            sources = ", ".join(str(img.source) for _, img, _ in batch[:3]) + (" ..." if len(batch) > 3 else "")
+            raise ValueError(
+                f"image too small for the requested layer: {width} x {height} px after resizing ({sources}) "
+                f"leaves no cell in the feature map; raise max_size or crop larger boxes."
+            ) from error
         if not self.cuda:
             return self._finish(job)
         previous, self.in_flight = self.in_flight, job
