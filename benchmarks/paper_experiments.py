@@ -19,6 +19,16 @@ GPU run (all data), from the repository root::
     PYTHONPATH=src python3 benchmarks/paper_experiments.py --data-dir DATA --weights VGG16.pth \
         --out OUT --cache-dir /tmp/selconv-paper-cache
 
+Same-domain learning only (phase ``domain``: learned on the database images in no ground-truth list,
+the stand-in for the paper's Paris6k), resuming from the cached maps::
+
+    ... --train-source oxford-unlabelled \
+        --skip framework-training,baselines,framework-database,dimensions,hypercolumns,table9
+
+Merge partial runs' JSON into one complete report (no computation, no data folder)::
+
+    python benchmarks/paper_experiments.py --merge-json RUN1/paper_results.json RUN2/paper_results.json --out OUT
+
 Smoke run on a few images (CPU; below about 512 px the smallest official query box, 124 px wide, gets
 no pool5 cell)::
 
@@ -31,6 +41,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shlex
 import sys
 import time
@@ -54,10 +65,13 @@ BASELINE_LABELS = {"spoc": "SPoC", "mac": "MAC", "rmac": "R-MAC", "crow": "CroW"
 # Whitening settings the training-only proxy task chooses from (None: no whitening, l2 only).
 # Ledoit-Wolf first: ties (a saturated proxy) go to the library's default.
 SHRINKAGE_GRID = ("ledoit-wolf", None, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0)
+TRAIN_SOURCES = ("generic", "oxford-unlabelled", "both")
+TRAIN_SOURCE_LABELS = {"oxford-unlabelled": "unlabelled Oxford-subset images",
+                       "both": "generic photos + unlabelled Oxford-subset images"}
 HYPERCOLUMN_LAYERS = ["conv5_3", "conv5_2", "conv5_1"]
 PROXY_SIDE = 0.5  # side fraction of the two random windows of the proxy task (training-only whitening choice)
 SECTION_ORDER = ("header", "masks", "framework", "dimensions", "alpha", "hypercolumns", "itq", "baselines", "table9",
-                 "discussion", "timings")
+                 "domain", "discussion", "timings")
 
 # The paper's Oxford5k numbers (full 5,063-image Oxford5k, learned on Paris6k): for reference only.
 PAPER = {
@@ -81,8 +95,9 @@ PAPER = {
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data-dir", type=Path, required=True,
-                        help="folder with oxford5k-subset/, bsds500/ and imagenet-sample-500/ (shared layout)")
+    parser.add_argument("--data-dir", type=Path, default=None,
+                        help="folder with oxford5k-subset/, bsds500/ and imagenet-sample-500/ (shared layout); "
+                             "required unless --merge-json")
     parser.add_argument("--out", type=Path, required=True, help="results folder (paper_results.md, json, PNGs)")
     parser.add_argument("--weights", default="imagenet",
                         help="VGG16 weights file for ConvFeatureExtractor (default: its 'imagenet' resolution)")
@@ -107,8 +122,18 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="final dimensions beyond 512/1024 for the dimension sweep (paper Table 4 presets)")
     parser.add_argument("--table9", default="64,64",
                         help="'d,|C|' of the Table 9 replica (paper: 64,64 = 4096-D, then PCA to 512)")
+    parser.add_argument("--train-source", default="generic", choices=TRAIN_SOURCES,
+                        help="learning set of the 'domain' phase: 'oxford-unlabelled' = the database images in no "
+                             "ground-truth list of any of the 55 queries (same domain, held out from every query and "
+                             "labelled image, but part of the database), 'both' = those plus the generic photos; "
+                             "'generic' (default) skips the phase (every other phase learns on the generic photos)")
+    parser.add_argument("--merge-json", type=Path, nargs="+", default=None, metavar="FILE",
+                        help="no computation: merge these paper_results.json files of partial runs (later files win "
+                             "on the same key) and write the complete report into --out")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    if args.data_dir is None and args.merge_json is None:
+        parser.error("--data-dir is required (unless --merge-json)")
     try:
         args.sweep_dims = tuple(int(d) for d in args.sweep_dims.split(",") if d.strip())
         args.table9 = tuple(int(v) for v in args.table9.split(","))
@@ -173,6 +198,28 @@ class Data:
             )
         if not self.official_gt or not self.loo_gt:
             raise RuntimeError("no query has a positive in the (limited) database: raise --limit-db")
+        self.unlabelled_rows, self.n_groundtruth_queries = self._unlabelled_rows(root / "groundtruth", self.database)
+
+    @staticmethod
+    def _unlabelled_rows(groundtruth, database):
+        """Database rows named in NO ground-truth list (query, good, ok or junk) of any official query.
+
+        Same domain as the test images and disjoint from every query and labelled image: the held-out
+        stand-in for the paper's Paris6k of the 'domain' phase (they remain database images, as distractors).
+        """
+        from selconv.datasets.oxford_paris import read_oxford_ground_truth
+
+        queries = read_oxford_ground_truth(groundtruth)
+        named = {q.image for q in queries}.union(*(set(q.good) | set(q.ok) | set(q.junk) for q in queries))
+        rows = np.array([i for i, path in enumerate(database) if Path(path).stem not in named], dtype=np.int64)
+        return rows, len(queries)
+
+    def summary(self) -> dict:
+        """The counts the report quotes (stored in the JSON, so a merge needs no data folder)."""
+        return {"n_database": len(self.database), "n_training": len(self.training),
+                "n_official": len(self.official_gt), "n_loo": len(self.loo_gt),
+                "n_unlabelled": int(len(self.unlabelled_rows)), "n_groundtruth_queries": self.n_groundtruth_queries,
+                "notes": list(self.notes)}
 
     @staticmethod
     def _database_subset(n_images, datasets, limit):
@@ -205,7 +252,8 @@ class Run:
         self.out = Path(args.out)
         self.out.mkdir(parents=True, exist_ok=True)
         self.cache_dir = Path(args.cache_dir) if args.cache_dir else self.out.resolve().parent / "selconv-paper-cache"
-        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        if not args.merge_json:  # a merge computes nothing
+            self.cache_dir.mkdir(parents=True, exist_ok=True)
         self.report = common.Report(self.out / "paper_results.md", "Reproducing the paper's findings on the Oxford subset",
                                     order=SECTION_ORDER)
         self.results: dict = {"skipped": {}, "errors": {}, "framework": {}}
@@ -231,7 +279,8 @@ class Run:
                 return sorted(value)
             return str(value)
 
-        payload = dict(self.results, wall_times_s=self.timer.phases, warnings=self.warnings)
+        payload = dict(self.results, wall_times_s=self.timer.phases, total_s=self.timer.elapsed(),
+                       warnings=self.warnings)
         tmp = self.out / "paper_results.json.tmp"
         tmp.write_text(json.dumps(payload, indent=1, default=default))
         tmp.replace(self.out / "paper_results.json")
@@ -342,6 +391,11 @@ def phase_masks(run):
         decorrelation[name] = 100.0 * common.feature_pair_decorrelation(run.sets[name]["db"], rng)
     run.results["mask_share"] = shares
     run.results["mask_decorrelation"] = decorrelation
+    write_masks_section(run)
+
+
+def write_masks_section(run):
+    shares, decorrelation = run.results["mask_share"], run.results["mask_decorrelation"]
     rows = [
         [MASK_LABELS[n], shares[n]["db"], shares[n]["train"], f"about {PAPER['share_kept'][n]:.0f}",
          decorrelation[n]]
@@ -447,6 +501,12 @@ def phase_framework_training(run):
 
 
 def phase_itq(run, fitted):
+    run.results["itq"] = itq_scores(run, fitted)
+    write_itq_section(run)
+
+
+def itq_scores(run, fitted, skip_prefix=""):
+    """mAP of ITQ codes at every ITQ_BITS (learned on the fit set's 512-D vectors) and of the real vectors."""
     from selconv.hashing import ITQHasher
 
     train = power(fitted["pre"]["train"])
@@ -454,11 +514,15 @@ def phase_itq(run, fitted):
     itq = {"real": run.evaluate(db, official)}
     for bits in ITQ_BITS:
         if bits > min(train.shape):  # ITQ's PCA needs n_bits <= dimension and <= training vectors
-            run.results["skipped"][f"ITQ {bits} bits"] = f"needs {bits} <= {min(train.shape)} training vectors"
+            run.results["skipped"][f"{skip_prefix}ITQ {bits} bits"] = f"needs {bits} <= {min(train.shape)} training vectors"
             continue
         hasher = ITQHasher(bits, random_state=run.rng_seed).fit(train)
         itq[str(bits)] = run.evaluate(hasher.transform(db), hasher.transform(official), metric="hamming")
-    run.results["itq"] = itq
+    return itq
+
+
+def write_itq_section(run):
+    itq = run.results["itq"]
     rows = []
     for bits in ITQ_BITS:
         if str(bits) not in itq:
@@ -523,6 +587,11 @@ def phase_table9(run):
             db = power(fitted["pre"]["db"][:, :512])
             official = power(fitted["pre"]["official"][:, :512])
             run.results["table9"][mask] = dict(run.evaluate(db, official), fit_s=fitted["fit_s"])
+    write_table9_section(run)
+
+
+def write_table9_section(run):
+    d, n_clusters = run.args.table9
     rows = [[MASK_LABELS[m], *_pair(r), PAPER["table9"][m]] for m, r in run.results["table9"].items()]
     run.report.set("table9", "\n".join([
         "## 8. Learned on the database, 4096 -> 512 (paper Table 9, the SCDA comparison)",
@@ -651,10 +720,18 @@ def phase_hypercolumns(run):
 
 
 def phase_baselines(run):
+    run.results["baselines"] = {}
+    baseline_scores(run, run.maps["train"], run.results["baselines"], write=write_baseline_section)
+
+
+def baseline_scores(run, train, store, *, prefix="", write=None):
+    """Fit the five baselines on the maps ``train`` (whitening chosen by the proxy task on them) into ``store``.
+
+    ``prefix`` starts the timer, skip and warning labels; ``write(run)`` is called after each baseline.
+    """
     from selconv.baselines import make_baseline
 
     rng = np.random.default_rng(run.rng_seed)
-    train = run.maps["train"]
     order = rng.permutation(len(train))
     half_a = [train[i] for i in order[: len(train) // 2]]
     half_b = [train[i] for i in order[len(train) // 2 :]]
@@ -663,12 +740,11 @@ def phase_baselines(run):
     windows = [[common.random_subwindow(np.asarray(m.features, dtype=np.float32), rng, PROXY_SIDE) for _ in range(2)]
                for m in half_b]
     proxy_queries, proxy_database = [w[0] for w in windows], [w[1] for w in windows]
-    run.results["baselines"] = {}
     for name in BASELINES:
         if run.over_budget():
-            run.results["skipped"][f"baseline {name}"] = "time budget"
+            run.results["skipped"][f"{prefix}baseline {name}"] = "time budget"
             continue
-        with run.timer.phase(f"baseline {name}"):
+        with run.timer.phase(f"{prefix}baseline {name}"):
             proxy = {}
             for shrinkage in SHRINKAGE_GRID:
                 pipe = _baseline(make_baseline, name, shrinkage)
@@ -677,7 +753,7 @@ def phase_baselines(run):
                     pipe.fit(half_a)
                     proxy[_shrink_label(shrinkage)] = 100.0 * common.proxy_retrieval_map(
                         pipe.transform(proxy_queries), pipe.transform(proxy_database))
-                run.record_warnings(f"baseline {name} proxy", caught)
+                run.record_warnings(f"{prefix}baseline {name} proxy", caught)
             chosen = max(SHRINKAGE_GRID, key=lambda s: proxy[_shrink_label(s)])
             scores = {}
             # Test mAP of the chosen setting (the headline) and of two fixed references (not used to choose).
@@ -688,10 +764,11 @@ def phase_baselines(run):
                     pipe.fit(train)
                     db = run.transform(pipe, run.maps["db"])
                     official = pipe.transform(run.maps["official"])
-                run.record_warnings(f"baseline {name}", caught)
+                run.record_warnings(f"{prefix}baseline {name}", caught)
                 scores[_shrink_label(shrinkage)] = dict(run.evaluate(db, official), dim=int(db.shape[1]))
-            run.results["baselines"][name] = {"proxy_mrr": proxy, "chosen": _shrink_label(chosen), "test": scores}
-        write_baseline_section(run)
+            store[name] = {"proxy_mrr": proxy, "chosen": _shrink_label(chosen), "test": scores}
+        if write is not None:
+            write(run)
 
 
 def _baseline(make_baseline, name, shrinkage):
@@ -702,6 +779,138 @@ def _baseline(make_baseline, name, shrinkage):
 
 def _shrink_label(shrinkage) -> str:
     return "no whitening" if shrinkage is None else f"shrinkage={shrinkage}"
+
+
+# ==================================================================================================
+# Phase: learned on same-domain held-out images (the unlabelled Oxford-subset images), --train-source
+
+
+def phase_domain(run):
+    """Framework (4 masks x 512/1024-D), the five baselines and ITQ, learned on ``--train-source`` images.
+
+    'oxford-unlabelled': the database images in no ground-truth list of any query (Data.unlabelled_rows),
+    the held-out, same-domain stand-in for the paper's Paris6k; 'both': those plus the generic photos.
+    Their maps and masked sets are the database's (nothing is extracted again).
+    """
+    source = run.args.train_source
+    rows = run.data.unlabelled_rows
+
+    def learning_set(db_items, generic_items):
+        same_domain = [db_items[i] for i in rows]
+        return same_domain if source == "oxford-unlabelled" else list(generic_items) + same_domain
+
+    result = run.results.setdefault("domain", {}).setdefault(source, {"framework": {}, "baselines": {}})
+    result["n_train"] = len(learning_set(run.data.database, run.data.training))
+    prefix = f"domain[{source}] "
+    fitted_512_max = None
+    for dim in (1024, 512):
+        for mask in MASK_NAMES:
+            if run.over_budget():
+                run.results["skipped"][f"{prefix}fit {mask} {dim}"] = "time budget"
+                continue
+            label = f"fit {source}: {mask} {dim}-D"
+            sets = dict(run.sets[mask], train=learning_set(run.sets[mask]["db"], run.sets[mask]["train"]))
+            with run.timer.phase(label):
+                fitted = fit_framework(run, sets, dim=dim, mask=mask, fit_on="training", label=label)
+                result["framework"][f"{mask}/{dim}"] = dict(
+                    score_framework(run, fitted), dim=fitted["dim"], fit_s=fitted["fit_s"],
+                    transform_s=fitted["transform_s"])
+            if dim == 512 and mask == "max":
+                fitted_512_max = fitted
+            write_domain_section(run)
+            run.save_json()
+    if fitted_512_max is not None and not run.over_budget():
+        with run.timer.phase(f"{prefix}ITQ on MAX 512-D"):
+            result["itq"] = itq_scores(run, fitted_512_max, skip_prefix=prefix)
+        write_domain_section(run)
+    del fitted_512_max
+    baseline_scores(run, learning_set(run.maps["db"], run.maps["train"]), result["baselines"], prefix=prefix,
+                    write=write_domain_section)
+
+
+def write_domain_section(run):
+    domain = run.results.get("domain", {})
+    if not domain:
+        return
+    counts = run.results["data"]
+    fw, generic_bl, generic_itq = run.results.get("framework", {}), run.results.get("baselines", {}), run.results.get("itq", {})
+    text = [
+        "## 8b. Learned on same-domain held-out images (paper: learned on Paris6k)",
+        "",
+        f"The paper learns every parameter on Paris6k, landmark photos of the same kind as Oxford; the tables above learn "
+        f"on {counts['n_training']} generic photos. Here the same methods learn instead on the "
+        f"{counts.get('n_unlabelled', '?')} Oxford-subset images that appear in NO ground-truth list (query, good, ok "
+        f"or junk) of any of the {counts.get('n_groundtruth_queries', 55)} official queries: Oxford Flickr photos "
+        "like the test images, disjoint from every query and every labelled image, so no test-query label is used in "
+        "learning. BUT these images ARE part of the searched database (as distractors): their own vectors are both "
+        "learned from and ranked, which is milder than Paris6k's separation (slightly transductive); the labelled "
+        "images and the queries are never seen in learning. Same pipelines as above: n_dropped = 128 for the "
+        "framework; the baselines' whitening chosen by the same training-only proxy task, run on these images; "
+        "ITQ learned on their MAX 512-D vectors (learning set 'both': these images plus the generic photos). "
+        "'Δ loo (paired)' is the mean per-query AP change from the generic photos to this learning set, ± its standard error over the same queries.",
+    ]
+    for source, r in domain.items():
+        text += ["", f"### Learning set: {TRAIN_SOURCE_LABELS.get(source, source)} ({r.get('n_train', '?')} images)", ""]
+        rows = []
+        for dim in (512, 1024):
+            for mask in MASK_NAMES:
+                ours, generic = r["framework"].get(f"{mask}/{dim}"), fw.get(f"training/{mask}/{dim}")
+                if ours is None:
+                    continue
+                delta = _paired(ours, generic, "loo-landmark") if generic is not None else "-"
+                rows.append([f"{MASK_LABELS[mask]} + Temb + democratic", str(dim), *_pair(generic), *_pair(ours), delta,
+                             PAPER["mask_dim"].get((mask, dim), "-")])
+        for name, b in r["baselines"].items():
+            g = generic_bl.get(name)
+            paper = PAPER["baselines"][name]
+            rows.append([f"{BASELINE_LABELS[name]} (whitening: generic {g['chosen'] if g else '-'}, this set "
+                         f"{b['chosen']})", str(b["test"][b["chosen"]]["dim"]),
+                         *_pair(g["test"][g["chosen"]] if g else None), *_pair(b["test"][b["chosen"]]),
+                         _paired(b["test"][b["chosen"]], g["test"][g["chosen"]], "loo-landmark") if g else "-",
+                         f"{paper[1]} ({paper[0]}-D)" if paper else "-"])
+        for bits in ITQ_BITS:
+            if str(bits) in r.get("itq", {}):
+                g = generic_itq.get(str(bits))
+                rows.append([f"ITQ on MAX 512-D, {bits} bits", str(bits), *_pair(g), *_pair(r["itq"][str(bits)]),
+                             _paired(r["itq"][str(bits)], g, "loo-landmark") if g else "-", PAPER["itq"][bits]])
+        text.append(common.markdown_table(
+            ["method", "dim / bits", "generic: official-10", "generic: loo", "this set: official-10",
+             "this set: loo", "Δ loo (paired)", "paper Oxford5k"], rows))
+    run.report.set("domain", "\n".join(text))
+
+
+def _best_baseline(baselines, protocol):
+    """(name, mAP) of the best baseline (at its chosen whitening) for ``protocol``, or None."""
+    if not baselines:
+        return None
+    name = max(baselines, key=lambda n: baselines[n]["test"][baselines[n]["chosen"]][protocol]["map"])
+    return name, baselines[name]["test"][baselines[name]["chosen"]][protocol]["map"]
+
+
+def domain_discussion(run) -> list[str]:
+    """Does learning on same-domain images close the framework's gap to the baselines at 512-D?"""
+    lines = []
+    fw, generic_bl = run.results.get("framework", {}), run.results.get("baselines", {})
+    for source, r in run.results.get("domain", {}).items():
+        ours_512 = r["framework"].get("max/512")
+        for protocol in PROTOCOLS:
+            best = _best_baseline(r["baselines"], protocol)
+            if ours_512 is None or best is None:
+                continue
+            gap = ours_512[protocol]["map"] - best[1]
+            text = (f"- Learned on {TRAIN_SOURCE_LABELS.get(source, source)}, 512-D, {protocol}: MAX + Temb + "
+                    f"democratic {ours_512[protocol]['map']:.1f} vs best baseline {BASELINE_LABELS[best[0]]} "
+                    f"{best[1]:.1f} (gap {gap:+.1f}")
+            generic_best, generic_ours = _best_baseline(generic_bl, protocol), fw.get("training/max/512")
+            if generic_best is not None and generic_ours is not None:
+                generic_gap = generic_ours[protocol]["map"] - generic_best[1]
+                verdict = ("the gap CLOSES: the framework is ahead" if gap > 0 else
+                           "the gap narrows" if gap > generic_gap else "the gap does NOT narrow")
+                text += (f"; learned on the generic photos: {generic_gap:+.1f}, {BASELINE_LABELS[generic_best[0]]} "
+                         f"best) — {verdict}. MAX 512-D changes by {_paired(ours_512, generic_ours, protocol)} "
+                         f"(paired), the best baseline by {best[1] - generic_best[1]:+.1f}")
+            lines.append(text + ".")
+    return lines
 
 
 # ==================================================================================================
@@ -752,8 +961,9 @@ def write_framework_section(run):
         "## 2. Masks x dimension: M + Temb + democratic + RN + PN (paper Tables 3 and 8)",
         "",
         f"mAP (%) ± standard error over queries. Columns 'training photos': every parameter (local PCA, Temb "
-        f"codebook and whitening, RN) learned on the {len(run.data.training)} generic photos, the 128 leading rotated "
-        f"components dropped. Columns 'database': learned on the {len(run.data.database)} database images "
+        f"codebook and whitening, RN) learned on the {run.results['data']['n_training']} generic photos, the 128 "
+        f"leading rotated components dropped. Columns 'database': learned on the {run.results['data']['n_database']} "
+        "database images "
         "themselves, nothing dropped (paper "
         "Table 9 protocol). Paper columns: full Oxford5k, learned on Paris6k (Table 8 at 512/1024-D; Table 3 at "
         "4224-D with Temb(64, 68)); not directly comparable to this 1,008-image subset.",
@@ -805,7 +1015,7 @@ def write_dimension_section(run):
             rows.append([MASK_LABELS[mask], protocol,
                          *[fw[f"training/{mask}/{d}"][protocol]["map"] if f"training/{mask}/{d}" in fw else "-"
                            for d in dims]])
-    n_train = len(run.data.training)
+    n_train = run.results["data"]["n_training"]
     aggregated = {d: PAPER_SETTINGS[d][0] * PAPER_SETTINGS[d][1] for d in dims}
     under = ", ".join(f"{aggregated[d]} at {d}-D ({'UNDER-DETERMINED' if aggregated[d] >= n_train else 'fine'})"
                       for d in dims)
@@ -994,32 +1204,35 @@ def plot_itq(run):
 # Header, discussion, timings
 
 
-def write_header(run, argv):
+def _command(argv, prefix="PYTHONPATH=src python3") -> str:
+    return f"{prefix} benchmarks/paper_experiments.py " + " ".join(shlex.quote(str(a)) for a in argv)
+
+
+def write_header(run, commands):
+    """``commands``: (label, command line) pairs; one for a run, the device runs and the merge for a merge."""
     args = run.args
-    data = run.data
-    command = "PYTHONPATH=src python3 benchmarks/paper_experiments.py " + " ".join(shlex.quote(a) for a in argv)
+    data = run.results["data"]
     info = run.results["machine"]
     lines = [
         "Paper: Do, Hoang et al., *Selective deep convolutional features for image retrieval* (VGG16 pool5, "
         f"{args.max_size} px, off-the-shelf ImageNet weights). Generated by `benchmarks/paper_experiments.py`.",
         "",
-        f"Command: `{command}`",
-        "",
-        f"Data: database = {len(data.database)} Oxford-subset images; official-10 = {len(data.official_gt)} "
-        f"box-cropped official queries; loo-landmark = {len(data.loo_gt)} full-image queries (each labelled "
-        f"image against the others of its landmark); training set = {len(data.training)} generic photos "
+        *[f"{label}: `{command}`\n" for label, command in commands],
+        f"Data: database = {data['n_database']} Oxford-subset images; official-10 = {data['n_official']} "
+        f"box-cropped official queries; loo-landmark = {data['n_loo']} full-image queries (each labelled "
+        f"image against the others of its landmark); training set = {data['n_training']} generic photos "
         "(bsds500 + imagenet-sample-500, none of Oxford). The paper learns on 5,000-6,400 images of another "
         "landmark dataset (Paris6k for Oxford).",
         "",
         "Machine: " + ", ".join(f"{k} {v}" for k, v in info.items()),
         "",
         "mAP is the standard Oxford AP with junk removed (ALGORITHMS.md section 9), in %. The ± is the standard "
-        f"error over queries: with {len(data.official_gt)} official queries it is several points, so differences "
-        f"smaller than about two standard errors are not meaningful; loo-landmark ({len(data.loo_gt)} queries) is "
+        f"error over queries: with {data['n_official']} official queries it is several points, so differences "
+        f"smaller than about two standard errors are not meaningful; loo-landmark ({data['n_loo']} queries) is "
         "the steadier protocol. "
         "This subset is NOT the full Oxford5k: the paper's numbers are given for orientation only.",
     ]
-    lines += [f"\n{note}" for note in data.notes]
+    lines += [f"\n{note}" for note in data.get("notes", [])]
     run.report.set("header", "\n".join(lines))
 
 
@@ -1075,6 +1288,7 @@ def write_discussion(run):
                 f"- ITQ 512 bits vs 512-D real, {protocol}: {itq['512'][protocol]['map']:.1f} vs "
                 f"{itq['real'][protocol]['map']:.1f} ({_ratio(itq['512'], itq['real'], protocol)} of real). "
                 "Paper: 57.3 vs 65.7 (87%).")
+    lines += domain_discussion(run)
     sweep = sorted({512, 1024, *run.args.sweep_dims})
     dims = [fw.get(f"training/max/{d}") for d in sweep]
     if all(d is not None for d in dims):
@@ -1088,8 +1302,10 @@ def write_discussion(run):
         "1. Training set: 1,000 generic photos (BSDS500 + one ImageNet image per class) instead of 5,000-6,400 "
         "images of another landmark dataset. The Temb codebook, its whitening (|C| d up to 4224 dimensions) and "
         "RN are all learned from far fewer and less relevant images; the paper's numbers are learned on Paris6k, "
-        "which shares the domain (building facades) with Oxford.",
-        f"2. RN needs n_samples >> D: with {len(run.data.training)} training vectors the rotation of every aggregate "
+        "which shares the domain (building facades) with Oxford."
+        + (" Section 8b learns on same-domain held-out Oxford images instead, to measure how much of the gap the "
+           "domain explains (there with fewer images still)." if run.results.get("domain") else ""),
+        f"2. RN needs n_samples >> D: with {run.results['data']['n_training']} training vectors the rotation of every aggregate "
         "of d|C| >= that many dimensions is under-determined (section 3: with 1,000 photos already 1152 at 1024-D, "
         "and 2176 / 4224 at 2048 / 4096-D); this penalises large D and is why 4096-D cannot be expected to improve "
         "here. More training photos (the paper: 5,000-6,400) is the fix, not a smaller drop.",
@@ -1114,12 +1330,165 @@ def write_discussion(run):
 
 def write_timings(run):
     rows = [[name, f"{seconds:.1f}"] for name, seconds in run.timer.phases.items()]
-    rows.append(["total", f"{run.timer.elapsed():.1f}"])
+    total = run.timer.elapsed()
+    rows.append(["total", fmt_total(total)])
     pool5 = run.results.get("pool5", {})
     where = (f"CNN on {pool5.get('device')}, weights from {pool5.get('weights_source')}, "
-             f"{run.args.precision} arithmetic; {run.n_jobs} worker threads for the per-image transforms.")
+             f"{run.args.precision} arithmetic; {run.results['settings']['n_jobs']} worker threads for the per-image "
+             "transforms.")
+    if run.args.merge_json:
+        where += (" Merged report: the phases of each device run are prefixed with its number (see the commands at "
+                  "the top); the total is the sum of the runs' totals.")
     run.report.set("timings", "\n".join(["## 10. Wall time per phase (seconds)", "", where, "",
                                           common.markdown_table(["phase", "seconds"], rows)]))
+
+
+def fmt_total(total):
+    return "not recorded (a run of an older version)" if total is None else f"{total:.1f}"
+
+
+# ==================================================================================================
+# Merge of partial runs (--merge-json): no computation
+
+
+class _FixedTimer:
+    """The PhaseTimer interface over recorded wall times (a merge measures nothing)."""
+
+    def __init__(self, phases, total):
+        self.phases, self.total = phases, total
+
+    def elapsed(self):
+        return self.total
+
+
+# Skipped-entry key -> where its result lives: a skipped entry is dropped when the merge has that result.
+_SKIP_RESULTS = (
+    (r"framework-training", lambda r, m: any(re.fullmatch(r"training/\w+/(512|1024)", k) for k in r["framework"])),
+    (r"framework-database", lambda r, m: any(k.startswith("database/") for k in r["framework"])),
+    (r"dimensions", lambda r, m: any(re.fullmatch(r"training/\w+/\d+", k) and k.split("/")[2] not in ("512", "1024")
+                                     for k in r["framework"])),
+    (r"baselines|hypercolumns|table9|domain", lambda r, m: bool(r.get(m[0]))),
+    (r"(training|database) fit (\w+) (\d+)", lambda r, m: f"{m[1]}/{m[2]}/{m[3]}" in r["framework"]),
+    (r"baseline (\w+)", lambda r, m: m[1] in r.get("baselines", {})),
+    (r"table 9 (\w+)", lambda r, m: m[1] in r.get("table9", {})),
+    (r"hypercolumns (.+) (\d+)", lambda r, m: f"{m[1]}/{m[2]}" in r.get("hypercolumns", {})),
+    (r"ITQ (\d+) bits", lambda r, m: m[1] in r.get("itq", {})),
+    (r"domain\[([\w-]+)\] fit (\w+) (\d+)",
+     lambda r, m: f"{m[2]}/{m[3]}" in r.get("domain", {}).get(m[1], {}).get("framework", {})),
+    (r"domain\[([\w-]+)\] baseline (\w+)", lambda r, m: m[2] in r.get("domain", {}).get(m[1], {}).get("baselines", {})),
+    (r"domain\[([\w-]+)\] ITQ (\d+) bits", lambda r, m: m[2] in r.get("domain", {}).get(m[1], {}).get("itq", {})),
+)
+
+
+def _has_result(results, skipped_key) -> bool:
+    for pattern, present in _SKIP_RESULTS:
+        match = re.fullmatch(pattern, skipped_key)
+        if match:
+            return present(results, match)
+    return False
+
+
+def _deep_merge(into: dict, other: dict) -> dict:
+    """Nested dicts merged key by key; on the same leaf key the later value wins."""
+    for key, value in other.items():
+        if isinstance(value, dict) and isinstance(into.get(key), dict):
+            _deep_merge(into[key], value)
+        else:
+            into[key] = value
+    return into
+
+
+def _legacy_data_summary(results) -> dict:
+    """Counts for a JSON written before results['data'] existed, recovered from what it recorded.
+
+    Query counts from any evaluation; training / database sizes from the rotation's warning of a fit on
+    the training photos / the database ('fitted on N vectors') or a dimension entry's n_train.
+    """
+    data = {"notes": []}
+    evaluations = list(results.get("framework", {}).values()) + list(results.get("table9", {}).values())
+    for entry in evaluations:
+        data["n_official"] = entry["official-10"]["n_queries"]
+        data["n_loo"] = entry["loo-landmark"]["n_queries"]
+    for entry in results.get("framework", {}).values():
+        if "n_train" in entry:
+            data["n_training"] = entry["n_train"]
+    for label, messages in results.get("warnings", {}).items():
+        for message in messages:
+            fitted_on = re.search(r"fitted on (\d+) vectors", message)
+            if fitted_on and label.startswith("fit training"):
+                data.setdefault("n_training", int(fitted_on[1]))
+            elif fitted_on and (label.startswith("fit database") or label.startswith("table 9")):
+                data.setdefault("n_database", int(fitted_on[1]))
+    return data
+
+
+def merge_json_files(paths) -> tuple:
+    """(merged results, [(path, results)], timer, warnings) of partial runs' paper_results.json, later files winning."""
+    loaded = []
+    for path in paths:
+        try:
+            loaded.append((Path(path), json.loads(Path(path).read_text())))
+        except (OSError, ValueError) as error:
+            raise SystemExit(f"--merge-json: cannot read {path}: {error}") from None
+    merged, skipped, errors = {}, {}, {}
+    phases, totals, warnings_ = {}, [], {}
+    for number, (path, results) in enumerate(loaded, start=1):
+        results = dict(results)
+        data = results.pop("data", None) or _legacy_data_summary(results)
+        merged.setdefault("data", {}).update(data)
+        skipped.update(results.pop("skipped", {}))
+        errors.update(results.pop("errors", {}))
+        for label, messages in results.pop("warnings", {}).items():
+            warnings_.setdefault(label, set()).update(messages)
+        for name, seconds in results.pop("wall_times_s", {}).items():
+            phases[f"run {number}: {name}"] = seconds
+        totals.append(results.pop("total_s", None))
+        results.pop("command", None)
+        results.pop("merged_from", None)
+        merged["machine"] = results.pop("machine", merged.get("machine", {}))  # the device's, not this machine's
+        _deep_merge(merged, results)
+    merged.setdefault("framework", {})
+    merged["skipped"] = {k: v for k, v in skipped.items() if not _has_result(merged, k)}
+    merged["errors"] = errors
+    merged["merged_from"] = [{"file": str(path), "command": r.get("command", [])} for path, r in loaded]
+    total = None if any(t is None for t in totals) else float(sum(totals))
+    return merged, loaded, _FixedTimer(phases, total), warnings_
+
+
+def run_merge(args, argv) -> Path:
+    """Write the complete report (md, json, figures) of several partial runs' JSON files into ``args.out``."""
+    merged, loaded, timer, warnings_ = merge_json_files(args.merge_json)
+    commands = [r.get("command", []) for _, r in loaded]
+    # Report settings (image size, sweep dimensions, Table 9 preset, precision) are the device runs'.
+    device_args = parse_args(commands[-1]) if commands[-1] else parse_args(["--out", str(args.out), "--merge-json", "x"])
+    device_args.sweep_dims = tuple(sorted({d for c in commands if c for d in parse_args(c).sweep_dims}))
+    device_args.out, device_args.merge_json, device_args.cache_dir = args.out, args.merge_json, None
+    run = Run(device_args)
+    run.timer, run.warnings = timer, warnings_
+    run.results = merged
+    run.results.setdefault("settings", {"n_jobs": device_args.n_jobs or merged["machine"].get("cpu_count", "?")})
+    run.results["command"] = argv
+    write_header(run, [*[(f"Device run {i} (`{path}`)", _command(r.get("command", [])))
+                         for i, (path, r) in enumerate(loaded, start=1)],
+                       ("Merged (no computation) by", _command(argv, prefix=".venv/bin/python"))])
+    if "mask_share" in merged:
+        write_masks_section(run)
+    write_framework_section(run)  # and the dimension section
+    write_alpha_section(run)
+    if merged.get("hypercolumns") or "pool5_vs_maxpooled_conv5_3_max_rel_diff" in merged:
+        write_hypercolumn_section(run)
+    if merged.get("itq"):
+        write_itq_section(run)
+    if merged.get("baselines"):
+        write_baseline_section(run)
+    if merged.get("table9"):
+        write_table9_section(run)
+    write_domain_section(run)
+    write_discussion(run)
+    write_timings(run)
+    run.save_json()
+    print(f"results: {run.report.path}", flush=True)
+    return run.report.path
 
 
 # ==================================================================================================
@@ -1134,6 +1503,7 @@ PHASES = {
     "dimensions": phase_dimensions,
     "hypercolumns": phase_hypercolumns,
     "table9": phase_table9,
+    "domain": phase_domain,
 }
 
 
@@ -1141,6 +1511,8 @@ def main(argv=None) -> Path:
     """Run every experiment; return the path of ``paper_results.md``."""
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
+    if args.merge_json:
+        return run_merge(args, argv)
     run = Run(args)
     skip = {s.strip() for s in args.skip.split(",") if s.strip()}
     unknown = skip - set(PHASES)
@@ -1148,15 +1520,20 @@ def main(argv=None) -> Path:
         raise SystemExit(f"--skip: unknown phase(s) {sorted(unknown)}; known: {', '.join(PHASES)}")
     run.results["machine"] = common.machine_info()
     run.results["command"] = argv
+    run.results["settings"] = {"n_jobs": run.n_jobs}
     with run.timer.phase("load data"):
         run.data = Data(args)
-    write_header(run, argv)
+    run.results["data"] = run.data.summary()
+    write_header(run, [("Command", _command(argv))])
     phase_extract(run)  # times itself, per split
     with run.timer.phase("masks (all four, with shares and Fig. 3b statistic)"):
         phase_masks(run)
     for name, function in PHASES.items():
         if name in skip:
             run.results["skipped"][name] = "--skip"
+            continue
+        if name == "domain" and args.train_source == "generic":
+            run.results["skipped"][name] = "--train-source generic (every other phase learns on the generic photos)"
             continue
         if run.over_budget():
             run.results["skipped"][name] = f"time budget ({args.budget_s:.0f}s) reached before it started"

@@ -98,7 +98,8 @@ def test_paper_experiments_runs_every_phase(tmp_path):
     text = report.read_text()
     results = json.loads((out / "paper_results.json").read_text())
     assert not results["errors"], results["errors"]
-    assert set(results["skipped"]) == {"ITQ 128 bits", "ITQ 256 bits", "ITQ 512 bits"}, results["skipped"]
+    # The 'domain' phase runs only with --train-source oxford-unlabelled or both.
+    assert set(results["skipped"]) == {"ITQ 128 bits", "ITQ 256 bits", "ITQ 512 bits", "domain"}, results["skipped"]
     for heading in ("## 1.", "## 2.", "## 3.", "## 4.", "## 5.", "## 6.", "## 7.", "## 8.", "## 9.", "## 10."):
         assert heading in text, f"{heading} missing from the report"
     # Every configuration produced an mAP in [0, 100] for both protocols.
@@ -117,12 +118,40 @@ def test_paper_experiments_runs_every_phase(tmp_path):
     # A second run resumes from the map cache: nothing new is written and the masks see the same maps.
     cached = sorted((tmp_path / "cache" / "maps").rglob("*.npz"))
     assert len(cached) == 66 + 11 + 2
+    # It runs ONLY the new 'domain' phase, learning on generic + unlabelled database images ('both').
+    out2 = tmp_path / "out2"
+    rerun_argv = [a if a != str(out) else str(out2) for a in argv]
     with threadpool_limits(1):
-        script.main(argv + ["--skip", "baselines,framework-database,dimensions,hypercolumns,table9"])
-    rerun = json.loads((out / "paper_results.json").read_text())
+        script.main(rerun_argv + ["--train-source", "both", "--skip",
+                                  "framework-training,baselines,framework-database,dimensions,hypercolumns,table9"])
+    rerun = json.loads((out2 / "paper_results.json").read_text())
     assert sorted((tmp_path / "cache" / "maps").rglob("*.npz")) == cached
     assert rerun["mask_share"] == results["mask_share"]
-    assert "training/max/512" in rerun["framework"]
+    assert not rerun["framework"] and not rerun["errors"], rerun["errors"]
+    # --limit-db 11 keeps the 10 labelled images and one of the two distractors: 66 + 1 learning images.
+    assert rerun["data"]["n_unlabelled"] == 1 and rerun["domain"]["both"]["n_train"] == 67
+    assert set(rerun["domain"]["both"]["framework"]) == {f"{m}/{d}" for m in ("max", "sum", "sift", "none")
+                                                        for d in (512, 1024)}
+    assert set(rerun["domain"]["both"]["baselines"]) == {"spoc", "mac", "rmac", "crow", "gem"}
+    assert "64" in rerun["domain"]["both"]["itq"]
+    assert "## 8b." in (out2 / "paper_results.md").read_text()
+
+    # Merge: no computation, no data folder; later file wins, resolved 'skipped' entries dropped.
+    merged_out = tmp_path / "merged"
+    script.main(["--merge-json", str(out / "paper_results.json"), str(out2 / "paper_results.json"),
+                 "--out", str(merged_out)])
+    merged = json.loads((merged_out / "paper_results.json").read_text())
+    merged_text = (merged_out / "paper_results.md").read_text()
+    assert merged["framework"] == results["framework"]
+    assert merged["domain"] == rerun["domain"]
+    assert set(merged["skipped"]) == {"ITQ 128 bits", "ITQ 256 bits", "ITQ 512 bits"} | {
+        f"domain[both] ITQ {b} bits" for b in (128, 256, 512)}, merged["skipped"]
+    assert merged_text.count("Device run ") == 2 and "Merged (no computation) by" in merged_text
+    for heading in ("## 1.", "## 2.", "## 3.", "## 4.", "## 5.", "## 6.", "## 7.", "## 8.", "## 8b.", "## 9.", "## 10."):
+        assert merged_text.count(heading) == 1, heading
+    assert "Learned on generic photos + unlabelled Oxford-subset images, 512-D" in merged_text
+    assert "run 1: load data" in merged_text and "run 2: load data" in merged_text
+    assert sorted(p.name for p in merged_out.glob("*.png")) == ["fig4_alpha.png", "fig5_dimensions.png", "fig_itq.png"]
 
 
 def test_database_limit_keeps_positives_and_remaps_ground_truth(tmp_path):
@@ -139,6 +168,25 @@ def test_database_limit_keeps_positives_and_remaps_ground_truth(tmp_path):
     names = [Path(p).stem for p in loaded.database]
     for row, gt in zip(loaded.loo_rows, loaded.loo_gt):
         assert names[row].split("_")[0] == names[gt["positives"][0]].split("_")[0]
+
+
+def test_unlabelled_images_are_in_no_ground_truth_list(tmp_path):
+    script = _load_script()
+    data = make_tiny_shared_layout(tmp_path / "data")
+    loaded = script.Data(script.parse_args(["--data-dir", str(data), "--out", str(tmp_path / "o")]))
+    # Every abbey_/bridge_ image is a query, good, ok or junk; only the two distractors are unlabelled.
+    assert [Path(loaded.database[i]).stem for i in loaded.unlabelled_rows] == ["other_000000", "other_000001"]
+    assert loaded.summary()["n_unlabelled"] == 2 and loaded.summary()["n_groundtruth_queries"] == 2
+
+
+def test_merge_mode_needs_no_data_dir_and_reads_only_json(tmp_path):
+    script = _load_script()
+    args = script.parse_args(["--merge-json", "a.json", "b.json", "--out", str(tmp_path)])
+    assert args.data_dir is None and [p.name for p in args.merge_json] == ["a.json", "b.json"]
+    with pytest.raises(SystemExit):
+        script.parse_args(["--out", str(tmp_path)])  # a computing run needs --data-dir
+    with pytest.raises(SystemExit, match="cannot read"):
+        script.main(["--merge-json", str(tmp_path / "missing.json"), "--out", str(tmp_path / "o")])
 
 
 def test_parallel_fit_equals_pipeline_fit_transform(tmp_path):
