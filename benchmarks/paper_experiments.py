@@ -888,28 +888,29 @@ def _best_baseline(baselines, protocol):
 
 
 def domain_discussion(run) -> list[str]:
-    """Does learning on same-domain images close the framework's gap to the baselines at 512-D?"""
+    """Does learning on same-domain images close the framework's gap to the (512-D) baselines?"""
     lines = []
     fw, generic_bl = run.results.get("framework", {}), run.results.get("baselines", {})
     for source, r in run.results.get("domain", {}).items():
-        ours_512 = r["framework"].get("max/512")
-        for protocol in PROTOCOLS:
-            best = _best_baseline(r["baselines"], protocol)
-            if ours_512 is None or best is None:
-                continue
-            gap = ours_512[protocol]["map"] - best[1]
-            text = (f"- Learned on {TRAIN_SOURCE_LABELS.get(source, source)}, 512-D, {protocol}: MAX + Temb + "
-                    f"democratic {ours_512[protocol]['map']:.1f} vs best baseline {BASELINE_LABELS[best[0]]} "
-                    f"{best[1]:.1f} (gap {gap:+.1f}")
-            generic_best, generic_ours = _best_baseline(generic_bl, protocol), fw.get("training/max/512")
-            if generic_best is not None and generic_ours is not None:
-                generic_gap = generic_ours[protocol]["map"] - generic_best[1]
-                verdict = ("the gap CLOSES: the framework is ahead" if gap > 0 else
-                           "the gap narrows" if gap > generic_gap else "the gap does NOT narrow")
-                text += (f"; learned on the generic photos: {generic_gap:+.1f}, {BASELINE_LABELS[generic_best[0]]} "
-                         f"best) — {verdict}. MAX 512-D changes by {_paired(ours_512, generic_ours, protocol)} "
-                         f"(paired), the best baseline by {best[1] - generic_best[1]:+.1f}")
-            lines.append(text + ".")
+        for dim in (512, 1024):
+            ours = r["framework"].get(f"max/{dim}")
+            for protocol in PROTOCOLS:
+                best = _best_baseline(r["baselines"], protocol)
+                if ours is None or best is None:
+                    continue
+                gap = ours[protocol]["map"] - best[1]
+                text = (f"- Learned on {TRAIN_SOURCE_LABELS.get(source, source)}, {dim}-D, {protocol}: MAX + Temb + "
+                        f"democratic {ours[protocol]['map']:.1f} vs best 512-D baseline {BASELINE_LABELS[best[0]]} "
+                        f"{best[1]:.1f} (gap {gap:+.1f}")
+                generic_best, generic_ours = _best_baseline(generic_bl, protocol), fw.get(f"training/max/{dim}")
+                if generic_best is not None and generic_ours is not None:
+                    generic_gap = generic_ours[protocol]["map"] - generic_best[1]
+                    verdict = ("the gap CLOSES: the framework is ahead" if gap > 0 else
+                               "the gap narrows" if gap > generic_gap else "the gap does NOT narrow")
+                    text += (f"; learned on the generic photos: {generic_gap:+.1f}, {BASELINE_LABELS[generic_best[0]]} "
+                             f"best) — {verdict}. MAX {dim}-D changes by {_paired(ours, generic_ours, protocol)} "
+                             f"(paired), the best baseline by {best[1] - generic_best[1]:+.1f}")
+                lines.append(text + ".")
     return lines
 
 
@@ -1236,6 +1237,29 @@ def write_header(run, commands):
     run.report.set("header", "\n".join(lines))
 
 
+def _mask_order_lines(learned_on, get) -> list[str]:
+    """One finding per (dimension, protocol): the masks' order and their paired gain over no mask."""
+    lines = []
+    for dim in (512, 1024):
+        results = {mask: get(mask, dim) for mask in MASK_NAMES}
+        if any(r is None for r in results.values()):
+            continue
+        for protocol in PROTOCOLS:
+            scores = {mask: r[protocol]["map"] for mask, r in results.items()}
+            order = " > ".join(MASK_LABELS[k] for k in sorted(scores, key=scores.get, reverse=True))
+            masked_beats_none = all(scores[k] > scores["none"] for k in ("max", "sum", "sift"))
+            paired = ", ".join(f"{MASK_LABELS[k]} {_paired(results[k], results['none'], protocol)}"
+                               for k in ("max", "sum", "sift"))
+            lines.append(
+                f"- Masks, {dim}-D, learned {learned_on}, {protocol}: {order} "
+                f"({', '.join(f'{MASK_LABELS[k]} {v:.1f}' for k, v in scores.items())}). "
+                f"Paper: MAX >= SUM ~ SIFT > no mask. "
+                f"{'MAX is best' if max(scores, key=scores.get) == 'max' else 'MAX is NOT best'}; "
+                f"{'every mask beats no mask' if masked_beats_none else 'NOT every mask beats no mask'}. "
+                f"Paired difference to no mask (mean ± s.e. over the same queries): {paired}.")
+    return lines
+
+
 def write_discussion(run):
     fw = run.results.get("framework", {})
     lines = ["## 9. Does it reproduce? Findings and explanations", ""]
@@ -1244,24 +1268,12 @@ def write_discussion(run):
         r = fw.get(key)
         return None if r is None else r[protocol]["map"]
 
-    for fit_on in ("training", "database"):
-        for dim in (512, 1024):
-            for protocol in PROTOCOLS:
-                scores = {mask: m(f"{fit_on}/{mask}/{dim}", protocol) for mask in MASK_NAMES}
-                if any(v is None for v in scores.values()):
-                    continue
-                order = " > ".join(MASK_LABELS[k] for k in sorted(scores, key=scores.get, reverse=True))
-                masked_beats_none = all(scores[k] > scores["none"] for k in ("max", "sum", "sift"))
-                paired = ", ".join(
-                    f"{MASK_LABELS[k]} {_paired(fw[f'{fit_on}/{k}/{dim}'], fw[f'{fit_on}/none/{dim}'], protocol)}"
-                    for k in ("max", "sum", "sift"))
-                lines.append(
-                    f"- Masks, {dim}-D, learned on {fit_on}, {protocol}: {order} "
-                    f"({', '.join(f'{MASK_LABELS[k]} {v:.1f}' for k, v in scores.items())}). "
-                    f"Paper: MAX >= SUM ~ SIFT > no mask. "
-                    f"{'MAX is best' if max(scores, key=scores.get) == 'max' else 'MAX is NOT best'}; "
-                    f"{'every mask beats no mask' if masked_beats_none else 'NOT every mask beats no mask'}. "
-                    f"Paired difference to no mask (mean ± s.e. over the same queries): {paired}.")
+    sources = [(f"on {fit_on}", lambda mask, dim, fit_on=fit_on: fw.get(f"{fit_on}/{mask}/{dim}"))
+               for fit_on in ("training", "database")]
+    sources += [(f"on {TRAIN_SOURCE_LABELS.get(source, source)}", lambda mask, dim, r=r: r["framework"].get(f"{mask}/{dim}"))
+                for source, r in run.results.get("domain", {}).items()]
+    for learned_on, get in sources:
+        lines += _mask_order_lines(learned_on, get)
     shares = run.results.get("mask_share")
     if shares:
         lines.append(
