@@ -1225,7 +1225,8 @@ def write_header(run, commands):
         "(bsds500 + imagenet-sample-500, none of Oxford). The paper learns on 5,000-6,400 images of another "
         "landmark dataset (Paris6k for Oxford).",
         "",
-        "Machine: " + ", ".join(f"{k} {v}" for k, v in info.items()),
+        ("Machine (of the last run; each run's GPU is named above): " if args.merge_json else "Machine: ")
+        + ", ".join(f"{k} {v}" for k, v in info.items()),
         "",
         "mAP is the standard Oxford AP with junk removed (ALGORITHMS.md section 9), in %. The ± is the standard "
         f"error over queries: with {data['n_official']} official queries it is several points, so differences "
@@ -1480,7 +1481,8 @@ def run_merge(args, argv) -> Path:
     run.results = merged
     run.results.setdefault("settings", {"n_jobs": device_args.n_jobs or merged["machine"].get("cpu_count", "?")})
     run.results["command"] = argv
-    write_header(run, [*[(f"Device run {i} (`{path}`)", _command(r.get("command", [])))
+    write_header(run, [*[(f"Device run {i} on {r.get('machine', {}).get('gpu', 'an unrecorded GPU')} (`{path}`)",
+                          _command(r.get("command", [])))
                          for i, (path, r) in enumerate(loaded, start=1)],
                        ("Merged (no computation) by", _command(argv, prefix=".venv/bin/python"))])
     if "mask_share" in merged:
