@@ -14,7 +14,9 @@ whole chain on the local features of ``--n-fit-images`` training images.
 Without ``--maps`` the conv maps are synthetic, built to match pool5's statistics that drive the cost:
 the grid size and the share of cells MAX-mask keeps (29% measured on real images, see
 ../shared/data/README.md; paper: ~30%); see :func:`synthetic_pool5_map`. With ``--maps file.npz`` (one (K, H, W)
-array per entry) real maps are used, cycled as needed.
+array per entry) or ``--maps FOLDER`` (VGG16 pool5 maps at 1024 px of 24 JPEGs spread over the folder, extracted
+first) real maps are used, cycled as needed. The committed results use
+``--maps ../shared/data/oxford5k-subset/jpg --n-fit-images 5000``.
 
 Run from the repository root::
 
@@ -84,13 +86,27 @@ def synthetic_pool5_map(rng, shape=POOL5_SHAPE, zero_fraction=0.8, n_salient=260
     return x.reshape(shape)
 
 
+def real_pool5_maps(folder: Path, n_maps: int = 24) -> list[np.ndarray]:
+    """VGG16 pool5 maps at 1024 px of ``n_maps`` JPEGs spread evenly over a folder (sorted by name)."""
+    from selconv.extraction import ConvFeatureExtractor
+
+    files = sorted(folder.glob("*.jpg"))
+    if not files:
+        raise ValueError(f"--maps {folder}: no .jpg file in this folder.")
+    chosen = files[:: max(1, len(files) // n_maps)][:n_maps]
+    extractor = ConvFeatureExtractor(max_size=1024).fit()
+    return [m.features for m in extractor.transform([str(f) for f in chosen])]
+
+
 class MapSource:
     """Conv maps by index: real ones from ``--maps`` (cycled), or synthetic ones seeded per index."""
 
     def __init__(self, path: str | None, seed: int):
         self.seed = seed
         self.maps = None
-        if path is not None:
+        if path is not None and Path(path).is_dir():
+            self.maps = real_pool5_maps(Path(path))
+        elif path is not None:
             with np.load(path) as archive:
                 self.maps = [np.asarray(archive[key], dtype=np.float32) for key in sorted(archive.files)]
             bad = [m.shape for m in self.maps if m.ndim != 3]
@@ -399,7 +415,9 @@ def write_markdown(path: Path, args, info, peak, rows, wall) -> None:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--maps", help="npz file with one (K, H, W) conv map per entry (default: synthetic pool5 maps)")
+    parser.add_argument("--maps", help="npz file with one (K, H, W) conv map per entry, or a folder of JPEGs whose VGG16 "
+                        "pool5 maps at 1024 px (24 files spread over the folder) are extracted first "
+                        "(default: synthetic pool5 maps)")
     parser.add_argument("--n-images", type=int, default=100, help="test images for the online timing (default 100)")
     parser.add_argument("--n-fit-images", type=int, default=DEFAULT_N_FIT_IMAGES,
                         help=f"training images for the fit timing (default {DEFAULT_N_FIT_IMAGES})")
