@@ -4,11 +4,54 @@ Every stage of Do, Hoang et al., "Selective deep convolutional features for imag
 scikit-learn estimator; compose them in a :class:`sklearn.pipeline.Pipeline`:
 
 images -> ConvFeatureExtractor -> mask -> LocalPCA -> TriangulationEmbedding -> DemocraticAggregator
--> PowerNormalizer (with rotation) -> ITQHasher.
+-> RotationNormalizer -> PowerNormalizer -> ITQHasher.
+
+The main names are importable from the top level (``from selconv import MaxMask``); each is loaded
+on first use, so ``import selconv`` stays light and does not import torch.
 """
+
+import importlib
 
 __version__ = "0.1.0"
 
-from selconv.conv_map import ConvMap  # noqa: E402
+_EXPORTS = {
+    "ConvMap": "selconv.conv_map",
+    "ConvFeatureExtractor": "selconv.extraction",
+    "NoMask": "selconv.masks",
+    "MaxMask": "selconv.masks",
+    "SumMask": "selconv.masks",
+    "SiftMask": "selconv.masks",
+    "LocalPCA": "selconv.local",
+    "TriangulationEmbedding": "selconv.embedding",
+    "VLADEmbedding": "selconv.embedding",
+    "FisherVectorEmbedding": "selconv.embedding",
+    "FAembEmbedding": "selconv.embedding",
+    "DemocraticAggregator": "selconv.aggregation",
+    "SumPooling": "selconv.aggregation",
+    "AveragePooling": "selconv.aggregation",
+    "MaxPooling": "selconv.aggregation",
+    "GeneralizedMaxPooling": "selconv.aggregation",
+    "RotationNormalizer": "selconv.postprocessing",
+    "PowerNormalizer": "selconv.postprocessing",
+    "ITQHasher": "selconv.hashing",
+    "KMeansHasher": "selconv.hashing",
+    "RelaxedBinaryAutoencoder": "selconv.hashing",
+    "make_paper_pipeline": "selconv.pipelines",
+    "evaluate": "selconv.metrics",
+    "make_map_scorer": "selconv.metrics",
+    "map_scorer": "selconv.metrics",
+}
 
-__all__ = ["ConvMap", "__version__"]
+__all__ = ["__version__", *_EXPORTS]
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'selconv' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(__all__)
