@@ -470,6 +470,12 @@ def score_framework(run, fitted, alpha=0.5):
     return run.evaluate(power(fitted["pre"]["db"], alpha), power(fitted["pre"]["official"], alpha))
 
 
+def framework_record(run, fitted, **extra):
+    """What the results keep of one fitted configuration: its scores, dimension and fit/transform times."""
+    return dict(score_framework(run, fitted), dim=fitted["dim"], fit_s=fitted["fit_s"],
+                transform_s=fitted["transform_s"], **extra)
+
+
 # ==================================================================================================
 # Phase: masks x dimension 512/1024, learned on the training photos (Tables 3, 8) + alpha (Fig. 4) + ITQ
 
@@ -485,9 +491,7 @@ def phase_framework_training(run):
             label = f"fit training: {mask} {dim}-D"
             with run.timer.phase(label):
                 fitted = fit_framework(run, run.sets[mask], dim=dim, mask=mask, fit_on="training", label=label)
-                run.results["framework"][f"training/{mask}/{dim}"] = dict(
-                    score_framework(run, fitted), dim=fitted["dim"], fit_s=fitted["fit_s"],
-                    transform_s=fitted["transform_s"])
+                run.results["framework"][f"training/{mask}/{dim}"] = framework_record(run, fitted)
                 if dim == 1024:
                     run.results["alpha"][mask] = {
                         str(a): score_framework(run, fitted, alpha=a) for a in ALPHAS}
@@ -555,9 +559,7 @@ def phase_framework_database(run):
             label = f"fit database: {mask} {dim}-D"
             with run.timer.phase(label):
                 fitted = fit_framework(run, run.sets[mask], dim=dim, mask=mask, fit_on="database", label=label)
-                run.results["framework"][f"database/{mask}/{dim}"] = dict(
-                    score_framework(run, fitted), dim=fitted["dim"], fit_s=fitted["fit_s"],
-                    transform_s=fitted["transform_s"])
+                run.results["framework"][f"database/{mask}/{dim}"] = framework_record(run, fitted)
             write_framework_section(run)
     # Why no truncation: the same fit with the 128 leading components dropped (ALGORITHMS.md section 6).
     if not run.over_budget():
@@ -565,9 +567,7 @@ def phase_framework_database(run):
         with run.timer.phase(label):
             fitted = fit_framework(run, run.sets["max"], dim=512, mask="max", fit_on="database", n_dropped=128,
                                    label=label)
-            run.results["framework"]["database-truncated/max/512"] = dict(
-                score_framework(run, fitted), dim=fitted["dim"], fit_s=fitted["fit_s"],
-                transform_s=fitted["transform_s"])
+            run.results["framework"]["database-truncated/max/512"] = framework_record(run, fitted)
         write_framework_section(run)
 
 
@@ -617,9 +617,7 @@ def phase_dimensions(run):
             with run.timer.phase(label):
                 fitted = fit_framework(run, run.sets[mask], dim=dim, mask=mask, fit_on="training", label=label)
                 n_train = len(fitted["pre"]["train"])
-                run.results["framework"][f"training/{mask}/{dim}"] = dict(
-                    score_framework(run, fitted), dim=fitted["dim"], fit_s=fitted["fit_s"],
-                    transform_s=fitted["transform_s"], n_train=n_train)
+                run.results["framework"][f"training/{mask}/{dim}"] = framework_record(run, fitted, n_train=n_train)
             write_dimension_section(run)
 
 
@@ -812,9 +810,7 @@ def phase_domain(run):
             sets = dict(run.sets[mask], train=learning_set(run.sets[mask]["db"], run.sets[mask]["train"]))
             with run.timer.phase(label):
                 fitted = fit_framework(run, sets, dim=dim, mask=mask, fit_on="training", label=label)
-                result["framework"][f"{mask}/{dim}"] = dict(
-                    score_framework(run, fitted), dim=fitted["dim"], fit_s=fitted["fit_s"],
-                    transform_s=fitted["transform_s"])
+                result["framework"][f"{mask}/{dim}"] = framework_record(run, fitted)
             if dim == 512 and mask == "max":
                 fitted_512_max = fitted
             write_domain_section(run)
