@@ -3,8 +3,24 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from contextlib import contextmanager
+from functools import cache
 
 import numpy as np
+from threadpoolctl import ThreadpoolController
+
+
+@cache
+def _thread_pools() -> ThreadpoolController:
+    # Inspecting the loaded BLAS/OpenMP libraries takes milliseconds: done once per process.
+    return ThreadpoolController()
+
+
+@contextmanager
+def single_threaded():
+    """Run BLAS and OpenMP on one thread inside the block (restored after): thread-count-independent sums."""
+    with _thread_pools().limit(limits=1):
+        yield
 
 
 def l2_normalize_rows(X: np.ndarray, *, out: np.ndarray | None = None) -> np.ndarray:
@@ -72,6 +88,17 @@ def principal_axes(covariance: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     eigenvalues, eigenvectors = eigenvalues[::-1], eigenvectors[:, ::-1]
     signs = np.sign(eigenvectors[np.abs(eigenvectors).argmax(axis=0), np.arange(eigenvectors.shape[1])])
     return eigenvalues, eigenvectors * signs
+
+
+def determined_directions(eigenvalues: np.ndarray, n_samples: int) -> int:
+    """How many principal directions of n_samples vectors are determined by them.
+
+    Centred, n vectors span at most n - 1 directions; of the eigenvalues (decreasing) of their
+    covariance, those at or below ``n_features * eps * largest`` are rounding noise of a null
+    direction (the rule of :func:`numpy.linalg.matrix_rank`, on variances).
+    """
+    tolerance = len(eigenvalues) * np.finfo(np.float64).eps * max(eigenvalues[0], 0.0)
+    return int(min(max(n_samples - 1, 0), np.count_nonzero(eigenvalues > tolerance)))
 
 
 def whitening_scale(variances: np.ndarray) -> np.ndarray:

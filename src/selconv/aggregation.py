@@ -15,7 +15,7 @@ import scipy.linalg
 from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
-from selconv._compat import Interval, _fit_context
+from selconv._compat import Interval, fit_context
 from selconv._linalg import l2_normalize_rows
 from selconv._ragged import check_local_sets
 from selconv.base import SelconvPickleMixin
@@ -42,7 +42,7 @@ class _BaseAggregator(SelconvPickleMixin, ClassNamePrefixFeaturesOutMixin, Trans
     def _aggregate(self, Y: np.ndarray) -> np.ndarray:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    @_fit_context(prefer_skip_nested_validation=True)
+    @fit_context(prefer_skip_nested_validation=True)
     def fit(self, X, y=None):
         """Check the input and record its dimension; nothing is learned.
 

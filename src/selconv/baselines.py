@@ -24,7 +24,7 @@ from sklearn.covariance import ledoit_wolf_shrinkage
 from sklearn.pipeline import Pipeline
 from sklearn.utils.validation import check_is_fitted
 
-from selconv._compat import Interval, StrOptions, _fit_context, validate_data
+from selconv._compat import Interval, StrOptions, fit_context, validate_data
 from selconv._linalg import l2_normalize_rows, principal_axes
 from selconv._ragged import check_conv_maps
 from selconv.base import SelconvPickleMixin
@@ -103,7 +103,7 @@ class PCAWhitening(SelconvPickleMixin, ClassNamePrefixFeaturesOutMixin, Transfor
         tags.transformer_tags.preserves_dtype = ["float64", "float32"]
         return tags
 
-    @_fit_context(prefer_skip_nested_validation=True)
+    @fit_context(prefer_skip_nested_validation=True)
     def fit(self, X, y=None):
         """Learn the mean, principal directions and shrunk whitening weights of the training vectors.
 
@@ -254,7 +254,7 @@ class _ConvMapPooling(SelconvPickleMixin, ClassNamePrefixFeaturesOutMixin, Trans
             arrays.append(features)
         return arrays
 
-    @_fit_context(prefer_skip_nested_validation=True)
+    @fit_context(prefer_skip_nested_validation=True)
     def fit(self, X, y=None):
         """Check the conv maps and record their number of channels; nothing is learned.
 
@@ -476,7 +476,7 @@ class RMAC(_ConvMapPooling):
             return np.zeros((0, features.shape[0]), dtype=np.float32)
         return l2_normalize_rows(np.concatenate(vectors))
 
-    @_fit_context(prefer_skip_nested_validation=True)
+    @fit_context(prefer_skip_nested_validation=True)
     def fit(self, X, y=None):
         """Learn the regional PCA-whitening on the regions of the training conv maps.
 

@@ -16,7 +16,7 @@ from sklearn.utils import check_random_state
 from sklearn.utils.random import sample_without_replacement
 from sklearn.utils.validation import check_is_fitted
 
-from selconv._compat import Interval, _fit_context
+from selconv._compat import Interval, fit_context
 from selconv._linalg import l2_normalize_rows, mean_and_scatter, principal_axes, whitening_scale
 from selconv._ragged import check_local_sets, image_blocks
 from selconv.base import SelconvPickleMixin
@@ -100,7 +100,7 @@ class LocalPCA(SelconvPickleMixin, TransformerMixin, BaseEstimator):
         bounds = np.searchsorted(picked, offsets)
         return [picked[bounds[i] : bounds[i + 1]] - offsets[i] for i in range(len(sets))]
 
-    @_fit_context(prefer_skip_nested_validation=True)
+    @fit_context(prefer_skip_nested_validation=True)
     def fit(self, X, y=None):
         """Learn the mean and principal directions of (a sample of) the local features.
 

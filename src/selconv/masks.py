@@ -15,7 +15,7 @@ from scipy import ndimage
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
-from selconv._compat import Interval, StrOptions, _fit_context
+from selconv._compat import Interval, StrOptions, fit_context
 from selconv._ragged import check_conv_maps
 from selconv.base import SelconvPickleMixin
 from selconv.conv_map import ConvMap
@@ -44,7 +44,7 @@ class _BaseMask(SelconvPickleMixin, TransformerMixin, BaseEstimator):
         maps = self._validate(X, reset=False)
         return maps, [self._select(conv_map) for conv_map in maps]
 
-    @_fit_context(prefer_skip_nested_validation=True)
+    @fit_context(prefer_skip_nested_validation=True)
     def fit(self, X, y=None):
         """Check the input and record ``n_features_in_`` (the number of channels K); nothing is learned.
 

@@ -29,7 +29,7 @@ from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
 
-from selconv._compat import Interval, _fit_context
+from selconv._compat import Interval, fit_context
 from selconv._ragged import check_local_sets
 from selconv.base import SelconvPickleMixin
 from selconv.embedding._codebook import (
@@ -147,7 +147,7 @@ class FAembEmbedding(SelconvPickleMixin, TransformerMixin, BaseEstimator):
         products *= gamma[:, :, None]
         return products.reshape(len(x), -1)
 
-    @_fit_context(prefer_skip_nested_validation=True)
+    @fit_context(prefer_skip_nested_validation=True)
     def fit(self, X, y=None):
         """Learn the anchor points, the mean of phi and the whitening projection.
 

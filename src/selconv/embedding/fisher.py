@@ -24,7 +24,7 @@ from sklearn.mixture import GaussianMixture
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
 
-from selconv._compat import Interval, _fit_context
+from selconv._compat import Interval, fit_context
 from selconv._ragged import check_local_sets
 from selconv.base import SelconvPickleMixin
 from selconv.embedding._codebook import check_enough_features, embed_sets, sample_features
@@ -109,7 +109,7 @@ class FisherVectorEmbedding(SelconvPickleMixin, TransformerMixin, BaseEstimator)
         self.n_init = n_init
         self.random_state = random_state
 
-    @_fit_context(prefer_skip_nested_validation=True)
+    @fit_context(prefer_skip_nested_validation=True)
     def fit(self, X, y=None):
         """Learn the diagonal GMM.
 

@@ -16,7 +16,7 @@ from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
 
-from selconv._compat import Interval, _fit_context
+from selconv._compat import Interval, fit_context
 from selconv._ragged import check_local_sets
 from selconv.base import SelconvPickleMixin
 from selconv.embedding._codebook import CHUNK_ROWS as _CHUNK_ROWS  # read at each transform (tests vary it)
@@ -105,7 +105,7 @@ class TriangulationEmbedding(SelconvPickleMixin, TransformerMixin, BaseEstimator
         """phi(x) for a chunk of rows: (n, d) float32 -> (n, |C| d) float32, blocks ordered by codeword."""
         return normalized_residuals(x, self.cluster_centers_).reshape(len(x), self.cluster_centers_.size)
 
-    @_fit_context(prefer_skip_nested_validation=True)
+    @fit_context(prefer_skip_nested_validation=True)
     def fit(self, X, y=None):
         """Learn the codebook, the mean of phi and the whitening projection.
 
