@@ -420,15 +420,21 @@ def write_masks_section(run):
 
 def fit_framework(run, sets, *, dim, mask, fit_on, label, n_components=None, n_clusters=None, n_dropped=None):
     """Fit mask-less paper pipeline stages on masked sets; return pre-PN vectors of train/db/official."""
-    from selconv.pipelines import make_paper_pipeline
+    from selconv.pipelines import make_paper_pipeline, rotation_settings
 
-    pipeline = make_paper_pipeline(dim, mask=mask, fit_on=fit_on, random_state=run.rng_seed, n_dropped=n_dropped)
+    fit_sets = sets["train"] if fit_on == "training" else sets["db"]
+    # With fewer learning images than rotated dimensions (e.g. 1,000 images for the 1152 of the 1024-D
+    # preset) the rotation keeps only the directions they determine (and, unless n_dropped is given,
+    # drops none): the recorded "dim" says how many remain.
+    rotation, _ = rotation_settings(len(fit_sets), dim, fit_on=fit_on, n_dropped=n_dropped)
+    if n_dropped is not None:
+        rotation = {"n_dropped": n_dropped, "undetermined": "drop"}
+    pipeline = make_paper_pipeline(dim, mask=mask, fit_on=fit_on, random_state=run.rng_seed, **rotation)
     if n_components is not None:
         pipeline.set_params(pca__n_components=n_components)
     if n_clusters is not None:
         pipeline.set_params(embed__n_clusters=n_clusters)
     head = pipeline[1:-1]  # pca, embed, aggregate, rotate (the mask was applied once, in phase_masks)
-    fit_sets = sets["train"] if fit_on == "training" else sets["db"]
     t0 = time.perf_counter()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

@@ -178,9 +178,10 @@ def test_faemb_errors_and_warning(sets):
         FAembEmbedding(mu=0.0).fit(sets)
 
 
-def test_faemb_then_rotation_drops_leading_components(sets):
+def test_faemb_then_rotation_drops_leading_components():
     postprocessing = pytest.importorskip("selconv.postprocessing")
     aggregation = pytest.importorskip("selconv.aggregation")
+    sets = _unit_sets(counts=(12, 0, 30, 7, 25, 1, 40) * 6)  # 42 images: more than the 30 rotated dimensions
     faemb = _fit(FAembEmbedding(n_clusters=3, n_clamped=4, random_state=0), sets)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

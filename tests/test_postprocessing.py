@@ -66,12 +66,29 @@ def test_whitening_gives_identity_covariance():
     np.testing.assert_allclose(np.cov(v.T, bias=True), np.eye(9), atol=1e-8)
 
 
-def test_warns_with_fewer_samples_than_features_and_still_rotates():
+def test_fewer_samples_than_features_is_a_clear_error_by_default():
     X = _training(n_samples=5, n_features=12)
-    with pytest.warns(UserWarning, match="5 vectors of dimension 12"):
-        rn = RotationNormalizer(n_dropped=2).fit(X)
-    np.testing.assert_allclose(rn.components_ @ rn.components_.T, np.eye(12), atol=1e-10)
-    assert rn.transform(X).shape == (5, 10)
+    with pytest.raises(ValueError, match="n_samples = 5 .* determine only 4 directions.*undetermined='drop'"):
+        RotationNormalizer(n_dropped=2).fit(X)
+
+
+def test_undetermined_drop_keeps_the_determined_directions_only():
+    X = _training(n_samples=5, n_features=12)
+    rn = RotationNormalizer(n_dropped=2, undetermined="drop").fit(X)
+    assert rn.n_determined_ == 4
+    np.testing.assert_allclose(rn.components_ @ rn.components_.T, np.eye(4), atol=1e-10)
+    assert rn.transform(X).shape == (5, 2)
+    # The kept directions span the centred training vectors: rotating loses none of their energy.
+    centred = rn._prepare(X) - rn.mean_
+    np.testing.assert_allclose(np.linalg.norm(centred @ rn.components_.T, axis=1), np.linalg.norm(centred, axis=1))
+    with pytest.raises(ValueError, match="n_dropped=4 must be below the number of kept directions 4"):
+        RotationNormalizer(n_dropped=4, undetermined="drop").fit(X)
+
+
+def test_duplicated_training_vectors_do_not_determine_more_directions():
+    X = np.repeat(_training(n_samples=6, n_features=12), 5, axis=0)
+    with pytest.raises(ValueError, match="determine only 5 directions"):
+        RotationNormalizer(n_dropped=0).fit(X)
 
 
 def test_float32_is_preserved_and_fit_is_reproducible():
@@ -84,7 +101,7 @@ def test_float32_is_preserved_and_fit_is_reproducible():
 
 
 def test_rotation_errors():
-    with pytest.raises(ValueError, match="n_dropped=12 must be below the number of features 12"):
+    with pytest.raises(ValueError, match="n_dropped=12 must be below the number of kept directions 12"):
         RotationNormalizer(n_dropped=12).fit(_training())
     with pytest.raises(InvalidParameterError):
         RotationNormalizer(n_dropped=-1).fit(_training())

@@ -159,7 +159,7 @@ def _demo(args) -> int:
 
 def _evaluate(args) -> int:
     from selconv.datasets import list_images
-    from selconv.pipelines import paper_dimension
+    from selconv.pipelines import paper_dimension, rotation_settings
 
     # Argument combinations first: a mistake must not cost a feature extraction.
     if args.train_data_dir is not None and args.train_dataset is None:
@@ -200,12 +200,13 @@ def _evaluate(args) -> int:
         keep = np.sort(np.random.default_rng(args.seed).choice(len(training), args.max_train, replace=False))
         training = [training[i] for i in keep]
         training_name += f", random subset (seed {args.seed})"
-    dim = paper_dimension(args.preset, fit_on=args.fit_on)
-    too_long = [b for b in args.bits if b > min(len(training), dim)]
+    rotation, _ = rotation_settings(len(training), args.preset, fit_on=args.fit_on)
+    dim = min(paper_dimension(args.preset, fit_on=args.fit_on), len(training) - 1 - rotation["n_dropped"])
+    too_long = [b for b in args.bits if b > min(len(training) - 1, dim)]
     if too_long:
         raise CommandError(
-            f"--bits {too_long}: ITQ learns at most as many bits as it has training images ({len(training)}) "
-            f"and descriptor dimensions ({dim})."
+            f"--bits {too_long}: ITQ learns fewer bits than it has training images ({len(training)}) and at most "
+            f"as many as descriptor dimensions ({dim})."
         )
 
     run_benchmark(
@@ -347,7 +348,7 @@ def run_benchmark(
     from selconv.extraction import ConvFeatureExtractor
     from selconv.hashing import ITQHasher
     from selconv.metrics import evaluate, mean_average_precision, ns_score
-    from selconv.pipelines import make_paper_pipeline
+    from selconv.pipelines import make_paper_pipeline, rotation_settings
 
     stream = sys.stdout if stream is None else stream
     out = Path(out)
@@ -400,9 +401,14 @@ def run_benchmark(
         train_maps = extractor.transform(dataset.database_inputs() if fit_on == "database" else list(training))
         say(f"Fitting the paper's pipeline (preset D = {preset}) on {len(train_maps)} training images, "
             "one per mask ...")
+        rotation, rotation_note = rotation_settings(len(train_maps), preset, fit_on=fit_on)
+        if rotation_note:
+            say(f"Note: {rotation_note}")
         fit_started = time.perf_counter()
         for mask in masks:
-            pipelines[mask] = make_paper_pipeline(preset, mask=mask, random_state=random_state, fit_on=fit_on)
+            pipelines[mask] = make_paper_pipeline(
+                preset, mask=mask, random_state=random_state, fit_on=fit_on, **rotation
+            )
             descriptors = pipelines[mask].fit_transform(train_maps)
             if mask == masks[0]:
                 train_descriptors = descriptors
@@ -430,13 +436,12 @@ def run_benchmark(
 
         first_mask = masks[0]
         real_dim = db_desc[first_mask].shape[1]
-        n_dropped = pipelines[first_mask].named_steps["rotate"].n_dropped
         skipped = []
         for n_bits in bits:
-            if n_bits % 8 or n_bits > min(len(train_descriptors), real_dim):
+            if n_bits % 8 or n_bits > min(len(train_descriptors) - 1, real_dim):
                 reason = (f"{n_bits} bits is not a multiple of 8" if n_bits % 8 else
-                          f"ITQ at {n_bits} bits needs at least {n_bits} training images and dimensions "
-                          f"(have {len(train_descriptors)} images, {real_dim} dims)")
+                          f"ITQ at {n_bits} bits needs more than {n_bits} training images and at least {n_bits} "
+                          f"dimensions (have {len(train_descriptors)} images, {real_dim} dims)")
                 if strict_bits:
                     raise CommandError(reason + ".")
                 skipped.append(f"skipped: {reason}")
@@ -449,14 +454,6 @@ def run_benchmark(
                              ground_truth),
                     label=f"ITQ {n_bits} bits ({_MASK_LABELS[first_mask]})", mask=first_mask, dims=n_bits)
     caught = [f"{w.category.__name__}: {w.message}" for w in recorded] + skipped
-    if fit_on == "training" and n_training - 1 < n_dropped:
-        # Centred training vectors span at most n - 1 directions: RN puts them all first, then drops them.
-        caught.append(
-            f"the {n_training} training images span at most {n_training - 1} directions, all among the "
-            f"{n_dropped} leading components RN drops: the kept components are not learned from data, and ITQ is "
-            "fitted on (near-)constant training descriptors, so its codes are close to random projections. "
-            "Learn on many more images (paper: 5,000-6,400) for meaningful rotation and hashing."
-        )
     total_seconds = time.perf_counter() - started
 
     rng = np.random.default_rng(random_state)
@@ -484,6 +481,7 @@ def run_benchmark(
         "codes by Hamming distance.",
         f"Time: {total_seconds:.0f} s in all (conv maps, cache reads included, and descriptors), of which fitting "
         f"{fit_seconds:.0f} s; {platform.machine()}, torch device {extractor.device_}.",
+        *([rotation_note] if rotation_note else []),
         *extra_notes,
     ]
     result = BenchmarkResult(rows=rows, notes=notes, warnings=list(dict.fromkeys(caught)))

@@ -13,7 +13,15 @@ import numbers
 
 from sklearn.pipeline import Pipeline
 
-__all__ = ["PAPER_SETTINGS", "MASKS", "FIT_ON", "make_mask", "make_paper_pipeline", "paper_dimension"]
+__all__ = [
+    "PAPER_SETTINGS",
+    "MASKS",
+    "FIT_ON",
+    "make_mask",
+    "make_paper_pipeline",
+    "paper_dimension",
+    "rotation_settings",
+]
 
 #: Paper Table 4: final dimension D -> (d local PCA components, |C| Temb codewords).
 PAPER_SETTINGS: dict[int, tuple[int, int]] = {
@@ -68,6 +76,55 @@ def _resolve_n_dropped(n_dropped, fit_on: str) -> int:
     return n_dropped
 
 
+def rotation_settings(n_images: int, dim: int, *, fit_on: str = "training", n_dropped: int | None = None):
+    """Rotation settings of the ``dim`` preset that ``n_images`` learning images can support, and why.
+
+    The rotation (RN) of the paper's pipeline needs more learning images than its input dimension
+    d |C| (n images determine at most n - 1 directions; see
+    :class:`~selconv.postprocessing.RotationNormalizer`). With enough images this returns the paper's
+    settings unchanged. With fewer, it keeps only the determined directions and drops none of them
+    (dropping the leading directions of a few dozen images would leave next to nothing): a documented
+    deviation, stated in the returned note, which the command line prints.
+
+    Parameters
+    ----------
+    n_images : int
+        Number of learning images the pipeline will be fitted on.
+    dim : {512, 1024, 2048, 4096, 8064}
+        The preset.
+    fit_on : {"training", "database"}, default="training"
+    n_dropped : int or None, default=None
+        The caller's choice (None: the protocol's default), kept when the images support the rotation.
+
+    Returns
+    -------
+    settings : dict
+        Keyword arguments for :func:`make_paper_pipeline`: ``n_dropped`` and ``undetermined``.
+    note : str or None
+        What was changed and why; None when the paper's settings stand.
+
+    Examples
+    --------
+    >>> from selconv.pipelines import rotation_settings
+    >>> rotation_settings(5000, 512)
+    ({'n_dropped': 128, 'undetermined': 'raise'}, None)
+    >>> rotation_settings(40, 512)[0]
+    {'n_dropped': 0, 'undetermined': 'drop'}
+    """
+    n_components, n_clusters = _settings(dim)
+    n_dropped = _resolve_n_dropped(n_dropped, fit_on)
+    rotated = n_components * n_clusters
+    if n_images > rotated:
+        return {"n_dropped": n_dropped, "undetermined": "raise"}, None
+    note = (
+        f"{n_images} learning images determine at most {max(n_images - 1, 0)} of the {rotated} directions of the "
+        f"rotation (RN): the rotation keeps only those and drops none of them (the paper drops the {n_dropped} "
+        f"leading ones of a basis learned on 5,000+ images), so descriptors have at most {max(n_images - 1, 0)} "
+        f"dimensions instead of {rotated - n_dropped}. Learn on more than {rotated} images for the paper's setting."
+    )
+    return {"n_dropped": 0, "undetermined": "drop"}, note
+
+
 def _settings(dim) -> tuple[int, int]:
     if isinstance(dim, bool) or not isinstance(dim, numbers.Integral) or int(dim) not in PAPER_SETTINGS:
         raise ValueError(
@@ -86,6 +143,7 @@ def make_paper_pipeline(
     alpha: float = 0.5,
     random_state=0,
     fit_on: str = "training",
+    undetermined: str = "raise",
 ) -> Pipeline:
     """The paper's framework M + Temb + democratic pooling (+ ITQ) with the Table 4 setting for ``dim``.
 
@@ -126,6 +184,11 @@ def make_paper_pipeline(
         then does not truncate, because the database's own leading directions are what tell its images
         apart (ALGORITHMS.md section 6), hence ``n_dropped`` defaults to 0. The pipeline is fitted on
         whatever data ``fit`` receives; this parameter only selects the protocol's settings.
+    undetermined : {"raise", "drop"}, default="raise"
+        What ``rotate`` does when its learning images are too few to determine the rotation (fewer
+        than d |C|): raise a ValueError, or keep only the determined directions
+        (see :class:`~selconv.postprocessing.RotationNormalizer`; :func:`rotation_settings` picks
+        settings for a given number of learning images).
 
     Returns
     -------
@@ -156,7 +219,7 @@ def make_paper_pipeline(
         ("pca", LocalPCA(n_components, random_state=random_state)),
         ("embed", TriangulationEmbedding(n_clusters, random_state=random_state)),
         ("aggregate", DemocraticAggregator()),
-        ("rotate", RotationNormalizer(n_dropped=n_dropped)),
+        ("rotate", RotationNormalizer(n_dropped=n_dropped, undetermined=undetermined)),
         ("power", PowerNormalizer(alpha=alpha)),
     ]
     if n_bits is not None:

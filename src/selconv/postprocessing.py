@@ -7,14 +7,13 @@ The authors' order is psi -> l2 -> rotation (RN) -> drop leading components -> p
 from __future__ import annotations
 
 import numbers
-import warnings
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, OneToOneFeatureMixin, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
-from selconv._compat import Interval, _fit_context, validate_data
-from selconv._linalg import l2_normalize_rows, principal_axes, whitening_scale
+from selconv._compat import Interval, StrOptions, fit_context, validate_data
+from selconv._linalg import determined_directions, l2_normalize_rows, principal_axes, whitening_scale
 from selconv.base import SelconvPickleMixin
 
 __all__ = ["RotationNormalizer", "PowerNormalizer"]
@@ -29,10 +28,14 @@ class RotationNormalizer(SelconvPickleMixin, ClassNamePrefixFeaturesOutMixin, Tr
     and drops the first ``n_dropped`` coordinates: the paper drops the 128 leading ones after Temb,
     which carry the burstiness shared by all images rather than what tells them apart.
 
-    The basis beyond the number of training vectors is arbitrary (those directions have zero
-    training variance), so RN needs many more training images than dimensions (the authors use
-    5,000-6,400); ``fit`` warns when ``n_samples < n_features``. When the model is fitted on the
-    test database itself (paper Table 9) the paper drops nothing: use ``n_dropped=0``.
+    n training vectors determine at most n - 1 directions (their centred span): the rest of a
+    complete basis would be arbitrary, and the power law that follows is not rotation-invariant, so
+    an arbitrary completion changes the ranking. RN therefore needs more training images than
+    dimensions (the authors use 5,000-6,400). With fewer, ``fit`` raises a ValueError that says so
+    (``undetermined="raise"``, the default: in a grid search the candidate then scores NaN with
+    that reason), or keeps only the determined directions (``undetermined="drop"``: the output then
+    has ``n_determined_ - n_dropped`` columns). When the model is fitted on the test database itself
+    (paper Table 9) the paper drops nothing: use ``n_dropped=0``.
 
     Parameters
     ----------
@@ -44,16 +47,25 @@ class RotationNormalizer(SelconvPickleMixin, ClassNamePrefixFeaturesOutMixin, Tr
         only rotate). Variances below ``eps * max variance`` are raised to it, keeping the scale finite.
     normalize_input : bool, default=True
         l2-normalise each input vector first, in ``fit`` and ``transform`` (the authors' order).
+    undetermined : {"raise", "drop"}, default="raise"
+        What ``fit`` does when the training vectors determine fewer directions than their dimension
+        (fewer vectors than dimensions, or duplicates): "raise" a ValueError, or "drop" the
+        undetermined directions from the basis (a deviation from the paper, which keeps a complete
+        basis; it only arises with fewer training images than the paper uses).
 
     Attributes
     ----------
     mean_ : ndarray of shape (n_features_in_,), float64
         Mean m of the (normalised) training vectors.
-    components_ : ndarray of shape (n_features_in_, n_features_in_), float64
+    components_ : ndarray of shape (n_determined_, n_features_in_), float64
         The rotation P^T: rows are the principal directions by decreasing variance (each one's
-        largest-magnitude entry positive), completed to an orthonormal basis.
-    explained_variance_ : ndarray of shape (n_features_in_,), float64
+        largest-magnitude entry positive); all n_features_in_ of them unless ``undetermined="drop"``
+        removed some.
+    explained_variance_ : ndarray of shape (n_determined_,), float64
         Training variance along each row of ``components_``.
+    n_determined_ : int
+        Number of directions the training vectors determine: at most n_samples - 1, and only those
+        with a variance above ``n_features * eps * largest variance``.
     n_features_in_ : int
         Input dimension D.
     feature_names_in_ : ndarray of shape (n_features_in_,)
@@ -72,17 +84,19 @@ class RotationNormalizer(SelconvPickleMixin, ClassNamePrefixFeaturesOutMixin, Tr
         "n_dropped": [Interval(numbers.Integral, 0, None, closed="left")],
         "whiten": ["boolean"],
         "normalize_input": ["boolean"],
+        "undetermined": [StrOptions({"raise", "drop"})],
     }
 
-    def __init__(self, *, n_dropped=128, whiten=False, normalize_input=True):
+    def __init__(self, *, n_dropped=128, whiten=False, normalize_input=True, undetermined="raise"):
         self.n_dropped = n_dropped
         self.whiten = whiten
         self.normalize_input = normalize_input
+        self.undetermined = undetermined
 
     def _prepare(self, X):
         return l2_normalize_rows(X) if self.normalize_input else X
 
-    @_fit_context(prefer_skip_nested_validation=True)
+    @fit_context(prefer_skip_nested_validation=True)
     def fit(self, X, y=None):
         """Learn the mean and the complete principal basis of the training vectors.
 
@@ -99,23 +113,27 @@ class RotationNormalizer(SelconvPickleMixin, ClassNamePrefixFeaturesOutMixin, Tr
         """
         X = validate_data(self, X, dtype=[np.float64, np.float32])
         n_samples, n_features = X.shape
-        if self.n_dropped >= n_features:
-            raise ValueError(
-                f"RotationNormalizer: n_dropped={self.n_dropped} must be below the number of features "
-                f"{n_features}, or nothing is left."
-            )
-        if n_samples < n_features:
-            warnings.warn(
-                f"RotationNormalizer fitted on {n_samples} vectors of dimension {n_features}: the principal "
-                f"basis beyond the first {n_samples} directions is arbitrary. Fit on many more training "
-                f"images than dimensions (the paper uses 5,000-6,400).",
-                UserWarning,
-                stacklevel=2,
-            )
         X = self._prepare(X).astype(np.float64)
         self.mean_ = X.mean(axis=0)
         centred = X - self.mean_
         eigenvalues, eigenvectors = principal_axes(centred.T @ centred / n_samples)
+        self.n_determined_ = determined_directions(eigenvalues, n_samples)
+        if self.n_determined_ < n_features:
+            if self.undetermined == "raise":
+                raise ValueError(
+                    f"RotationNormalizer: n_samples = {n_samples} training vectors of dimension n_features = "
+                    f"{n_features} determine only {self.n_determined_} directions of the rotation; the rest of "
+                    f"the basis would be arbitrary and would change the ranking. Fit on more training images "
+                    f"than dimensions (the paper uses 5,000-6,400), or set undetermined='drop' to keep only "
+                    f"the determined directions."
+                )
+            eigenvalues, eigenvectors = eigenvalues[: self.n_determined_], eigenvectors[:, : self.n_determined_]
+        if self.n_dropped >= len(eigenvalues):
+            raise ValueError(
+                f"RotationNormalizer: n_dropped={self.n_dropped} must be below the number of kept directions "
+                f"{len(eigenvalues)} (dimension {n_features}, {self.n_determined_} determined by {n_samples} "
+                f"training vectors), or nothing is left."
+            )
         self.components_ = eigenvectors.T
         self.explained_variance_ = np.clip(eigenvalues, 0.0, None)
         projection = self.components_[self.n_dropped :].T
@@ -124,7 +142,7 @@ class RotationNormalizer(SelconvPickleMixin, ClassNamePrefixFeaturesOutMixin, Tr
         # float32 copies made once here, not at every transform of one image.
         self._projection = {np.dtype(np.float64): projection, np.dtype(np.float32): projection.astype(np.float32)}
         self._mean = {np.dtype(np.float64): self.mean_, np.dtype(np.float32): self.mean_.astype(np.float32)}
-        self._n_features_out = n_features - self.n_dropped
+        self._n_features_out = len(eigenvalues) - self.n_dropped
         return self
 
     def transform(self, X):
@@ -136,7 +154,7 @@ class RotationNormalizer(SelconvPickleMixin, ClassNamePrefixFeaturesOutMixin, Tr
 
         Returns
         -------
-        X_out : ndarray of shape (n_samples, n_features - n_dropped)
+        X_out : ndarray of shape (n_samples, n_determined_ - n_dropped)
             Same floating dtype as ``X`` (float64 for other input).
         """
         check_is_fitted(self)
@@ -176,7 +194,7 @@ class PowerNormalizer(SelconvPickleMixin, OneToOneFeatureMixin, TransformerMixin
     def __init__(self, alpha=0.5):
         self.alpha = alpha
 
-    @_fit_context(prefer_skip_nested_validation=True)
+    @fit_context(prefer_skip_nested_validation=True)
     def fit(self, X, y=None):
         """Check the input and record its dimension; nothing is learned.
 

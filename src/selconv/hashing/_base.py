@@ -14,7 +14,8 @@ import numpy as np
 from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
-from selconv._compat import Interval, _fit_context, validate_data
+from selconv._compat import Interval, fit_context, validate_data
+from selconv._linalg import determined_directions
 from selconv.base import SelconvPickleMixin
 
 # Rows encoded at once in transform: bounds the float work array (rows x n_bits) for millions of images.
@@ -26,20 +27,29 @@ def pack_bits(bits: np.ndarray) -> np.ndarray:
     return np.packbits(np.asarray(bits, dtype=np.uint8), axis=1, bitorder="big")
 
 
-def principal_axes(X: np.ndarray, n_components: int):
+def principal_axes(X: np.ndarray, n_components: int, *, estimator=None, param: str = "n_bits"):
     """Mean, leading principal directions and their variances of the rows of X (float64).
 
     Returns ``(mean, axes, variances)`` with ``axes`` of shape (n_features, n_components), columns
     sorted by decreasing variance, each column's sign fixed (largest |entry| positive) so that the
-    result does not depend on the LAPACK build.
+    result does not depend on the LAPACK build. Raises a ValueError naming ``estimator`` and ``param``
+    when X determines fewer than ``n_components`` directions (see
+    :func:`selconv._linalg.determined_directions`): the remaining axes would be arbitrary.
     """
     mean = X.mean(axis=0)
     _, singular, vt = np.linalg.svd(X - mean, full_matrices=False)
+    all_variances = singular**2 / max(X.shape[0] - 1, 1)
+    n_determined = determined_directions(all_variances, X.shape[0])
+    if n_components > n_determined:
+        raise ValueError(
+            f"{type(estimator).__name__}: {param}={n_components} needs {n_components} principal directions, but the "
+            f"n_samples = {X.shape[0]} training vectors determine only {n_determined}; fit on more vectors "
+            f"(distinct, more than {param}) or lower {param}."
+        )
     axes = vt[:n_components].T
     signs = np.sign(axes[np.argmax(np.abs(axes), axis=0), np.arange(axes.shape[1])])
     signs[signs == 0] = 1.0
-    variances = singular[:n_components] ** 2 / max(X.shape[0] - 1, 1)
-    return mean, axes * signs, variances
+    return mean, axes * signs, all_variances[:n_components]
 
 
 def unpack_bits(codes: np.ndarray) -> np.ndarray:
@@ -90,7 +100,7 @@ class BaseHasher(
             )
         return X
 
-    @_fit_context(prefer_skip_nested_validation=True)
+    @fit_context(prefer_skip_nested_validation=True)
     def fit(self, X, y=None):
         """Learn the hash function.
 

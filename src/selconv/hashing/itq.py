@@ -82,7 +82,7 @@ class ITQHasher(BaseHasher):
         self.random_state = random_state
 
     def _fit(self, X):
-        self.mean_, axes, self.explained_variance_ = principal_axes(X, self.n_bits)
+        self.mean_, axes, self.explained_variance_ = principal_axes(X, self.n_bits, estimator=self)
         V = (X - self.mean_) @ axes
         rotation = random_rotation(self.n_bits, self.random_state)
         losses = []

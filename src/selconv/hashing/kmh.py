@@ -188,8 +188,9 @@ class KMeansHasher(BaseHasher):
                 f"KMeansHasher: n_bits={self.n_bits} must be a multiple of bits_per_subspace={self.bits_per_subspace}."
             )
         n_subspaces = self.n_bits // self.bits_per_subspace
-        n_components = min(X.shape) // n_subspaces * n_subspaces
-        self.mean_, axes, variances = principal_axes(X, n_components)
+        # Every determined principal direction (centred, n samples span n - 1), in whole subspaces.
+        n_components = min(X.shape[1], X.shape[0] - 1) // n_subspaces * n_subspaces
+        self.mean_, axes, variances = principal_axes(X, n_components, estimator=self, param="PCA dimension")
         groups = allocate_dimensions(variances, n_subspaces)
         self.components_ = axes[:, np.concatenate(groups)]
         Z = (X - self.mean_) @ self.components_
