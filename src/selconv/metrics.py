@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from selconv.search import average_query_expansion, rank, resolve_metric
+from selconv.search import average_query_expansion, rank, resolve_metric, similarities
 
 DISTRACTOR_LABEL = -1
 """Label of images that are only database members (never queries, never relevant) in :func:`map_scorer`.
@@ -73,9 +73,11 @@ def _check_ground_truth(ground_truth, n_queries: int) -> list[tuple[np.ndarray, 
 
 
 def _ranked_relevance(rankings, positive_mask, junk_mask):
-    """Positive / junk flags of each ranked item; an image in both counts as positive (as in cirtorch)."""
-    positive = np.take_along_axis(positive_mask, rankings, axis=1)
-    junk = np.take_along_axis(junk_mask, rankings, axis=1) & ~positive
+    """Positive / junk flags of each ranked item. An image listed both as positive and as junk is junk,
+    skipped in the ranking but still counted among the positives, as the official Oxford Buildings
+    program ``compute_ap.cpp`` does (it tests the junk set first)."""
+    junk = np.take_along_axis(junk_mask, rankings, axis=1)
+    positive = np.take_along_axis(positive_mask, rankings, axis=1) & ~junk
     return positive, junk
 
 
@@ -93,9 +95,47 @@ def _average_precision_rows(rankings, positive_mask, junk_mask):
         p0 = np.where(r == 0, 1.0, j / r)
         p1 = (j + 1) / (r + 1)
     total = np.where(positive, (p0 + p1) / 2, 0.0).sum(axis=1)
+    return _divide_by_positives(total, positive_mask)
+
+
+def _divide_by_positives(total, positive_mask):
     n_positives = positive_mask.sum(axis=1)
     with np.errstate(divide="ignore", invalid="ignore"):
         return np.where(n_positives > 0, total / n_positives, np.nan)
+
+
+def _tie_aware_average_precision_rows(scores, positive_mask, junk_mask):
+    """Oxford AP of each row of a score matrix (larger is better), averaged over the orders of tied scores.
+
+    The expectation over all orders of each group of equal scores (McSherry & Najork, ECIR 2008) has a
+    closed form: a group of n non-junk items holding p positives, after s items holding c positives,
+    has a positive at its t-th place with probability p / n, and then (p - 1) t / (n - 1) positives
+    before it in the group on average; both precisions of the Oxford formula are linear in that count.
+    Without ties this is exactly :func:`_average_precision_rows` of the descending ranking.
+    """
+    n_rows, n_items = scores.shape
+    # Junk last, then by decreasing score: the first n_rows - junk entries are the ranking without junk.
+    order = np.lexsort((-scores, junk_mask), axis=1)
+    sorted_scores = np.take_along_axis(scores, order, axis=1)
+    junk = np.take_along_axis(junk_mask, order, axis=1)
+    positive = np.take_along_axis(positive_mask, order, axis=1) & ~junk
+    rank = np.broadcast_to(np.arange(n_items), (n_rows, n_items))
+    starts = np.ones((n_rows, n_items), dtype=bool)
+    starts[:, 1:] = (sorted_scores[:, 1:] != sorted_scores[:, :-1]) | junk[:, 1:]
+    # Group ids numbered across rows, so that one bincount computes every row's group statistics.
+    group = np.cumsum(starts.ravel()) - 1
+    size = np.bincount(group)
+    n_pos = np.bincount(group, weights=positive.ravel())
+    start = rank.ravel()[starts.ravel()]
+    before = (np.cumsum(positive, axis=1) - positive).ravel()[starts.ravel()]
+    size, n_pos, start, before = (a[group].reshape(n_rows, n_items) for a in (size, n_pos, start, before))
+    t = rank - start
+    with np.errstate(divide="ignore", invalid="ignore"):
+        above = before + np.where(size > 1, t * (n_pos - 1) / (size - 1), 0.0)
+        p0 = np.where(rank == 0, 1.0, above / rank)
+        p1 = (above + 1) / (rank + 1)
+    total = np.where(~junk, n_pos / size * (p0 + p1) / 2, 0.0).sum(axis=1)
+    return _divide_by_positives(total, positive_mask)
 
 
 def _masks_from_ground_truth(checked, rows, n_database):
@@ -181,6 +221,42 @@ def average_precisions(rankings, ground_truth) -> np.ndarray:
     return _per_query(rankings, ground_truth, _average_precision_rows)
 
 
+def tie_aware_average_precisions(scores, ground_truth) -> np.ndarray:
+    """Average precision of every query from its similarity scores, fair to tied scores (NaN without positives).
+
+    A ranking must order items of equal score somehow, and any fixed order (e.g. by database index)
+    favours whichever images come first: constant descriptors would score well above chance on a
+    database sorted by landmark. This returns the Oxford AP averaged over every order of each group
+    of tied scores (McSherry & Najork, "Computing information retrieval performance measures
+    efficiently in the presence of tied scores", ECIR 2008), in closed form; without ties it equals
+    :func:`average_precisions` of the descending ranking.
+
+    Parameters
+    ----------
+    scores : array-like of shape (n_queries, n_database)
+        Larger is better (inner products, or minus Hamming distances: :func:`selconv.search.similarities`).
+    ground_truth : list of dict
+        One ``{"positives": ..., "junk": ...}`` per query.
+
+    Returns
+    -------
+    aps : ndarray of shape (n_queries,)
+    """
+    scores = np.asarray(scores)
+    if scores.ndim != 2 or not np.issubdtype(scores.dtype, np.number):
+        raise ValueError(f"scores must be a numeric array of shape (n_queries, n_database); got {scores.shape}.")
+    if np.issubdtype(scores.dtype, np.floating) and not np.isfinite(scores).all():
+        raise ValueError("scores hold NaN or infinite values; check the descriptors for NaN or inf.")
+    checked = _check_ground_truth(ground_truth, len(scores))
+    step = max(1, _WORK_ELEMENTS // max(1, scores.shape[1]))
+    out = [np.zeros(0)]
+    for start in range(0, len(scores), step):
+        rows = range(start, min(start + step, len(scores)))
+        masks = _masks_from_ground_truth(checked, rows, scores.shape[1])
+        out.append(_tie_aware_average_precision_rows(scores[start : start + step], *masks))
+    return np.concatenate(out)
+
+
 def mean_average_precision(rankings, ground_truth) -> float:
     """mAP over the queries that have positives; a :class:`NoPositiveWarning` names the others.
 
@@ -258,7 +334,11 @@ class RetrievalResult:
 
 
 def evaluate(query_descriptors, database_descriptors, ground_truth, *, metric="auto", query_expansion=0):
-    """Rank the database for each query and compute the Oxford AP / mAP.
+    """Rank the database for each query and compute the Oxford AP / mAP (tie-aware).
+
+    AP is :func:`tie_aware_average_precisions` of the similarity scores: images with equal scores
+    (duplicate descriptors, equal Hamming distances) share their expected rank instead of being
+    ordered by database index. ``rankings`` in the result order ties by database index.
 
     Parameters
     ----------
@@ -284,9 +364,13 @@ def evaluate(query_descriptors, database_descriptors, ground_truth, *, metric="a
     if query_expansion:
         if metric == "hamming":
             raise ValueError("query_expansion applies to real-valued descriptors, not to Hamming ranking of codes.")
-        expanded = average_query_expansion(query_descriptors, database_descriptors, rankings, top=query_expansion)
-        rankings = rank(expanded, database_descriptors, metric="ip")
-    aps = average_precisions(rankings, ground_truth)
+        query_descriptors = average_query_expansion(
+            query_descriptors, database_descriptors, rankings, top=query_expansion
+        )
+        rankings = rank(query_descriptors, database_descriptors, metric="ip")
+    aps = tie_aware_average_precisions(
+        similarities(query_descriptors, database_descriptors, metric=metric), ground_truth
+    )
     return RetrievalResult(
         map=_mean_reporting_missing(aps),
         average_precisions=aps,
@@ -345,13 +429,13 @@ class _MapScorer:
                 "with a positive (check the labels and the cross-validation split)."
             )
         metric = resolve_metric(self.metric, descriptors)
-        rankings = rank(descriptors[queries], descriptors, metric=metric)
+        scores = similarities(descriptors[queries], descriptors, metric=metric)
         positive_mask = group[queries][:, None] == group[None, :]
         positive_mask &= member[None, :]
         positive_mask[np.arange(len(queries)), queries] = False
         junk_mask = np.zeros_like(positive_mask)
         junk_mask[np.arange(len(queries)), queries] = True
-        return float(np.mean(_average_precision_rows(rankings, positive_mask, junk_mask)))
+        return float(np.mean(_tie_aware_average_precision_rows(scores, positive_mask, junk_mask)))
 
 
 def make_map_scorer(*, distractor_label=DISTRACTOR_LABEL, metric="auto"):
@@ -359,7 +443,8 @@ def make_map_scorer(*, distractor_label=DISTRACTOR_LABEL, metric="auto"):
 
     Each image whose label is shared by another image is a query; the images sharing its label are
     its positives; the query itself is junk; images labelled ``distractor_label`` (or None) are only
-    database members. Every image is in the database.
+    database members. Every image is in the database. AP is tie-aware
+    (:func:`tie_aware_average_precisions`): equal scores are not ordered by index.
 
     Parameters
     ----------

@@ -142,6 +142,28 @@ def rank(query, database, *, metric: str = "ip") -> np.ndarray:
     return ranking
 
 
+def similarities(query, database, *, metric: str = "ip") -> np.ndarray:
+    """Similarity of every query to every database item, larger is better: what :func:`rank` sorts.
+
+    Parameters
+    ----------
+    query : array-like of shape (n_queries, n_features) or (n_queries, n_bytes)
+    database : array-like of shape (n_database, n_features) or (n_database, n_bytes)
+    metric : {"ip", "hamming", "auto"}, default="ip"
+        Inner product (float32), or minus the Hamming distance between packed codes (int32).
+
+    Returns
+    -------
+    scores : ndarray of shape (n_queries, n_database)
+    """
+    metric = resolve_metric(metric, query, database)
+    codes = metric == "hamming"
+    queries = _as_2d(query, "query", codes=codes)
+    db = _as_2d(database, "database", codes=codes)
+    _check_same_width(queries, db, "bytes" if codes else "features")
+    return -hamming_distances(queries, db) if codes else queries @ db.T
+
+
 def _merge_top_k(best_scores, best_indices, scores, indices, k):
     """Keep the k largest scores per row, ties to the lower index, sorted best first.
 
