@@ -3,12 +3,17 @@
 import functools
 
 from sklearn.base import _fit_context
+from sklearn.model_selection._split import BaseCrossValidator
 from sklearn.utils._param_validation import HasMethods, Interval, Options, StrOptions
 from sklearn.utils.validation import validate_data
 
 from selconv._linalg import single_threaded
 
-__all__ = ["_fit_context", "fit_context", "HasMethods", "Interval", "Options", "StrOptions", "validate_data"]
+__all__ = [
+    "_fit_context",
+    "fit_context",
+    "BaseCrossValidator",
+    "HasMethods", "Interval", "Options", "StrOptions", "validate_data"]
 
 
 def fit_context(*, prefer_skip_nested_validation: bool):
