@@ -135,6 +135,20 @@ def test_sift_mask_hand_built_rounding_and_borders():
     np.testing.assert_array_equal(selected, expected)
 
 
+def test_sift_mask_containing_cell_rule():
+    features = np.ones((2, 3, 4), dtype=np.float32)  # H=3, W=4 over an 8x6 image: 2 pixels per cell
+    # 0-based pixel centres: cell 0 spans x in [-0.5, 1.5), cell 1 [1.5, 3.5), cell 2 [3.5, 5.5), cell 3 the
+    # rest; a keypoint beyond the image is clipped to the last cell.
+    keypoints = [[4.0, 0.0], [3.4, 2.0], [7.0, 5.0], [50.0, 50.0]]
+    conv_map = ConvMap(features, image_size=(8, 6), keypoints=keypoints)
+    selected = SiftMask(0, cell_rule="containing").get_selected_locations([conv_map])[0]
+    np.testing.assert_array_equal(np.argwhere(selected), [[0, 2], [1, 1], [2, 3]])
+    # x = 3.5 lies in cell 2; the authors' rule, round((3.5 + 1) * 4 / 8) = round(2.25) = 2 (1-based), says 1.
+    conv_map = ConvMap(features, image_size=(8, 6), keypoints=[[3.5, 0.0]])
+    assert np.argwhere(SiftMask(0, cell_rule="containing").get_selected_locations([conv_map])[0]).tolist() == [[0, 2]]
+    assert np.argwhere(SiftMask(0).get_selected_locations([conv_map])[0]).tolist() == [[0, 1]]
+
+
 @pytest.mark.parametrize("fallback, n_rows", [("all", 12), ("empty", 0)])
 def test_sift_mask_fallback_without_keypoints(fallback, n_rows):
     features = np.ones((5, 3, 4), dtype=np.float32)

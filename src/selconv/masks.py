@@ -185,12 +185,16 @@ def _round_half_away(values: np.ndarray) -> np.ndarray:
 class SiftMask(_BaseMask):
     """SIFT-mask: keep the cells under SIFT keypoints, with a square neighbourhood (paper eq. 1).
 
-    The paper maps a keypoint at (x, y), in 1-based pixel coordinates of the W_I x H_I image the
-    CNN saw, to the 1-based grid cell (round(x W / W_I), round(y H / H_I)) of the W x H grid.
-    ``ConvMap.keypoints`` follow OpenCV (0-based: the first pixel's centre is 0), so each keypoint
-    is shifted by +1 pixel, mapped with that formula, clipped to the grid and shifted back to a
-    0-based cell; this reproduces the authors' cells exactly. ``round`` is MATLAB's (halves away
-    from zero), not numpy's halves-to-even.
+    The paper maps a keypoint at (x, y) of the W_I x H_I image the CNN saw to the grid cell
+    (round(x W / W_I), round(y H / H_I)) of the W x H grid. The authors' keypoints come from
+    VLFeat's MATLAB ``vl_sift``, whose frames are 1-based (the mex adds 1 to the C library's
+    0-based coordinates: the first pixel's centre is (1, 1)), and the cell is a 1-based MATLAB index.
+    ``ConvMap.keypoints`` follow OpenCV (``KeyPoint.pt``, 0-based: the first pixel's centre is 0), so
+    ``cell_rule="authors"`` shifts each keypoint by +1 pixel, applies that formula with MATLAB's
+    ``round`` (halves away from zero), clips to the grid and shifts back to a 0-based cell: the
+    authors' cells exactly. Geometrically that is half a cell up and left of the cell whose pixel
+    span holds the keypoint, floor((x + 1/2) W / W_I) in 0-based terms, which
+    ``cell_rule="containing"`` selects instead (a deviation from the authors, offered as an option).
 
     Parameters
     ----------
@@ -201,6 +205,9 @@ class SiftMask(_BaseMask):
     fallback : {"all", "empty"}, default="all"
         What an image with no keypoint (an empty ``keypoints`` array) gets: "all" keeps every cell,
         i.e. no mask, as in the paper; "empty" keeps none.
+    cell_rule : {"authors", "containing"}, default="authors"
+        How a keypoint picks its cell (see above): the authors' rounding of 1-based coordinates, or
+        the cell containing the keypoint.
 
     Attributes
     ----------
@@ -216,11 +223,13 @@ class SiftMask(_BaseMask):
     _parameter_constraints: dict = {
         "radius": [Interval(numbers.Integral, 0, None, closed="left")],
         "fallback": [StrOptions({"all", "empty"})],
+        "cell_rule": [StrOptions({"authors", "containing"})],
     }
 
-    def __init__(self, radius=1, *, fallback="all"):
+    def __init__(self, radius=1, *, fallback="all", cell_rule="authors"):
         self.radius = radius
         self.fallback = fallback
+        self.cell_rule = cell_rule
 
     def _check_maps(self, maps):
         for index, conv_map in enumerate(maps):
@@ -238,11 +247,15 @@ class SiftMask(_BaseMask):
         if len(keypoints) == 0:
             return np.full((height, width), self.fallback == "all")
         image_width, image_height = conv_map.image_size
-        # float64 and (x * W) / W_I in MATLAB's order, so halves land where the authors' do.
-        x = keypoints[:, 0].astype(np.float64) + 1.0
-        y = keypoints[:, 1].astype(np.float64) + 1.0
-        columns = np.clip(_round_half_away(x * width / image_width), 1, width).astype(np.intp) - 1
-        rows = np.clip(_round_half_away(y * height / image_height), 1, height).astype(np.intp) - 1
+        x = keypoints[:, 0].astype(np.float64)
+        y = keypoints[:, 1].astype(np.float64)
+        if self.cell_rule == "authors":
+            # float64 and (x * W) / W_I in MATLAB's order, so halves land where the authors' do.
+            columns = np.clip(_round_half_away((x + 1.0) * width / image_width), 1, width).astype(np.intp) - 1
+            rows = np.clip(_round_half_away((y + 1.0) * height / image_height), 1, height).astype(np.intp) - 1
+        else:
+            columns = np.clip(np.floor((x + 0.5) * width / image_width), 0, width - 1).astype(np.intp)
+            rows = np.clip(np.floor((y + 0.5) * height / image_height), 0, height - 1).astype(np.intp)
         selected = np.zeros((height, width), dtype=bool)
         selected[rows, columns] = True
         if self.radius > 0:
