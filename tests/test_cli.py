@@ -55,14 +55,18 @@ def test_parser_defaults():
         (["--dataset", "sample", "--train-dir", "{missing}"], "--train-dir"),
         (["--dataset", "sample", "--train-data-dir", "{dir}"], "goes with --train-dataset"),
         (["--dataset", "sample", "--bits", "12"], "multiples of 8"),
-        (["--dataset", "sample", "--bits", "64"], "at most as many bits as it has training images (40)"),
+        (["--dataset", "sample", "--bits", "64"], "ITQ learns fewer bits than it has training images (40)"),
+        (["--dataset", "sample", "--train-dir", "{sample_images}"], "learning images are also searched"),
     ],
 )
 def test_user_errors_are_clear_and_nonzero(argv, message, tmp_path, capsys, monkeypatch):
     (tmp_path / "afile").write_text("x")
     # Errors must come before any conv map is computed: make extraction impossible.
     monkeypatch.setattr(cli, "run_benchmark", _refuse_benchmark)
-    argv = [a.format(missing=tmp_path / "missing", file=tmp_path / "afile", dir=tmp_path) for a in argv]
+    from selconv.datasets import SAMPLE_ROOT
+
+    argv = [a.format(missing=tmp_path / "missing", file=tmp_path / "afile", dir=tmp_path,
+                     sample_images=SAMPLE_ROOT / "images") for a in argv]
     status = cli.main(["evaluate", "--out", str(tmp_path / "out"), *argv])
     assert status != 0
     err = capsys.readouterr().err
@@ -103,7 +107,8 @@ def _write_image(path, rng, base=None, size=(96, 72)):
 
 @pytest.fixture(scope="module")
 def folder_dataset(tmp_path_factory):
-    """A user-format folder: 3 groups of 3 near-duplicates, 3 distractors, a CSV, 12 training images."""
+    """A user-format folder: 3 groups of 3 near-duplicates, 3 distractors, a CSV, 52 training images
+    (more than the 48 dimensions the shrunk preset rotates)."""
     root = tmp_path_factory.mktemp("folder")
     rng = np.random.default_rng(0)
     lines = ["image,label,query,x1,y1,x2,y2"]
@@ -116,8 +121,8 @@ def folder_dataset(tmp_path_factory):
     for i in range(3):
         _write_image(root / "images" / f"other{i}.png", rng)
     (root / "images" / "groundtruth.csv").write_text("\n".join(lines) + "\n")
-    for i in range(12):
-        _write_image(root / "training" / f"t{i}.png", rng)
+    for i in range(52):
+        _write_image(root / "training" / f"t{i}.png", rng, size=(48, 36))
     return root
 
 
@@ -132,7 +137,7 @@ def test_evaluate_runs_end_to_end_on_a_user_folder(folder_dataset, tmp_path, mon
     printed = capsys.readouterr().out
     # The table says what produced the numbers.
     for expected in ("MAX-mask", "no mask", "8 bits (1 byte", "random ranking", "alexnet", "longest side of 96 px",
-                     f"images under {folder_dataset / 'training'}", "12 images"):
+                     f"images under {folder_dataset / 'training'}", "52 images"):
         assert expected in printed, expected
     results = json.loads((out / "results.json").read_text())
     rows = {row["descriptor"].split(" ")[0]: row for row in results["rows"]}

@@ -158,7 +158,7 @@ def _demo(args) -> int:
 
 
 def _evaluate(args) -> int:
-    from selconv.datasets import list_images
+    from selconv.datasets import list_images, shared_images
     from selconv.pipelines import paper_dimension, rotation_settings
 
     # Argument combinations first: a mistake must not cost a feature extraction.
@@ -196,6 +196,16 @@ def _evaluate(args) -> int:
         )
     if not training:
         raise CommandError(f"the training set ({training_name}) holds no images.")
+    if args.fit_on == "training":
+        shared = shared_images(training, list(dataset.database) + [q for q in dataset.queries])
+        if shared:
+            learned, searched = shared[0]
+            raise CommandError(
+                f"{len(shared)} of the {len(training)} learning images are also searched (e.g. {learned} is "
+                f"{searched}): learning on the searched images collapses mAP when they are few. Learn on a "
+                "separate folder (--train-dir), or on the database on purpose with --fit-on database "
+                "(no truncation, the paper's Table 9 protocol)."
+            )
     if args.max_train is not None and args.max_train < len(training):
         keep = np.sort(np.random.default_rng(args.seed).choice(len(training), args.max_train, replace=False))
         training = [training[i] for i in keep]

@@ -5,7 +5,7 @@ ground truth ``[{"positives": int array, "junk": int array}, ...]`` that :func:`
 takes. See docs/datasets.md for layouts, protocols and the ground-truth file format.
 """
 
-from selconv.datasets.base import GroundTruthError, RetrievalDataset, apply_rotations, list_images
+from selconv.datasets.base import GroundTruthError, RetrievalDataset, apply_rotations, list_images, shared_images
 from selconv.datasets.bundled import SAMPLE_ROOT, load_sample
 from selconv.datasets.custom import load_image_folder
 from selconv.datasets.download import ChecksumError, UnsafeArchiveError, download, download_dataset, extract
@@ -20,5 +20,5 @@ __all__ = [
     "UnsafeArchiveError", "apply_rotations", "download", "download_dataset", "extract",
     "list_images", "load_generic_training_images", "load_holidays", "load_image_folder", "load_oxford5k",
     "load_oxford_paris", "load_paris6k", "load_revisited", "load_sample", "load_shared_oxford_subset",
-    "load_ukbench", "read_rotation_list",
+    "load_ukbench", "read_rotation_list", "shared_images",
 ]

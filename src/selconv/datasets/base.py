@@ -43,6 +43,52 @@ def list_images(folder, *, exclude=None) -> list[Path]:
     return sorted(images, key=lambda p: p.relative_to(folder).as_posix())
 
 
+def shared_images(learning, searched) -> list[tuple[Path, Path]]:
+    """Pairs (learning image, searched image) that are the same file or have identical bytes.
+
+    Learning a pipeline's parameters on the very images it then searches inflates or collapses
+    mAP (see docs/usage.md, "learning protocols"); the command line refuses such runs. Paths are
+    compared resolved (links and ``..`` followed); files of equal size are compared by SHA-256 of
+    their bytes, so copies under other names are found too.
+
+    Parameters
+    ----------
+    learning, searched : sequence of path-like
+        Image files; entries that are not paths (e.g. (path, box) tuples) use their path.
+
+    Returns
+    -------
+    pairs : list of (Path, Path)
+    """
+    import hashlib
+
+    def path_of(item):
+        return Path(item[0] if isinstance(item, tuple) else item)
+
+    digests: dict = {}
+
+    def digest(path):
+        if path not in digests:
+            digests[path] = hashlib.sha256(path.read_bytes()).digest()
+        return digests[path]
+
+    searched_by_size, searched_by_path = {}, {}
+    for item in searched:
+        path = path_of(item)
+        searched_by_path.setdefault(path.resolve(), path)
+        searched_by_size.setdefault(path.stat().st_size, []).append(path)
+    pairs = []
+    for item in learning:
+        path = path_of(item)
+        same = searched_by_path.get(path.resolve())
+        if same is None:
+            candidates = searched_by_size.get(path.stat().st_size, [])
+            same = next((c for c in candidates if digest(c) == digest(path)), None)
+        if same is not None:
+            pairs.append((path, same))
+    return pairs
+
+
 def index_names(names, index, *, missing="drop", context=""):
     """Database indices of `names` (sorted, unique) through the name -> index map `index`.
 
