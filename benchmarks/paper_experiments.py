@@ -425,10 +425,11 @@ def fit_framework(run, sets, *, dim, mask, fit_on, label, n_components=None, n_c
     fit_sets = sets["train"] if fit_on == "training" else sets["db"]
     # With fewer learning images than rotated dimensions (e.g. 1,000 images for the 1152 of the 1024-D
     # preset) the rotation keeps only the directions they determine (and, unless n_dropped is given,
-    # drops none): the recorded "dim" says how many remain.
-    rotation, _ = rotation_settings(len(fit_sets), dim, fit_on=fit_on, n_dropped=n_dropped)
-    if n_dropped is not None:
-        rotation = {"n_dropped": n_dropped, "undetermined": "drop"}
+    # drops none): the recorded "dim" says how many remain. This is the protocol of the committed
+    # results, so it stays "drop" here where the library's rotation_settings would skip the rotation.
+    rotation, note = rotation_settings(len(fit_sets), dim, fit_on=fit_on, n_dropped=n_dropped)
+    if note is not None or n_dropped is not None:
+        rotation = {"n_dropped": rotation["n_dropped"] if n_dropped is None else n_dropped, "undetermined": "drop"}
     pipeline = make_paper_pipeline(dim, mask=mask, fit_on=fit_on, random_state=run.rng_seed, **rotation)
     if n_components is not None:
         pipeline.set_params(pca__n_components=n_components)
@@ -568,7 +569,12 @@ def phase_framework_database(run):
                 run.results["framework"][f"database/{mask}/{dim}"] = framework_record(run, fitted)
             write_framework_section(run)
     # Why no truncation: the same fit with the 128 leading components dropped (ALGORITHMS.md section 6).
-    if not run.over_budget():
+    n_db = len(run.sets["max"]["db"])
+    if n_db <= 129:
+        run.results["skipped"]["database truncated"] = (
+            f"{n_db} database images determine at most {n_db - 1} directions: too few to drop 128"
+        )
+    elif not run.over_budget():
         label = "fit database, truncated: max 512-D"
         with run.timer.phase(label):
             fitted = fit_framework(run, run.sets["max"], dim=512, mask="max", fit_on="database", n_dropped=128,

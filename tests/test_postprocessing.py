@@ -143,3 +143,18 @@ def test_power_normalizer_definition():
     np.testing.assert_array_equal(pn.get_feature_names_out(["a", "b", "c", "d"]), ["a", "b", "c", "d"])
     with pytest.raises(InvalidParameterError):
         PowerNormalizer(alpha=0).fit(X)
+
+
+def test_undetermined_center_only_centres_and_keeps_every_dimension():
+    X = _training(n_samples=5, n_features=12)
+    rn = RotationNormalizer(n_dropped=0, undetermined="center").fit(X)
+    assert (rn.n_determined_, rn.rotated_) == (4, False)
+    np.testing.assert_array_equal(rn.components_, np.eye(12))
+    np.testing.assert_allclose(rn.transform(X), rn._prepare(X) - rn._prepare(X).mean(axis=0), atol=1e-12)
+    with pytest.raises(ValueError, match="undetermined='center' skips the rotation.*set n_dropped=0 \\(got 2\\)"):
+        RotationNormalizer(n_dropped=2, undetermined="center").fit(X)
+    # Enough training vectors: "center" rotates exactly like "raise".
+    X = _training(n_samples=40, n_features=12)
+    rotated = RotationNormalizer(n_dropped=2, undetermined="center").fit(X)
+    assert rotated.rotated_
+    np.testing.assert_array_equal(rotated.transform(X), RotationNormalizer(n_dropped=2).fit(X).transform(X))

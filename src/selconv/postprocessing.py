@@ -33,8 +33,10 @@ class RotationNormalizer(SelconvPickleMixin, ClassNamePrefixFeaturesOutMixin, Tr
     an arbitrary completion changes the ranking. RN therefore needs more training images than
     dimensions (the authors use 5,000-6,400). With fewer, ``fit`` raises a ValueError that says so
     (``undetermined="raise"``, the default: in a grid search the candidate then scores NaN with
-    that reason), or keeps only the determined directions (``undetermined="drop"``: the output then
-    has ``n_determined_ - n_dropped`` columns). When the model is fitted on the test database itself
+    that reason), keeps only the determined directions (``undetermined="drop"``: the output then
+    has ``n_determined_ - n_dropped`` columns), or does not rotate at all (``undetermined="center"``:
+    the vectors are only normalised and centred, which keeps every dimension and leaves the power
+    law acting on the original coordinates; no leading direction can then be dropped). When the model is fitted on the test database itself
     (paper Table 9) the paper drops nothing: use ``n_dropped=0``.
 
     Parameters
@@ -47,11 +49,13 @@ class RotationNormalizer(SelconvPickleMixin, ClassNamePrefixFeaturesOutMixin, Tr
         only rotate). Variances below ``eps * max variance`` are raised to it, keeping the scale finite.
     normalize_input : bool, default=True
         l2-normalise each input vector first, in ``fit`` and ``transform`` (the authors' order).
-    undetermined : {"raise", "drop"}, default="raise"
+    undetermined : {"raise", "drop", "center"}, default="raise"
         What ``fit`` does when the training vectors determine fewer directions than their dimension
-        (fewer vectors than dimensions, or duplicates): "raise" a ValueError, or "drop" the
-        undetermined directions from the basis (a deviation from the paper, which keeps a complete
-        basis; it only arises with fewer training images than the paper uses).
+        (fewer vectors than dimensions, or duplicates): "raise" a ValueError, "drop" the
+        undetermined directions from the basis, or "center" only (no rotation; ``n_dropped`` must
+        then be 0). The last two deviate from the paper, which keeps a complete basis; they only
+        arise with fewer training images than the paper uses. With a few dozen images "center"
+        retrieves far better than "drop", whose output has fewer dimensions than images.
 
     Attributes
     ----------
@@ -60,12 +64,14 @@ class RotationNormalizer(SelconvPickleMixin, ClassNamePrefixFeaturesOutMixin, Tr
     components_ : ndarray of shape (n_determined_, n_features_in_), float64
         The rotation P^T: rows are the principal directions by decreasing variance (each one's
         largest-magnitude entry positive); all n_features_in_ of them unless ``undetermined="drop"``
-        removed some.
+        removed some. The identity when ``rotated_`` is False.
     explained_variance_ : ndarray of shape (n_determined_,), float64
         Training variance along each row of ``components_``.
     n_determined_ : int
         Number of directions the training vectors determine: at most n_samples - 1, and only those
         with a variance above ``n_features * eps * largest variance``.
+    rotated_ : bool
+        False when ``undetermined="center"`` skipped the rotation (too few training vectors).
     n_features_in_ : int
         Input dimension D.
     feature_names_in_ : ndarray of shape (n_features_in_,)
@@ -84,7 +90,7 @@ class RotationNormalizer(SelconvPickleMixin, ClassNamePrefixFeaturesOutMixin, Tr
         "n_dropped": [Interval(numbers.Integral, 0, None, closed="left")],
         "whiten": ["boolean"],
         "normalize_input": ["boolean"],
-        "undetermined": [StrOptions({"raise", "drop"})],
+        "undetermined": [StrOptions({"raise", "drop", "center"})],
     }
 
     def __init__(self, *, n_dropped=128, whiten=False, normalize_input=True, undetermined="raise"):
@@ -118,14 +124,23 @@ class RotationNormalizer(SelconvPickleMixin, ClassNamePrefixFeaturesOutMixin, Tr
         centred = X - self.mean_
         eigenvalues, eigenvectors = principal_axes(centred.T @ centred / n_samples)
         self.n_determined_ = determined_directions(eigenvalues, n_samples)
-        if self.n_determined_ < n_features:
+        self.rotated_ = not (self.n_determined_ < n_features and self.undetermined == "center")
+        if not self.rotated_:
+            if self.n_dropped:
+                raise ValueError(
+                    f"RotationNormalizer: undetermined='center' skips the rotation ({n_samples} training vectors "
+                    f"determine only {self.n_determined_} of {n_features} directions), so no leading direction "
+                    f"can be dropped: set n_dropped=0 (got {self.n_dropped})."
+                )
+            eigenvalues, eigenvectors = centred.var(axis=0), np.eye(n_features)
+        elif self.n_determined_ < n_features:
             if self.undetermined == "raise":
                 raise ValueError(
                     f"RotationNormalizer: n_samples = {n_samples} training vectors of dimension n_features = "
                     f"{n_features} determine only {self.n_determined_} directions of the rotation; the rest of "
                     f"the basis would be arbitrary and would change the ranking. Fit on more training images "
                     f"than dimensions (the paper uses 5,000-6,400), or set undetermined='drop' to keep only "
-                    f"the determined directions."
+                    f"the determined directions, or undetermined='center' to skip the rotation."
                 )
             eigenvalues, eigenvectors = eigenvalues[: self.n_determined_], eigenvectors[:, : self.n_determined_]
         if self.n_dropped >= len(eigenvalues):
