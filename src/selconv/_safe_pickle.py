@@ -43,6 +43,7 @@ MAX_BUILT_BYTES = 512 * 2**20
 MAX_DEPTH = 100
 
 _OPCODE_COST = 64  # an opcode creates at most one fixed-size object (the largest, an empty dict, is 64 bytes)
+_SET_ITEM_COST = 32  # a set's hash table holds 16-byte entries at most two-thirds full
 _PLAIN_KINDS = frozenset("biufcSU")
 _DTYPE_SPEC = re.compile(r"([biufcSU])([0-9]{1,9})")
 _NDARRAY = object()  # what the name numpy.ndarray resolves to: a marker _reconstruct accepts, never the class
@@ -193,7 +194,7 @@ class _Unpickler(pickle._Unpickler):
     def _make_frozen_or_set(self, kind, items):
         if type(items) not in (list, tuple):
             raise UnsafePickleError(f"refusing {kind.__name__}() of {type(items).__name__}")
-        self._charge(8 * len(items))
+        self._charge(_SET_ITEM_COST * len(items))
         return kind(items)
 
     def _make_bytes(self, *args):
@@ -316,12 +317,12 @@ class _Unpickler(pickle._Unpickler):
         target = self.stack[-1]
         if type(target) is not set:
             raise UnsafePickleError(f"refusing to add items to a {type(target).__name__}")
-        self._charge(8 * len(items))
+        self._charge(_SET_ITEM_COST * len(items))
         target.update(items)
 
     def _frozenset(self):
         items = self.pop_mark()
-        self._charge(8 * len(items))
+        self._charge(_SET_ITEM_COST * len(items))
         self.append(self._nest(frozenset(items), items))
 
     def _bytearray8(self):

@@ -34,9 +34,16 @@ class CacheRepairedWarning(UserWarning):
 
 
 _CACHE_FORMAT = 2  # bump when the stored layout or the computation changes
-# A cache entry: this magic, the BLAKE2b-256 digest of the payload, then the payload (an .npz without pickles).
+# A cache entry: this magic, the BLAKE2b-256 digest of its key and payload, then the payload (an .npz without
+# pickles). The key in the digest binds an entry to its file name: a copied or misplaced entry fails the check.
 _CACHE_MAGIC = b"selconv-map\x00"
 _CACHE_DIGEST_SIZE = 32
+
+
+def _entry_digest(path: Path, payload: bytes) -> bytes:
+    digest = hashlib.blake2b(path.stem.encode(), digest_size=_CACHE_DIGEST_SIZE)
+    digest.update(payload)
+    return digest.digest()
 #: Bytes read from each end of an image file for the content fingerprint in the cache key.
 FINGERPRINT_BLOCK = 64 * 1024
 
@@ -444,7 +451,7 @@ class ConvFeatureExtractor(SelconvPickleMixin, TransformerMixin, BaseEstimator):
             reason = f"unreadable ({exc.strerror or exc})"
         else:
             try:
-                return self._decode_entry(data, source), None
+                return self._decode_entry(path, data, source), None
             except ValueError as exc:
                 reason = str(exc)
         try:
@@ -453,12 +460,12 @@ class ConvFeatureExtractor(SelconvPickleMixin, TransformerMixin, BaseEstimator):
             pass  # e.g. a folder in its place: the write below reports it
         return None, f"cache entry {path} {reason}"
 
-    def _decode_entry(self, data: bytes, source: str) -> ConvMap:
+    def _decode_entry(self, path: Path, data: bytes, source: str) -> ConvMap:
         start = len(_CACHE_MAGIC) + _CACHE_DIGEST_SIZE
         if len(data) < start or not data.startswith(_CACHE_MAGIC):
             raise ValueError("is truncated or not a selconv cache entry")
         payload = data[start:]
-        if hashlib.blake2b(payload, digest_size=_CACHE_DIGEST_SIZE).digest() != data[len(_CACHE_MAGIC):start]:
+        if _entry_digest(path, payload) != data[len(_CACHE_MAGIC):start]:
             raise ValueError("failed its checksum (truncated or corrupted)")
         try:
             with np.load(io.BytesIO(payload), allow_pickle=False) as stored:
@@ -480,7 +487,7 @@ class ConvFeatureExtractor(SelconvPickleMixin, TransformerMixin, BaseEstimator):
         buffer = io.BytesIO()
         np.savez(buffer, **arrays)
         payload = buffer.getvalue()
-        digest = hashlib.blake2b(payload, digest_size=_CACHE_DIGEST_SIZE).digest()
+        digest = _entry_digest(path, payload)
         tmp = None
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
