@@ -15,7 +15,6 @@ import sys
 import tarfile
 import warnings
 import zipfile
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +24,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from selconv.datasets.download import UnsafeArchiveError, extract
+from selconv.datasets.download import CorruptArchiveError, UnsafeArchiveError, extract
 from selconv.extraction import CacheRepairedWarning, ConvFeatureExtractor, ImageSkippedWarning
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -138,7 +137,7 @@ def test_hostile_pickle_corpus_cannot_crash_the_interpreter():
 
 # ---------------------------------------------------------------- archives
 
-_ARCHIVE_ERRORS = (UnsafeArchiveError, tarfile.TarError, zipfile.BadZipFile, EOFError, OSError, zlib.error)
+_ARCHIVE_ERRORS = (UnsafeArchiveError, CorruptArchiveError)  # nothing else may escape
 TRAVERSALS = ["../x", "../../x", "/tmp/abs_x", "a/../../x", "a/b/../../../x", "./../x", "C:/x", "C:\\x", "a\\..\\..\\x", ".."]
 
 
@@ -179,7 +178,8 @@ def hostile_archives() -> list[tuple[str, bytes, bool, bool]]:
     cases += [("collide.tgz", _tar(collide), True, True), ("collide.zip", _zip(collide), True, True),
               ("kept.tgz", _tar(collide), False, False), ("kept.zip", _zip(collide), False, False)]
     rng = random.Random(3)
-    for suffix, data in ((".tgz", _tar(good)), (".zip", _zip(good)), (".tar", _tar(good, "w"))):
+    for suffix, data in ((".tgz", _tar(good)), (".zip", _zip(good)), (".tar", _tar(good, "w")),
+                         (".tbz", _tar(good, "w:bz2")), (".txz", _tar(good, "w:xz"))):
         for i in range(10):
             cases.append((f"cut{i}{suffix}", data[: len(data) * i // 10], False, False))
         for i in range(15):
@@ -210,7 +210,7 @@ def test_hostile_archives_never_write_outside_the_target(tmp_path):
         stray = [p for p in sandbox.rglob("*") if p != archive and not p.resolve().is_relative_to(sandbox / "inner")]
         assert not stray, (name, stray)
         assert sorted(p.name for p in (sandbox / "inner").iterdir()) == ["dest"], name
-    assert outcomes["refused"] >= 56 and sum(outcomes.values()) == len(cases)
+    assert outcomes["refused"] >= 52 and outcomes["extracted"] >= 2 and sum(outcomes.values()) == len(cases)
 
 
 # ---------------------------------------------------------------- cache faults

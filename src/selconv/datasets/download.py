@@ -8,13 +8,15 @@ when a checksum can verify the result (otherwise a stale ``.part`` could be comp
 
 from __future__ import annotations
 
+import gzip
 import hashlib
+import lzma
 import os
-import shutil
 import tarfile
 import urllib.error
 import urllib.request
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -28,6 +30,28 @@ class ChecksumError(OSError):
 class UnsafeArchiveError(ValueError):
     """An archive member would be written outside the target folder, is a link/device, or would overwrite
     another member (two files of one name in different folders, extracted with ``flatten``)."""
+
+
+class CorruptArchiveError(OSError):
+    """An archive is truncated or corrupt (the message names it); delete it and download it again."""
+
+
+# What tarfile, zipfile and their decompressors raise on damaged data (not on a failing disk).
+_CORRUPT = (tarfile.TarError, zipfile.BadZipFile, EOFError, zlib.error, gzip.BadGzipFile, lzma.LZMAError,
+            NotImplementedError)  # zipfile: an unknown version or compression method
+
+
+def _copy_member(src, out, name) -> None:
+    """Copy an archive member; a read failure is damaged data (bz2 and lzma raise a plain OSError), a write
+    failure is the disk's and propagates as it is."""
+    while True:
+        try:
+            chunk = src.read(1 << 20)
+        except OSError as exc:
+            raise tarfile.ReadError(f"member {name!r}: {exc}") from exc
+        if not chunk:
+            return
+        out.write(chunk)
 
 
 @dataclass(frozen=True)
@@ -209,9 +233,17 @@ def extract(archive, dest, *, flatten=False) -> list[Path]:
     device files raise :class:`UnsafeArchiveError` (a crafted archive cannot write outside `dest`).
     With `flatten` the members' folders are dropped (all files land in `dest`); two files of one name
     in different folders then raise :class:`UnsafeArchiveError` before anything is written, rather than
-    one silently overwriting the other.
+    one silently overwriting the other. A truncated or corrupt archive raises :class:`CorruptArchiveError`.
     """
-    archive, dest = Path(archive), Path(dest)
+    try:
+        return _extract(Path(archive), Path(dest), flatten)
+    except _CORRUPT as exc:
+        raise CorruptArchiveError(
+            f"{archive}: truncated or corrupt archive ({type(exc).__name__}: {exc}); delete it and download it again"
+        ) from exc
+
+
+def _extract(archive: Path, dest: Path, flatten: bool) -> list[Path]:
     dest.mkdir(parents=True, exist_ok=True)
     written = []
     if zipfile.is_zipfile(archive):
@@ -220,8 +252,12 @@ def extract(archive, dest, *, flatten=False) -> list[Path]:
             _refuse_collisions(archive, [(m.filename, target) for m, target in members])
             for member, target in members:
                 target.parent.mkdir(parents=True, exist_ok=True)
-                with zf.open(member) as src, open(target, "wb") as out:
-                    shutil.copyfileobj(src, out)
+                try:
+                    src = zf.open(member)
+                except (OSError, RuntimeError) as exc:  # damaged: a bad offset, "encrypted" flags
+                    raise zipfile.BadZipFile(f"member {member.filename!r}: {exc}") from exc
+                with src, open(target, "wb") as out:
+                    _copy_member(src, out, member.filename)
                 written.append(target)
         return written
     with tarfile.open(archive) as tf:
@@ -237,7 +273,7 @@ def extract(archive, dest, *, flatten=False) -> list[Path]:
         for member, target in members:
             target.parent.mkdir(parents=True, exist_ok=True)
             with tf.extractfile(member) as src, open(target, "wb") as out:
-                shutil.copyfileobj(src, out)
+                _copy_member(src, out, member.name)
             written.append(target)
     return written
 
