@@ -241,12 +241,14 @@ def clone_without_cache(extractor):
 # ---------------------------------------------------------------- item 5: special files never hang
 
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs POSIX FIFOs")
-def test_fifo_device_and_folder_are_skipped_without_hanging(tmp_path):
+@pytest.mark.parametrize("cached", [False, True], ids=["no-cache", "cache"])
+def test_fifo_device_and_folder_are_skipped_without_hanging(tmp_path, cached):
     good = _image(tmp_path / "good.png", 0)
     fifo = tmp_path / "a_fifo.jpg"
     os.mkfifo(fifo)
     inputs = [good, str(fifo), str(tmp_path), os.devnull, good]
-    extractor = ConvFeatureExtractor(tiny_net, max_size=None, n_workers=2, on_error="skip", cache_dir=str(tmp_path / "c")).fit()
+    extractor = ConvFeatureExtractor(tiny_net, max_size=None, n_workers=2, on_error="skip",
+                                     cache_dir=str(tmp_path / "c") if cached else None).fit()
     outcome = {}
 
     def run():
