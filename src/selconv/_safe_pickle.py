@@ -207,7 +207,7 @@ class _Unpickler(pickle._Unpickler):
             return bytearray()
         if len(args) == 1 and isinstance(args[0], bytes):
             data = args[0]
-        elif len(args) == 2 and isinstance(args[0], str) and isinstance(args[1], str) and args[1].lower() in _LATIN1:  # Python 2
+        elif len(args) == 2 and isinstance(args[0], str) and _is_latin1(args[1]):  # written by Python 2
             data = _raw_bytes(args[0])
         else:
             raise UnsafePickleError(f"refusing bytearray() of {_short(args)}")
@@ -221,7 +221,7 @@ class _Unpickler(pickle._Unpickler):
 
     def _make_encode(self, text, encoding="utf-8", *errors):
         # Protocol-2 pickles made by Python 3 store bytes as _codecs.encode(str, "latin1").
-        if not isinstance(text, str) or not isinstance(encoding, str) or encoding.lower() not in _LATIN1 or errors:
+        if not isinstance(text, str) or not _is_latin1(encoding) or errors:
             raise UnsafePickleError(f"refusing _codecs.encode of {_short((text, encoding, *errors))}")
         self._charge(len(text))
         return _raw_bytes(text)
@@ -242,8 +242,11 @@ class _Unpickler(pickle._Unpickler):
         return array
 
     def _make_frombuffer(self, buffer, spec, shape, order):
-        if type(buffer) not in (bytes, bytearray) or type(spec) is not _DtypeSpec or type(order) is not str or order not in ("C", "F"):
-            raise UnsafePickleError(f"refusing _frombuffer of {type(buffer).__name__}, {_short(spec)}, order {_short(order)}")
+        if (type(buffer) not in (bytes, bytearray) or type(spec) is not _DtypeSpec
+                or type(order) is not str or order not in ("C", "F")):
+            raise UnsafePickleError(
+                f"refusing _frombuffer of {type(buffer).__name__}, {_short(spec)}, order {_short(order)}"
+            )
         dtype, shape = spec.resolve(), _shape(shape)
         _check_data(buffer, dtype, shape)
         self._charge(len(buffer))
@@ -338,6 +341,10 @@ class _Unpickler(pickle._Unpickler):
                                 "persistent ids, out-of-band buffers)")
 
 
+def _is_latin1(encoding) -> bool:
+    return isinstance(encoding, str) and encoding.lower() in _LATIN1
+
+
 def _is_flag(value) -> bool:
     return type(value) in (bool, int) and value in (0, 1)
 
@@ -424,5 +431,7 @@ def safe_load_pickle(source):
     except UnsafePickleError as exc:
         raise UnsafePickleError(f"{name}: {exc}") from None
     except Exception as exc:  # malformed input fails in many ways (EOFError, KeyError, ValueError, ...)
-        raise UnsafePickleError(f"{name}: not a valid pickle of plain data ({type(exc).__name__}: {_short(str(exc))})") from None
+        raise UnsafePickleError(
+            f"{name}: not a valid pickle of plain data ({type(exc).__name__}: {_short(str(exc))})"
+        ) from None
     return value
