@@ -255,7 +255,7 @@ def test_cache_dir_reuses_results(image_files, tmp_path, monkeypatch):
     extractor = ConvFeatureExtractor(max_size=64, keypoints="sift", cache_dir=str(cache), n_workers=2).fit()
     inputs = image_files[:3] + [(image_files[0], (0, 0, 60, 60)), np.asarray(Image.open(image_files[0]))]
     first = extractor.transform(inputs)
-    stored = list(cache.rglob("*.npz"))
+    stored = list(cache.rglob("*.map"))
     assert len(stored) == 4  # the array input is not cached
     assert not list(cache.rglob("*.tmp"))
 
@@ -275,12 +275,13 @@ def test_cache_dir_reuses_results(image_files, tmp_path, monkeypatch):
         np.testing.assert_array_equal(a.keypoints, b.keypoints)
     # a parameter that changes the output changes the key
     clone(extractor).set_params(max_size=48).fit().transform(image_files[:1])
-    assert len(list(cache.rglob("*.npz"))) == 5
-    # a damaged cache file is recomputed, not trusted
+    assert len(list(cache.rglob("*.map"))) == 5
+    # a damaged cache file is recomputed, not trusted, and reported
     stored[0].write_bytes(b"garbage")
     calls.clear()
-    extractor.transform(inputs)
-    assert len(calls) == 2
+    with pytest.warns(extractor_module.CacheRepairedWarning, match="1 cache entries"):
+        extractor.transform(inputs)
+    assert len(calls) == 2 and len(extractor.cache_repaired_) == 1
 
 
 def test_real_oxford_image_at_paper_size():

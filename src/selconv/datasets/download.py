@@ -2,18 +2,21 @@
 
 Nothing in selconv downloads on its own; call :func:`download_dataset` (or ``download`` /
 ``extract``) explicitly. Files are fetched to ``<name>.part`` and renamed only once complete and
-verified, so an interrupted download resumes where it stopped and a half-written file is never used.
+verified, so a half-written file is never used. An interrupted download resumes where it stopped only
+when a checksum can verify the result (otherwise a stale ``.part`` could be completed into a wrong file).
 """
 
 from __future__ import annotations
 
+import gzip
 import hashlib
+import lzma
 import os
-import shutil
 import tarfile
 import urllib.error
 import urllib.request
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -25,7 +28,30 @@ class ChecksumError(OSError):
 
 
 class UnsafeArchiveError(ValueError):
-    """An archive member would be written outside the target folder, or is a link/device."""
+    """An archive member would be written outside the target folder, is a link/device, or would overwrite
+    another member (two files of one name in different folders, extracted with ``flatten``)."""
+
+
+class CorruptArchiveError(OSError):
+    """An archive is truncated or corrupt (the message names it); delete it and download it again."""
+
+
+# What tarfile, zipfile and their decompressors raise on damaged data (not on a failing disk).
+_CORRUPT = (tarfile.TarError, zipfile.BadZipFile, EOFError, zlib.error, gzip.BadGzipFile, lzma.LZMAError,
+            NotImplementedError)  # zipfile: an unknown version or compression method
+
+
+def _copy_member(src, out, name) -> None:
+    """Copy an archive member; a read failure is damaged data (bz2 and lzma raise a plain OSError), a write
+    failure is the disk's and propagates as it is."""
+    while True:
+        try:
+            chunk = src.read(1 << 20)
+        except OSError as exc:
+            raise tarfile.ReadError(f"member {name!r}: {exc}") from exc
+        if not chunk:
+            return
+        out.write(chunk)
 
 
 @dataclass(frozen=True)
@@ -97,7 +123,7 @@ def _verify(path, sha256, md5, url):
 
 
 def download(url, dest, *, sha256=None, md5=None, resume=True, progress=False, chunk_size=1 << 20) -> Path:
-    """Fetch `url` to `dest` through ``<dest>.part``, resuming a previous partial download.
+    """Fetch `url` to `dest` through ``<dest>.part``, resuming a previous partial download when verifiable.
 
     Parameters
     ----------
@@ -108,10 +134,19 @@ def download(url, dest, *, sha256=None, md5=None, resume=True, progress=False, c
     sha256, md5 : str or None
         Expected hex digests; on mismatch the partial file is deleted and :class:`ChecksumError` raised.
     resume : bool
-        Continue an existing ``.part`` file with an HTTP Range request (restarts when the server
-        ignores ranges).
+        Continue an existing ``.part`` file with an HTTP Range request, only when a checksum is given (it
+        verifies the joined file; without one a stale ``.part`` is discarded). When the resumed file fails
+        its checksum, or the server answers 416 (the ``.part`` is not shorter than the file), the download
+        starts over once from the beginning.
     progress : bool
         Show a tqdm progress bar.
+
+    Raises
+    ------
+    ChecksumError
+        The (fresh) download does not match `sha256` / `md5`.
+    OSError
+        The transfer ended before the announced ``Content-Length`` (the ``.part`` is kept for a resume).
     """
     dest = Path(dest)
     if dest.exists():
@@ -119,34 +154,53 @@ def download(url, dest, *, sha256=None, md5=None, resume=True, progress=False, c
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
-    offset = part.stat().st_size if resume and part.exists() else 0
+    verifiable = sha256 is not None or md5 is not None
+    if part.exists() and not (resume and verifiable):
+        part.unlink()  # nothing could tell a stale or foreign .part from a good one
+    for attempt in ("resume", "fresh"):
+        offset = part.stat().st_size if part.exists() else 0
+        resumed = offset > 0
+        _fetch(url, part, offset, dest.name, progress, chunk_size)
+        try:
+            _verify(part, sha256, md5, url)
+        except ChecksumError as exc:
+            part.unlink()  # a corrupt partial file must not be resumed
+            if resumed and attempt == "resume":
+                continue  # the old .part was wrong: start over from the beginning
+            raise ChecksumError(f"{exc}; the download was deleted, try again") from None
+        os.replace(part, dest)
+        return dest
+    raise AssertionError("unreachable")  # the fresh attempt returns or raises
+
+
+def _fetch(url, part: Path, offset: int, label: str, progress: bool, chunk_size: int) -> None:
+    """Append `url` from byte `offset` to `part` (rewrite it when the server ignores the range)."""
     request = urllib.request.Request(url, headers={"Range": f"bytes={offset}-"} if offset else {})
     try:
         response = urllib.request.urlopen(request, timeout=60)
     except urllib.error.HTTPError as exc:
-        if exc.code != 416:  # 416: the range starts at the end: the .part file is already complete
-            raise
-        response = None
-    if response is not None:
-        with response:
-            status = getattr(response, "status", None) or response.getcode()
-            if offset and status != 206:  # the server sent the whole file: start over
-                offset = 0
-            length = response.headers.get("Content-Length")
-            with open(part, "ab" if offset else "wb") as fh, tqdm(
-                total=int(length) + offset if length else None, initial=offset, unit="B", unit_scale=True,
-                desc=dest.name, disable=not progress,
-            ) as bar:
-                for chunk in iter(lambda: response.read(chunk_size), b""):
-                    fh.write(chunk)
-                    bar.update(len(chunk))
-    try:
-        _verify(part, sha256, md5, url)
-    except ChecksumError as exc:
-        part.unlink()  # a corrupt partial file must not be resumed
-        raise ChecksumError(f"{exc}; the download was deleted, try again") from None
-    os.replace(part, dest)
-    return dest
+        if exc.code == 416 and offset:
+            # Range not satisfiable: the .part is at least as long as the file. Complete, or too long
+            # (a stale file): only the checksum can tell, and the caller checks it.
+            return
+        raise
+    with response:
+        status = getattr(response, "status", None) or response.getcode()
+        if offset and status != 206:  # the server sent the whole file: start over
+            offset = 0
+        length = response.headers.get("Content-Length")
+        expected = int(length) if length is not None and length.isdigit() else None
+        received = 0
+        with open(part, "ab" if offset else "wb") as fh, tqdm(
+            total=expected + offset if expected is not None else None, initial=offset, unit="B", unit_scale=True,
+            desc=label, disable=not progress,
+        ) as bar:
+            for chunk in iter(lambda: response.read(chunk_size), b""):
+                fh.write(chunk)
+                received += len(chunk)
+                bar.update(len(chunk))
+    if expected is not None and received != expected:
+        raise OSError(f"{url}: the transfer stopped after {received} of {expected} bytes; run again to resume")
 
 
 def _safe_target(dest, name, flatten):
@@ -160,23 +214,50 @@ def _safe_target(dest, name, flatten):
     return target
 
 
+def _refuse_collisions(archive, targets) -> None:
+    """Raise when two differently named members would be written to one file."""
+    seen = {}
+    for name, target in targets:
+        first = seen.setdefault(target, name)
+        if first != name:
+            raise UnsafeArchiveError(
+                f"{archive}: members {first!r} and {name!r} would both be extracted to {target}; "
+                "extract without flatten to keep their folders"
+            )
+
+
 def extract(archive, dest, *, flatten=False) -> list[Path]:
     """Unpack a tar (``.tar``, ``.tgz``, ``.tar.gz``, ...) or zip `archive` into `dest`; return the files written.
 
     Every member is checked before anything is written: absolute paths, ``..`` components, links and
     device files raise :class:`UnsafeArchiveError` (a crafted archive cannot write outside `dest`).
-    With `flatten` the members' folders are dropped (all files land in `dest`).
+    With `flatten` the members' folders are dropped (all files land in `dest`); two files of one name
+    in different folders then raise :class:`UnsafeArchiveError` before anything is written, rather than
+    one silently overwriting the other. A truncated or corrupt archive raises :class:`CorruptArchiveError`.
     """
-    archive, dest = Path(archive), Path(dest)
+    try:
+        return _extract(Path(archive), Path(dest), flatten)
+    except _CORRUPT as exc:
+        raise CorruptArchiveError(
+            f"{archive}: truncated or corrupt archive ({type(exc).__name__}: {exc}); delete it and download it again"
+        ) from exc
+
+
+def _extract(archive: Path, dest: Path, flatten: bool) -> list[Path]:
     dest.mkdir(parents=True, exist_ok=True)
     written = []
     if zipfile.is_zipfile(archive):
         with zipfile.ZipFile(archive) as zf:
             members = [(m, _safe_target(dest, m.filename, flatten)) for m in zf.infolist() if not m.is_dir()]
+            _refuse_collisions(archive, [(m.filename, target) for m, target in members])
             for member, target in members:
                 target.parent.mkdir(parents=True, exist_ok=True)
-                with zf.open(member) as src, open(target, "wb") as out:
-                    shutil.copyfileobj(src, out)
+                try:
+                    src = zf.open(member)
+                except (OSError, RuntimeError) as exc:  # damaged: a bad offset, "encrypted" flags
+                    raise zipfile.BadZipFile(f"member {member.filename!r}: {exc}") from exc
+                with src, open(target, "wb") as out:
+                    _copy_member(src, out, member.filename)
                 written.append(target)
         return written
     with tarfile.open(archive) as tf:
@@ -188,10 +269,11 @@ def extract(archive, dest, *, flatten=False) -> list[Path]:
             if not member.isfile():
                 raise UnsafeArchiveError(f"{archive}: member {member.name!r} is a link or special file; refusing to extract")
             members.append((member, _safe_target(dest, member.name, flatten)))
+        _refuse_collisions(archive, [(m.name, target) for m, target in members])
         for member, target in members:
             target.parent.mkdir(parents=True, exist_ok=True)
             with tf.extractfile(member) as src, open(target, "wb") as out:
-                shutil.copyfileobj(src, out)
+                _copy_member(src, out, member.name)
             written.append(target)
     return written
 

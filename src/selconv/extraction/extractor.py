@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import tempfile
@@ -20,7 +21,7 @@ from selconv._compat import Interval, StrOptions, _fit_context
 from selconv.base import SelconvPickleMixin
 from selconv.conv_map import ConvMap
 from selconv.extraction.backbones import build_backbone, module_checksum
-from selconv.extraction.images import ImageLoadError, describe, load_image, split_box
+from selconv.extraction.images import ImageLoadError, describe, load_image, open_regular_file, split_box
 from selconv.extraction.weights import state_dict_from_bytes, state_dict_to_bytes
 
 
@@ -28,7 +29,32 @@ class ImageSkippedWarning(UserWarning):
     """Some inputs could not be read and were skipped (``on_error="skip"``); the message names them."""
 
 
-_CACHE_FORMAT = 1  # bump when the stored layout or the computation changes
+class CacheRepairedWarning(UserWarning):
+    """Some entries of ``cache_dir`` were damaged (or could not be written) and were recomputed; the message names them."""
+
+
+_CACHE_FORMAT = 2  # bump when the stored layout or the computation changes
+# A cache entry: this magic, the SHA-256 digest of its key and payload, then the payload (an .npz without
+# pickles). The key in the digest binds an entry to its file name: a copied or misplaced entry fails the check.
+_CACHE_MAGIC = b"selconv-map\x00"
+_CACHE_DIGEST_SIZE = 32
+
+
+def _entry_digest(path: Path, payload: bytes) -> bytes:
+    digest = hashlib.sha256(path.stem.encode())  # SHA-256: hardware-accelerated, faster than BLAKE2b here
+    digest.update(payload)
+    return digest.digest()
+def content_fingerprint(handle) -> str:
+    """SHA-256 of a whole file (an open binary file object), part of the cache key.
+
+    Catches a replacement that keeps the size and modification time (``cp -p``, ``rsync -a``), wherever
+    the bytes changed. Hashing the whole file rather than its first and last 64 KiB costs about 5% of
+    decoding it and, on the Oxford images, little more than the partial hash (measured:
+    benchmarks/results/cache_key.md), so nothing is left uncaught to save time.
+    """
+    return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
 
 
 def _default_workers() -> int:
@@ -37,6 +63,10 @@ def _default_workers() -> int:
     except AttributeError:  # not on Linux
         available = os.cpu_count() or 1
     return max(1, min(16, available))
+
+
+class _TooSmallError(ImageLoadError):
+    """Every image of a batch (they share one shape) is too small for the network."""
 
 
 class _BatchRunner:
@@ -102,10 +132,9 @@ class _BatchRunner:
             if "too small" not in str(error):
                 raise
             height, width = batch[0][1].pixels.shape[:2]
-            sources = ", ".join(str(img.source) for _, img, _ in batch[:3]) + (" ..." if len(batch) > 3 else "")
-            raise ValueError(
-                f"image too small for the requested layer: {width} x {height} px after resizing ({sources}) "
-                f"leaves no cell in the feature map; raise max_size or crop larger boxes."
+            raise _TooSmallError(
+                f"image too small for the requested layer: {width} x {height} px after resizing leaves no cell "
+                "in the feature map; raise max_size or crop larger boxes."
             ) from error
         if not self.cuda:
             return self._finish(job)
@@ -166,14 +195,18 @@ class ConvFeatureExtractor(SelconvPickleMixin, TransformerMixin, BaseEstimator):
         Threads that decode and resize images (and detect keypoints) while the network runs.
         None: the available cores, at most 16. 0: decode in the calling thread.
     on_error : {"raise", "skip"}, default="raise"
-        What an unreadable input (missing, empty, corrupt, truncated, not an image, decompression bomb)
+        What an unusable input (missing, empty, corrupt, truncated, not an image, decompression bomb, not
+        a regular file such as a FIFO or folder, too small for the network after resizing or cropping)
         does: raise :class:`ImageLoadError` naming it, or be left out of the output with an
         :class:`ImageSkippedWarning`; ``skipped_`` then lists ``(index, name, reason)``.
     cache_dir : path-like or None, default=None
-        Store each file's map there (``.npz`` without pickles, written atomically) under a key made of
-        the file's absolute path, size and modification time, its box and every parameter that changes
-        the output, and reuse it on later runs: an interrupted run loses nothing already computed.
-        Only file inputs are cached. The device is not part of the key (CPU and GPU agree to float rounding).
+        Store each file's map there and reuse it on later runs: an interrupted run loses nothing already
+        computed. The key is the file's absolute path, size, modification time and content (SHA-256 of the
+        file), its box and every parameter that changes the output. An entry is
+        an ``.npz`` without pickles behind a checksum of it, written atomically (temporary file, fsync,
+        rename); a damaged entry is deleted, recomputed and reported (:class:`CacheRepairedWarning`,
+        ``cache_repaired_``). Only file inputs are cached. The device is not part of the key (CPU and GPU
+        agree to float rounding).
     progress : bool or None, default=None
         Show a progress bar; None shows one for 100 images or more.
     store_weights : bool, default=False
@@ -194,6 +227,9 @@ class ConvFeatureExtractor(SelconvPickleMixin, TransformerMixin, BaseEstimator):
         SHA-256 of the module's parameters and buffers.
     skipped_ : list of tuple
         ``(index, name, reason)`` of inputs skipped by the last ``transform``.
+    cache_repaired_ : list of tuple
+        ``(index, name, reason)`` of inputs whose cache entry was damaged (or could not be written) in the
+        last ``transform``; their maps were computed afresh.
 
     Notes
     -----
@@ -297,6 +333,7 @@ class ConvFeatureExtractor(SelconvPickleMixin, TransformerMixin, BaseEstimator):
         self.weights_source_ = built.weights_source
         self.weights_checksum_ = built.checksum
         self.skipped_ = []
+        self.cache_repaired_ = []
         self._model = self._place(built.module)
         self._mean, self._std = built.mean, built.std
         return self
@@ -372,52 +409,102 @@ class ConvFeatureExtractor(SelconvPickleMixin, TransformerMixin, BaseEstimator):
              "precision": self.precision}, sort_keys=True)
 
     def _cache_path(self, image, box, signature) -> Path | None:
+        """Where the map of `image` is cached, or None when it is not. Opens the file (regular files only,
+        see open_regular_file) for the fingerprint, so a bad file raises ImageLoadError here."""
         if self.cache_dir is None or not isinstance(image, (str, os.PathLike)):
             return None
-        try:
-            stat = os.stat(image)
-        except OSError:
-            return None  # the loader reports the missing file
-        key = json.dumps([os.path.abspath(os.fspath(image)), stat.st_size, stat.st_mtime_ns, box, signature])
+        name = os.fspath(image)
+        handle, info = open_regular_file(name, name)
+        with handle:
+            fingerprint = content_fingerprint(handle)
+        key = json.dumps([os.path.abspath(name), info.st_size, info.st_mtime_ns, fingerprint, box, signature])
         digest = hashlib.sha256(key.encode()).hexdigest()
-        return Path(self.cache_dir) / digest[:2] / f"{digest}.npz"
+        return Path(self.cache_dir) / digest[:2] / f"{digest}.map"
 
-    @staticmethod
-    def _read_cache(path: Path, source: str) -> ConvMap | None:
+    def _read_cache(self, path: Path, source: str):
+        """``(map, None)`` for a valid entry, ``(None, None)`` for none, ``(None, reason)`` for a damaged one
+        (then deleted)."""
         try:
-            with np.load(path, allow_pickle=False) as stored:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            return None, None
+        except OSError as exc:
+            reason = f"unreadable ({exc.strerror or exc})"
+        else:
+            try:
+                return self._decode_entry(path, data, source), None
+            except ValueError as exc:
+                reason = str(exc)
+        try:
+            path.unlink()
+        except OSError:
+            pass  # e.g. a folder in its place: the write below reports it
+        return None, f"cache entry {path} {reason}"
+
+    def _decode_entry(self, path: Path, data: bytes, source: str) -> ConvMap:
+        start = len(_CACHE_MAGIC) + _CACHE_DIGEST_SIZE
+        if len(data) < start or not data.startswith(_CACHE_MAGIC):
+            raise ValueError("is truncated or not a selconv cache entry")
+        payload = data[start:]
+        if _entry_digest(path, payload) != data[len(_CACHE_MAGIC):start]:
+            raise ValueError("failed its checksum (truncated or corrupted)")
+        try:
+            with np.load(io.BytesIO(payload), allow_pickle=False) as stored:
+                features, image_size = stored["features"], stored["image_size"]
                 keypoints = stored["keypoints"] if "keypoints" in stored.files else None
-                return ConvMap(stored["features"], image_size=tuple(stored["image_size"]), keypoints=keypoints, source=source)
-        except (OSError, ValueError, KeyError):  # absent, or a damaged file: recompute
-            return None
+        except Exception as exc:  # the checksum matched: only a writer of another layout gets here
+            raise ValueError(f"cannot be read ({type(exc).__name__}: {exc})") from None
+        if (features.ndim != 3 or features.dtype != np.dtype(self.dtype) or image_size.shape != (2,)
+                or (keypoints is None) != (self.keypoints is None)):
+            raise ValueError("does not hold a map of this extractor's layout")
+        return ConvMap(features, image_size=tuple(int(v) for v in image_size), keypoints=keypoints, source=source)
 
     @staticmethod
-    def _write_cache(path: Path, conv_map: ConvMap) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+    def _write_cache(path: Path, conv_map: ConvMap) -> str | None:
+        """Store an entry atomically and durably; return why it failed (a cache failure never stops a run)."""
         arrays = {"features": conv_map.features, "image_size": np.asarray(conv_map.image_size, dtype=np.int64)}
         if conv_map.keypoints is not None:
             arrays["keypoints"] = conv_map.keypoints
-        handle, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+        buffer = io.BytesIO()
+        np.savez(buffer, **arrays)
+        payload = buffer.getvalue()
+        digest = _entry_digest(path, payload)
+        tmp = None
         try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            handle, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
             with os.fdopen(handle, "wb") as out:
-                np.savez(out, **arrays)
-            os.replace(tmp, path)  # atomic: a reader sees the whole file or none
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+                out.write(_CACHE_MAGIC + digest + payload)
+                out.flush()
+                os.fsync(out.fileno())  # the data is on disk before the rename makes it visible
+            # Atomic: a reader sees the whole entry or none. The folder is not fsynced: a rename lost in a
+            # power cut only loses the entry (recomputed next time), and it would double the cost (~8 ms each).
+            os.replace(tmp, path)
+            tmp = None
+        except OSError as exc:
+            return f"cache entry {path} could not be written ({exc.strerror or exc})"
+        finally:
+            if tmp is not None:
+                Path(tmp).unlink(missing_ok=True)
+        return None
 
     def _load_one(self, item, index, signature):
+        """Decode one input (or read its cached map) in a worker: ``(kind, payload, extra, cache_problem)``."""
         image, box = split_box(item)
-        cache_path = self._cache_path(image, box, signature)
+        try:
+            cache_path = self._cache_path(image, box, signature)
+        except ImageLoadError as exc:
+            return "error", str(exc), describe(image, index), None
+        problem = None
         if cache_path is not None:
-            cached = self._read_cache(cache_path, os.fspath(image))
+            cached, problem = self._read_cache(cache_path, os.fspath(image))
             if cached is not None:
-                return "map", cached, None
+                return "map", cached, None, None
         try:
             loaded = load_image(item, index, max_size=self.max_size, upscale=self.upscale, keypoints=self.keypoints)
         except ImageLoadError as exc:
-            return "error", str(exc), describe(image, index)
-        return "image", loaded, cache_path
+            return "error", str(exc), describe(image, index), problem
+        return "image", loaded, cache_path, problem
 
     def _check_input(self, X) -> list:
         if isinstance(X, (str, bytes, os.PathLike)) or (isinstance(X, np.ndarray) and X.ndim < 4 and X.dtype != object):
@@ -449,6 +536,7 @@ class ConvFeatureExtractor(SelconvPickleMixin, TransformerMixin, BaseEstimator):
         from tqdm.auto import tqdm
 
         check_is_fitted(self, "weights_checksum_")
+        self._validate_params()  # set_params after fit is checked here, before any work
         items = self._check_input(X)
         model = self._get_model()
         device = torch.device(self.device_)
@@ -457,7 +545,7 @@ class ConvFeatureExtractor(SelconvPickleMixin, TransformerMixin, BaseEstimator):
         n_workers = _default_workers() if self.n_workers is None else self.n_workers
         window = max(2 * self.batch_size, 4 * max(n_workers, 1))
         max_waiting = max(2 * self.batch_size, 16)
-        self.skipped_ = []
+        self.skipped_, self.cache_repaired_ = [], []
         show = len(items) >= 100 if self.progress is None else self.progress
         pool = ThreadPoolExecutor(n_workers) if n_workers > 0 else None
         done, buckets, next_out = {}, {}, 0
@@ -472,12 +560,24 @@ class ConvFeatureExtractor(SelconvPickleMixin, TransformerMixin, BaseEstimator):
             for index, conv_map, cache_path in results:
                 done[index] = conv_map
                 if cache_path is not None:
-                    writes.append(pool.submit(self._write_cache, cache_path, conv_map) if pool else
-                                  self._write_cache(cache_path, conv_map))
+                    writes.append((index, pool.submit(self._write_cache, cache_path, conv_map) if pool else
+                                   self._write_cache(cache_path, conv_map)))
 
         def run(shape):
-            store(runner.submit(buckets.pop(shape)))
+            batch = buckets.pop(shape)
+            try:
+                results = runner.submit(batch)
+            except _TooSmallError as exc:  # all images of a batch share one shape
+                for index, _, _ in batch:
+                    name = describe(split_box(items[index])[0], index)
+                    if self.on_error == "raise":
+                        raise ImageLoadError(f"{name}: {exc}") from exc
+                    self.skipped_.append((index, name, f"{name}: {exc}"))
+                    done[index] = None
+                return
+            store(results)
 
+        completed = False
         # No cuDNN autotuning: every new (batch size, shape) would pay a search, and on an H100/H200 the
         # heuristics' choice for VGG16 was as fast as the tuned one (measured, benchmarks/).
         cudnn = torch.backends.cudnn.flags(enabled=True, benchmark=False, deterministic=False,
@@ -490,7 +590,9 @@ class ConvFeatureExtractor(SelconvPickleMixin, TransformerMixin, BaseEstimator):
                     job = queue.popleft()
                     if index + window < len(items):
                         queue.append(start(index + window))
-                    kind, payload, extra = job.result() if pool is not None else job
+                    kind, payload, extra, problem = job.result() if pool is not None else job
+                    if problem is not None:
+                        self.cache_repaired_.append((index, describe(split_box(items[index])[0], index), problem))
                     if kind == "map":
                         done[index] = payload
                     elif kind == "error":
@@ -520,15 +622,28 @@ class ConvFeatureExtractor(SelconvPickleMixin, TransformerMixin, BaseEstimator):
                     bar.update(1)
                     if result is not None:
                         yield result
-                for write in writes:
-                    if pool is not None:
-                        write.result()
+                for index, write in writes:
+                    problem = write.result() if pool is not None else write
+                    if problem is not None:
+                        self.cache_repaired_.append((index, describe(split_box(items[index])[0], index), problem))
+                completed = True
         finally:
             if pool is not None:
-                for job in queue:  # decoding not yet started is dropped; cache writes always finish
-                    job.cancel()
-                pool.shutdown(wait=True)
+                # On an error, an interrupt or an abandoned generator, return at once: decoding not yet
+                # started is dropped and running work finishes in the background (cache writes are atomic).
+                pool.shutdown(wait=completed, cancel_futures=not completed)
+        if self.cache_repaired_:
+            self.cache_repaired_.sort(key=lambda entry: entry[0])
+            listed = "; ".join(reason for _, _, reason in self.cache_repaired_[:3])
+            more = f" (and {len(self.cache_repaired_) - 3} more)" if len(self.cache_repaired_) > 3 else ""
+            warnings.warn(
+                f"{len(self.cache_repaired_)} cache entries were damaged or could not be written; their maps were "
+                f"computed afresh: {listed}{more}. See cache_repaired_.",
+                CacheRepairedWarning,
+                stacklevel=3,
+            )
         if self.skipped_:
+            self.skipped_.sort(key=lambda entry: entry[0])
             listed = "; ".join(f"{name}: {reason}" for _, name, reason in self.skipped_[:5])
             more = f" (and {len(self.skipped_) - 5} more)" if len(self.skipped_) > 5 else ""
             warnings.warn(

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import numbers
 import os
+import stat
 import warnings
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -85,56 +86,83 @@ def describe(image, index: int) -> str:
     return f"input {index} ({type(image).__name__})"
 
 
-def _open_file(path: str) -> Image.Image:
+def open_regular_file(path, name: str):
+    """Open `path` for binary reading, refusing anything but a regular, non-empty file before reading a byte.
+
+    A FIFO, device, socket or folder would block the reader or never end; the open itself uses
+    ``O_NONBLOCK`` (no effect on regular files) so that even a FIFO without a writer cannot block it, and
+    the check is made on the opened descriptor, so the file cannot be swapped in between.
+    Returns the file object and its ``os.stat_result``.
+    """
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_BINARY", 0)
     try:
-        if os.path.getsize(path) == 0:
-            raise ImageLoadError(f"{path}: the file is empty.")
+        descriptor = os.open(path, flags)
+    except FileNotFoundError:
+        raise ImageLoadError(f"{name}: no such file.") from None
+    except OSError as exc:
+        raise ImageLoadError(f"{name}: cannot be opened ({exc.strerror or exc}).") from None
+    try:
+        info = os.fstat(descriptor)
+        if not stat.S_ISREG(info.st_mode):
+            kind = ("a folder" if stat.S_ISDIR(info.st_mode) else "a FIFO (named pipe)" if stat.S_ISFIFO(info.st_mode)
+                    else "a socket" if stat.S_ISSOCK(info.st_mode)
+                    else "a device" if stat.S_ISCHR(info.st_mode) or stat.S_ISBLK(info.st_mode) else "a special file")
+            raise ImageLoadError(f"{name}: is {kind}, not an image file.")
+        if info.st_size == 0:
+            raise ImageLoadError(f"{name}: the file is empty.")
+        return os.fdopen(descriptor, "rb"), info
+    except BaseException:
+        os.close(descriptor)
+        raise
+
+
+def _open_pil(handle, name: str) -> Image.Image:
+    """Decode an opened file with Pillow, every failure an ImageLoadError naming the file."""
+    try:
         with warnings.catch_warnings():
             # Pillow only warns between one and two times MAX_IMAGE_PIXELS; _check_pixel_count refuses those.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image = Image.open(path)
-    except ImageLoadError:
-        raise
-    except FileNotFoundError:
-        raise ImageLoadError(f"{path}: no such file.") from None
+            image = Image.open(handle)
     except UnidentifiedImageError:
-        raise ImageLoadError(f"{path}: not an image file (or a format Pillow cannot read).") from None
+        raise ImageLoadError(f"{name}: not an image file (or a format Pillow cannot read).") from None
     except Image.DecompressionBombError as exc:
-        raise ImageLoadError(f"{path}: refused as a possible decompression bomb ({exc}).") from None
+        raise ImageLoadError(f"{name}: refused as a possible decompression bomb ({exc}).") from None
     except OSError as exc:
-        raise ImageLoadError(f"{path}: cannot be opened ({exc}).") from None
-    _check_pixel_count(image.size, path)
+        raise ImageLoadError(f"{name}: cannot be opened ({exc}).") from None
+    _check_pixel_count(image.size, name)
     try:
         # Decode now, inside the try: truncated and corrupt files fail here. Pillow's
         # LOAD_TRUNCATED_IMAGES is left False, so a cut file is an error, never a grey-padded image.
         image.load()
     except (OSError, SyntaxError, ValueError) as exc:
-        raise ImageLoadError(f"{path}: corrupt or truncated image data ({exc}).") from None
+        raise ImageLoadError(f"{name}: corrupt or truncated image data ({exc}).") from None
     return image
 
 
 def _read_file(path: str, name: str) -> np.ndarray:
     """Decode a file to RGB uint8. Plain JPEGs go through OpenCV, which releases the GIL for the whole
     decode (Pillow's threads stop scaling at about 3 cores); everything else, and any JPEG with an EXIF
-    rotation or an unusual colour mode, through Pillow."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        try:
-            header = Image.open(path)  # reads the header only
-        except Exception:
-            header = None
-    if header is not None:
-        with header:
-            fast = header.format == "JPEG" and header.mode in ("RGB", "L") and header.getexif().get(0x0112, 1) in (0, 1)
-            if fast:
-                _check_pixel_count(header.size, name)
-    if header is None or not fast:
-        with _open_file(path) as pil:
-            return _to_rgb(_oriented(pil), name)
+    rotation or an unusual colour mode, through Pillow. Only regular files are opened (see open_regular_file)."""
+    handle, _ = open_regular_file(path, name)
+    with handle:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            try:
+                header = Image.open(handle)  # reads the header only
+            except Exception:
+                header = None
+        if header is not None:
+            with header:
+                fast = header.format == "JPEG" and header.mode in ("RGB", "L") and header.getexif().get(0x0112, 1) in (0, 1)
+                if fast:
+                    _check_pixel_count(header.size, name)
+        handle.seek(0)
+        if header is None or not fast:
+            with _open_pil(handle, name) as pil:
+                return _to_rgb(_oriented(pil), name)
+        raw = handle.read()
     import cv2
 
-    with open(path, "rb") as handle:
-        raw = handle.read()
     # libjpeg only warns on a truncated file and fills the rest with grey; a complete JPEG has an
     # end-of-image marker after its first scan (the marker cannot occur inside entropy-coded data).
     start = raw.find(b"\xff\xda")

