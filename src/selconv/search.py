@@ -40,7 +40,17 @@ def _as_2d(array, name: str, *, codes: bool) -> np.ndarray:
         return np.ascontiguousarray(array)
     if not np.issubdtype(array.dtype, np.number) or np.issubdtype(array.dtype, np.complexfloating):
         raise TypeError(f"{name} must be a real-valued array; got dtype {array.dtype}.")
-    return np.ascontiguousarray(array, dtype=np.float32)
+    with np.errstate(over="ignore"):
+        converted = np.ascontiguousarray(array, dtype=np.float32)
+    finite = np.isfinite(converted).all(axis=1)
+    if not finite.all():
+        rows = np.flatnonzero(~finite)
+        beyond = " (values beyond the float32 range)" if np.isfinite(array[rows]).all() else ""
+        raise ValueError(
+            f"{name} contains NaN or infinity{beyond} in rows {rows[:10].tolist()}"
+            f"{', ...' if len(rows) > 10 else ''}: such descriptors cannot be ranked."
+        )
+    return converted
 
 
 def _check_same_width(queries: np.ndarray, database: np.ndarray, what: str) -> None:
@@ -332,6 +342,12 @@ def average_query_expansion(query, database, ranking, top: int = 5) -> np.ndarra
         raise ValueError(
             f"ranking must have one row per query and at least top={top} columns; got shape {ranking.shape} "
             f"for {queries.shape[0]} queries."
+        )
+    used = ranking[:, :top]
+    if not np.issubdtype(ranking.dtype, np.integer) or (used.size and (used.min() < 0 or used.max() >= len(db))):
+        raise ValueError(
+            f"ranking must hold database indices in 0..{len(db) - 1}; got dtype {ranking.dtype}"
+            + (f", values {used.min()}..{used.max()}." if used.size and np.issubdtype(ranking.dtype, np.number) else ".")
         )
     expanded = queries + db[ranking[:, :top]].sum(axis=1)
     return l2_normalize_rows(expanded, out=expanded)
