@@ -11,6 +11,8 @@ import numpy as np
 
 from selconv.conv_map import ConvMap
 
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+
 
 def _as_list(X, *, what: str, estimator) -> list:
     name = type(estimator).__name__
@@ -123,6 +125,9 @@ def check_conv_maps(X, *, estimator, reset: bool) -> list[ConvMap]:
             raise ValueError(f"{name}: conv map {index}{where} has 0 channels; a conv map needs at least one.")
         if not np.isfinite(item.features).all():
             raise ValueError(f"{name}: conv map {index}{where} contains NaN or infinity.")
+        if item.features.dtype.itemsize > 4 and item.features.size and np.abs(item.features).max() > _FLOAT32_MAX:
+            raise ValueError(f"{name}: conv map {index}{where} has values beyond the float32 range (3.4e38) "
+                             "that the masks and poolings compute in.")
         if n_channels is None:
             n_channels = item.n_channels
         elif item.n_channels != n_channels:

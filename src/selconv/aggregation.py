@@ -78,6 +78,7 @@ class _BaseAggregator(SelconvPickleMixin, ClassNamePrefixFeaturesOutMixin, Trans
             (an :class:`EmptyImageWarning` then names those images).
         """
         check_is_fitted(self)
+        self._validate_params()  # set_params after fit must not slip an out-of-range value through
         sets = check_local_sets(X, estimator=self, reset=False)
         aggregated = np.zeros((len(sets), self.n_features_in_), dtype=np.float32)
         empty = []

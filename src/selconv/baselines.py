@@ -287,6 +287,7 @@ class _ConvMapPooling(SelconvPickleMixin, ClassNamePrefixFeaturesOutMixin, Trans
             Unit-norm rows; an all-zero (or empty) map gives a zero row.
         """
         check_is_fitted(self)
+        self._validate_params()  # set_params after fit must not slip an out-of-range value through
         maps = self._check_maps(X, reset=False)
         # float64 until normalised: sums over a map of large float32 activations overflow float32.
         pooled = np.zeros((len(maps), self._n_features_out), dtype=np.float64)

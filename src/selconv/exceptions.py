@@ -58,3 +58,10 @@ OVERFLOW_HINT = (
     "The input values are too large for float32 arithmetic (the limit is about 3.4e38, and products or "
     "sums of squares reach it first): rescale the input."
 )
+
+
+def check_fitted_finite(estimator, *, hint: str = OVERFLOW_HINT) -> None:
+    """:func:`check_finite` on every fitted array attribute (name ending in ``_``) of ``estimator``."""
+    for name, value in vars(estimator).items():
+        if name.endswith("_") and not name.startswith("_") and isinstance(value, np.ndarray):
+            check_finite(value, estimator=estimator, what=f"the fitted {name}", hint=hint)

@@ -16,7 +16,7 @@ from sklearn.utils.validation import check_is_fitted
 from selconv._compat import Interval, _fit_context, validate_data
 from selconv._linalg import l2_normalize_rows, principal_axes, whitening_scale
 from selconv.base import SelconvPickleMixin
-from selconv.exceptions import check_finite
+from selconv.exceptions import check_finite, check_fitted_finite
 
 __all__ = ["RotationNormalizer", "PowerNormalizer"]
 
@@ -134,6 +134,7 @@ class RotationNormalizer(SelconvPickleMixin, ClassNamePrefixFeaturesOutMixin, Tr
         self._projection = {np.dtype(np.float64): projection, np.dtype(np.float32): projection.astype(np.float32)}
         self._mean = {np.dtype(np.float64): self.mean_, np.dtype(np.float32): self.mean_.astype(np.float32)}
         self._n_features_out = n_features - self.n_dropped
+        check_fitted_finite(self, hint=_UNNORMALIZED_HINT)
         return self
 
     def transform(self, X):
@@ -217,6 +218,7 @@ class PowerNormalizer(SelconvPickleMixin, OneToOneFeatureMixin, TransformerMixin
             Unit-norm rows (zero rows stay zero); same floating dtype as ``X`` (float64 for other input).
         """
         check_is_fitted(self)
+        self._validate_params()  # set_params after fit must not slip an out-of-range value through
         X = validate_data(self, X, dtype=[np.float64, np.float32], reset=False)
         # The l2-normalisation cancels any per-row factor, so each row is first divided by its
         # largest |v|: |v|^alpha then lies in [0, 1] and neither overflows (large alpha, large v)

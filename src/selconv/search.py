@@ -53,6 +53,18 @@ def _as_2d(array, name: str, *, codes: bool) -> np.ndarray:
     return converted
 
 
+def _inner_products(queries: np.ndarray, database: np.ndarray) -> np.ndarray:
+    """queries @ database.T, refusing the infinities (and NaN) that float32 overflow would rank silently."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        scores = queries @ database.T
+    if not np.isfinite(scores).all():
+        raise ValueError(
+            "inner products of the descriptors overflow float32 (values near 3.4e38 or products beyond it): "
+            "l2-normalise or rescale the descriptors before ranking."
+        )
+    return scores
+
+
 def _check_same_width(queries: np.ndarray, database: np.ndarray, what: str) -> None:
     if queries.shape[1] != database.shape[1]:
         raise ValueError(
@@ -147,7 +159,7 @@ def rank(query, database, *, metric: str = "ip") -> np.ndarray:
     step = _chunk_rows(db.shape[0], 1)
     for start in range(0, queries.shape[0], step):
         block = queries[start : start + step]
-        keys = hamming_distances(block, db) if codes else -(block @ db.T)
+        keys = hamming_distances(block, db) if codes else -_inner_products(block, db)
         ranking[start : start + step] = np.argsort(keys, axis=1, kind="stable")
     return ranking
 
@@ -273,7 +285,7 @@ class FlatIndex(_ExactIndex):
         scores : ndarray of shape (n_queries, k), float32, descending
         indices : ndarray of shape (n_queries, k), int64; ties: lower index first
         """
-        return self._search(queries, k, lambda q, chunk: q @ chunk.T)
+        return self._search(queries, k, _inner_products)
 
 
 class BinaryIndex(_ExactIndex):
@@ -338,7 +350,7 @@ def average_query_expansion(query, database, ranking, top: int = 5) -> np.ndarra
     ranking = np.asarray(ranking)
     if ranking.ndim == 1:
         ranking = ranking[None, :]
-    if ranking.shape[0] != queries.shape[0] or ranking.shape[1] < top:
+    if ranking.ndim != 2 or ranking.shape[0] != queries.shape[0] or ranking.shape[1] < top:
         raise ValueError(
             f"ranking must have one row per query and at least top={top} columns; got shape {ranking.shape} "
             f"for {queries.shape[0]} queries."
