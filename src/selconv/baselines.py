@@ -328,7 +328,7 @@ class SPoC(_ConvMapPooling):
         if not self.center_prior:
             return features.sum(axis=(1, 2), dtype=np.float64)
         weights = _center_prior(*features.shape[1:])
-        return np.tensordot(features, weights.astype(np.float32), axes=([1, 2], [0, 1]))
+        return np.tensordot(features, weights, axes=([1, 2], [0, 1]))  # float64: float32 sums overflow
 
 
 class MAC(_ConvMapPooling):
