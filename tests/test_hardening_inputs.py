@@ -2,7 +2,7 @@
 
 Items 4 (democratic gamma), 6 (folder training images in the database), 7 (ground truth beyond the
 database, NaN descriptors), 12 (CLI errors) and 14 (cryptic estimator errors). The generated hostile
-cases are in test_hostile_inputs.py.
+cases are in test_hostile_estimator_inputs.py.
 """
 
 from __future__ import annotations
