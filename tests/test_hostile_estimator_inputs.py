@@ -45,7 +45,9 @@ from selconv.search import BinaryIndex, FlatIndex, average_query_expansion, rank
 #: Seconds a single case may take before it counts as a hang.
 TIME_LIMIT = 20
 #: Messages that say where numpy failed, not what the user must fix.
-CRYPTIC = ("cannot reshape", "out of bounds", "empty sequence", "zero-size array", "has no attribute", "not subscriptable")
+CRYPTIC = (
+    "cannot reshape", "out of bounds", "empty sequence", "zero-size array", "has no attribute", "not subscriptable",
+)
 F32_MAX = float(np.finfo(np.float32).max)
 
 
@@ -143,7 +145,9 @@ RAGGED_ESTIMATORS = {
     "Temb": lambda: TriangulationEmbedding(n_clusters=2, n_clamped=0, random_state=0),
     "VLAD": lambda: VLADEmbedding(n_clusters=2, random_state=0),
     "FV": lambda: FisherVectorEmbedding(n_components=2, max_iter=20, random_state=0),
-    "FV(reg_covar=1e-300)": lambda: FisherVectorEmbedding(n_components=2, max_iter=20, reg_covar=1e-300, random_state=0),
+    "FV(reg_covar=1e-300)": lambda: FisherVectorEmbedding(
+        n_components=2, max_iter=20, reg_covar=1e-300, random_state=0
+    ),
     "FAemb": lambda: FAembEmbedding(n_clusters=2, n_clamped=0, random_state=0),
     "FAemb(mu=1e-300)": lambda: FAembEmbedding(n_clusters=2, n_clamped=0, mu=1e-300, random_state=0),
     "Democratic": lambda: DemocraticAggregator(),
@@ -358,7 +362,9 @@ def test_conv_map_estimators_on_hostile_input(estimator_name):
     # Plain arrays, and ConvMaps with keypoints (for SiftMask: found, none found, outside the image).
     inputs = dict(MAP_INPUTS)
     for k in KEYPOINTS if "Sift" in estimator_name else ["some"]:
-        inputs.update({f"{name} as ConvMap, keypoints {k}": _as_conv_maps(X, KEYPOINTS[k]) for name, X in MAP_INPUTS.items()})
+        inputs.update(
+            {f"{name} as ConvMap, keypoints {k}": _as_conv_maps(X, KEYPOINTS[k]) for name, X in MAP_INPUTS.items()}
+        )
     _run_all(_estimator_cases("maps", MAP_ESTIMATORS[estimator_name], estimator_name, inputs))
 
 
@@ -443,7 +449,10 @@ def test_metrics_on_hostile_ground_truth():
 
 @pytest.mark.parametrize(
     "rankings",
-    [np.array([[0.5, 1.0]]), np.array([[-1, 0]]), np.array([[0, 99]]), np.array([["a", "b"]]), np.zeros((1, 2, 2), int)],
+    [
+        np.array([[0.5, 1.0]]), np.array([[-1, 0]]), np.array([[0, 99]]), np.array([["a", "b"]]),
+        np.zeros((1, 2, 2), int),
+    ],
     ids=["float", "negative", "beyond_database", "strings", "3d"],
 )
 def test_metrics_on_hostile_rankings(rankings):
@@ -492,14 +501,17 @@ CLI_CASES = {
     "data_dir_does_not_exist": ["evaluate", "--dataset", "oxford5k", "--data-dir", "{root}/missing"],
     "data_dir_is_a_file": ["evaluate", "--dataset", "oxford5k", "--data-dir", "{root}/afile"],
     "data_dir_not_in_official_layout": ["evaluate", "--dataset", "oxford5k", "--data-dir", "{root}/emptydir"],
-    "protocol_of_another_dataset": ["evaluate", "--dataset", "roxford5k", "--data-dir", "{root}", "--protocol", "loo-landmark"],
+    "protocol_of_another_dataset": ["evaluate", "--dataset", "roxford5k", "--data-dir", "{root}",
+                                    "--protocol", "loo-landmark"],
     "protocol_hard_on_sample": ["evaluate", "--dataset", "sample", "--protocol", "hard"],
     "protocol_hard_on_oxford5k": ["evaluate", "--dataset", "oxford5k", "--data-dir", "{root}", "--protocol", "hard"],
     "protocol_hard_on_folder": ["evaluate", "--dataset", "folder", "--data-dir", "{root}/data", "--protocol", "hard"],
     "data_dir_for_sample": ["evaluate", "--dataset", "sample", "--data-dir", "{root}"],
-    "ground_truth_for_oxford5k": ["evaluate", "--dataset", "oxford5k", "--data-dir", "{root}", "--ground-truth", "x.csv"],
+    "ground_truth_for_oxford5k": ["evaluate", "--dataset", "oxford5k", "--data-dir", "{root}",
+                                  "--ground-truth", "x.csv"],
     "rotations_for_folder": ["evaluate", "--dataset", "folder", "--data-dir", "{root}/data", "--rotations", "r.txt"],
-    "fit_on_database_with_training": ["evaluate", "--dataset", "sample", "--fit-on", "database", "--train-dir", "{root}"],
+    "fit_on_database_with_training": ["evaluate", "--dataset", "sample", "--fit-on", "database",
+                                      "--train-dir", "{root}"],
     "max_train_with_fit_on_database": ["evaluate", "--dataset", "sample", "--fit-on", "database", "--max-train", "5"],
     "train_data_dir_alone": ["evaluate", "--dataset", "sample", "--train-data-dir", "{root}"],
     "train_dir_missing": ["evaluate", "--dataset", "sample", "--train-dir", "{root}/missing"],

@@ -356,10 +356,11 @@ def average_query_expansion(query, database, ranking, top: int = 5) -> np.ndarra
             f"for {queries.shape[0]} queries."
         )
     used = ranking[:, :top]
-    if not np.issubdtype(ranking.dtype, np.integer) or (used.size and (used.min() < 0 or used.max() >= len(db))):
+    if not np.issubdtype(ranking.dtype, np.integer):
+        raise ValueError(f"ranking must hold integer database indices; got dtype {ranking.dtype}.")
+    if used.size and (used.min() < 0 or used.max() >= len(db)):
         raise ValueError(
-            f"ranking must hold database indices in 0..{len(db) - 1}; got dtype {ranking.dtype}"
-            + (f", values {used.min()}..{used.max()}." if used.size and np.issubdtype(ranking.dtype, np.number) else ".")
+            f"ranking must hold database indices in 0..{len(db) - 1}; got values {used.min()}..{used.max()}."
         )
     expanded = queries + db[ranking[:, :top]].sum(axis=1)
     return l2_normalize_rows(expanded, out=expanded)

@@ -108,8 +108,10 @@ class BaseHasher(
         """
         self._fit(self._validate_fit_input(X))
         check_fitted_finite(
-            self, hint="The training descriptors are too large for float64 products (beyond about 1e154) or a "
-            "penalty/weight parameter is extreme: rescale the descriptors (e.g. l2-normalise them) or use milder parameters."
+            self,
+            hint="The training descriptors are too large for float64 products (beyond about 1e154) or a "
+            "penalty/weight parameter is extreme: rescale the descriptors (e.g. l2-normalise them) or use "
+            "milder parameters.",
         )
         return self
 
