@@ -86,13 +86,13 @@ def check_local_sets(X, *, estimator, reset: bool, dtype=np.float32) -> list[np.
                 f"{name}: image {index} has {array.shape[1]} features per local descriptor; "
                 f"earlier images have {n_features}."
             )
-        finite_before = array.dtype == bool or np.issubdtype(array.dtype, np.integer) or np.isfinite(array).all()
         with np.errstate(over="ignore"):
-            array = np.ascontiguousarray(array, dtype=dtype)
-        if not np.isfinite(array).all():
-            beyond = f" (values beyond the {np.dtype(dtype).name} range)" if finite_before else ""
+            converted = np.ascontiguousarray(array, dtype=dtype)
+        if not np.isfinite(converted).all():
+            overflowed = not np.issubdtype(array.dtype, np.floating) or np.isfinite(array).all()
+            beyond = f" (values beyond the {np.dtype(dtype).name} range)" if overflowed else ""
             raise ValueError(f"{name}: image {index} contains NaN or infinity{beyond}.")
-        sets.append(array)
+        sets.append(converted)
     if n_features == 0:
         raise ValueError(f"{name}: local descriptors have 0 features.")
     _set_or_check_n_features(estimator, n_features, reset=reset)
