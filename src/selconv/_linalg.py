@@ -26,7 +26,9 @@ def single_threaded():
 def l2_normalize_rows(X: np.ndarray, *, out: np.ndarray | None = None) -> np.ndarray:
     """X with unit-norm rows (zero rows stay zero), in ``out`` (may be X itself) or a new array.
 
-    Multiplies by the reciprocal norms: one pass over X, the norms computed once per row.
+    Multiplies by the reciprocal norms: one pass over X, the norms computed once per row. A row
+    holding NaN or infinity becomes all NaN, never a zero or unit row, so that the output checks
+    downstream (:func:`selconv.exceptions.check_finite`) see it.
     """
     norms = np.sqrt(np.einsum("nd,nd->n", X, X))
     # The sum of squares under- or overflows for tiny or huge rows (rare): those rows are rescaled
@@ -35,12 +37,16 @@ def l2_normalize_rows(X: np.ndarray, *, out: np.ndarray | None = None) -> np.nda
     rescued = X[unsafe]
     inverse = np.zeros_like(norms)
     np.divide(1.0, norms, out=inverse, where=norms > 0)
-    out = np.multiply(X, inverse[:, None], out=out)
+    with np.errstate(invalid="ignore"):  # inf * 0 in a non-finite row: set to NaN below
+        out = np.multiply(X, inverse[:, None], out=out)
     if len(unsafe):
-        largest = np.abs(rescued).max(axis=1, keepdims=True)
-        np.divide(rescued, largest, out=rescued, where=largest > 0)
-        norms = np.sqrt(np.einsum("nd,nd->n", rescued, rescued))[:, None]
-        out[unsafe] = np.divide(rescued, norms, out=np.zeros_like(rescued), where=norms > 0)
+        with np.errstate(invalid="ignore"):
+            largest = np.abs(rescued).max(axis=1, keepdims=True, initial=0)
+            np.divide(rescued, largest, out=rescued, where=largest > 0)
+            norms = np.sqrt(np.einsum("nd,nd->n", rescued, rescued))[:, None]
+            rescued = np.divide(rescued, norms, out=np.zeros_like(rescued), where=norms > 0)
+        rescued[~np.isfinite(largest[:, 0])] = np.nan
+        out[unsafe] = rescued
     return out
 
 

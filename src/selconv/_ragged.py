@@ -11,6 +11,8 @@ import numpy as np
 
 from selconv.conv_map import ConvMap
 
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+
 
 def _as_list(X, *, what: str, estimator) -> list:
     name = type(estimator).__name__
@@ -25,6 +27,14 @@ def _as_list(X, *, what: str, estimator) -> list:
     if len(items) == 0:
         raise ValueError(f"{name} got an empty list: at least one image is required.")
     return items
+
+
+def _as_array(item, where: str) -> np.ndarray:
+    """``np.asarray(item)``, with a message naming the image when ``item`` is ragged or not array-like."""
+    try:
+        return np.asarray(item)
+    except (ValueError, TypeError) as error:
+        raise ValueError(f"{where} is not a rectangular array ({error}).") from None
 
 
 def _set_or_check_n_features(estimator, n_features: int, *, reset: bool) -> None:
@@ -62,13 +72,13 @@ def check_local_sets(X, *, estimator, reset: bool, dtype=np.float32) -> list[np.
     sets = []
     n_features = None
     for index, item in enumerate(items):
-        array = np.asarray(item)
+        array = _as_array(item, f"{name}: image {index}")
         if array.ndim != 2:
             raise ValueError(
                 f"{name}: image {index} must be a 2-D array (n_local, n_features); got shape {array.shape}."
             )
-        if not (np.issubdtype(array.dtype, np.number) or array.dtype == bool):
-            raise TypeError(f"{name}: image {index} has non-numeric dtype {array.dtype}.")
+        if not (np.issubdtype(array.dtype, np.number) or array.dtype == bool) or np.iscomplexobj(array):
+            raise TypeError(f"{name}: image {index} has dtype {array.dtype}; expected real numbers.")
         if n_features is None:
             n_features = array.shape[1]
         elif array.shape[1] != n_features:
@@ -76,10 +86,13 @@ def check_local_sets(X, *, estimator, reset: bool, dtype=np.float32) -> list[np.
                 f"{name}: image {index} has {array.shape[1]} features per local descriptor; "
                 f"earlier images have {n_features}."
             )
-        array = np.ascontiguousarray(array, dtype=dtype)
-        if not np.isfinite(array).all():
-            raise ValueError(f"{name}: image {index} contains NaN or infinity.")
-        sets.append(array)
+        with np.errstate(over="ignore"):
+            converted = np.ascontiguousarray(array, dtype=dtype)
+        if not np.isfinite(converted).all():
+            overflowed = not np.issubdtype(array.dtype, np.floating) or np.isfinite(array).all()
+            beyond = f" (values beyond the {np.dtype(dtype).name} range)" if overflowed else ""
+            raise ValueError(f"{name}: image {index} contains NaN or infinity{beyond}.")
+        sets.append(converted)
     if n_features == 0:
         raise ValueError(f"{name}: local descriptors have 0 features.")
     _set_or_check_n_features(estimator, n_features, reset=reset)
@@ -98,17 +111,23 @@ def check_conv_maps(X, *, estimator, reset: bool) -> list[ConvMap]:
     n_channels = None
     for index, item in enumerate(items):
         if not isinstance(item, ConvMap):
-            array = np.asarray(item)
+            array = _as_array(item, f"{name}: conv map {index}")
             if array.ndim != 3:
                 raise ValueError(
                     f"{name}: conv map {index} must have shape (n_channels, height, width); got {array.shape}."
                 )
-            item = ConvMap(array, image_size=(array.shape[2], array.shape[1]))
+            # The grid stands in for the image; an empty grid (no local feature) still needs a valid size.
+            item = ConvMap(array, image_size=(max(array.shape[2], 1), max(array.shape[1], 1)))
         where = f" ({item.source})" if item.source else ""
         if not np.issubdtype(item.features.dtype, np.floating):
             raise TypeError(f"{name}: conv map {index}{where} has non-float dtype {item.features.dtype}.")
+        if item.n_channels == 0:
+            raise ValueError(f"{name}: conv map {index}{where} has 0 channels; a conv map needs at least one.")
         if not np.isfinite(item.features).all():
             raise ValueError(f"{name}: conv map {index}{where} contains NaN or infinity.")
+        if item.features.dtype.itemsize > 4 and item.features.size and np.abs(item.features).max() > _FLOAT32_MAX:
+            raise ValueError(f"{name}: conv map {index}{where} has values beyond the float32 range (3.4e38) "
+                             "that the masks and poolings compute in.")
         if n_channels is None:
             n_channels = item.n_channels
         elif item.n_channels != n_channels:

@@ -2,7 +2,8 @@
 
 Every aggregator maps a list of per-image local feature sets (n_i, D) to ONE 2-D float32 array
 (n_images, D): democratic pooling (the paper's psi_d), sum, average, max and generalised max pooling.
-An image without local features gets a zero row and an :class:`EmptyImageWarning`, never NaN.
+An image without local features gets a zero row and an :class:`EmptyImageWarning`, never NaN; an
+output that overflows float32 raises a :class:`~selconv.exceptions.NonFiniteError`.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from selconv._compat import Interval, fit_context
 from selconv._linalg import l2_normalize_rows
 from selconv._ragged import check_local_sets
 from selconv.base import SelconvPickleMixin
+from selconv.exceptions import OVERFLOW_HINT, NonFiniteError, check_finite
 
 __all__ = [
     "EmptyImageWarning",
@@ -76,6 +78,7 @@ class _BaseAggregator(SelconvPickleMixin, ClassNamePrefixFeaturesOutMixin, Trans
             (an :class:`EmptyImageWarning` then names those images).
         """
         check_is_fitted(self)
+        self._validate_params()  # set_params after fit must not slip an out-of-range value through
         sets = check_local_sets(X, estimator=self, reset=False)
         aggregated = np.zeros((len(sets), self.n_features_in_), dtype=np.float32)
         empty = []
@@ -84,6 +87,7 @@ class _BaseAggregator(SelconvPickleMixin, ClassNamePrefixFeaturesOutMixin, Trans
                 empty.append(index)
             else:
                 aggregated[index] = self._aggregate(Y)
+        check_finite(aggregated, estimator=self, what="the aggregated vectors", hint=OVERFLOW_HINT)
         if empty:
             shown = ", ".join(map(str, empty[:20])) + (", ..." if len(empty) > 20 else "")
             warnings.warn(
@@ -113,8 +117,13 @@ class DemocraticAggregator(_BaseAggregator):
     ----------
     n_iter : int, default=10
         Number of Sinkhorn steps (authors: 10). 0 gives sum pooling of the normalised features.
-    gamma : float, default=0.5
-        Exponent of the column sums (authors: 0.5).
+    gamma : float in [0, 1], default=0.5
+        Exponent of the column sums (authors: 0.5); 0 gives sum pooling. In log coordinates a step
+        is log(lambda) <- log(lambda) - gamma * log(column sums), and along the overall scale of
+        lambda it multiplies the distance to the fixed point by (1 - 2 gamma): the iteration
+        converges for 0 < gamma < 1, alternates between two scales of the same (democratic)
+        direction at gamma = 1, and diverges geometrically for gamma > 1 (by 2x per step at 1.5),
+        overflowing float32 to NaN within a few steps. Hence the range [0, 1].
 
     Attributes
     ----------
@@ -134,7 +143,7 @@ class DemocraticAggregator(_BaseAggregator):
 
     _parameter_constraints: dict = {
         "n_iter": [Interval(numbers.Integral, 0, None, closed="left")],
-        "gamma": [Interval(numbers.Real, 0, None, closed="left")],
+        "gamma": [Interval(numbers.Real, 0, 1, closed="both")],
     }
 
     def __init__(self, n_iter=10, *, gamma=0.5):
@@ -192,7 +201,7 @@ class SumPooling(_BaseAggregator):
     """
 
     def _aggregate(self, Y):
-        return Y.sum(axis=0)
+        return Y.sum(axis=0, dtype=np.float64)
 
 
 class AveragePooling(_BaseAggregator):
@@ -205,7 +214,7 @@ class AveragePooling(_BaseAggregator):
     """
 
     def _aggregate(self, Y):
-        return Y.mean(axis=0)
+        return Y.mean(axis=0, dtype=np.float64)
 
 
 class MaxPooling(_BaseAggregator):
@@ -247,7 +256,15 @@ class GeneralizedMaxPooling(_BaseAggregator):
         self.reg = reg
 
     def _aggregate(self, Y):
-        kernel = (Y @ Y.T).astype(np.float64)
+        Y = Y.astype(np.float64)  # the float32 Gram matrix overflows long before the float64 one
+        kernel = Y @ Y.T
         kernel[np.diag_indices_from(kernel)] += self.reg
-        coefficients = scipy.linalg.solve(kernel, np.ones(len(Y)), assume_a="pos")
-        return coefficients.astype(np.float32) @ Y
+        try:
+            coefficients = scipy.linalg.solve(kernel, np.ones(len(Y)), assume_a="pos")
+        except (np.linalg.LinAlgError, ValueError) as error:  # singular, or non-finite from overflow
+            raise NonFiniteError(
+                f"GeneralizedMaxPooling(reg={self.reg!r}): the kernel system of an image with {len(Y)} local "
+                f"features cannot be solved ({error}). Increase reg (it must dominate rounding errors of the "
+                f"Gram matrix, whose largest entry is {np.abs(kernel).max():.3g}) or rescale the input."
+            ) from None
+        return coefficients @ Y

@@ -287,12 +287,14 @@ class _ConvMapPooling(SelconvPickleMixin, ClassNamePrefixFeaturesOutMixin, Trans
             Unit-norm rows; an all-zero (or empty) map gives a zero row.
         """
         check_is_fitted(self)
+        self._validate_params()  # set_params after fit must not slip an out-of-range value through
         maps = self._check_maps(X, reset=False)
-        pooled = np.zeros((len(maps), self._n_features_out), dtype=np.float32)
+        # float64 until normalised: sums over a map of large float32 activations overflow float32.
+        pooled = np.zeros((len(maps), self._n_features_out), dtype=np.float64)
         for index, features in enumerate(maps):
             if features.shape[1] * features.shape[2] > 0:
                 pooled[index] = self._pool(features)
-        return l2_normalize_rows(pooled)
+        return l2_normalize_rows(pooled).astype(np.float32)
 
 
 def _center_prior(height: int, width: int) -> np.ndarray:
@@ -326,7 +328,7 @@ class SPoC(_ConvMapPooling):
         if not self.center_prior:
             return features.sum(axis=(1, 2), dtype=np.float64)
         weights = _center_prior(*features.shape[1:])
-        return np.tensordot(features, weights.astype(np.float32), axes=([1, 2], [0, 1]))
+        return np.tensordot(features, weights, axes=([1, 2], [0, 1]))  # float64: float32 sums overflow
 
 
 class MAC(_ConvMapPooling):
@@ -390,13 +392,22 @@ class CroW(_ConvMapPooling):
         self.a = a
         self.b = b
 
-    def spatial_weights(self, features: np.ndarray) -> np.ndarray:
-        """S for one (K, H, W) map: (H, W), zero where the map is all zero."""
+    def _relative_spatial_weights(self, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(S' / max S')^(1/b) and S' / max S' for one map: S up to a per-image factor, in [0, 1]."""
         channel_sum = features.sum(axis=0, dtype=np.float64)
-        norm = np.sum(channel_sum**self.a) ** (1.0 / self.a)
-        if norm == 0:
-            return np.zeros_like(channel_sum)
-        return (channel_sum / norm) ** (1.0 / self.b)
+        peak = channel_sum.max()
+        ratio = channel_sum / peak if peak > 0 else np.zeros_like(channel_sum)
+        return ratio ** (1.0 / self.b), ratio
+
+    def spatial_weights(self, features: np.ndarray) -> np.ndarray:
+        """S for one (K, H, W) map: (H, W), zero where the map is all zero.
+
+        Computed from S' / max S' (whose a-norm lies in [1, H W]), so no power overflows for any a, b > 0.
+        """
+        relative, ratio = self._relative_spatial_weights(features)
+        if not ratio.any():
+            return relative
+        return relative * np.exp(-np.log(np.sum(ratio**self.a)) / (self.a * self.b))
 
     @staticmethod
     def channel_weights(features: np.ndarray) -> np.ndarray:
@@ -408,7 +419,10 @@ class CroW(_ConvMapPooling):
         return np.log(np.divide(total, nonzero, out=np.ones_like(nonzero), where=nonzero > 0))
 
     def _pool(self, features):
-        weighted = np.tensordot(features.astype(np.float64), self.spatial_weights(features), axes=([1, 2], [0, 1]))
+        # S up to its per-image factor ||S'||_a^(-1/b), which the final l2-normalisation cancels (and which
+        # underflows for tiny a b): the pooled direction is CroW's for every a, b > 0.
+        relative, _ = self._relative_spatial_weights(features)
+        weighted = np.tensordot(features.astype(np.float64), relative, axes=([1, 2], [0, 1]))
         return weighted * self.channel_weights(features)
 
 

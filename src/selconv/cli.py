@@ -9,9 +9,12 @@ that says what produced every number, and write ``results.json`` and an HTML rep
 from __future__ import annotations
 
 import argparse
+import errno
 import json
+import pickle
 import platform
 import sys
+import tempfile
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -39,6 +42,14 @@ class CommandError(Exception):
     """A user error (bad path, unusable setting): printed as ``selconv: error: ...``, exit status 2."""
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (``selconv: error: ... (see 'selconv evaluate --help')``), exit status 2."""
+
+    def error(self, message):
+        print(f"selconv: error: {message} (see '{self.prog} --help').", file=sys.stderr)
+        raise SystemExit(2)
+
+
 @dataclass
 class BenchmarkResult:
     """What :func:`run_benchmark` computed: one row per descriptor, plus how it was produced."""
@@ -55,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     from selconv import __version__
     from selconv.pipelines import MASKS, PAPER_SETTINGS
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="selconv",
         description="Selective deep convolutional features for image retrieval (Do, Hoang et al.).",
     )
@@ -122,28 +133,77 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    """Run ``selconv`` with ``argv`` (default: ``sys.argv[1:]``); return the exit status."""
+    """Run ``selconv`` with ``argv`` (default: ``sys.argv[1:]``); return the exit status.
+
+    0: success; 2: a user error (bad argument, path, file or data), printed as one line
+    ``selconv: error: ...`` that says what to fix; 130: interrupted. Anything else is a bug and
+    keeps its traceback.
+    """
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as done:  # --help / --version (0), or an argument error already printed (2)
+        return done.code if isinstance(done.code, int) else 0
     try:
         if args.command == "demo":
             return _demo(args)
         return _evaluate(args)
-    except CommandError as error:
-        print(f"selconv: error: {error}", file=sys.stderr)
-        return 2
-    except (FileNotFoundError, NotADirectoryError, ValueError) as error:
+    except (CommandError, OSError, ValueError, pickle.UnpicklingError) as error:
         # Loaders and estimators raise these with messages naming the file or argument.
-        print(f"selconv: error: {error}", file=sys.stderr)
-        return 1
+        print(f"selconv: error: {_one_line(error)}", file=sys.stderr)
+        return 2
+    except RuntimeError as error:
+        from selconv.extraction.weights import WeightsNotFoundError
+
+        if not isinstance(error, WeightsNotFoundError):
+            raise
+        print(f"selconv: error: {_one_line(error)}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("\nselconv: interrupted; conv maps computed so far are cached, rerun to resume.", file=sys.stderr)
         return 130
 
 
+def _one_line(error: BaseException) -> str:
+    """An exception as one line that says what to fix (OSErrors get the path and a hint)."""
+    if isinstance(error, OSError) and error.strerror:  # raised by the OS (custom messages have no strerror)
+        where = f" {error.filename}" if error.filename else ""
+        fix = {"EACCES": "check its permissions or choose another path", "EPERM": "check its permissions",
+               "ENOSPC": "free some disk space", "EROFS": "choose a writable location",
+               "ENOTDIR": "a part of the path is a file, not a folder",
+               "EEXIST": "a file is in the way of a folder; remove it or choose another path",
+               "EISDIR": "it is a folder; give a file"}.get(errno.errorcode.get(error.errno, ""), "check the path")
+        text = f"{error.strerror}:{where} ({fix})"
+    else:
+        text = str(error) or type(error).__name__
+    return " ".join(text.split())
+
+
+def _require_writable_dir(path: Path, what: str) -> None:
+    """Create ``path`` if needed and prove it writable, before any work is done."""
+    try:
+        if path.exists() and not path.is_dir():
+            raise CommandError(f"{what} {path} is a file; give a folder (it is created if missing).")
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as error:
+        raise CommandError(f"{what} {path} is not a writable folder ({_one_line(error)}); "
+                           "choose a folder you can write to.") from None
+
+
+def _require_output_dirs(args) -> None:
+    _require_writable_dir(args.out, "--out")
+    if args.cache_dir is not None:
+        _require_writable_dir(args.cache_dir, "--cache-dir")
+    else:
+        _require_writable_dir(args.out / "cache", "--out (its cache/ folder)")
+
+
 def _demo(args) -> int:
     from selconv.datasets import load_sample
 
+    _require_output_dirs(args)
     dataset = load_sample()
     notes = [f"Demo image size: longest side {args.max_size} px (the paper uses 1024 px; "
              "the bundled sample's images are at most 512 px)."]
@@ -162,6 +222,9 @@ def _evaluate(args) -> int:
     from selconv.pipelines import paper_dimension, rotation_settings
 
     # Argument combinations first: a mistake must not cost a feature extraction.
+    _check_dataset_options(args)
+    if args.max_train is not None and args.fit_on == "database":
+        raise CommandError("--max-train subsets the training set; with --fit-on database there is none (drop it).")
     if args.train_data_dir is not None and args.train_dataset is None:
         raise CommandError("--train-data-dir goes with --train-dataset.")
     if args.fit_on == "database" and (args.train_dir or args.train_dataset):
@@ -169,8 +232,12 @@ def _evaluate(args) -> int:
     odd = [b for b in args.bits if b % 8]
     if odd:
         raise CommandError(f"--bits must be multiples of 8 (codes are packed in bytes); got {odd}.")
+    if args.train_dir is not None:
+        _require_dir(args.train_dir, "--train-dir")
+    # A training folder inside a user folder must not also join its database as distractors.
     dataset = _load_dataset(args.dataset, args.data_dir, protocol=args.protocol, ground_truth=args.ground_truth,
-                            rotations=args.rotations, what="--data-dir")
+                            rotations=args.rotations, what="--data-dir",
+                            training=args.train_dir.resolve() if args.train_dir is not None else None)
     if args.distractors is not None:
         _require_dir(args.distractors, "--distractors")
         dataset = dataset.with_distractors(args.distractors)
@@ -181,7 +248,6 @@ def _evaluate(args) -> int:
         training = list(dataset.database)
         training_name = f"the test database itself ({len(training)} images, paper Table 9 protocol)"
     elif args.train_dir is not None:
-        _require_dir(args.train_dir, "--train-dir")
         training, training_name = list_images(args.train_dir), f"images under {args.train_dir}"
     elif args.train_dataset is not None:
         train_set = _load_dataset(args.train_dataset, args.train_data_dir, protocol=None, ground_truth=None,
@@ -211,7 +277,8 @@ def _evaluate(args) -> int:
         training = [training[i] for i in keep]
         training_name += f", random subset (seed {args.seed})"
     rotation, _ = rotation_settings(len(training), args.preset, fit_on=args.fit_on)
-    dim = min(paper_dimension(args.preset, fit_on=args.fit_on), len(training) - 1 - rotation["n_dropped"])
+    # A skipped rotation (too few learning images) drops nothing: the descriptors keep d |C| dimensions.
+    dim = paper_dimension(args.preset, fit_on="database" if rotation["undetermined"] == "center" else args.fit_on)
     too_long = [b for b in args.bits if b > min(len(training) - 1, dim)]
     if too_long:
         raise CommandError(
@@ -219,6 +286,7 @@ def _evaluate(args) -> int:
             f"as many as descriptor dimensions ({dim})."
         )
 
+    _require_output_dirs(args)
     run_benchmark(
         dataset, training=training, training_name=training_name, preset=args.preset, masks=args.masks,
         bits=args.bits, max_size=args.max_size, device=args.device, out=args.out, cache_dir=args.cache_dir,
@@ -228,7 +296,28 @@ def _evaluate(args) -> int:
     return 0
 
 
-def _load_dataset(name, data_dir, *, protocol, ground_truth, rotations, what):
+#: Protocols of the datasets that have several; the others have exactly one.
+_PROTOCOLS = {"roxford5k": ("easy", "medium", "hard"), "rparis6k": ("easy", "medium", "hard"),
+              "oxford5k-subset": ("official-10", "loo-landmark")}
+
+#: Options of ``evaluate`` that only some datasets use: giving one to another dataset is an error, not ignored.
+_DATASET_OPTIONS = {"protocol": tuple(_PROTOCOLS), "ground_truth": ("folder",), "rotations": ("holidays",),
+                    "data_dir": tuple(name for name in DATASETS if name != "sample")}
+
+
+def _check_dataset_options(args) -> None:
+    for option, users in _DATASET_OPTIONS.items():
+        if getattr(args, option) is not None and args.dataset not in users:
+            flag = "--" + option.replace("_", "-")
+            raise CommandError(f"{flag} does not apply to --dataset {args.dataset} (only to {', '.join(users)}); "
+                               "drop it.")
+    allowed = _PROTOCOLS.get(args.dataset, ())
+    if args.protocol is not None and args.protocol not in allowed:
+        raise CommandError(f"--protocol {args.protocol!r} is not valid for {args.dataset}; choose one of "
+                           f"{', '.join(allowed)}.")
+
+
+def _load_dataset(name, data_dir, *, protocol, ground_truth, rotations, what, training=None):
     from selconv import datasets
 
     if name == "sample":
@@ -236,14 +325,8 @@ def _load_dataset(name, data_dir, *, protocol, ground_truth, rotations, what):
     if data_dir is None:
         raise CommandError(f"dataset {name!r} needs {what} (its folder in the official layout).")
     _require_dir(data_dir, what)
-    protocols = {"roxford5k": ("easy", "medium", "hard"), "rparis6k": ("easy", "medium", "hard"),
-                 "oxford5k-subset": ("official-10", "loo-landmark")}
-    if protocol is not None and protocol not in protocols.get(name, ()):
-        allowed = protocols.get(name)
-        raise CommandError(f"--protocol {protocol!r} is not valid for {name}"
-                           + (f"; choose one of {', '.join(allowed)}." if allowed else " (it has one protocol)."))
     if name == "folder":
-        return datasets.load_image_folder(data_dir, ground_truth)
+        return datasets.load_image_folder(data_dir, ground_truth, training=training)
     if name == "oxford5k":
         return datasets.load_oxford5k(data_dir)
     if name == "paris6k":
@@ -430,10 +513,10 @@ def run_benchmark(
             del train_maps
             say("Conv maps of the database images:")
             db_desc, db_stats = _describe(extractor.iter_transform(dataset.database_inputs()), pipelines)
+        _check_all_described(db_desc, len(dataset.database), "database images", extractor)
         say("Conv maps of the queries:")
         query_desc, _ = _describe(extractor.iter_transform(queries), pipelines)
-        if len(query_desc[masks[0]]) != n_queries or len(db_desc[masks[0]]) != len(dataset.database):
-            raise CommandError("some images could not be read (see the warnings above); fix or remove them.")
+        _check_all_described(query_desc, n_queries, "queries", extractor)
 
         say("Results:")
         for mask, pipeline in pipelines.items():
@@ -517,6 +600,18 @@ def run_benchmark(
         say(f"Report: {result.report_path}")
     say(f"Results: {result.results_path}")
     return result
+
+
+def _check_all_described(descriptors, expected: int, what: str, extractor) -> None:
+    """Every image must have its descriptor: a skipped one would shift every later ground-truth index."""
+    got = {len(d) for d in descriptors.values()}
+    if got != {expected}:
+        skipped = "; ".join(f"{name}: {reason}" for _, name, reason in getattr(extractor, "skipped_", [])[:3])
+        raise CommandError(
+            f"{expected - min(got)} of the {expected} {what} could not be read"
+            + (f" ({skipped})" if skipped else "")
+            + "; the ground truth refers to every image by position, so fix or remove them (and their ground truth)."
+        )
 
 
 def _describe(maps, pipelines, *, chunk_size=64):

@@ -39,12 +39,26 @@ class ConvMap:
                 + (f" for {self.source}" if self.source else "")
             )
         object.__setattr__(self, "features", features)
-        width, height = (int(v) for v in self.image_size)
+        where = f" for {self.source}" if self.source else ""
+        try:
+            width, height = (int(v) for v in self.image_size)
+        except (TypeError, ValueError, OverflowError):
+            raise ValueError(f"ConvMap.image_size must be two positive integers (width, height); got "
+                             f"{self.image_size!r}{where}") from None
         if width <= 0 or height <= 0:
-            raise ValueError(f"ConvMap.image_size must be positive (width, height); got {self.image_size}")
+            raise ValueError(f"ConvMap.image_size must be positive (width, height); got {self.image_size}{where}")
         object.__setattr__(self, "image_size", (width, height))
         if self.keypoints is not None:
-            keypoints = np.asarray(self.keypoints, dtype=np.float32).reshape(-1, 2)
+            try:
+                keypoints = np.asarray(self.keypoints, dtype=np.float32)
+            except (TypeError, ValueError) as error:
+                raise ValueError(f"ConvMap.keypoints must be an (n, 2) array of (x, y){where}: {error}") from None
+            if keypoints.size % 2 or (keypoints.ndim > 1 and keypoints.shape[-1] != 2):
+                raise ValueError(f"ConvMap.keypoints must have shape (n_keypoints, 2); got {keypoints.shape}{where}")
+            keypoints = keypoints.reshape(-1, 2)
+            if not np.isfinite(keypoints).all():
+                bad = np.flatnonzero(~np.isfinite(keypoints).all(axis=1))
+                raise ValueError(f"ConvMap.keypoints contain NaN or infinity (keypoints {bad[:10].tolist()}){where}")
             object.__setattr__(self, "keypoints", keypoints)
 
     @property

@@ -20,6 +20,7 @@ from selconv._compat import Interval, fit_context
 from selconv._linalg import l2_normalize_rows, mean_and_scatter, principal_axes, whitening_scale
 from selconv._ragged import check_local_sets, image_blocks
 from selconv.base import SelconvPickleMixin
+from selconv.exceptions import OVERFLOW_HINT, check_finite, check_fitted_finite
 
 __all__ = ["LocalPCA"]
 
@@ -145,6 +146,7 @@ class LocalPCA(SelconvPickleMixin, TransformerMixin, BaseEstimator):
         self.components_ = eigenvectors[:, : self.n_components].T
         self.explained_variance_ = np.clip(eigenvalues[: self.n_components], 0.0, None)
         self.n_samples_seen_ = n_samples
+        check_fitted_finite(self)
         return self
 
     def transform(self, X):
@@ -176,5 +178,6 @@ class LocalPCA(SelconvPickleMixin, TransformerMixin, BaseEstimator):
             block -= mean
             projected = block @ projection
             l2_normalize_rows(projected, out=projected)
+            check_finite(projected, estimator=self, what="the projected local features", hint=OVERFLOW_HINT)
             local_sets.extend(np.split(projected, np.cumsum(counts[start:stop])[:-1]))
         return local_sets

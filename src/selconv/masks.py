@@ -42,7 +42,11 @@ class _BaseMask(SelconvPickleMixin, TransformerMixin, BaseEstimator):
     def _selections(self, X) -> tuple[list[ConvMap], list[np.ndarray]]:
         self._validate_params()  # get_selected_locations may run before (or without) fit
         maps = self._validate(X, reset=False)
-        return maps, [self._select(conv_map) for conv_map in maps]
+        # A grid without cells (height or width 0) has nothing to select, whatever the mask.
+        return maps, [
+            self._select(conv_map) if conv_map.features[0].size else np.zeros(conv_map.features.shape[1:], dtype=bool)
+            for conv_map in maps
+        ]
 
     @fit_context(prefer_skip_nested_validation=True)
     def fit(self, X, y=None):

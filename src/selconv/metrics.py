@@ -54,7 +54,7 @@ def _index_array(values, what: str) -> np.ndarray:
     return array.astype(np.int64)
 
 
-def _check_ground_truth(ground_truth, n_queries: int) -> list[tuple[np.ndarray, np.ndarray]]:
+def _check_ground_truth(ground_truth, n_queries: int, n_database=None) -> list[tuple[np.ndarray, np.ndarray]]:
     if isinstance(ground_truth, dict) or not hasattr(ground_truth, "__len__"):
         raise TypeError(
             "ground_truth must be a list with one dict per query, "
@@ -68,6 +68,13 @@ def _check_ground_truth(ground_truth, n_queries: int) -> list[tuple[np.ndarray, 
             raise ValueError(f'ground_truth[{q}] must be a dict with a "positives" key (and optionally "junk").')
         positives = _index_array(entry["positives"], f'ground_truth[{q}]["positives"]')
         junk = _index_array(entry.get("junk"), f'ground_truth[{q}]["junk"]')
+        for kind, indices in (("positives", positives), ("junk", junk)):
+            if n_database is not None and indices.size and indices.max() >= n_database:
+                raise ValueError(
+                    f'ground_truth[{q}]["{kind}"] holds database index {indices.max()}, but the database has '
+                    f"{n_database} images (indices 0..{n_database - 1}): the ground truth refers to another "
+                    f"database (a dropped image, e.g. by on_error='skip', shifts every later index)."
+                )
         checked.append((positives, junk))
     return checked
 
@@ -148,12 +155,15 @@ def _masks_from_ground_truth(checked, rows, n_database):
     return positive_mask, junk_mask
 
 
-def _per_query(rankings, ground_truth, row_function):
+def _per_query(rankings, ground_truth, row_function, n_database=None):
     """Apply ``row_function(rankings_chunk, positive_mask, junk_mask)`` over chunks of queries."""
     rankings = _check_rankings(rankings)
-    checked = _check_ground_truth(ground_truth, len(rankings))
-    largest = [rankings.max(initial=-1)] + [a.max(initial=-1) for pair in checked for a in pair]
-    n_database = int(max(largest)) + 1
+    if n_database is not None and rankings.size and rankings.max() >= n_database:
+        raise ValueError(f"rankings hold database index {rankings.max()}; the database has {n_database} images.")
+    checked = _check_ground_truth(ground_truth, len(rankings), n_database)
+    if n_database is None:
+        largest = [rankings.max(initial=-1)] + [a.max(initial=-1) for pair in checked for a in pair]
+        n_database = int(max(largest)) + 1
     step = max(1, _WORK_ELEMENTS // max(1, n_database))
     out = []
     for start in range(0, len(rankings), step):
@@ -204,7 +214,7 @@ def average_precision(ranking, positives, junk=()) -> float:
     return float(ap)
 
 
-def average_precisions(rankings, ground_truth) -> np.ndarray:
+def average_precisions(rankings, ground_truth, *, n_database=None) -> np.ndarray:
     """Average precision of every query (NaN for a query without positives), vectorised.
 
     Parameters
@@ -213,12 +223,15 @@ def average_precisions(rankings, ground_truth) -> np.ndarray:
         Database indices, best first.
     ground_truth : list of dict
         One ``{"positives": ..., "junk": ...}`` per query.
+    n_database : int or None, default=None
+        Size of the database the rankings rank; given, an index of the ground truth or of the
+        rankings beyond it is a ``ValueError`` naming the query (:func:`evaluate` always passes it).
 
     Returns
     -------
     aps : ndarray of shape (n_queries,)
     """
-    return _per_query(rankings, ground_truth, _average_precision_rows)
+    return _per_query(rankings, ground_truth, _average_precision_rows, n_database)
 
 
 def tie_aware_average_precisions(scores, ground_truth) -> np.ndarray:
@@ -247,7 +260,7 @@ def tie_aware_average_precisions(scores, ground_truth) -> np.ndarray:
         raise ValueError(f"scores must be a numeric array of shape (n_queries, n_database); got {scores.shape}.")
     if np.issubdtype(scores.dtype, np.floating) and not np.isfinite(scores).all():
         raise ValueError("scores hold NaN or infinite values; check the descriptors for NaN or inf.")
-    checked = _check_ground_truth(ground_truth, len(scores))
+    checked = _check_ground_truth(ground_truth, len(scores), scores.shape[1])
     step = max(1, _WORK_ELEMENTS // max(1, scores.shape[1]))
     out = [np.zeros(0)]
     for start in range(0, len(scores), step):
@@ -257,20 +270,22 @@ def tie_aware_average_precisions(scores, ground_truth) -> np.ndarray:
     return np.concatenate(out)
 
 
-def mean_average_precision(rankings, ground_truth) -> float:
+def mean_average_precision(rankings, ground_truth, *, n_database=None) -> float:
     """mAP over the queries that have positives; a :class:`NoPositiveWarning` names the others.
 
     Parameters
     ----------
     rankings : array-like of shape (n_queries, n_ranked)
     ground_truth : list of dict
+    n_database : int or None, default=None
+        See :func:`average_precisions`.
 
     Returns
     -------
     map : float
         NaN if no query has a positive.
     """
-    aps = average_precisions(rankings, ground_truth)
+    aps = average_precisions(rankings, ground_truth, n_database=n_database)
     return _mean_reporting_missing(aps)
 
 
@@ -346,7 +361,8 @@ def evaluate(query_descriptors, database_descriptors, ground_truth, *, metric="a
         Real descriptors or packed uint8 hash codes.
     database_descriptors : array-like of shape (n_database, D)
     ground_truth : list of dict
-        One ``{"positives": ..., "junk": ...}`` per query, database indices.
+        One ``{"positives": ..., "junk": ...}`` per query, indices into ``database_descriptors``
+        (an index beyond it is a ``ValueError``; so are NaN or infinite descriptors).
     metric : {"auto", "ip", "hamming"}, default="auto"
         "auto": Hamming distance for uint8 codes, inner product otherwise.
     query_expansion : int, default=0

@@ -15,8 +15,15 @@ from sklearn.utils.validation import check_is_fitted
 from selconv._compat import Interval, StrOptions, fit_context, validate_data
 from selconv._linalg import determined_directions, l2_normalize_rows, principal_axes, whitening_scale
 from selconv.base import SelconvPickleMixin
+from selconv.exceptions import check_finite, check_fitted_finite
 
 __all__ = ["RotationNormalizer", "PowerNormalizer"]
+
+
+_UNNORMALIZED_HINT = (
+    "The input vectors are too large for the covariance in float64 (squares beyond 1e308): keep "
+    "normalize_input=True or rescale them."
+)
 
 
 class RotationNormalizer(SelconvPickleMixin, ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
@@ -122,7 +129,9 @@ class RotationNormalizer(SelconvPickleMixin, ClassNamePrefixFeaturesOutMixin, Tr
         X = self._prepare(X).astype(np.float64)
         self.mean_ = X.mean(axis=0)
         centred = X - self.mean_
-        eigenvalues, eigenvectors = principal_axes(centred.T @ centred / n_samples)
+        covariance = centred.T @ centred / n_samples
+        check_finite(covariance, estimator=self, what="the training covariance", hint=_UNNORMALIZED_HINT)
+        eigenvalues, eigenvectors = principal_axes(covariance)
         self.n_determined_ = determined_directions(eigenvalues, n_samples)
         self.rotated_ = not (self.n_determined_ < n_features and self.undetermined == "center")
         if not self.rotated_:
@@ -158,6 +167,7 @@ class RotationNormalizer(SelconvPickleMixin, ClassNamePrefixFeaturesOutMixin, Tr
         self._projection = {np.dtype(np.float64): projection, np.dtype(np.float32): projection.astype(np.float32)}
         self._mean = {np.dtype(np.float64): self.mean_, np.dtype(np.float32): self.mean_.astype(np.float32)}
         self._n_features_out = len(eigenvalues) - self.n_dropped
+        check_fitted_finite(self, hint=_UNNORMALIZED_HINT)
         return self
 
     def transform(self, X):
@@ -175,7 +185,9 @@ class RotationNormalizer(SelconvPickleMixin, ClassNamePrefixFeaturesOutMixin, Tr
         check_is_fitted(self)
         X = validate_data(self, X, dtype=[np.float64, np.float32], reset=False)
         centred = self._prepare(X) - self._mean[X.dtype]
-        return centred @ self._projection[X.dtype]
+        rotated = centred @ self._projection[X.dtype]
+        check_finite(rotated, estimator=self, what="the rotated vectors", hint=_UNNORMALIZED_HINT)
+        return rotated
 
 
 class PowerNormalizer(SelconvPickleMixin, OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
@@ -239,6 +251,13 @@ class PowerNormalizer(SelconvPickleMixin, OneToOneFeatureMixin, TransformerMixin
             Unit-norm rows (zero rows stay zero); same floating dtype as ``X`` (float64 for other input).
         """
         check_is_fitted(self)
+        self._validate_params()  # set_params after fit must not slip an out-of-range value through
         X = validate_data(self, X, dtype=[np.float64, np.float32], reset=False)
-        powered = np.sign(X) * np.power(np.abs(X), self.alpha)
+        # The l2-normalisation cancels any per-row factor, so each row is first divided by its
+        # largest |v|: |v|^alpha then lies in [0, 1] and neither overflows (large alpha, large v)
+        # nor underflows to an all-zero row (large alpha, small v), whatever alpha > 0 is.
+        magnitude = np.abs(X)
+        largest = magnitude.max(axis=1, keepdims=True)
+        np.divide(magnitude, largest, out=magnitude, where=largest > 0)
+        powered = np.copysign(np.power(magnitude, self.alpha, out=magnitude), X)
         return l2_normalize_rows(powered)

@@ -40,7 +40,29 @@ def _as_2d(array, name: str, *, codes: bool) -> np.ndarray:
         return np.ascontiguousarray(array)
     if not np.issubdtype(array.dtype, np.number) or np.issubdtype(array.dtype, np.complexfloating):
         raise TypeError(f"{name} must be a real-valued array; got dtype {array.dtype}.")
-    return np.ascontiguousarray(array, dtype=np.float32)
+    with np.errstate(over="ignore"):
+        converted = np.ascontiguousarray(array, dtype=np.float32)
+    finite = np.isfinite(converted).all(axis=1)
+    if not finite.all():
+        rows = np.flatnonzero(~finite)
+        beyond = " (values beyond the float32 range)" if np.isfinite(array[rows]).all() else ""
+        raise ValueError(
+            f"{name} contains NaN or infinity{beyond} in rows {rows[:10].tolist()}"
+            f"{', ...' if len(rows) > 10 else ''}: such descriptors cannot be ranked."
+        )
+    return converted
+
+
+def _inner_products(queries: np.ndarray, database: np.ndarray) -> np.ndarray:
+    """queries @ database.T, refusing the infinities (and NaN) that float32 overflow would rank silently."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        scores = queries @ database.T
+    if not np.isfinite(scores).all():
+        raise ValueError(
+            "inner products of the descriptors overflow float32 (values near 3.4e38 or products beyond it): "
+            "l2-normalise or rescale the descriptors before ranking."
+        )
+    return scores
 
 
 def _check_same_width(queries: np.ndarray, database: np.ndarray, what: str) -> None:
@@ -137,7 +159,7 @@ def rank(query, database, *, metric: str = "ip") -> np.ndarray:
     step = _chunk_rows(db.shape[0], 1)
     for start in range(0, queries.shape[0], step):
         block = queries[start : start + step]
-        keys = hamming_distances(block, db) if codes else -(block @ db.T)
+        keys = hamming_distances(block, db) if codes else -_inner_products(block, db)
         ranking[start : start + step] = np.argsort(keys, axis=1, kind="stable")
     return ranking
 
@@ -285,7 +307,7 @@ class FlatIndex(_ExactIndex):
         scores : ndarray of shape (n_queries, k), float32, descending
         indices : ndarray of shape (n_queries, k), int64; ties: lower index first
         """
-        return self._search(queries, k, lambda q, chunk: q @ chunk.T)
+        return self._search(queries, k, _inner_products)
 
 
 class BinaryIndex(_ExactIndex):
@@ -350,10 +372,17 @@ def average_query_expansion(query, database, ranking, top: int = 5) -> np.ndarra
     ranking = np.asarray(ranking)
     if ranking.ndim == 1:
         ranking = ranking[None, :]
-    if ranking.shape[0] != queries.shape[0] or ranking.shape[1] < top:
+    if ranking.ndim != 2 or ranking.shape[0] != queries.shape[0] or ranking.shape[1] < top:
         raise ValueError(
             f"ranking must have one row per query and at least top={top} columns; got shape {ranking.shape} "
             f"for {queries.shape[0]} queries."
+        )
+    used = ranking[:, :top]
+    if not np.issubdtype(ranking.dtype, np.integer):
+        raise ValueError(f"ranking must hold integer database indices; got dtype {ranking.dtype}.")
+    if used.size and (used.min() < 0 or used.max() >= len(db)):
+        raise ValueError(
+            f"ranking must hold database indices in 0..{len(db) - 1}; got values {used.min()}..{used.max()}."
         )
     expanded = queries + db[ranking[:, :top]].sum(axis=1)
     return l2_normalize_rows(expanded, out=expanded)

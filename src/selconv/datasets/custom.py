@@ -174,14 +174,19 @@ def _from_json(path, folder, database, training, include_unlisted):
     unknown = set(spec) - {"database", "queries", "training"}
     if unknown:
         raise GroundTruthError(f"{path}: unknown keys {sorted(unknown)} (allowed: database, queries, training)")
-    if "database" in spec:
-        database = _path_list(spec["database"], folder, f"{path}: database")
-    elif not include_unlisted:
-        raise GroundTruthError(f"{path}: include_unlisted=False needs a 'database' list")
     if "training" in spec:
         if training:
             raise GroundTruthError(f"{path}: lists 'training' images and a training folder was given too; use one")
         training = _path_list(spec["training"], folder, f"{path}: training")
+    if "database" in spec:
+        database = _path_list(spec["database"], folder, f"{path}: database")
+        _check_disjoint(database, training, f"{path}: database")
+    elif not include_unlisted:
+        raise GroundTruthError(f"{path}: include_unlisted=False needs a 'database' list")
+    else:
+        # The folder's images minus the training ones: training images are never distractors.
+        in_training = {p.resolve() for p in training}
+        database = [p for p in database if p.resolve() not in in_training]
     index = {p.resolve(): i for i, p in enumerate(database)}
     queries, boxes, labels, rotations, ground_truth = [], [], [], [], []
     for q, entry in enumerate(spec["queries"]):
@@ -223,6 +228,14 @@ def _from_json(path, folder, database, training, include_unlisted):
                 query_labels=labels, query_rotations=rotations if any(rotations) else None), training
 
 
+def _check_disjoint(database, training, where):
+    in_training = {p.resolve() for p in training}
+    shared = [p for p in database if p.resolve() in in_training]
+    if shared:
+        raise GroundTruthError(f"{where}: {len(shared)} images are also training images (e.g. {shared[0]}); "
+                               "an image is either learned from or searched, not both")
+
+
 def _path_list(names, folder, where):
     if not isinstance(names, list):
         raise GroundTruthError(f"{where}: expected a list of image paths")
@@ -250,7 +263,9 @@ def load_image_folder(
         database and no queries.
     training : path-like or None
         A folder of training images (relative to `root` or absolute). When it lies inside `root`
-        its images are kept out of the database.
+        its images are kept out of the database, as are the images a JSON file lists under
+        ``"training"``: a training image is never a distractor, and a ``"database"`` list that
+        names one is an error.
     queries_in_database : bool
         CSV only. True (default): query images stay in the database, where each is junk for itself
         (Holidays/Oxford practice). False: query images are removed from the database.
@@ -270,6 +285,9 @@ def load_image_folder(
     training_folder = None
     if training is not None:
         training_folder = Path(training) if Path(training).is_absolute() else root / training
+        if root.resolve().is_relative_to(training_folder.resolve()):
+            raise GroundTruthError(f"training folder {training_folder} contains the dataset folder {root}: every "
+                                   "image would be a training image; give a folder of training images only")
     training_images = list_images(training_folder) if training_folder is not None else []
     database = list_images(root, exclude=training_folder)
     folder = _Folder(root)

@@ -11,6 +11,7 @@ from sklearn.cluster import KMeans
 from sklearn.utils.random import sample_without_replacement
 
 from selconv._linalg import l2_normalize_rows, mean_and_scatter, principal_axes
+from selconv.exceptions import OVERFLOW_HINT, check_finite
 
 # Rows per chunk of the embedding: the (rows, |C| d) residual block and its product with P stay in
 # the CPU caches for the paper's Temb dimensions (1024 x 640 float32 = 2.5 MiB), which keeps the
@@ -122,7 +123,7 @@ def learn_clamped_whitening(embed, features: np.ndarray, sample: np.ndarray, n_c
 
 
 def embed_sets(
-    sets: list[np.ndarray], embed, dim: int, *, chunk_rows: int = CHUNK_ROWS, whitening=None
+    sets: list[np.ndarray], embed, dim: int, *, estimator, chunk_rows: int = CHUNK_ROWS, whitening=None
 ) -> list[np.ndarray]:
     """Apply ``embed`` ((n, d) -> (n, dim) float32) to every image's local features, ragged out.
 
@@ -132,7 +133,8 @@ def embed_sets(
 
     ``whitening=(mean, projection)`` (from :func:`learn_clamped_whitening`) maps each embedded row
     phi to P (phi - mean) / ||P (phi - mean)|| (a row that whitening maps to 0 stays 0); ``embed``
-    must then return a fresh array.
+    must then return a fresh array. A NaN or infinity in the output raises a
+    :class:`~selconv.exceptions.NonFiniteError` naming ``estimator``.
     """
     features = np.concatenate(sets)
     if whitening is not None:
@@ -150,4 +152,5 @@ def embed_sets(
         block -= mean32
         np.matmul(block, projection_t, out=out)
         l2_normalize_rows(out, out=out)
+    check_finite(embedded, estimator=estimator, what="the embedded local features", hint=OVERFLOW_HINT)
     return np.split(embedded, np.cumsum([len(s) for s in sets])[:-1])

@@ -32,6 +32,7 @@ from sklearn.utils.validation import check_is_fitted
 from selconv._compat import Interval, fit_context
 from selconv._ragged import check_local_sets
 from selconv.base import SelconvPickleMixin
+from selconv.exceptions import check_fitted_finite
 from selconv.embedding._codebook import (
     check_enough_features,
     check_whitening_fit,
@@ -182,6 +183,7 @@ class FAembEmbedding(SelconvPickleMixin, TransformerMixin, BaseEstimator):
             self._second_order, features, sample, self.n_clamped
         )
         self.n_samples_seen_ = n_samples
+        check_fitted_finite(self)
         return self
 
     def transform(self, X):
@@ -200,5 +202,6 @@ class FAembEmbedding(SelconvPickleMixin, TransformerMixin, BaseEstimator):
         check_is_fitted(self)
         sets = check_local_sets(X, estimator=self, reset=False)
         return embed_sets(
-            sets, self._second_order, len(self.mean_), chunk_rows=_CHUNK_ROWS, whitening=(self.mean_, self.projection_)
+            sets, self._second_order, len(self.mean_), estimator=self, chunk_rows=_CHUNK_ROWS,
+            whitening=(self.mean_, self.projection_),
         )

@@ -27,6 +27,7 @@ from sklearn.utils.validation import check_is_fitted
 from selconv._compat import Interval, fit_context
 from selconv._ragged import check_local_sets
 from selconv.base import SelconvPickleMixin
+from selconv.exceptions import check_fitted_finite
 from selconv.embedding._codebook import check_enough_features, embed_sets, sample_features
 
 __all__ = ["FisherVectorEmbedding"]
@@ -49,8 +50,10 @@ class FisherVectorEmbedding(SelconvPickleMixin, TransformerMixin, BaseEstimator)
         EM iterations (GaussianMixture's ``max_iter``).
     tol : float, default=1e-3
         EM convergence threshold on the lower bound (GaussianMixture's ``tol``).
-    reg_covar : float, default=1e-6
-        Added to every variance (GaussianMixture's ``reg_covar``): keeps sigma_k > 0.
+    reg_covar : float > 0, default=1e-6
+        Added to every variance (GaussianMixture's ``reg_covar``): keeps sigma_k > 0, which the
+        embedding divides by (0, which GaussianMixture allows, would let a collapsed component
+        make the embedding infinite).
     n_init : int, default=1
         EM restarts; the best lower bound wins.
     random_state : int, RandomState instance or None, default=None
@@ -85,7 +88,7 @@ class FisherVectorEmbedding(SelconvPickleMixin, TransformerMixin, BaseEstimator)
         "max_samples": [Interval(numbers.Integral, 1, None, closed="left")],
         "max_iter": [Interval(numbers.Integral, 1, None, closed="left")],
         "tol": [Interval(numbers.Real, 0, None, closed="left")],
-        "reg_covar": [Interval(numbers.Real, 0, None, closed="left")],
+        "reg_covar": [Interval(numbers.Real, 0, None, closed="neither")],
         "n_init": [Interval(numbers.Integral, 1, None, closed="left")],
         "random_state": ["random_state"],
     }
@@ -144,6 +147,7 @@ class FisherVectorEmbedding(SelconvPickleMixin, TransformerMixin, BaseEstimator)
         self.means_ = gmm.means_
         self.variances_ = gmm.covariances_
         self.converged_ = gmm.converged_
+        check_fitted_finite(self)
         return self
 
     def posteriors(self, x: np.ndarray) -> np.ndarray:
@@ -186,4 +190,4 @@ class FisherVectorEmbedding(SelconvPickleMixin, TransformerMixin, BaseEstimator)
         """
         check_is_fitted(self)
         sets = check_local_sets(X, estimator=self, reset=False)
-        return embed_sets(sets, self._embed, 2 * self.means_.size)
+        return embed_sets(sets, self._embed, 2 * self.means_.size, estimator=self)

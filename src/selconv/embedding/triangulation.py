@@ -19,6 +19,7 @@ from sklearn.utils.validation import check_is_fitted
 from selconv._compat import Interval, fit_context
 from selconv._ragged import check_local_sets
 from selconv.base import SelconvPickleMixin
+from selconv.exceptions import check_fitted_finite
 from selconv.embedding._codebook import CHUNK_ROWS as _CHUNK_ROWS  # read at each transform (tests vary it)
 from selconv.embedding._codebook import (
     check_enough_features,
@@ -138,6 +139,7 @@ class TriangulationEmbedding(SelconvPickleMixin, TransformerMixin, BaseEstimator
             self._triangulate, features, sample, self.n_clamped
         )
         self.n_samples_seen_ = n_samples
+        check_fitted_finite(self)
         return self
 
     def transform(self, X):
@@ -159,5 +161,6 @@ class TriangulationEmbedding(SelconvPickleMixin, TransformerMixin, BaseEstimator
         check_is_fitted(self)
         sets = check_local_sets(X, estimator=self, reset=False)
         return embed_sets(
-            sets, self._triangulate, len(self.mean_), chunk_rows=_CHUNK_ROWS, whitening=(self.mean_, self.projection_)
+            sets, self._triangulate, len(self.mean_), estimator=self, chunk_rows=_CHUNK_ROWS,
+            whitening=(self.mean_, self.projection_),
         )

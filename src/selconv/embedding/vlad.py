@@ -19,6 +19,7 @@ from sklearn.utils.validation import check_is_fitted
 from selconv._compat import Interval, fit_context
 from selconv._ragged import check_local_sets
 from selconv.base import SelconvPickleMixin
+from selconv.exceptions import check_fitted_finite
 from selconv.embedding._codebook import check_enough_features, embed_sets, kmeans_codebook, sample_features
 
 __all__ = ["VLADEmbedding"]
@@ -95,6 +96,7 @@ class VLADEmbedding(SelconvPickleMixin, TransformerMixin, BaseEstimator):
         rng = check_random_state(self.random_state)
         sample = sample_features(features, self.max_samples, rng)
         self.cluster_centers_ = kmeans_codebook(sample, self.n_clusters, n_init=self.kmeans_n_init, rng=rng)
+        check_fitted_finite(self)
         return self
 
     def assign(self, x: np.ndarray) -> np.ndarray:
@@ -126,4 +128,4 @@ class VLADEmbedding(SelconvPickleMixin, TransformerMixin, BaseEstimator):
         """
         check_is_fitted(self)
         sets = check_local_sets(X, estimator=self, reset=False)
-        return embed_sets(sets, self._embed, self.cluster_centers_.size)
+        return embed_sets(sets, self._embed, self.cluster_centers_.size, estimator=self)

@@ -17,6 +17,7 @@ from sklearn.utils.validation import check_is_fitted
 from selconv._compat import Interval, fit_context, validate_data
 from selconv._linalg import determined_directions
 from selconv.base import SelconvPickleMixin
+from selconv.exceptions import check_fitted_finite
 
 # Rows encoded at once in transform: bounds the float work array (rows x n_bits) for millions of images.
 _TRANSFORM_CHUNK_ROWS = 65536
@@ -115,7 +116,14 @@ class BaseHasher(
         -------
         self
         """
-        return self._fit(self._validate_fit_input(X))
+        self._fit(self._validate_fit_input(X))
+        check_fitted_finite(
+            self,
+            hint="The training descriptors are too large for float64 products (beyond about 1e154) or a "
+            "penalty/weight parameter is extreme: rescale the descriptors (e.g. l2-normalise them) or use "
+            "milder parameters.",
+        )
+        return self
 
     def transform_bits(self, X) -> np.ndarray:
         """Binary codes, unpacked.
