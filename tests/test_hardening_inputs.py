@@ -21,7 +21,8 @@ from selconv.local import LocalPCA
 from selconv.masks import NoMask, SiftMask
 from selconv.metrics import average_precisions, evaluate
 from selconv.postprocessing import PowerNormalizer
-from selconv.search import FlatIndex
+from selconv.index import ImageIndex
+from selconv.search import rank
 
 from conftest import make_local_sets
 
@@ -121,7 +122,7 @@ def test_non_finite_descriptors_are_an_error_not_a_silent_map(where, value):
     rng = np.random.default_rng(0)
     q, db = rng.standard_normal((2, 8)), rng.standard_normal((6, 8))
     (q if where == "query" else db)[1, 3] = value
-    with pytest.raises(ValueError, match=rf"{where} contains NaN or infinity in rows \[1\]"):
+    with pytest.raises(ValueError, match=rf"{where} row 1 holds NaN or infinity"):
         evaluate(q, db, [{"positives": [0]}, {"positives": [1]}])
 
 
@@ -138,18 +139,22 @@ def test_run_benchmark_refuses_descriptor_counts_that_do_not_match_the_dataset()
 # -------------------------------------------------------------- item 14: clear errors where inputs enter
 
 
-def test_flat_index_search_with_nan_is_a_clear_error():
-    index = FlatIndex().add(np.eye(4, dtype=np.float32))
-    with pytest.raises(ValueError, match=r"queries contains NaN or infinity in rows \[0\]"):
-        index.search(np.full((1, 4), np.nan), k=2)
-    with pytest.raises(ValueError, match="items contains NaN"):
-        index.add(np.array([[np.nan, 0, 0, 0]]))
+def test_index_search_with_nan_is_a_clear_error():
+    index = ImageIndex()
+    index.add_descriptors(np.eye(4, dtype=np.float32))
+    with pytest.raises(ValueError, match=r"queries row 0 holds NaN or infinity"):
+        index.search_descriptors(np.full((1, 4), np.nan), k=2)
+    with pytest.raises(ValueError, match="descriptors row 0 holds NaN"):
+        index.add_descriptors(np.array([[np.nan, 0, 0, 0]]))
 
 
-def test_flat_index_search_overflowing_float32_is_a_clear_error():
-    index = FlatIndex().add(np.full((2, 4), 3e38, np.float32))
+def test_search_overflowing_float32_is_a_clear_error():
+    index = ImageIndex()
+    index.add_descriptors(np.full((2, 4), 3e38, np.float32))
     with pytest.raises(ValueError, match="overflow float32"):
-        index.search(np.full((1, 4), 3e38, np.float32), k=1)
+        index.search_descriptors(np.full((1, 4), 3e38, np.float32), k=1)
+    with pytest.raises(ValueError, match="overflow float32"):
+        rank(np.full((1, 4), 3e38, np.float32), np.full((2, 4), 3e38, np.float32))
 
 
 def test_sift_mask_with_nan_keypoints_is_a_clear_error():

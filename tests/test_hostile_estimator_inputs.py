@@ -40,7 +40,8 @@ from selconv.local import LocalPCA
 from selconv.masks import MaxMask, NoMask, SiftMask, SumMask
 from selconv.metrics import average_precisions, evaluate
 from selconv.postprocessing import PowerNormalizer, RotationNormalizer
-from selconv.search import BinaryIndex, FlatIndex, average_query_expansion, rank
+from selconv.index import ImageIndex
+from selconv.search import average_query_expansion, rank
 
 #: Seconds a single case may take before it counts as a hang.
 TIME_LIMIT = 20
@@ -404,15 +405,22 @@ def test_out_of_range_parameters_are_refused_at_fit_and_after_set_params(estimat
 # ---------------------------------------------------------------------------------- search and metrics
 
 
+def _index(descriptors, metric="auto"):
+    index = ImageIndex(metric=metric)
+    index.add_descriptors(descriptors)
+    return index
+
+
 def test_search_on_hostile_descriptors():
     good = RNG.standard_normal((20, 16)).astype(np.float32)
     ground_truth = [{"positives": [1, 2], "junk": [0]}] * 3
     cases = []
     for name, X in TWO_D_INPUTS.items():
         cases += [
-            (f"FlatIndex.search({name})", lambda X=X: FlatIndex().add(good).search(X, 3)),
-            (f"FlatIndex.add({name})", lambda X=X: FlatIndex().add(X).search(good, 3)),
-            (f"BinaryIndex.search({name})", lambda X=X: BinaryIndex().add(np.zeros((4, 2), np.uint8)).search(X, 2)),
+            (f"ImageIndex.search_descriptors({name})", lambda X=X: _index(good).search_descriptors(X, 3)),
+            (f"ImageIndex.add_descriptors({name})", lambda X=X: _index(X).search_descriptors(good, 3)),
+            (f"binary ImageIndex.search_descriptors({name})",
+             lambda X=X: _index(np.zeros((4, 2), np.uint8), metric="hamming").search_descriptors(X, 2)),
             (f"rank(query={name})", lambda X=X: rank(X, good)),
             (f"rank(database={name})", lambda X=X: rank(good, X)),
             (f"evaluate(query={name})", lambda X=X: evaluate(X, good, ground_truth)),

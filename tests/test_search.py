@@ -1,4 +1,4 @@
-"""Hamming distances, ranking, exact top-k indexes and query expansion."""
+"""Hamming distances, full rankings (through faiss, the one search path) and query expansion."""
 
 from __future__ import annotations
 
@@ -7,14 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from selconv.search import (
-    BinaryIndex,
-    FlatIndex,
-    _popcount_by_table,
-    average_query_expansion,
-    hamming_distances,
-    rank,
-)
+from selconv.search import average_query_expansion, hamming_distances, rank
 
 
 def naive_hamming(a, b):
@@ -30,22 +23,6 @@ def test_hamming_equals_naive_count(n_bytes):
     distances = hamming_distances(queries, database)
     assert distances.dtype == np.int32 and distances.shape == (7, 50)
     np.testing.assert_array_equal(distances, naive_hamming(queries, database))
-
-
-def test_hamming_is_chunked(monkeypatch):
-    import selconv.search as search
-
-    rng = np.random.default_rng(0)
-    queries = rng.integers(0, 256, (5, 8), dtype=np.uint8)
-    database = rng.integers(0, 256, (103, 8), dtype=np.uint8)
-    expected = hamming_distances(queries, database)
-    monkeypatch.setattr(search, "_WORK_ELEMENTS", 7)  # forces one database row per chunk
-    np.testing.assert_array_equal(hamming_distances(queries, database), expected)
-
-
-def test_popcount_fallback_matches_numpy():
-    values = np.random.default_rng(0).integers(0, 2**63, 100, dtype=np.uint64)
-    np.testing.assert_array_equal(_popcount_by_table(values), np.bitwise_count(values))
 
 
 def test_hamming_rejects_bad_codes():
@@ -73,53 +50,39 @@ class TestRank:
 
 
 @settings(max_examples=25, deadline=None)
-@given(
-    n_db=st.integers(1, 60),
-    k=st.integers(1, 70),
-    chunk=st.integers(1, 17),
-    seed=st.integers(0, 2**16),
-)
-def test_flat_index_top_k_equals_full_sort(n_db, k, chunk, seed):
+@given(n_db=st.integers(1, 60), seed=st.integers(0, 2**16))
+def test_rank_equals_a_stable_sort_of_the_scores(n_db, seed):
     rng = np.random.default_rng(seed)
     # small integers: exact float32 products and many ties, so the tie rule is exercised
     database = rng.integers(-2, 3, (n_db, 4)).astype(np.float32)
     queries = rng.integers(-2, 3, (3, 4)).astype(np.float32)
-    index = FlatIndex(chunk_size=chunk)
-    for part in np.array_split(database, 3):
-        index.add(part)
-    scores, indices = index.search(queries, k)
-    expected = rank(queries, database)[:, :k]
-    np.testing.assert_array_equal(indices, expected)
-    np.testing.assert_array_equal(scores, np.take_along_axis(queries @ database.T, expected, axis=1))
-    assert index.ntotal == n_db and indices.shape == (3, min(k, n_db))
+    ranking, scores = rank(queries, database, return_scores=True)
+    full = queries @ database.T
+    np.testing.assert_array_equal(ranking, np.argsort(-full, axis=1, kind="stable"))
+    np.testing.assert_array_equal(scores, np.take_along_axis(full, ranking, axis=1))
 
 
 @settings(max_examples=25, deadline=None)
-@given(n_db=st.integers(1, 60), k=st.integers(1, 70), chunk=st.integers(1, 17), seed=st.integers(0, 2**16))
-def test_binary_index_top_k_equals_full_sort(n_db, k, chunk, seed):
+@given(n_db=st.integers(1, 60), seed=st.integers(0, 2**16))
+def test_hamming_rank_equals_a_stable_sort_of_the_distances(n_db, seed):
     rng = np.random.default_rng(seed)
     database = rng.integers(0, 256, (n_db, 2), dtype=np.uint8) & 0b10110001  # few distinct distances
     queries = rng.integers(0, 256, (4, 2), dtype=np.uint8)
-    index = BinaryIndex(chunk_size=chunk).add(database)
-    distances, indices = index.search(queries, k)
-    full = hamming_distances(queries, database)
-    expected = np.argsort(full, axis=1, kind="stable")[:, :k]
-    np.testing.assert_array_equal(indices, expected)
-    np.testing.assert_array_equal(distances, np.take_along_axis(full, expected, axis=1))
+    ranking, scores = rank(queries, database, metric="hamming", return_scores=True)
+    full = naive_hamming(queries, database)
+    np.testing.assert_array_equal(ranking, np.argsort(full, axis=1, kind="stable"))
+    np.testing.assert_array_equal(-scores, np.take_along_axis(full, ranking, axis=1))
+    assert scores.dtype == np.float32
 
 
-def test_index_validation_and_reset():
-    index = FlatIndex().add(np.ones((3, 4)))
+def test_rank_validation():
     with pytest.raises(ValueError, match="features"):
-        index.add(np.ones((2, 5)))
-    with pytest.raises(ValueError, match="k must be"):
-        index.search(np.ones((1, 4)), 0)
-    with pytest.raises(ValueError, match="chunk_size"):
-        BinaryIndex(chunk_size=0)
-    with pytest.raises(TypeError, match="uint8"):
-        BinaryIndex().add(np.ones((2, 4)))
-    index.reset()
-    assert index.ntotal == 0 and index.search(np.ones((2, 4)), 3)[1].shape == (2, 0)
+        rank(np.ones((1, 4)), np.ones((3, 5)))
+    with pytest.raises(ValueError, match="NaN"):
+        rank(np.array([[np.nan, 1.0]]), np.ones((3, 2)))
+    with pytest.raises(TypeError, match="real vectors"):
+        rank(np.array([["a", "b"]]), np.ones((3, 2)))
+    assert rank(np.ones((2, 4)), np.zeros((0, 4))).shape == (2, 0)
 
 
 def test_average_query_expansion():

@@ -163,9 +163,10 @@ class RotationNormalizer(SelconvPickleMixin, ClassNamePrefixFeaturesOutMixin, Tr
         projection = self.components_[self.n_dropped :].T
         if self.whiten:
             projection = projection / whitening_scale(self.explained_variance_[self.n_dropped :])
-        # float32 copies made once here, not at every transform of one image.
-        self._projection = {np.dtype(np.float64): projection, np.dtype(np.float32): projection.astype(np.float32)}
-        self._mean = {np.dtype(np.float64): self.mean_, np.dtype(np.float32): self.mean_.astype(np.float32)}
+        # float32 copies made once here, not at every transform of one image; keyed by dtype name (plain
+        # strings, so that skops.io can store the fitted state).
+        self._projection = {"float64": projection, "float32": projection.astype(np.float32)}
+        self._mean = {"float64": self.mean_, "float32": self.mean_.astype(np.float32)}
         self._n_features_out = len(eigenvalues) - self.n_dropped
         check_fitted_finite(self, hint=_UNNORMALIZED_HINT)
         return self
@@ -184,8 +185,8 @@ class RotationNormalizer(SelconvPickleMixin, ClassNamePrefixFeaturesOutMixin, Tr
         """
         check_is_fitted(self)
         X = validate_data(self, X, dtype=[np.float64, np.float32], reset=False)
-        centred = self._prepare(X) - self._mean[X.dtype]
-        rotated = centred @ self._projection[X.dtype]
+        centred = self._prepare(X) - self._mean[X.dtype.name]
+        rotated = centred @ self._projection[X.dtype.name]
         check_finite(rotated, estimator=self, what="the rotated vectors", hint=_UNNORMALIZED_HINT)
         return rotated
 

@@ -1,8 +1,8 @@
 """What every hasher shares: input validation, the n_bits rules, chunked encoding and bit packing.
 
 Codes are packed with :func:`numpy.packbits` in big-endian bit order: bit ``t`` of a code is bit
-``7 - t % 8`` of byte ``t // 8``. That is the layout faiss binary indexes (``IndexBinaryFlat``) take,
-``n_bits / 8`` bytes per code, and the layout :func:`selconv.search.hamming_distances` reads.
+``7 - t % 8`` of byte ``t // 8``, ``n_bits / 8`` bytes per code: the layout faiss binary indexes
+(``IndexBinaryFlat``, used by :class:`selconv.index.ImageIndex`) take.
 """
 
 from __future__ import annotations

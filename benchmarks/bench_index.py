@@ -1,0 +1,172 @@
+"""Benchmark of `selconv index`: images/s end to end, beside the CNN alone, and a 2-worker Dask LocalCluster.
+
+Measures, on the same images (a few dozen JPEGs of the shared Oxford subset by default):
+
+1. the CNN alone: a bare torch forward of the encoder's VGG16 on the images decoded, resized and normalised
+   beforehand (``bench_extraction.decoded_tensors``), torch's default threads;
+2. ``selconv index PHOTOS --encoder ENCODER --out INDEX`` as a subprocess: its own images/s (walking,
+   decoding, CNN, the paper's pipeline, shards, merge, save) and the command's wall time (Python, torch and
+   weights loading included);
+3. :func:`selconv.index.build.index_folder` in this process against the same call with a
+   ``dask.distributed.Client`` of a ``LocalCluster(n_workers=2, threads_per_worker=1)``, checking that both
+   indexes are byte-identical.
+
+The encoder is the paper's 512-D MAX-mask preset learned on the bundled sample's 40 training photos at the
+same ``--max-size`` (a learning set this small under-determines the rotation: fine for timing, not for mAP).
+
+Example (the committed results)::
+
+    PYTHONPATH=src python benchmarks/bench_index.py --n-images 32 --max-size 512 --out benchmarks/results/index.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+def log(*args):
+    print(*args, flush=True)
+
+
+def lscpu() -> list[str]:
+    try:
+        text = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return [f"- {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs"]
+    keep = ("Model name", "CPU(s)", "Thread(s) per core", "Core(s) per socket", "L3 cache", "Hypervisor vendor")
+    return [f"- {line.strip()}" for line in text.splitlines() if line.split(":")[0].strip() in keep]
+
+
+def cnn_alone(encoder, files, max_size, repeats):
+    import torch
+    from bench_extraction import decoded_tensors
+
+    extractor = encoder.steps[0][1]
+    model = extractor._get_model()
+    tensors = decoded_tensors(files, max_size, extractor._mean, extractor._std)
+    best = float("inf")
+    with torch.inference_mode():
+        model(tensors[0])  # warm-up
+        for _ in range(repeats):
+            start = time.perf_counter()
+            for x in tensors:
+                model(x).numpy()
+            best = min(best, time.perf_counter() - start)
+    return len(files) / best, best
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", default="../shared/data/oxford5k-subset/jpg", help="folder of JPEG files")
+    parser.add_argument("--n-images", type=int, default=32, help="images indexed (the first N by name)")
+    parser.add_argument("--max-size", type=int, default=512)
+    parser.add_argument("--chunk-size", type=int, default=8, help="images per shard / Dask task")
+    parser.add_argument("--repeats", type=int, default=2, help="CNN-alone repetitions (best kept)")
+    parser.add_argument("--out", default=None, help="write the markdown results here")
+    args = parser.parse_args()
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+    import torch
+    from dask.distributed import Client, LocalCluster
+
+    from selconv.datasets import load_sample
+    from selconv.index.build import fit_encoder, index_folder, save_encoder
+
+    load_before = os.getloadavg()
+    work = Path(tempfile.mkdtemp(prefix="selconv-bench-index-"))
+    photos = work / "photos"
+    photos.mkdir()
+    files = sorted(p for p in Path(args.images).iterdir() if p.suffix.lower() in (".jpg", ".jpeg"))[: args.n_images]
+    for path in files:
+        shutil.copyfile(path, photos / path.name)
+    files = sorted(str(p) for p in photos.iterdir())
+    log(f"{len(files)} images copied to {photos}")
+
+    started = time.perf_counter()
+    training = load_sample().training
+    fit = fit_encoder(training, max_size=args.max_size, device="cpu", progress=False)
+    fit_seconds = time.perf_counter() - started
+    encoder = fit.encoder
+    save_encoder(encoder, work / "encoder")
+    log(f"encoder learned on {fit.n_images} images in {fit_seconds:.0f} s")
+
+    cnn_rate, cnn_seconds = cnn_alone(encoder, files, args.max_size, args.repeats)
+    log(f"CNN alone: {cnn_rate:.2f} images/s")
+
+    command = [sys.executable, "-m", "selconv", "index", str(photos), "--encoder", str(work / "encoder"),
+               "--out", str(work / "cli.index"), "--chunk-size", str(args.chunk_size)]
+    started = time.perf_counter()
+    run = subprocess.run(command, capture_output=True, text=True, env={**os.environ})
+    wall = time.perf_counter() - started
+    if run.returncode:
+        sys.exit(run.stderr)
+    match = re.search(r"took (\d+) s \(([\d.]+) images/s\)", run.stdout)
+    cli_rate = float(match.group(2))
+    log(run.stdout.strip())
+
+    started = time.perf_counter()
+    single = index_folder(photos, encoder, work / "single.index", chunk_size=args.chunk_size, progress=False)
+    single_seconds = time.perf_counter() - started
+    log(f"one process ({torch.get_num_threads()} torch threads): {single_seconds:.1f} s")
+
+    started = time.perf_counter()
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
+            Client(cluster) as client:
+        startup = time.perf_counter() - started
+        started = time.perf_counter()
+        remote = index_folder(photos, encoder, work / "dask.index", chunk_size=args.chunk_size, client=client,
+                              progress=False)
+        dask_seconds = time.perf_counter() - started
+    log(f"2-worker LocalCluster: {dask_seconds:.1f} s (cluster start {startup:.1f} s)")
+    identical = all((single.path / name).read_bytes() == (remote.path / name).read_bytes()
+                    for name in ("index.faiss", "ids.npy", "paths.jsonl"))
+    load_after = os.getloadavg()
+    n = len(files)
+
+    lines = [
+        "# `selconv index` throughput on this CPU",
+        "",
+        f"Command: `PYTHONPATH=src python {' '.join(sys.argv)}`",
+        "",
+        *lscpu(),
+        f"- torch {torch.__version__} ({torch.get_num_threads()} threads in this process), Python "
+        f"{platform.python_version()}; load average {load_before[0]:.1f} before, {load_after[0]:.1f} after "
+        "(the 2 cores are shared with other work: absolute numbers vary from run to run)",
+        f"- {n} JPEGs of the shared Oxford subset (`{args.images}`, first {n} by name), resized to a longest side "
+        f"of {args.max_size} px; chunks of {args.chunk_size} images",
+        f"- encoder: the paper's 512-D MAX-mask preset (VGG16 pool5), learned on the bundled sample's "
+        f"{fit.n_images} training photos in {fit_seconds:.0f} s",
+        "",
+        "| what | seconds | images/s |",
+        "| --- | --- | --- |",
+        f"| CNN alone (VGG16 forward on pre-decoded tensors, best of {args.repeats}) | {cnn_seconds:.1f} | {cnn_rate:.2f} |",
+        f"| `selconv index` end to end, as the command reports it | {n / cli_rate:.1f} | {cli_rate:.2f} |",
+        f"| `selconv index` command wall time (Python start, imports, weights included) | {wall:.1f} | {n / wall:.2f} |",
+        f"| `index_folder`, one process | {single_seconds:.1f} | {n / single_seconds:.2f} |",
+        f"| `index_folder`, 2-worker `LocalCluster` (1 thread each; cluster start {startup:.1f} s not counted) "
+        f"| {dask_seconds:.1f} | {n / dask_seconds:.2f} |",
+        "",
+        f"Dask index byte-identical to the one-process index: **{'yes' if identical else 'NO'}**.",
+        f"End to end / CNN alone: **{cli_rate / cnn_rate:.2f}** of the CNN's rate; 2 workers / one process: "
+        f"**{single_seconds / dask_seconds:.2f}x**.",
+        "",
+        "Not measured here: the GPU machine (another engineer held it for this period).",
+    ]
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if args.out:
+        Path(args.out).write_text(text)
+    shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
