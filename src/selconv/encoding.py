@@ -17,6 +17,7 @@ from sklearn.utils.validation import check_is_fitted
 from selconv._compat import HasMethods, Interval, _fit_context
 from selconv._ragged import check_local_sets, image_blocks
 from selconv.base import SelconvPickleMixin
+from selconv.torch_encoder import check_device, is_torch_device
 
 __all__ = ["EncodeAggregate"]
 
@@ -43,7 +44,15 @@ class EncodeAggregate(SelconvPickleMixin, ClassNamePrefixFeaturesOutMixin, Trans
     working_memory : float, default=64
         MiB of embedded local features (float32) per chunk: a chunk holds as many whole images as
         fit, and at least one. Larger chunks make fewer, larger GEMMs; 64 MiB is about 26,000 local
-        features (120 MAX-masked images) at 512-D and 2,000 (9 images) at 8064-D.
+        features (120 MAX-masked images) at 512-D and 2,000 (9 images) at 8064-D. On a GPU, larger
+        chunks (e.g. 1024 MiB) keep it busier.
+    device : str, default="cpu"
+        "cpu": the numpy estimators. "cuda", "cuda:<index>" or "torch" (torch on the CPU): the torch
+        kernels of :mod:`selconv.torch_encoder` for a TriangulationEmbedding + DemocraticAggregator
+        (other pairs are rejected): in ``fit`` the pass over all local features that accumulates the
+        covariance of the embedding (k-means stays scikit-learn's, on its bounded sample), in
+        ``transform`` embedding and democratic pooling of a whole chunk of images at once. Same
+        numbers as "cpu" to float32 rounding. Without CUDA, "cuda" falls back to the CPU with a warning.
 
     Attributes
     ----------
@@ -72,12 +81,14 @@ class EncodeAggregate(SelconvPickleMixin, ClassNamePrefixFeaturesOutMixin, Trans
         "embedding": [HasMethods(["fit", "transform"]), None],
         "aggregator": [HasMethods(["fit", "transform"]), None],
         "working_memory": [Interval(numbers.Real, 0, None, closed="neither")],
+        "device": [str],
     }
 
-    def __init__(self, embedding=None, aggregator=None, *, working_memory=64):
+    def __init__(self, embedding=None, aggregator=None, *, working_memory=64, device="cpu"):
         self.embedding = embedding
         self.aggregator = aggregator
         self.working_memory = working_memory
+        self.device = device
 
     def _chunks(self, sets: list[np.ndarray]):
         """Ranges [start, stop) of the non-empty images (indices into ``nonempty``) per chunk, and those indices."""
@@ -104,16 +115,28 @@ class EncodeAggregate(SelconvPickleMixin, ClassNamePrefixFeaturesOutMixin, Trans
         from selconv.aggregation import DemocraticAggregator
         from selconv.embedding import TriangulationEmbedding
 
+        check_device(self.device)
         sets = check_local_sets(X, estimator=self, reset=True)
-        embedding = TriangulationEmbedding() if self.embedding is None else self.embedding
-        self.embedding_ = clone(embedding).fit(sets)
+        embedding = clone(TriangulationEmbedding() if self.embedding is None else self.embedding)
+        aggregator = clone(DemocraticAggregator() if self.aggregator is None else self.aggregator)
+        if is_torch_device(self.device):
+            if not (isinstance(embedding, TriangulationEmbedding) and isinstance(aggregator, DemocraticAggregator)):
+                raise ValueError(
+                    f"EncodeAggregate: device={self.device!r} supports a TriangulationEmbedding with a "
+                    f"DemocraticAggregator; got {type(embedding).__name__} with {type(aggregator).__name__}. "
+                    "Use device='cpu' for the others."
+                )
+            embedding._validate_params()
+            embedding.n_features_in_ = self.n_features_in_
+            self.embedding_ = embedding._fit(sets, device=self.device)
+        else:
+            self.embedding_ = embedding.fit(sets)
         # An image without local features embeds to a (0, D) array: the embedding's dimension, for free.
         self.n_embedded_features_ = self.embedding_.transform([sets[0][:0]])[0].shape[1]
         nonempty, chunks = self._chunks(sets)
         start, stop = next(chunks)  # the embedding's fit needed a local feature: there is a non-empty image
         first = self.embedding_.transform([sets[i] for i in nonempty[start:stop]])
-        aggregator = DemocraticAggregator() if self.aggregator is None else self.aggregator
-        self.aggregator_ = clone(aggregator).fit(first)
+        self.aggregator_ = aggregator.fit(first)
         self._n_features_out = self.aggregator_.transform(first[:1]).shape[1]
         return self
 
@@ -136,8 +159,32 @@ class EncodeAggregate(SelconvPickleMixin, ClassNamePrefixFeaturesOutMixin, Trans
         sets = check_local_sets(X, estimator=self, reset=False)
         out = np.zeros((len(sets), self._n_features_out), dtype=np.float32)
         nonempty, chunks = self._chunks(sets)
+        encode = self._torch_encoder() if is_torch_device(self.device) else self._numpy_encode
         for start, stop in chunks:
             images = nonempty[start:stop]
-            out[images] = self.aggregator_.transform(self.embedding_.transform([sets[i] for i in images]))
+            out[images] = encode([sets[i] for i in images])
         warn_empty_images(self, [i for i, s in enumerate(sets) if len(s) == 0], len(sets))
         return out
+
+    def _numpy_encode(self, sets: list[np.ndarray]) -> np.ndarray:
+        return self.aggregator_.transform(self.embedding_.transform(sets))
+
+    def _torch_encoder(self):
+        """A function: non-empty sets -> their aggregated vectors, through the torch kernels."""
+        import torch
+
+        from selconv import torch_encoder as kernels
+
+        device = kernels.resolve_device(self.device)
+        temb = kernels.embedding_tensors(self.embedding_, device)
+        n_iter, gamma = self.aggregator_.n_iter, self.aggregator_.gamma
+
+        def encode(sets):
+            counts = torch.as_tensor([len(s) for s in sets], device=device)
+            rows = torch.as_tensor(np.concatenate(sets), device=device)
+            image = torch.repeat_interleave(torch.arange(len(sets), device=device), counts)
+            with torch.no_grad(), kernels.strict_float32():
+                embedded = kernels.triangulation_embed(rows, *temb)
+                return kernels.democratic(kernels.pad(embedded, image, counts), n_iter, gamma).cpu().numpy()
+
+        return encode
