@@ -45,6 +45,7 @@ from threadpoolctl import threadpool_info, threadpool_limits  # noqa: E402
 
 from selconv.aggregation import DemocraticAggregator, EmptyImageWarning  # noqa: E402
 from selconv.embedding import TriangulationEmbedding  # noqa: E402
+from selconv.encoding import EncodeAggregate  # noqa: E402
 from selconv.local import LocalPCA  # noqa: E402
 from selconv.masks import MaxMask, NoMask  # noqa: E402
 from selconv.postprocessing import PowerNormalizer, RotationNormalizer  # noqa: E402
@@ -154,7 +155,7 @@ def fit_chain(config, source: MapSource, n_fit: int, batch: int, seed: int):
     _, mask_class, d, n_clusters, _ = config
     mask = mask_class().fit(source(0, 1))
     pca = LocalPCA(d, random_state=seed)
-    times = dict.fromkeys(["mask", "LocalPCA", "Temb", "democratic", "RN", "PN"], 0.0)
+    times = dict.fromkeys(["mask", "LocalPCA", "Temb + democratic", "RN", "PN"], 0.0)
     if ITQHasher is not None:
         times["ITQ"] = 0.0
 
@@ -185,18 +186,10 @@ def fit_chain(config, source: MapSource, n_fit: int, batch: int, seed: int):
     n_local = sum(len(s) for s in reduced)
 
     began = time.thread_time()
-    temb = TriangulationEmbedding(n_clusters, random_state=seed).fit(reduced)
-    times["Temb"] += time.thread_time() - began
-    democratic = DemocraticAggregator().fit(temb.transform(reduced[:1]))
-    aggregated = []
-    for start in range(0, n_fit, batch):  # embedded sets are |C| times larger: never all at once
-        began = time.thread_time()
-        embedded = temb.transform(reduced[start : start + batch])
-        middle = time.thread_time()
-        aggregated.append(democratic.transform(embedded))
-        times["Temb"] += middle - began
-        times["democratic"] += time.thread_time() - middle
-    aggregated = np.concatenate(aggregated)
+    # Embedded sets are |C| times larger than the reduced ones: EncodeAggregate streams them.
+    encode = EncodeAggregate(TriangulationEmbedding(n_clusters, random_state=seed), DemocraticAggregator())
+    aggregated = encode.fit_transform(reduced)
+    times["Temb + democratic"] = time.thread_time() - began
 
     began = time.thread_time()
     rn = RotationNormalizer(n_dropped=N_DROPPED)
@@ -206,7 +199,8 @@ def fit_chain(config, source: MapSource, n_fit: int, batch: int, seed: int):
     pn = PowerNormalizer()
     final = pn.fit_transform(rotated)
     times["PN"] = time.thread_time() - began
-    stages = {"mask": mask, "LocalPCA": pca, "Temb": temb, "democratic": democratic, "RN": rn, "PN": pn}
+    stages = {"mask": mask, "LocalPCA": pca, "Temb": encode.embedding_, "democratic": encode.aggregator_, "RN": rn,
+              "PN": pn}
     if ITQHasher is not None:
         began = time.thread_time()
         n_bits = min(N_BITS, len(final) // 8 * 8)  # ITQ's PCA needs n_bits training vectors

@@ -434,8 +434,8 @@ def fit_framework(run, sets, *, dim, mask, fit_on, label, n_components=None, n_c
     if n_components is not None:
         pipeline.set_params(pca__n_components=n_components)
     if n_clusters is not None:
-        pipeline.set_params(embed__n_clusters=n_clusters)
-    head = pipeline[1:-1]  # pca, embed, aggregate, rotate (the mask was applied once, in phase_masks)
+        pipeline.set_params(encode__embedding__n_clusters=n_clusters)
+    head = pipeline[1:-1]  # pca, encode, rotate (the mask was applied once, in phase_masks)
     t0 = time.perf_counter()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -453,17 +453,14 @@ def fit_framework(run, sets, *, dim, mask, fit_on, label, n_components=None, n_c
 
 
 def fit_head(run, head, sets):
-    """``head.fit_transform(sets)`` for [pca, embed, aggregate, rotate], with the per-image work in threads.
+    """``head.fit_transform(sets)`` for [pca, encode, rotate], with the per-image work in threads.
 
     Same result as the Pipeline's own fit_transform (each stage is fitted on the previous stages' output),
-    but the transforms run over image chunks in parallel, and the embedded local features (the largest
-    intermediate) never exist for all images at once: embed + aggregate are applied chunk by chunk.
+    but the transforms run over image chunks in parallel; ``encode`` streams the embedded local features.
     """
-    pca, embed, aggregate, rotate = (estimator for _, estimator in head.steps)
+    pca, encode, rotate = (estimator for _, estimator in head.steps)
     reduced = run.transform(pca.fit(sets), sets)
-    embed.fit(reduced)
-    aggregate.fit(embed.transform(reduced[:1]))  # records the input dimension; nothing is learned
-    aggregated = run.transform(head[1:3], reduced)
+    aggregated = run.transform(encode.fit(reduced), reduced)
     return rotate.fit(aggregated).transform(aggregated)
 
 

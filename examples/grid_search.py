@@ -30,7 +30,7 @@ y = np.array(labels + [-1] * len(dataset.training))
 
 grid = {
     "mask": [MaxMask(), SumMask(), NoMask()],
-    "embed__n_clusters": [10, 20],
+    "encode__embedding__n_clusters": [10, 20],
     "power__alpha": [0.5, 1.0],
 }
 # Stratified folds keep members of every landmark on both sides, so each test fold has queries.
@@ -44,6 +44,6 @@ order = np.argsort(-search.cv_results_["mean_test_score"])
 print(f"{'mask':<10} {'|C|':>4} {'alpha':>6}  mean mAP over 2 folds")
 for i in order:
     params = search.cv_results_["params"][i]
-    print(f"{type(params['mask']).__name__:<10} {params['embed__n_clusters']:>4} {params['power__alpha']:>6}  "
+    print(f"{type(params['mask']).__name__:<10} {params['encode__embedding__n_clusters']:>4} {params['power__alpha']:>6}  "
           f"{search.cv_results_['mean_test_score'][i]:.4f}")
 print("best:", search.best_params_)

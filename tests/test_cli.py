@@ -147,7 +147,7 @@ def test_evaluate_runs_end_to_end_on_a_user_folder(folder_dataset, tmp_path, mon
     # Near-duplicates must be found far better than chance, even with random CNN weights.
     assert rows["MAX-mask"]["mAP"] > rows["random"]["mAP"] + 0.3
     # The cache makes a rerun skip extraction.
-    assert any((out / "cache").rglob("*.npz"))
+    assert any((out / "cache").rglob("*.map"))
     report = (out / "report.html").read_text()
     assert "data:image/png;base64," in report and report.count("data:image/jpeg;base64,") >= 6 * 9
 

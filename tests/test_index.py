@@ -45,8 +45,8 @@ def codes(n, n_bytes=8, seed=0):
 def fitted_pipeline(n_bits=None):
     """The 512 preset shrunk to conftest's toy conv maps (K = 32); shared, never modified."""
     maps = make_conv_maps(n_images=30, random_state=1)
-    pipeline = make_paper_pipeline(512, n_bits=n_bits)
-    pipeline.set_params(pca__n_components=8, embed__n_clusters=5, embed__n_clamped=8, rotate__n_dropped=4)
+    pipeline = make_paper_pipeline(512, n_bits=n_bits, undetermined="drop")
+    pipeline.set_params(pca__n_components=8, encode__embedding__n_clusters=5, encode__embedding__n_clamped=8, rotate__n_dropped=4)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # toy training set: far fewer images than dimensions
         return pipeline.fit(maps)
@@ -257,7 +257,7 @@ def test_bad_input_gives_one_line_errors():
 def test_encoder_output_that_does_not_fit_the_index():
     index = ImageIndex(fitted_pipeline())
     index.add_descriptors(unit_rows(3, 7))  # 7 floats, the encoder gives 36
-    with pytest.raises(ValueError, match="encoder/index mismatch: .* 36 floats per row but the index holds 7"):
+    with pytest.raises(ValueError, match="encoder/index mismatch: .* 25 floats per row but the index holds 7"):
         index.search(make_conv_maps(n_images=1), k=1)
 
 
@@ -429,7 +429,7 @@ def test_every_selconv_estimator_is_trusted_and_nothing_else():
 
 def _fitted_estimators():
     """One small fitted instance of every selconv estimator (but the extractor) and the input it transforms."""
-    from selconv import aggregation, baselines, embedding, hashing, local, masks, postprocessing
+    from selconv import aggregation, baselines, embedding, encoding, hashing, local, masks, postprocessing
 
     maps = make_conv_maps(n_images=8)
     sets = make_local_sets()
@@ -440,7 +440,8 @@ def _fitted_estimators():
                embedding.VLADEmbedding(3, random_state=0), embedding.FisherVectorEmbedding(2, random_state=0),
                embedding.FAembEmbedding(2, n_clamped=3, random_state=0), aggregation.DemocraticAggregator(),
                aggregation.SumPooling(), aggregation.AveragePooling(), aggregation.MaxPooling(),
-               aggregation.GeneralizedMaxPooling()]
+               aggregation.GeneralizedMaxPooling(),
+               encoding.EncodeAggregate(embedding.TriangulationEmbedding(3, n_clamped=3, random_state=0))]
     on_vectors = [postprocessing.RotationNormalizer(n_dropped=2), postprocessing.PowerNormalizer(),
                   baselines.PCAWhitening(4), hashing.ITQHasher(8, random_state=0), hashing.KMeansHasher(8),
                   hashing.RelaxedBinaryAutoencoder(8, n_iter=2, random_state=0)]

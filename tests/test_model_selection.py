@@ -100,7 +100,7 @@ def test_grid_search_learns_on_the_learning_images_and_scores_leave_one_out(coll
 
 def _scores(collection, n_jobs):
     X, y = collection
-    grid = {"mask": [MaxMask(), SumMask()], "embed__n_clusters": [5, 6], "power__alpha": [0.5, 1.0]}
+    grid = {"mask": [MaxMask(), SumMask()], "encode__embedding__n_clusters": [5, 6], "power__alpha": [0.5, 1.0]}
     search = GridSearchCV(small_pipeline(), grid, scoring=map_scorer, cv=RetrievalKFold(3), n_jobs=n_jobs,
                           error_score="raise", refit=False)
     search.fit(X, y)

@@ -118,7 +118,7 @@ def test_paper_experiments_runs_every_phase(tmp_path):
     assert len(list(out.iterdir())) <= 8
 
     # A second run resumes from the map cache: nothing new is written and the masks see the same maps.
-    cached = sorted((tmp_path / "cache" / "maps").rglob("*.npz"))
+    cached = sorted((tmp_path / "cache" / "maps").rglob("*.map"))
     assert len(cached) == 66 + 11 + 2
     # It runs ONLY the new 'domain' phase, learning on generic + unlabelled database images ('both').
     out2 = tmp_path / "out2"
@@ -127,7 +127,7 @@ def test_paper_experiments_runs_every_phase(tmp_path):
         script.main(rerun_argv + ["--train-source", "both", "--skip",
                                   "framework-training,baselines,framework-database,dimensions,hypercolumns,table9"])
     rerun = json.loads((out2 / "paper_results.json").read_text())
-    assert sorted((tmp_path / "cache" / "maps").rglob("*.npz")) == cached
+    assert sorted((tmp_path / "cache" / "maps").rglob("*.map")) == cached
     assert rerun["mask_share"] == results["mask_share"]
     assert not rerun["framework"] and not rerun["errors"], rerun["errors"]
     # --limit-db 11 keeps the 10 labelled images and one of the two distractors: 66 + 1 learning images.

@@ -48,7 +48,7 @@ def make_retrieval_maps(n_groups=4, per_group=6, n_distractors=8, random_state=0
 def small_pipeline(**kwargs) -> Pipeline:
     """The 512 preset, shrunk to the toy data (K = 16): d = 8, |C| = 6, 4 dropped components."""
     pipeline = make_paper_pipeline(512, **kwargs)
-    return pipeline.set_params(pca__n_components=8, embed__n_clusters=6, rotate__n_dropped=4)
+    return pipeline.set_params(pca__n_components=8, encode__embedding__n_clusters=6, rotate__n_dropped=4)
 
 
 @pytest.fixture(scope="module")
@@ -78,15 +78,15 @@ def test_paper_settings_are_table_4():
 @pytest.mark.parametrize("dim", sorted(PAPER_SETTINGS))
 def test_preset_steps_and_parameters(dim):
     pipeline = make_paper_pipeline(dim)
-    assert [name for name, _ in pipeline.steps] == ["mask", "pca", "embed", "aggregate", "rotate", "power"]
+    assert [name for name, _ in pipeline.steps] == ["mask", "pca", "encode", "rotate", "power"]
     d, n_clusters = PAPER_SETTINGS[dim]
     steps = pipeline.named_steps
     assert isinstance(steps["mask"], MaxMask)
     assert steps["pca"].n_components == d
-    assert steps["embed"].n_clusters == n_clusters
+    assert steps["encode"].embedding.n_clusters == n_clusters
     assert steps["rotate"].n_dropped == 128
     assert steps["power"].alpha == 0.5
-    assert steps["aggregate"].n_iter == 10 and steps["aggregate"].gamma == 0.5
+    assert steps["encode"].aggregator.n_iter == 10 and steps["encode"].aggregator.gamma == 0.5
 
 
 def test_preset_options():
@@ -95,8 +95,9 @@ def test_preset_options():
     assert pipeline.named_steps["itq"].n_bits == 64
     assert pipeline.named_steps["power"].alpha == 0.3
     assert isinstance(pipeline.named_steps["mask"], SumMask)
-    for name in ("pca", "embed", "itq"):
+    for name in ("pca", "itq"):
         assert pipeline.named_steps[name].random_state == 7
+    assert pipeline.named_steps["encode"].embedding.random_state == 7
     # Table 9 protocol: learned on the database itself, no truncation.
     assert make_paper_pipeline(512, fit_on="database").named_steps["rotate"].n_dropped == 0
     assert make_paper_pipeline(512, fit_on="database", n_dropped=16).named_steps["rotate"].n_dropped == 16
@@ -178,7 +179,7 @@ def test_grid_search_with_map_scorer(data):
     train, database, labels = data
     grid = {
         "mask": [MaxMask(), SumMask()],
-        "embed__n_clusters": [5, 6],
+        "encode__embedding__n_clusters": [5, 6],
         "power__alpha": [0.5, 1.0],
     }
     # Folds of 16 images cannot determine the 48-D rotation: keep only the determined directions.
@@ -261,7 +262,7 @@ def test_full_pipeline_from_image_files(tmp_path):
     extractor = ConvFeatureExtractor(backbone="alexnet", weights=None, max_size=96, device="cpu", n_workers=0)
     # 16 learning images determine 15 of the 20 rotated directions: keep those.
     pipeline = make_paper_pipeline(512, extractor=extractor, n_bits=8, mask="none", undetermined="drop").set_params(
-        pca__n_components=4, embed__n_clusters=5, embed__n_clamped=4, rotate__n_dropped=2
+        pca__n_components=4, encode__embedding__n_clusters=5, encode__embedding__n_clamped=4, rotate__n_dropped=2
     )
     quiet(pipeline.fit, paths[:16])
     codes = pipeline.transform(paths[16:] + [(paths[2], (0, 0, 64, 48))])

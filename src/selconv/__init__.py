@@ -31,6 +31,7 @@ _EXPORTS = {
     "AveragePooling": "selconv.aggregation",
     "MaxPooling": "selconv.aggregation",
     "GeneralizedMaxPooling": "selconv.aggregation",
+    "EncodeAggregate": "selconv.encoding",
     "RotationNormalizer": "selconv.postprocessing",
     "PowerNormalizer": "selconv.postprocessing",
     "ITQHasher": "selconv.hashing",

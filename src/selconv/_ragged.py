@@ -139,6 +139,19 @@ def check_conv_maps(X, *, estimator, reset: bool) -> list[ConvMap]:
     return maps
 
 
+def batched(iterable, size: int):
+    """Lists of ``size`` consecutive items of ``iterable`` (the last may be shorter): ``itertools.batched``
+    of Python 3.12, for streaming images (e.g. ``ConvFeatureExtractor.iter_transform``) through a pipeline."""
+    batch = []
+    for item in iterable:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
 def image_blocks(counts: np.ndarray, block_rows: int):
     """Consecutive ranges [start, stop) of images with about ``block_rows`` rows each (at least one image)."""
     start = 0

@@ -80,23 +80,31 @@ class _BaseAggregator(SelconvPickleMixin, ClassNamePrefixFeaturesOutMixin, Trans
         check_is_fitted(self)
         self._validate_params()  # set_params after fit must not slip an out-of-range value through
         sets = check_local_sets(X, estimator=self, reset=False)
+        aggregated = self._aggregate_sets(sets)
+        warn_empty_images(self, [index for index, Y in enumerate(sets) if len(Y) == 0], len(sets))
+        return aggregated
+
+    def _aggregate_sets(self, sets: list[np.ndarray]) -> np.ndarray:
+        """(n_images, D) float32 of validated sets; zero rows for empty images, without warning."""
         aggregated = np.zeros((len(sets), self.n_features_in_), dtype=np.float32)
-        empty = []
         for index, Y in enumerate(sets):
-            if len(Y) == 0:
-                empty.append(index)
-            else:
+            if len(Y):
                 aggregated[index] = self._aggregate(Y)
         check_finite(aggregated, estimator=self, what="the aggregated vectors", hint=OVERFLOW_HINT)
-        if empty:
-            shown = ", ".join(map(str, empty[:20])) + (", ..." if len(empty) > 20 else "")
-            warnings.warn(
-                f"{type(self).__name__}: {len(empty)} of {len(sets)} images have no local feature; "
-                f"their aggregated vectors are zero (image indices: {shown}).",
-                EmptyImageWarning,
-                stacklevel=2,
-            )
         return aggregated
+
+
+def warn_empty_images(estimator, empty: list[int], n_images: int) -> None:
+    """One :class:`EmptyImageWarning` naming the images (indices ``empty``) that have no local feature."""
+    if not empty:
+        return
+    shown = ", ".join(map(str, empty[:20])) + (", ..." if len(empty) > 20 else "")
+    warnings.warn(
+        f"{type(estimator).__name__}: {len(empty)} of {n_images} images have no local feature; "
+        f"their aggregated vectors are zero (image indices: {shown}).",
+        EmptyImageWarning,
+        stacklevel=3,
+    )
 
 
 class DemocraticAggregator(_BaseAggregator):

@@ -693,7 +693,7 @@ def run_benchmark(
         say("Results:")
         for mask, pipeline in pipelines.items():
             steps = pipeline.named_steps
-            name = (f"{_MASK_LABELS[mask]} + Temb(d={steps['pca'].n_components}, |C|={steps['embed'].n_clusters})"
+            name = (f"{_MASK_LABELS[mask]} + Temb(d={steps['pca'].n_components}, |C|={steps['encode'].embedding.n_clusters})"
                     f" + democratic + RN(-{steps['rotate'].n_dropped}) + PN({steps['power'].alpha})")
             dims = db_desc[mask].shape[1]
             add_row("real", name, f"{dims}-D float32", evaluate(query_desc[mask], db_desc[mask], ground_truth),
@@ -792,12 +792,12 @@ def _describe(maps, pipelines, *, chunk_size=64):
     Returns ``(descriptors, stats)``: ``descriptors[mask]`` is an (n_images, D) array; ``stats`` holds
     ``kept[mask]``, the fraction of all grid cells each mask keeps, and the mean grid ``width``/``height``.
     """
+    from selconv._ragged import batched
+
     parts = {mask: [] for mask in pipelines}
     kept = dict.fromkeys(pipelines, 0)
     cells = widths = heights = count = 0
-
-    def flush(chunk):
-        nonlocal cells, widths, heights, count
+    for chunk in batched(maps, chunk_size):
         for mask, pipeline in pipelines.items():
             parts[mask].append(pipeline.transform(chunk))
             kept[mask] += sum(len(s) for s in pipeline.named_steps["mask"].transform(chunk))
@@ -805,15 +805,6 @@ def _describe(maps, pipelines, *, chunk_size=64):
         widths += sum(m.grid_size[0] for m in chunk)
         heights += sum(m.grid_size[1] for m in chunk)
         count += len(chunk)
-
-    chunk = []
-    for conv_map in maps:
-        chunk.append(conv_map)
-        if len(chunk) == chunk_size:
-            flush(chunk)
-            chunk = []
-    if chunk:
-        flush(chunk)
     descriptors = {mask: np.concatenate(p) if p else np.zeros((0, 0), np.float32) for mask, p in parts.items()}
     stats = {"kept": {mask: kept[mask] / cells if cells else 0.0 for mask in pipelines},
              "width": widths / max(count, 1), "height": heights / max(count, 1)}

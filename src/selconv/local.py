@@ -149,6 +149,13 @@ class LocalPCA(SelconvPickleMixin, TransformerMixin, BaseEstimator):
         check_fitted_finite(self)
         return self
 
+    def _projection(self) -> np.ndarray:
+        """(n_features_in_, n_components) float32 matrix of the transform (whitened if asked)."""
+        projection = self.components_.T
+        if self.whiten:
+            projection = projection / whitening_scale(self.explained_variance_)
+        return projection.astype(np.float32)
+
     def transform(self, X):
         """Project every local feature and l2-normalise it.
 
@@ -164,10 +171,7 @@ class LocalPCA(SelconvPickleMixin, TransformerMixin, BaseEstimator):
         """
         check_is_fitted(self)
         sets = check_local_sets(X, estimator=self, reset=False)
-        projection = self.components_.T
-        if self.whiten:
-            projection = projection / whitening_scale(self.explained_variance_)
-        projection = projection.astype(np.float32)
+        projection = self._projection()
         mean = self.mean_.astype(np.float32)
 
         counts = np.array([len(s) for s in sets])

@@ -149,9 +149,12 @@ def make_paper_pipeline(
     """The paper's framework M + Temb + democratic pooling (+ ITQ) with the Table 4 setting for ``dim``.
 
     Steps (names usable in ``set_params`` and grid searches): ``extract`` (only when ``extractor`` is
-    given), ``mask``, ``pca`` (:class:`~selconv.local.LocalPCA`), ``embed``
-    (:class:`~selconv.embedding.TriangulationEmbedding`), ``aggregate``
-    (:class:`~selconv.aggregation.DemocraticAggregator`), ``rotate``
+    given), ``mask``, ``pca`` (:class:`~selconv.local.LocalPCA`), ``encode``
+    (:class:`~selconv.encoding.EncodeAggregate`: its ``embedding``, a
+    :class:`~selconv.embedding.TriangulationEmbedding`, and its ``aggregator``, a
+    :class:`~selconv.aggregation.DemocraticAggregator`, applied a chunk of images at a time, so the
+    embedded local features never exist for all images at once; grid-search them as
+    ``encode__embedding__n_clusters`` or ``encode__aggregator__n_iter``), ``rotate``
     (:class:`~selconv.postprocessing.RotationNormalizer`), ``power``
     (:class:`~selconv.postprocessing.PowerNormalizer`) and, when ``n_bits`` is given, ``itq``
     (:class:`~selconv.hashing.ITQHasher`).
@@ -201,10 +204,13 @@ def make_paper_pipeline(
     >>> from selconv.pipelines import make_paper_pipeline
     >>> pipeline = make_paper_pipeline(512, mask="max")
     >>> [name for name, _ in pipeline.steps]
-    ['mask', 'pca', 'embed', 'aggregate', 'rotate', 'power']
+    ['mask', 'pca', 'encode', 'rotate', 'power']
+    >>> pipeline.get_params()["encode__embedding__n_clusters"]
+    20
     """
     from selconv.aggregation import DemocraticAggregator
     from selconv.embedding import TriangulationEmbedding
+    from selconv.encoding import EncodeAggregate
     from selconv.local import LocalPCA
     from selconv.postprocessing import PowerNormalizer, RotationNormalizer
 
@@ -218,8 +224,7 @@ def make_paper_pipeline(
     steps += [
         ("mask", mask_estimator),
         ("pca", LocalPCA(n_components, random_state=random_state)),
-        ("embed", TriangulationEmbedding(n_clusters, random_state=random_state)),
-        ("aggregate", DemocraticAggregator()),
+        ("encode", EncodeAggregate(TriangulationEmbedding(n_clusters, random_state=random_state), DemocraticAggregator())),
         ("rotate", RotationNormalizer(n_dropped=n_dropped, undetermined=undetermined)),
         ("power", PowerNormalizer(alpha=alpha)),
     ]

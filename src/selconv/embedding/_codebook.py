@@ -108,11 +108,23 @@ def learn_clamped_whitening(embed, features: np.ndarray, sample: np.ndarray, n_c
     projection : ndarray of shape (D, D), float32
         P; its rows are the whitened principal directions.
     """
-    # Rounded to float32 so that the shift the float32 chunks are centred on is exactly the one added back.
-    shift = embed(sample[:_FIT_CHUNK_ROWS]).mean(axis=0, dtype=np.float64).astype(np.float32).astype(np.float64)
+    shift = whitening_shift(embed, sample)
     chunks = (embed(features[start : start + _FIT_CHUNK_ROWS]) for start in range(0, len(features), _FIT_CHUNK_ROWS))
     mean, scatter, n_samples = mean_and_scatter(chunks, shift)
-    eigenvalues, eigenvectors = principal_axes(scatter / n_samples)
+    return clamped_whitening(mean, scatter / n_samples, n_clamped)
+
+
+def whitening_shift(embed, sample: np.ndarray) -> np.ndarray:
+    """Centre of the scatter accumulation: mean of ``embed`` over the sample's first chunk, float64.
+
+    Rounded to float32 so that the shift the float32 chunks are centred on is exactly the one added back.
+    """
+    return embed(sample[:_FIT_CHUNK_ROWS]).mean(axis=0, dtype=np.float64).astype(np.float32).astype(np.float64)
+
+
+def clamped_whitening(mean: np.ndarray, covariance: np.ndarray, n_clamped: int):
+    """``(mean, eigenvalues, projection)`` of :func:`learn_clamped_whitening` from the mean and covariance."""
+    eigenvalues, eigenvectors = principal_axes(covariance)
     dim = len(eigenvalues)
     if n_clamped > 0:
         eigenvalues[dim - n_clamped :] = eigenvalues[dim - n_clamped]

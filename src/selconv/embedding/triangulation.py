@@ -24,11 +24,13 @@ from selconv.embedding._codebook import CHUNK_ROWS as _CHUNK_ROWS  # read at eac
 from selconv.embedding._codebook import (
     check_enough_features,
     check_whitening_fit,
+    clamped_whitening,
     embed_sets,
     kmeans_codebook,
     learn_clamped_whitening,
     normalized_residuals,
     sample_features,
+    whitening_shift,
 )
 
 __all__ = ["TriangulationEmbedding"]
@@ -121,7 +123,11 @@ class TriangulationEmbedding(SelconvPickleMixin, TransformerMixin, BaseEstimator
         -------
         self : object
         """
-        sets = check_local_sets(X, estimator=self, reset=True)
+        return self._fit(check_local_sets(X, estimator=self, reset=True))
+
+    def _fit(self, sets: list[np.ndarray], device: str = "cpu"):
+        """fit on validated sets; a torch ``device`` (see :mod:`selconv.torch_encoder`) runs the pass over
+        all local features that accumulates the covariance of phi there (``EncodeAggregate(device=...)``)."""
         features = np.concatenate(sets)
         n_samples, n_features = features.shape
         check_enough_features(n_samples, self.n_clusters, estimator=self, n_images=len(sets))
@@ -135,12 +141,32 @@ class TriangulationEmbedding(SelconvPickleMixin, TransformerMixin, BaseEstimator
         rng = check_random_state(self.random_state)
         sample = sample_features(features, self.max_samples, rng)
         self.cluster_centers_ = kmeans_codebook(sample, self.n_clusters, n_init=self.kmeans_n_init, rng=rng)
-        self.mean_, self.eigenvalues_, self.projection_ = learn_clamped_whitening(
-            self._triangulate, features, sample, self.n_clamped
-        )
+        if device == "cpu":
+            whitening = learn_clamped_whitening(self._triangulate, features, sample, self.n_clamped)
+        else:
+            whitening = self._torch_whitening(features, sample, device)
+        self.mean_, self.eigenvalues_, self.projection_ = whitening
         self.n_samples_seen_ = n_samples
         check_fitted_finite(self)
         return self
+
+    def _torch_whitening(self, features, sample, device):
+        import torch
+
+        from selconv.torch_encoder import resolve_device, whitening_scatter
+
+        target = resolve_device(device)
+        shift = whitening_shift(self._triangulate, sample)
+        with torch.no_grad():
+            shifted_sum, scatter = whitening_scatter(
+                torch.as_tensor(features, device=target),
+                torch.as_tensor(self.cluster_centers_, device=target),
+                torch.as_tensor(shift.astype(np.float32), device=target),
+            )
+        n_samples = len(features)
+        shifted_mean = shifted_sum.cpu().numpy() / n_samples
+        scatter = scatter.cpu().numpy() - n_samples * np.outer(shifted_mean, shifted_mean)
+        return clamped_whitening(shift + shifted_mean, scatter / n_samples, self.n_clamped)
 
     def transform(self, X):
         """Embed and l2-normalise every local feature of every image.

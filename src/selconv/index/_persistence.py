@@ -55,6 +55,7 @@ TRUSTED_SELCONV_TYPES = (
     "selconv.embedding.fisher.FisherVectorEmbedding",
     "selconv.embedding.triangulation.TriangulationEmbedding",
     "selconv.embedding.vlad.VLADEmbedding",
+    "selconv.encoding.EncodeAggregate",
     "selconv.extraction.extractor.ConvFeatureExtractor",
     "selconv.hashing.itq.ITQHasher",
     "selconv.hashing.kmh.KMeansHasher",

@@ -360,24 +360,22 @@ def fit_encoder(
     """
     from selconv.extraction import ConvFeatureExtractor
     from selconv.extraction.extractor import ImageSkippedWarning
-    from selconv.pipelines import make_paper_pipeline, paper_dimension
+    from selconv.pipelines import make_paper_pipeline, paper_dimension, rotation_settings
 
     images = [os.fspath(image) for image in images]
     dimension = paper_dimension(preset)
     if n_bits is not None:
         if n_bits <= 0 or n_bits % 8:
             raise CollectionError(f"bits must be a positive multiple of 8 (codes are packed in bytes); got {n_bits}.")
-        if n_bits > min(dimension, len(images)):
+        if n_bits >= len(images) or n_bits > dimension:
             raise CollectionError(
-                f"ITQ learns at most as many bits as it has images ({len(images)}) and dimensions ({dimension}); "
-                f"got {n_bits} bits."
+                f"ITQ learns fewer bits than it has images ({len(images)}) and at most as many as dimensions "
+                f"({dimension}); got {n_bits} bits."
             )
     if extractor is None:
         extractor = ConvFeatureExtractor(max_size=max_size, device=device, keypoints="sift" if mask == "sift" else None)
     started = time.perf_counter()
-    encoder = make_paper_pipeline(preset, mask=mask, n_bits=n_bits, extractor=extractor.fit(),
-                                  random_state=random_state)
-    extractor.set_params(progress=progress, on_error="skip")
+    extractor.fit().set_params(progress=progress, on_error="skip")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ImageSkippedWarning)  # reported in the FitReport
         maps = extractor.transform(images)
@@ -386,17 +384,18 @@ def fit_encoder(
     extractor.skipped_ = []
     if len(maps) < 2:
         raise CollectionError(f"need at least 2 readable images to learn from; {len(maps)} of {len(images)} were.")
-    if n_bits is not None and n_bits > len(maps):
+    if n_bits is not None and n_bits >= len(maps):
         raise CollectionError(
-            f"only {len(maps)} of the {len(images)} images could be read: too few for {n_bits}-bit ITQ."
+            f"only {len(maps)} of the {len(images)} images could be read: too few for {n_bits}-bit ITQ "
+            "(it learns fewer bits than it has images)."
         )
-    notes = []
-    if len(maps) < dimension:
-        notes.append(
-            f"learned on {len(maps)} images for a {dimension}-D output: fewer images than dimensions, so the "
-            "rotation (RN) is under-determined and the components beyond the image count are arbitrary. "
-            f"Learn on at least {dimension} images (the paper uses 5,000-6,400)."
-        )
+    # Too few images for the rotation: skip it (rotation_settings says why) rather than complete it arbitrarily.
+    rotation, note = rotation_settings(len(maps), preset)
+    notes = [] if note is None else [note]
+    if rotation["undetermined"] == "center":
+        dimension = paper_dimension(preset, fit_on="database")
+    encoder = make_paper_pipeline(preset, mask=mask, n_bits=n_bits, extractor=extractor, random_state=random_state,
+                                  **rotation)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         encoder[1:].fit(maps)  # the slice shares its steps with ``encoder``: this fits them in place

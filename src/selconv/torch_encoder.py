@@ -1,0 +1,338 @@
+"""The post-CNN stages as torch operations: conv maps on a device in, descriptors or codes out.
+
+The numpy estimators are the reference; these kernels compute the same numbers (float32 throughout,
+as the numpy path, except ITQ's projection, float64 as there) on batches of images, so that conv maps a
+CUDA extractor has produced never leave the GPU. Local features are kept "packed" (all images' rows
+concatenated, in each image's row-major cell order) for the per-feature stages, and padded to
+(n_images, max_n_local, D) with zero rows for the per-image democratic weights (a zero row takes no
+weight, exactly as an all-zero local feature does in :class:`~selconv.aggregation.DemocraticAggregator`).
+
+:class:`TorchEncoder` runs a fitted :func:`~selconv.pipelines.make_paper_pipeline` this way;
+``EncodeAggregate(device=...)`` uses the same kernels for Temb + democratic pooling (fit and transform).
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+
+__all__ = ["TorchEncoder", "resolve_device"]
+
+#: Values of the ``device`` parameter that select the torch path ("torch": torch on the CPU).
+TORCH_DEVICES = "'torch' (torch on the CPU), 'cuda' or 'cuda:<index>'"
+
+
+def is_torch_device(device: str) -> bool:
+    """True when ``device`` selects the torch path; "cpu" is the numpy path."""
+    return device == "torch" or device == "cuda" or device.startswith("cuda:")
+
+
+def check_device(device, *, name: str = "device") -> None:
+    """Error naming the accepted values when ``device`` is neither "cpu" nor a torch device."""
+    if not isinstance(device, str) or not (device == "cpu" or is_torch_device(device)):
+        raise ValueError(f"{name} must be 'cpu' (numpy) or {TORCH_DEVICES}; got {device!r}.")
+
+
+def resolve_device(device: str):
+    """The torch.device for ``device`` ("torch" -> CPU); CUDA without a GPU falls back to the CPU with a warning."""
+    import torch
+
+    if device == "torch":
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        warnings.warn(f"device={device!r} but CUDA is not available; running the torch path on the CPU.",
+                      UserWarning, stacklevel=3)
+        return torch.device("cpu")
+    return torch.device(device)
+
+
+# ------------------------------------------------------------------------------------------- masks
+
+
+def max_mask(maps):
+    """(B, K, H, W) -> (B, H*W) bool: union of the per-channel argmax cells; all-zero channels skipped."""
+    import torch
+
+    flat = maps.flatten(2)
+    n_cells = flat.shape[2]
+    argmax = flat.argmax(dim=2)  # the first maximum in row-major order, as numpy.argmax
+    argmax = torch.where((flat != 0).any(dim=2), argmax, n_cells)  # an all-zero channel votes for a dump cell
+    selected = torch.zeros(flat.shape[0], n_cells + 1, dtype=torch.bool, device=maps.device)
+    selected.scatter_(1, argmax, True)
+    return selected[:, :n_cells]
+
+
+def sum_mask(maps):
+    """(B, K, H, W) -> (B, H*W) bool: cells whose channel sum (float64) is at least its median."""
+    import torch
+
+    channel_sum = maps.flatten(2).sum(dim=1, dtype=torch.float64)
+    # Linear interpolation = numpy.median (the mean of the two middle values of an even count).
+    median = torch.quantile(channel_sum, 0.5, dim=1, keepdim=True, interpolation="linear")
+    return channel_sum >= median
+
+
+def select(maps, mask: str):
+    """Packed local features of the selected cells: rows (n, K), image index per row, count per image."""
+    import torch
+
+    batch, n_channels = maps.shape[:2]
+    if mask == "max":
+        selected = max_mask(maps)
+    elif mask == "sum":
+        selected = sum_mask(maps)
+    else:
+        selected = torch.ones(batch, maps.shape[2] * maps.shape[3], dtype=torch.bool, device=maps.device)
+    image, cell = selected.nonzero(as_tuple=True)  # row-major: by image, then cell (y, x)
+    rows = maps.flatten(2)[image, :, cell]  # (n, K)
+    return rows, image, selected.sum(dim=1)
+
+
+# ---------------------------------------------------------------------------------- per-feature stages
+
+
+def l2_normalize(x):
+    """Rows of unit norm; zero rows stay zero."""
+    import torch
+
+    norms = torch.linalg.vector_norm(x, dim=-1, keepdim=True)
+    return x * torch.where(norms > 0, 1.0 / norms, torch.zeros_like(norms))
+
+
+def local_pca(rows, mean, projection):
+    """LocalPCA.transform on packed rows: l2((x - mean) @ projection)."""
+    return l2_normalize((rows - mean) @ projection)
+
+
+def triangulate(rows, centers):
+    """phi(x) for packed rows (n, d): the normalised residuals to the codewords, (n, |C| d)."""
+    residuals = rows[:, None, :] - centers[None, :, :]
+    return l2_normalize(residuals).flatten(1)
+
+
+def triangulation_embed(rows, centers, mean, projection_t, chunk_rows: int = 1 << 16):
+    """TriangulationEmbedding.transform on packed rows: l2((phi(x) - mean) @ P^T), in chunks of rows."""
+    import torch
+
+    out = torch.empty(rows.shape[0], projection_t.shape[1], dtype=rows.dtype, device=rows.device)
+    for start in range(0, rows.shape[0], chunk_rows):
+        block = triangulate(rows[start : start + chunk_rows], centers) - mean
+        out[start : start + chunk_rows] = l2_normalize(block @ projection_t)
+    return out
+
+
+def whitening_scatter(rows, centers, shift, chunk_rows: int = 1 << 15):
+    """Sum of phi(x) - shift and the scatter sum((phi - shift)(phi - shift)^T) over packed rows, float64.
+
+    Each chunk's GEMM runs in float32 (TF32 off) and is accumulated in float64, as
+    :func:`selconv._linalg.mean_and_scatter` does on the CPU.
+    """
+    import torch
+
+    dim = centers.numel()
+    shifted_sum = torch.zeros(dim, dtype=torch.float64, device=rows.device)
+    scatter = torch.zeros(dim, dim, dtype=torch.float64, device=rows.device)
+    with strict_float32():
+        for start in range(0, rows.shape[0], chunk_rows):
+            block = triangulate(rows[start : start + chunk_rows], centers) - shift
+            shifted_sum += block.sum(dim=0, dtype=torch.float64)
+            scatter += (block.T @ block).double()
+    return shifted_sum, scatter
+
+
+# ----------------------------------------------------------------------------------- aggregation
+
+
+def pad(rows, image, counts):
+    """Packed rows -> (B, max count, D) with zero rows after each image's own."""
+    import torch
+
+    batch = counts.shape[0]
+    width = int(counts.max()) if batch else 0
+    offsets = torch.cumsum(counts, 0) - counts
+    position = torch.arange(rows.shape[0], device=rows.device) - offsets[image]
+    padded = torch.zeros(batch, width, rows.shape[1], dtype=rows.dtype, device=rows.device)
+    padded[image, position] = rows
+    return padded
+
+
+def democratic(padded, n_iter: int = 10, gamma: float = 0.5):
+    """DemocraticAggregator on padded sets (B, N, D): psi = lambda @ l2(Y), batched over images."""
+    import torch
+
+    Y = l2_normalize(padded)
+    gram = torch.bmm(Y, Y.transpose(1, 2)).clamp_min_(0)
+    # Zero rows (padding or all-zero features) have G_ii = 0: no weight, out of the iteration.
+    kept = torch.diagonal(gram, dim1=1, dim2=2) > 0
+    weights = kept.to(Y.dtype)
+    for _ in range(n_iter):
+        delta = torch.bmm(gram, weights[:, :, None])[:, :, 0] * weights
+        weights = weights * torch.where(kept, delta.clamp_min(torch.finfo(Y.dtype).tiny).pow(-gamma), 0.0)
+    return torch.bmm(weights[:, None, :], Y)[:, 0, :]
+
+
+# ------------------------------------------------------------------------------ 2-D post-processing
+
+
+def rotate(X, mean, projection, normalize_input: bool = True):
+    """RotationNormalizer.transform: (l2(X) - mean) @ projection."""
+    return ((l2_normalize(X) if normalize_input else X) - mean) @ projection
+
+
+def power_normalize(X, alpha: float):
+    """PowerNormalizer.transform: l2(sign(v) |v|^alpha)."""
+    import torch
+
+    return l2_normalize(torch.sign(X) * X.abs().pow(alpha))
+
+
+def itq_codes(X, mean, projection):
+    """ITQHasher.transform: bits (X - mean) @ projection > 0 in float64, packed big-endian into uint8."""
+    import torch
+
+    bits = ((X.double() - mean) @ projection > 0).to(torch.uint8)
+    weights = torch.tensor([128, 64, 32, 16, 8, 4, 2, 1], dtype=torch.uint8, device=X.device)
+    return (bits.view(bits.shape[0], -1, 8) * weights).sum(dim=2, dtype=torch.uint8)
+
+
+class strict_float32:
+    """Context in which CUDA float32 matmuls do not use TF32 (the results must match numpy's float32)."""
+
+    def __enter__(self):
+        import torch
+
+        self._saved = torch.backends.cuda.matmul.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = False
+
+    def __exit__(self, *exc):
+        import torch
+
+        torch.backends.cuda.matmul.allow_tf32 = self._saved
+
+
+# ---------------------------------------------------------------------------------- whole pipeline
+
+
+class TorchEncoder:
+    """A fitted paper pipeline's post-CNN stages, run as torch operations on ``device``.
+
+    Built from a fitted :func:`~selconv.pipelines.make_paper_pipeline` (mask "max", "sum" or "none";
+    ``pca``, ``encode`` with a TriangulationEmbedding and a DemocraticAggregator, ``rotate``,
+    ``power`` and optionally ``itq``); the fitted arrays are copied to the device once. Gives the
+    pipeline's numbers (float32; descriptors within about 1e-5 relative, masks identical).
+
+    Parameters
+    ----------
+    pipeline : sklearn.pipeline.Pipeline
+        Fitted; an ``extract`` step, if any, is ignored (pass conv maps).
+    device : str, default="cuda"
+        "cuda", "cuda:<index>" or "torch" (torch on the CPU). Without CUDA, "cuda" falls back to the
+        CPU with a warning.
+
+    Examples
+    --------
+    >>> encoder = TorchEncoder(fitted_pipeline, device="cuda")  # doctest: +SKIP
+    >>> descriptors = encoder.transform(maps_on_gpu)  # (B, K, H, W) tensor -> (B, D) tensor  # doctest: +SKIP
+    """
+
+    def __init__(self, pipeline, *, device: str = "cuda"):
+        import torch
+        from sklearn.utils.validation import check_is_fitted
+
+        from selconv.aggregation import DemocraticAggregator
+        from selconv.embedding import TriangulationEmbedding
+        from selconv.masks import MaxMask, NoMask, SumMask
+
+        check_device(device)
+        steps = dict(pipeline.steps)
+        missing = [name for name in ("mask", "pca", "encode", "rotate", "power") if name not in steps]
+        if missing:
+            raise ValueError(f"TorchEncoder needs a paper pipeline (make_paper_pipeline); it has no step {missing}.")
+        for name in ("pca", "encode", "rotate", "power"):
+            check_is_fitted(steps[name])
+        masks = {MaxMask: "max", SumMask: "sum", NoMask: "none"}
+        if type(steps["mask"]) not in masks:
+            raise ValueError(f"TorchEncoder supports the MAX, SUM and no mask; got {type(steps['mask']).__name__}.")
+        encode = steps["encode"]
+        if not (isinstance(encode.embedding_, TriangulationEmbedding)
+                and isinstance(encode.aggregator_, DemocraticAggregator)):
+            raise ValueError("TorchEncoder supports TriangulationEmbedding + DemocraticAggregator in 'encode'.")
+        self.device = resolve_device(device)
+        self.mask = masks[type(steps["mask"])]
+        self.n_channels = steps["mask"].n_features_in_
+
+        def tensor(array, dtype=torch.float32):
+            return torch.as_tensor(np.ascontiguousarray(array), dtype=dtype, device=self.device)
+
+        pca, rn = steps["pca"], steps["rotate"]
+        self.pca = (tensor(pca.mean_), tensor(pca._projection()))
+        self.temb = embedding_tensors(encode.embedding_, self.device)
+        self.n_iter, self.gamma = encode.aggregator_.n_iter, encode.aggregator_.gamma
+        self.rotation = (tensor(rn.mean_), tensor(rn._projection["float32"]), rn.normalize_input)
+        self.alpha = steps["power"].alpha
+        itq = steps.get("itq")
+        self.itq = None
+        if itq is not None:
+            check_is_fitted(itq)
+            self.itq = (tensor(itq.mean_, torch.float64), tensor(itq.projection_, torch.float64))
+
+    def transform(self, maps):
+        """Descriptors (or packed ITQ codes) of a batch of conv maps.
+
+        Parameters
+        ----------
+        maps : torch.Tensor of shape (n_images, K, H, W), or list of ConvMap / ndarray (K, H_i, W_i)
+            A tensor (any device; moved to ``device``) is one batch of equal grids; a list may mix grid
+            sizes (images are grouped by grid).
+
+        Returns
+        -------
+        out : torch.Tensor (for tensor input) or ndarray (for a list), shape (n_images, D) float32 or
+            (n_images, n_bits / 8) uint8 with ITQ.
+        """
+        import torch
+
+        if isinstance(maps, torch.Tensor):
+            if maps.ndim != 4 or maps.shape[1] != self.n_channels:
+                raise ValueError(f"maps must have shape (n_images, {self.n_channels}, H, W); got {tuple(maps.shape)}.")
+            with torch.no_grad(), strict_float32():
+                return self._encode(maps.to(self.device, torch.float32))
+        from selconv._ragged import check_conv_maps
+
+        checked = check_conv_maps(maps, estimator=self, reset=False)
+        groups: dict = {}
+        for index, conv_map in enumerate(checked):
+            groups.setdefault(conv_map.features.shape, []).append(index)
+        out = None
+        for indices in groups.values():
+            batch = torch.as_tensor(np.stack([checked[i].features for i in indices]))
+            codes = self.transform(batch).cpu().numpy()
+            if out is None:
+                out = np.zeros((len(checked), codes.shape[1]), dtype=codes.dtype)
+            out[indices] = codes
+        return out
+
+    @property
+    def n_features_in_(self):  # for check_conv_maps's channel check
+        return self.n_channels
+
+    def _encode(self, maps):
+        rows, image, counts = select(maps, self.mask)
+        reduced = local_pca(rows, *self.pca)
+        embedded = triangulation_embed(reduced, *self.temb)
+        aggregated = democratic(pad(embedded, image, counts), self.n_iter, self.gamma)
+        out = power_normalize(rotate(aggregated, *self.rotation), self.alpha)
+        if self.itq is not None:
+            out = itq_codes(out, *self.itq)
+        return out
+
+
+def embedding_tensors(temb, device):
+    """(centers, mean, P^T) of a fitted TriangulationEmbedding on ``device``, float32."""
+    import torch
+
+    return tuple(
+        torch.as_tensor(np.ascontiguousarray(a), dtype=torch.float32, device=device)
+        for a in (temb.cluster_centers_, temb.mean_.astype(np.float32), temb.projection_.T)
+    )

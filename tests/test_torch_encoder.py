@@ -1,0 +1,109 @@
+"""The torch path of the post-CNN stages against the numpy estimators (runs on CPU torch, so CI covers it)."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+from conftest import make_local_sets
+
+torch = pytest.importorskip("torch")
+
+from selconv.aggregation import DemocraticAggregator, EmptyImageWarning, SumPooling  # noqa: E402
+from selconv.embedding import TriangulationEmbedding  # noqa: E402
+from selconv.encoding import EncodeAggregate  # noqa: E402
+from selconv.masks import MaxMask, SumMask  # noqa: E402
+from selconv.pipelines import make_paper_pipeline  # noqa: E402
+from selconv.torch_encoder import TorchEncoder, max_mask, sum_mask  # noqa: E402
+
+K = 64
+
+
+def pool5_like_maps(n_images, height, width, random_state=0, n_salient=12):
+    """Non-negative, mostly zero maps whose channel maxima sit on a few salient cells (like VGG16 pool5),
+    with ties (repeated maxima) and an all-zero channel, the cases where argmax conventions matter."""
+    rng = np.random.default_rng(random_state)
+    maps = rng.standard_exponential((n_images, K, height, width), dtype=np.float32)
+    maps[rng.random(maps.shape) < 0.8] = 0.0
+    flat = maps.reshape(n_images, K, -1)
+    for i in range(n_images):
+        salient = rng.choice(height * width, n_salient, replace=False)
+        flat[i, np.arange(K), salient[rng.integers(0, n_salient, K)]] = flat[i].max() + 1.0
+        flat[i, 3] = 0.0  # a dead channel
+        flat[i, 5, :2] = flat[i, 5].max() + 2.0  # a tie: the first cell wins
+    return maps
+
+
+def quiet(function, *args):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return function(*args)
+
+
+@pytest.mark.parametrize(("mask", "kernel"), [(MaxMask(), max_mask), (SumMask(), sum_mask)])
+def test_masks_are_identical(mask, kernel):
+    for height, width in ((7, 9), (6, 6)):
+        maps = pool5_like_maps(5, height, width)
+        expected = np.stack([m.ravel() for m in mask.get_selected_locations(list(maps))])
+        np.testing.assert_array_equal(kernel(torch.as_tensor(maps)).numpy(), expected)
+
+
+def test_encode_aggregate_torch_equals_numpy_in_fit_and_transform():
+    train = make_local_sets(counts=(300, 0, 250, 120, 400, 1, 350), n_features=8, random_state=0, nonnegative=False)
+    test = make_local_sets(counts=(90, 0, 230, 1, 150), n_features=8, random_state=1, nonnegative=False)
+    embedding = TriangulationEmbedding(6, n_clamped=4, random_state=0)
+    numpy_path = EncodeAggregate(embedding, DemocraticAggregator()).fit(train)
+    torch_path = EncodeAggregate(embedding, DemocraticAggregator(), device="torch", working_memory=0.05).fit(train)
+    np.testing.assert_array_equal(torch_path.embedding_.cluster_centers_, numpy_path.embedding_.cluster_centers_)
+    np.testing.assert_allclose(torch_path.embedding_.mean_, numpy_path.embedding_.mean_, rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(torch_path.embedding_.eigenvalues_, numpy_path.embedding_.eigenvalues_, rtol=1e-4)
+    with pytest.warns(EmptyImageWarning, match="indices: 1\\)"):
+        ours = torch_path.transform(test)
+    with pytest.warns(EmptyImageWarning):
+        reference = numpy_path.transform(test)
+    assert ours.dtype == np.float32
+    # The clamped eigenvalues are equal, so their eigenvectors are only defined up to a rotation of
+    # their subspace, which differs with the summation order: the fits agree up to that rotation,
+    # i.e. in the inner products between images (all that ranking uses).
+    scale = np.abs(reference).max() ** 2
+    np.testing.assert_allclose(ours @ ours.T, reference @ reference.T, rtol=1e-4, atol=1e-5 * scale)
+    # Transform alone (numpy fit, torch kernels): the same numbers.
+    numpy_path.set_params(device="torch")
+    with pytest.warns(EmptyImageWarning):
+        np.testing.assert_allclose(numpy_path.transform(test), reference, rtol=1e-4, atol=1e-5)
+
+
+def test_device_errors():
+    sets = make_local_sets(counts=(40, 30), n_features=4)
+    with pytest.raises(ValueError, match="device must be 'cpu'"):
+        EncodeAggregate(device="gpu").fit(sets)
+    with pytest.raises(ValueError, match="supports a TriangulationEmbedding with a DemocraticAggregator"):
+        EncodeAggregate(aggregator=SumPooling(), device="torch").fit(sets)
+
+
+@pytest.mark.parametrize(("mask", "n_bits"), [("max", None), ("sum", None), ("max", 16)])
+def test_torch_encoder_equals_the_pipeline(mask, n_bits):
+    """Conv maps -> descriptors (or codes) through the torch kernels = the fitted numpy pipeline."""
+    train = list(pool5_like_maps(60, 6, 8, random_state=2))  # more images than the 48 rotated dimensions
+    test = list(pool5_like_maps(6, 6, 8, random_state=3)) + list(pool5_like_maps(3, 5, 7, random_state=4))
+    pipeline = make_paper_pipeline(512, mask=mask, n_bits=n_bits).set_params(
+        pca__n_components=8, encode__embedding__n_clusters=6, encode__embedding__n_clamped=4, rotate__n_dropped=4
+    )
+    quiet(pipeline.fit, train)
+    reference = pipeline.transform(test)
+    encoder = TorchEncoder(pipeline, device="torch")
+    ours = encoder.transform(test)  # a list of two grid sizes
+    assert ours.dtype == reference.dtype and ours.shape == reference.shape
+    if n_bits is None:
+        np.testing.assert_allclose(ours, reference, rtol=1e-4, atol=1e-5)
+        batch = encoder.transform(torch.as_tensor(np.stack(test[:6])))
+        np.testing.assert_allclose(batch.numpy(), reference[:6], rtol=1e-4, atol=1e-5)
+    else:
+        mismatched = np.unpackbits(ours ^ reference).sum()
+        assert mismatched <= 2, mismatched  # a bit of a coordinate within float32 rounding of 0 may flip
+
+
+def test_torch_encoder_rejects_unsupported_pipelines():
+    with pytest.raises(ValueError, match="needs a paper pipeline"):
+        TorchEncoder(make_paper_pipeline(512)[:2], device="torch")
