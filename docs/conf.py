@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import sys
 from pathlib import Path
 
@@ -32,6 +33,7 @@ extensions = [
     "sphinx.ext.autosummary",
     "sphinx.ext.intersphinx",
     "sphinx.ext.mathjax",
+    "sphinx-mathjax-offline",  # MathJax 3 served from the site itself: math renders without internet
     "sphinx.ext.viewcode",
     "numpydoc",
     "myst_parser",
@@ -93,11 +95,8 @@ myst_dmath_double_inline = True
 # -- sphinx-gallery ----------------------------------------------------------------------------------
 # One conv-map cache for every example, so the CNN runs once per image and a rebuild takes seconds.
 os.environ.setdefault("SELCONV_EXAMPLE_CACHE", str(DOCS / "_build" / "example-cache"))
-# Files an example wants published beside the site (the HTML report), copied into the html root.
-GALLERY_EXTRA = DOCS / "_build" / "gallery-extra"
-GALLERY_EXTRA.mkdir(parents=True, exist_ok=True)
-os.environ.setdefault("SELCONV_EXAMPLE_OUTPUT", str(GALLERY_EXTRA))
-html_extra_path = [str(GALLERY_EXTRA)]
+# Where the examples write files; the HTML report is published beside its gallery page (setup below).
+EXAMPLE_OUTPUT = Path(os.environ.setdefault("SELCONV_EXAMPLE_OUTPUT", str(DOCS / "_build" / "example-output")))
 
 sphinx_gallery_conf = {
     "examples_dirs": str(REPO / "examples"),
@@ -128,13 +127,14 @@ html_show_sourcelink = False
 html_theme_options = {
     "navbar_align": "left",
     "show_toc_level": 2,
-    "secondary_sidebar_items": ["page-toc"],
+    "secondary_sidebar_items": {"**": ["page-toc"], "index": []},
     "footer_start": ["copyright"],
     "footer_end": ["sphinx-version"],
     "navigation_with_keys": False,
 }
 html_context = {"default_mode": "light"}
-mathjax3_config = {"tex": {"macros": {"R": r"\mathbb{R}"}}}
+# Pages without sub-pages need no section navigation: the article gets its width.
+html_sidebars = {"how-it-works": [], "api": [], "usage": [], "datasets": [], "extraction": [], "architecture": []}
 
 # -- links between markdown files that live outside docs/ ------------------------------------------
 # docs/*.md link to ../benchmarks/... and ../examples/... so that they read well on a git host too.
@@ -237,7 +237,15 @@ def _resolve_short_python_names(app, env, node, contnode):
     return found[0][1] if found else None
 
 
+def _publish_example_report(app, exception):
+    """Copy the report plot_html_report.py wrote next to its gallery page, which links to it."""
+    report = EXAMPLE_OUTPUT / "report.html"
+    if exception is None and app.builder.format == "html" and report.is_file():
+        shutil.copyfile(report, Path(app.outdir) / "auto_examples" / "report.html")
+
+
 def setup(app):
+    app.connect("build-finished", _publish_example_report)
     app.connect("autodoc-process-docstring", _escape_fitted_names, priority=100)  # numpydoc: 500
     app.connect("autodoc-process-bases", _public_bases)
     app.connect("missing-reference", _resolve_short_python_names)

@@ -2,66 +2,66 @@
 Your own image folder: a CSV ground truth, three masks, precision-recall
 ========================================================================
 
-Retrieval on photos of your own: sort them into one folder per object or place, write a small
-``groundtruth.csv`` (``image,label`` plus optional ``query`` and box columns; format in
-:doc:`/datasets`), load it with :func:`~selconv.datasets.load_image_folder`, and compare the
-paper's masks by their precision-recall curves.
+Retrieval on photos of your own: put them in a folder (subfolders are fine), write a small CSV that
+says which images show the same object or place (``image,label`` plus optional ``query`` and box
+columns; format in :doc:`/datasets`), load both with :func:`~selconv.datasets.load_image_folder`, and
+compare the paper's masks by their precision-recall curves.
 
-Here "your photos" are copies of the bundled sample's landmark photos, so the example runs anywhere.
+Here "your photos" are the bundled sample's folder of Oxford photos, so the example runs anywhere and
+reuses the conv maps the other examples cached.
 
-Run: ``python examples/plot_image_folder.py`` (writes ``selconv-output/examples/my_photos/``).
+Run: ``python examples/plot_image_folder.py`` (writes ``selconv-output/examples/my_groundtruth.csv``).
 """
 
 # %%
-# A folder of photos, one subfolder per place
-# -------------------------------------------
+# A folder of photos and the ground truth you write for it
+# --------------------------------------------------------
 import csv
 import os
-import shutil
 import warnings
 from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
 
-from selconv.datasets import load_image_folder, load_sample
+from selconv.datasets import SAMPLE_ROOT, load_image_folder
 from selconv.extraction import ConvFeatureExtractor
 from selconv.metrics import evaluate
 from selconv.pipelines import make_paper_pipeline
 from selconv.report import interpolated_precision_recall
 
-FAST = os.environ.get("SELCONV_EXAMPLE_FAST") == "1"
-MAX_SIZE = 192 if FAST else 384
+MAX_SIZE = 192 if os.environ.get("SELCONV_EXAMPLE_FAST") == "1" else 384
 CACHE_DIR = os.environ.get("SELCONV_EXAMPLE_CACHE", "selconv-example-cache")
 OUTPUT = Path(os.environ.get("SELCONV_EXAMPLE_OUTPUT", "selconv-output/examples"))
 
-sample = load_sample()
-photos = OUTPUT / "my_photos"
-for image, label in zip(sample.database, sample.database_labels):
-    folder = photos / (label or "other")  # unlabelled photos: distractors
-    folder.mkdir(parents=True, exist_ok=True)
-    if not (folder / image.name).exists():
-        shutil.copy2(image, folder / image.name)
+photos = SAMPLE_ROOT / "images"  # your folder of photos
+print(sorted(p.name for p in photos.glob("*.jpg"))[:6], "...")
 
-# %%
-# The ground-truth file
-# ---------------------
-# Images that share a label are relevant to each other; every labelled image is a query here
-# (leave-one-out), one of them restricted to a box ``x1,y1,x2,y2`` in pixels. Images the file does not
-# list (the ``other/`` folder) join the database as distractors.
-boxes = {"ashmolean/ashmolean_000305.jpg": (182.0, 84.5, 348.5, 195.5)}
-with open(photos / "groundtruth.csv", "w", newline="") as handle:
+# Images that share a label are relevant to each other. Every labelled image is a query here
+# (leave-one-out); one is restricted to a box ``x1,y1,x2,y2`` in pixels. Images of the folder that the
+# file does not list join the database as distractors. Paths are relative to the folder.
+places = {
+    "all_souls": ["all_souls_000006.jpg", "all_souls_000040.jpg", "all_souls_000055.jpg",
+                  "oxford_002503.jpg", "oxford_002985.jpg"],
+    "ashmolean": ["ashmolean_000005.jpg", "ashmolean_000016.jpg", "ashmolean_000079.jpg",
+                  "ashmolean_000305.jpg", "oxford_001964.jpg"],
+    "christ_church": ["christ_church_000179.jpg", "christ_church_000311.jpg", "christ_church_000376.jpg",
+                      "christ_church_000395.jpg", "oxford_002562.jpg"],
+}
+boxes = {"ashmolean_000305.jpg": (182.0, 84.5, 348.5, 195.5)}
+OUTPUT.mkdir(parents=True, exist_ok=True)
+ground_truth = OUTPUT / "my_groundtruth.csv"
+with open(ground_truth, "w", newline="") as handle:
     writer = csv.writer(handle)
     writer.writerow(["image", "label", "query", "x1", "y1", "x2", "y2"])
-    for folder in sorted(p for p in photos.iterdir() if p.is_dir() and p.name != "other"):
-        for image in sorted(folder.glob("*.jpg")):
-            name = f"{folder.name}/{image.name}"
-            writer.writerow([name, folder.name, 1, *boxes.get(name, ("",) * 4)])
-print((photos / "groundtruth.csv").read_text().splitlines()[:4])
+    for label, images in places.items():
+        for image in images:
+            writer.writerow([image, label, 1, *boxes.get(image, ("",) * 4)])
+print(ground_truth.read_text())
 
-# The sample's 40 generic photos are the training set (any folder of images will do; it may lie
-# inside ``photos``, and is then kept out of the database).
-dataset = load_image_folder(photos, training=sample.root / "training")
+# The training set: any folder of images (here the sample's 40 generic photos). A training folder
+# inside the photo folder is kept out of the database.
+dataset = load_image_folder(photos, ground_truth, training=SAMPLE_ROOT / "training", name="my photos")
 print(dataset.summary())
 
 # %%
@@ -72,14 +72,15 @@ train_maps = extractor.transform(dataset.training)
 database_maps = extractor.transform(dataset.database_inputs())
 query_maps = extractor.transform(dataset.query_inputs())
 
+names = {"max": "MAX-mask", "sum": "SUM-mask", "none": "no mask"}
 results = {}
-for mask in ("max", "sum", "none"):
+for mask in names:
     pipeline = make_paper_pipeline(512, mask=mask)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # 40 training images: the rotation step warns
         pipeline.fit(train_maps)
     results[mask] = evaluate(pipeline.transform(query_maps), pipeline.transform(database_maps), dataset.ground_truth)
-    print(f"{mask:>4} mask: mAP {results[mask].map:.4f}")
+    print(f"{names[mask]:<9} mAP {results[mask].map:.4f}")
 
 # %%
 # Precision-recall
@@ -90,7 +91,7 @@ recall = np.linspace(0.0, 1.0, 101)
 fig, ax = plt.subplots(figsize=(6, 4.5))
 for mask, result in results.items():
     precision = interpolated_precision_recall(result.rankings, dataset.ground_truth, recall)
-    ax.plot(recall, precision, label=f"{mask.upper()}-mask, mAP {result.map:.3f}")
+    ax.plot(recall, precision, label=f"{names[mask]}, mAP {result.map:.3f}")
 ax.set_xlabel("recall")
 ax.set_ylabel("precision (interpolated, mean over queries)")
 ax.set_xlim(0, 1)

@@ -68,4 +68,4 @@ def test_example_runs(path, example_cache, tmp_path):
         page = (tmp_path / "report.html").read_text()
         assert page.count("data:image/jpeg;base64") > 10 and "Precision-recall" in page
     if path.stem == "plot_image_folder":
-        assert (tmp_path / "my_photos" / "groundtruth.csv").is_file()
+        assert (tmp_path / "my_groundtruth.csv").is_file()
