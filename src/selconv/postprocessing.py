@@ -192,7 +192,7 @@ class RotationNormalizer(SelconvPickleMixin, ClassNamePrefixFeaturesOutMixin, Tr
 
 
 class PowerNormalizer(SelconvPickleMixin, OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
-    """Power-law normalisation followed by l2-normalisation (PN): v <- sign(v) |v|^alpha, v <- v / ||v||.
+    """Power-law normalisation followed by l2-normalisation (PN): ``v <- sign(v) |v|^alpha``, ``v <- v / ||v||``.
 
     Nothing is learned; ``fit`` only checks the input. A zero row stays zero.
 
@@ -240,7 +240,7 @@ class PowerNormalizer(SelconvPickleMixin, OneToOneFeatureMixin, TransformerMixin
         return self
 
     def transform(self, X):
-        """Apply sign(v) |v|^alpha, then l2-normalise each row.
+        """Apply ``sign(v) |v|^alpha``, then l2-normalise each row.
 
         Parameters
         ----------
