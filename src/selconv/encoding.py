@@ -14,7 +14,7 @@ import numpy as np
 from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin, clone
 from sklearn.utils.validation import check_is_fitted
 
-from selconv._compat import HasMethods, Interval, _fit_context
+from selconv._compat import HasMethods, Interval, fit_context
 from selconv._ragged import check_local_sets, image_blocks
 from selconv.base import SelconvPickleMixin
 from selconv.torch_encoder import check_device, is_torch_device
@@ -97,7 +97,7 @@ class EncodeAggregate(SelconvPickleMixin, ClassNamePrefixFeaturesOutMixin, Trans
         rows = max(1, int(self.working_memory * 2**20) // (4 * self.n_embedded_features_))
         return nonempty, image_blocks(counts[nonempty], rows)
 
-    @_fit_context(prefer_skip_nested_validation=False)
+    @fit_context(prefer_skip_nested_validation=False)
     def fit(self, X, y=None):
         """Fit the embedding on all local features, then the aggregator on the embedded first chunk.
 
