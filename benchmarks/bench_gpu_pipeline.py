@@ -163,7 +163,7 @@ def main(argv=None) -> None:
         for name, enc, n_bits in (("512-D float32", real_encoder, None), (f"{args.n_bits}-bit ITQ codes", encoder,
                                                                            args.n_bits)):
             enc.transform(batch)  # warm-up
-            seconds = best_of(lambda enc=enc: enc.transform(batch), args.repeats)
+            seconds = best_of(lambda enc=enc, batch=batch: enc.transform(batch), args.repeats)
             flops = encode_flops(counts, shape[0], 32, 20, n_bits)
             throughput.append((batch_size, name, batch_size / seconds, flops / seconds / 1e12, flops / batch_size))
             print(throughput[-1], flush=True)

@@ -468,8 +468,8 @@ def main(argv=None) -> None:
             "democratic_rate": gram_flops / (batched["democratic"] * n_images) / 1e9,
             "gram_rate": gram_rate(inputs["democratic"], args.repeats),
         })
-        print(f"   per image (ms): " + ", ".join(f"{k} {v * 1e3:.2f}" for k, v in per_image.items()), flush=True)
-        print(f"   batched (ms):   " + ", ".join(f"{k} {v * 1e3:.2f}" for k, v in batched.items()), flush=True)
+        print("   per image (ms): " + ", ".join(f"{k} {v * 1e3:.2f}" for k, v in per_image.items()), flush=True)
+        print("   batched (ms):   " + ", ".join(f"{k} {v * 1e3:.2f}" for k, v in batched.items()), flush=True)
         print(f"   GFLOP/s: Temb {rows[-1]['temb_rate']:.1f}, democratic {rows[-1]['democratic_rate']:.1f}, "
               f"Gram alone {rows[-1]['gram_rate']:.1f}", flush=True)
 

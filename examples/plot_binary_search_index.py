@@ -20,7 +20,6 @@ import os
 import warnings
 
 import matplotlib.pyplot as plt
-import numpy as np
 
 from selconv.datasets import load_sample
 from selconv.extraction import ConvFeatureExtractor

@@ -6,7 +6,6 @@ import math
 
 import numpy as np
 import pytest
-from conftest import make_conv_maps
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
