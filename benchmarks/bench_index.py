@@ -3,27 +3,29 @@
 Measures, on the same images (a few dozen JPEGs of the shared Oxford subset by default):
 
 1. the CNN alone: a bare torch forward of the encoder's VGG16 on the images decoded, resized and normalised
-   beforehand (``bench_extraction.decoded_tensors``), torch's default threads;
+   beforehand (``bench_extraction.decoded_tensors``; on a GPU they are copied there first), torch's default
+   threads;
 2. ``selconv index PHOTOS --encoder ENCODER --out INDEX`` as a subprocess: its own images/s (walking,
    decoding, CNN, the paper's pipeline, shards, merge, save) and the command's wall time (Python, torch and
    weights loading included);
 3. :func:`selconv.index.build.index_folder` in this process against the same call with a
    ``dask.distributed.Client`` of a ``LocalCluster(n_workers=2, threads_per_worker=1)``, checking that both
-   indexes are byte-identical.
+   indexes are byte-identical (``--no-cluster`` skips it, e.g. on a one-GPU machine).
 
 The encoder is the paper's 512-D MAX-mask preset learned on the bundled sample's 40 training photos at the
 same ``--max-size`` (a learning set this small under-determines the rotation: fine for timing, not for mAP).
 
-Example (the committed results)::
+Examples (the committed results; ``--device auto`` uses the GPU when there is one)::
 
-    PYTHONPATH=src python benchmarks/bench_index.py --n-images 32 --max-size 512 --out benchmarks/results/index.md
+    PYTHONPATH=src python benchmarks/bench_index.py --n-images 32 --max-size 512 --out benchmarks/results/index_cpu.md
+    PYTHONPATH=src python benchmarks/bench_index.py --n-images 1008 --max-size 1024 --chunk-size 64 --no-cluster \
+        --out benchmarks/results/index_gpu.md
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import platform
 import re
 import shutil
 import subprocess
@@ -37,29 +39,21 @@ def log(*args):
     print(*args, flush=True)
 
 
-def lscpu() -> list[str]:
-    try:
-        text = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-    except (OSError, subprocess.CalledProcessError):
-        return [f"- {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs"]
-    keep = ("Model name", "CPU(s)", "Thread(s) per core", "Core(s) per socket", "L3 cache", "Hypervisor vendor")
-    return [f"- {line.strip()}" for line in text.splitlines() if line.split(":")[0].strip() in keep]
-
-
 def cnn_alone(encoder, files, max_size, repeats):
     import torch
     from bench_extraction import decoded_tensors
 
     extractor = encoder.steps[0][1]
     model = extractor._get_model()
-    tensors = decoded_tensors(files, max_size, extractor._mean, extractor._std)
+    device = next(model.parameters()).device
+    tensors = [x.to(device) for x in decoded_tensors(files, max_size, extractor._mean, extractor._std)]
     best = float("inf")
     with torch.inference_mode():
         model(tensors[0])  # warm-up
         for _ in range(repeats):
             start = time.perf_counter()
             for x in tensors:
-                model(x).numpy()
+                model(x).cpu().numpy()
             best = min(best, time.perf_counter() - start)
     return len(files) / best, best
 
@@ -71,12 +65,14 @@ def main():
     parser.add_argument("--max-size", type=int, default=512)
     parser.add_argument("--chunk-size", type=int, default=8, help="images per shard / Dask task")
     parser.add_argument("--repeats", type=int, default=2, help="CNN-alone repetitions (best kept)")
+    parser.add_argument("--device", default="auto", help="torch device of the encoder: auto, cpu, cuda, ...")
+    parser.add_argument("--no-cluster", action="store_true", help="skip the 2-worker LocalCluster comparison")
     parser.add_argument("--out", default=None, help="write the markdown results here")
     args = parser.parse_args()
     sys.path.insert(0, str(Path(__file__).resolve().parent))
 
     import torch
-    from dask.distributed import Client, LocalCluster
+    from bench_extraction import environment
 
     from selconv.datasets import load_sample
     from selconv.index.build import fit_encoder, index_folder, save_encoder
@@ -93,9 +89,10 @@ def main():
 
     started = time.perf_counter()
     training = load_sample().training
-    fit = fit_encoder(training, max_size=args.max_size, device="cpu", progress=False)
+    fit = fit_encoder(training, max_size=args.max_size, device=args.device, progress=False)
     fit_seconds = time.perf_counter() - started
     encoder = fit.encoder
+    device = encoder.steps[0][1].device_
     save_encoder(encoder, work / "encoder")
     log(f"encoder learned on {fit.n_images} images in {fit_seconds:.0f} s")
 
@@ -118,31 +115,38 @@ def main():
     single_seconds = time.perf_counter() - started
     log(f"one process ({torch.get_num_threads()} torch threads): {single_seconds:.1f} s")
 
-    started = time.perf_counter()
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
-            Client(cluster) as client:
-        startup = time.perf_counter() - started
+    cluster_rows, cluster_lines = [], []
+    if not args.no_cluster:
+        from dask.distributed import Client, LocalCluster
+
         started = time.perf_counter()
-        remote = index_folder(photos, encoder, work / "dask.index", chunk_size=args.chunk_size, client=client,
-                              progress=False)
-        dask_seconds = time.perf_counter() - started
-    log(f"2-worker LocalCluster: {dask_seconds:.1f} s (cluster start {startup:.1f} s)")
-    identical = all((single.path / name).read_bytes() == (remote.path / name).read_bytes()
-                    for name in ("index.faiss", "ids.npy", "paths.jsonl"))
+        with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
+                Client(cluster) as client:
+            startup = time.perf_counter() - started
+            started = time.perf_counter()
+            remote = index_folder(photos, encoder, work / "dask.index", chunk_size=args.chunk_size, client=client,
+                                  progress=False)
+            dask_seconds = time.perf_counter() - started
+        log(f"2-worker LocalCluster: {dask_seconds:.1f} s (cluster start {startup:.1f} s)")
+        identical = all((single.path / name).read_bytes() == (remote.path / name).read_bytes()
+                        for name in ("index.faiss", "ids.npy", "paths.jsonl"))
+        cluster_rows = [f"| `index_folder`, 2-worker `LocalCluster` (1 thread each; cluster start {startup:.1f} s "
+                        f"not counted) | {dask_seconds:.1f} | {len(files) / dask_seconds:.2f} |"]
+        cluster_lines = [f"Dask index byte-identical to the one-process index: **{'yes' if identical else 'NO'}**; "
+                         f"2 workers / one process: **{single_seconds / dask_seconds:.2f}x**."]
     load_after = os.getloadavg()
     n = len(files)
-
+    where = f"the GPU ({torch.cuda.get_device_name(0)})" if device.startswith("cuda") else "this CPU"
     lines = [
-        "# `selconv index` throughput on this CPU",
+        f"# `selconv index` throughput on {where}",
         "",
         f"Command: `PYTHONPATH=src python {' '.join(sys.argv)}`",
         "",
-        *lscpu(),
-        f"- torch {torch.__version__} ({torch.get_num_threads()} threads in this process), Python "
-        f"{platform.python_version()}; load average {load_before[0]:.1f} before, {load_after[0]:.1f} after "
-        "(the 2 cores are shared with other work: absolute numbers vary from run to run)",
-        f"- {n} JPEGs of the shared Oxford subset (`{args.images}`, first {n} by name), resized to a longest side "
-        f"of {args.max_size} px; chunks of {args.chunk_size} images",
+        *environment("cuda" if device.startswith("cuda") else "cpu"),
+        f"- {os.cpu_count()} CPU cores visible; load average {load_before[0]:.1f} before, {load_after[0]:.1f} after "
+        "(on a shared machine absolute numbers vary from run to run)",
+        f"- {n} JPEGs (`{args.images}`, first {n} by name), resized to a longest side of {args.max_size} px; "
+        f"chunks of {args.chunk_size} images; encoder on `{device}`",
         f"- encoder: the paper's 512-D MAX-mask preset (VGG16 pool5), learned on the bundled sample's "
         f"{fit.n_images} training photos in {fit_seconds:.0f} s",
         "",
@@ -152,14 +156,10 @@ def main():
         f"| `selconv index` end to end, as the command reports it | {n / cli_rate:.1f} | {cli_rate:.2f} |",
         f"| `selconv index` command wall time (Python start, imports, weights included) | {wall:.1f} | {n / wall:.2f} |",
         f"| `index_folder`, one process | {single_seconds:.1f} | {n / single_seconds:.2f} |",
-        f"| `index_folder`, 2-worker `LocalCluster` (1 thread each; cluster start {startup:.1f} s not counted) "
-        f"| {dask_seconds:.1f} | {n / dask_seconds:.2f} |",
+        *cluster_rows,
         "",
-        f"Dask index byte-identical to the one-process index: **{'yes' if identical else 'NO'}**.",
-        f"End to end / CNN alone: **{cli_rate / cnn_rate:.2f}** of the CNN's rate; 2 workers / one process: "
-        f"**{single_seconds / dask_seconds:.2f}x**.",
-        "",
-        "Not measured here: the GPU machine (another engineer held it for this period).",
+        f"End to end / CNN alone: **{cli_rate / cnn_rate:.2f}** of the CNN's rate.",
+        *cluster_lines,
     ]
     text = "\n".join(lines) + "\n"
     print(text)

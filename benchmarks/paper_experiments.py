@@ -71,7 +71,7 @@ TRAIN_SOURCE_LABELS = {"oxford-unlabelled": "unlabelled Oxford-subset images",
 HYPERCOLUMN_LAYERS = ["conv5_3", "conv5_2", "conv5_1"]
 PROXY_SIDE = 0.5  # side fraction of the two random windows of the proxy task (training-only whitening choice)
 SECTION_ORDER = ("header", "masks", "framework", "dimensions", "alpha", "hypercolumns", "itq", "baselines", "table9",
-                 "domain", "discussion", "timings")
+                 "domain", "protocols", "discussion", "timings")
 
 # The paper's Oxford5k numbers (full 5,063-image Oxford5k, learned on Paris6k): for reference only.
 PAPER = {
@@ -762,20 +762,26 @@ def baseline_scores(run, train, store, *, prefix="", write=None):
                         pipe.transform(proxy_queries), pipe.transform(proxy_database))
                 run.record_warnings(f"{prefix}baseline {name} proxy", caught)
             chosen = max(SHRINKAGE_GRID, key=lambda s: proxy[_shrink_label(s)])
-            scores = {}
             # Test mAP of the chosen setting (the headline) and of two fixed references (not used to choose).
-            for shrinkage in dict.fromkeys([chosen, "ledoit-wolf", None]):
-                pipe = _baseline(make_baseline, name, shrinkage)
-                with warnings.catch_warnings(record=True) as caught:
-                    warnings.simplefilter("always")
-                    pipe.fit(train)
-                    db = run.transform(pipe, run.maps["db"])
-                    official = pipe.transform(run.maps["official"])
-                run.record_warnings(f"{prefix}baseline {name}", caught)
-                scores[_shrink_label(shrinkage)] = dict(run.evaluate(db, official), dim=int(db.shape[1]))
+            scores = {_shrink_label(s): baseline_test(run, name, s, train, f"{prefix}baseline {name}")
+                      for s in dict.fromkeys([chosen, "ledoit-wolf", None])}
             store[name] = {"proxy_mrr": proxy, "chosen": _shrink_label(chosen), "test": scores}
         if write is not None:
             write(run)
+
+
+def baseline_test(run, name, shrinkage, train, label) -> dict:
+    """Test mAP of baseline ``name`` with whitening ``shrinkage`` learned on the maps ``train``."""
+    from selconv.baselines import make_baseline
+
+    pipe = _baseline(make_baseline, name, shrinkage)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        pipe.fit(train)
+        db = run.transform(pipe, run.maps["db"])
+        official = pipe.transform(run.maps["official"])
+    run.record_warnings(label, caught)
+    return dict(run.evaluate(db, official), dim=int(db.shape[1]))
 
 
 def _baseline(make_baseline, name, shrinkage):
@@ -786,6 +792,98 @@ def _baseline(make_baseline, name, shrinkage):
 
 def _shrink_label(shrinkage) -> str:
     return "no whitening" if shrinkage is None else f"shrinkage={shrinkage}"
+
+
+# ==================================================================================================
+# Phase: learning protocols -- generic photos vs the searched database, naive vs safe settings (issue 8)
+
+PROTOCOL_MASKS = ("max", "sum")
+
+
+def phase_protocols(run):
+    """What learning on the searched collection itself does, with the naive settings and with selconv's.
+
+    Framework (MAX, SUM at 512-D): learned on the database with the paper's default truncation (128 leading
+    components dropped; the naive reuse of the generic-photo settings) next to ``fit_on="database"`` (nothing
+    dropped; phase framework-database). Baselines: PCA-whitening learned on the database with no shrinkage
+    (the usual recipe), with selconv's default Ledoit-Wolf shrinkage, and with the shrinkage the label-free
+    proxy task chooses on the database images themselves. The generic-photo columns come from the phases
+    framework-training and baselines of the same run.
+    """
+    result = run.results.setdefault("protocols", {"framework": {}, "baselines": {}})
+    for mask in PROTOCOL_MASKS:
+        if run.over_budget():
+            run.results["skipped"][f"protocols truncated {mask}"] = "time budget"
+            continue
+        n_db = len(run.sets[mask]["db"])
+        if n_db <= 129:
+            run.results["skipped"][f"protocols truncated {mask}"] = f"{n_db} database images: too few to drop 128"
+            continue
+        label = f"protocols: database, truncated, {mask} 512-D"
+        with run.timer.phase(label):
+            fitted = fit_framework(run, run.sets[mask], dim=512, mask=mask, fit_on="database", n_dropped=128,
+                                   label=label)
+            result["framework"][f"database-truncated/{mask}/512"] = framework_record(run, fitted)
+        write_protocols_section(run)
+    db_maps = run.maps["db"]
+    for name in BASELINES:
+        if run.over_budget():
+            run.results["skipped"][f"protocols baseline {name}"] = "time budget"
+            continue
+        with run.timer.phase(f"protocols: baseline {name} on the database, no shrinkage"):
+            result["baselines"].setdefault(name, {})["no shrinkage"] = baseline_test(
+                run, name, 0.0, db_maps, f"protocols baseline {name}")
+        write_protocols_section(run)
+    proxy = {}
+    baseline_scores(run, db_maps, proxy, prefix="protocols[database] ")
+    for name, entry in proxy.items():
+        result["baselines"].setdefault(name, {})["proxy"] = entry
+    write_protocols_section(run)
+
+
+def write_protocols_section(run):
+    result = run.results.get("protocols")
+    if not result:
+        return
+    fw, generic_bl = run.results.get("framework", {}), run.results.get("baselines", {})
+    n_db, n_train = run.results["data"].get("n_database", "?"), run.results["data"].get("n_training", "?")
+    rows = []
+    for mask in PROTOCOL_MASKS:
+        rows.append([f"{MASK_LABELS[mask]} + Temb + democratic, 512-D", "n_dropped=128 / n_dropped=0",
+                     *_pair(fw.get(f"training/{mask}/512")),
+                     *_pair(result["framework"].get(f"database-truncated/{mask}/512")),
+                     *_pair(fw.get(f"database/{mask}/512")), "-", "-"])
+    for name in BASELINES:
+        r, g = result["baselines"].get(name, {}), generic_bl.get(name)
+        proxy = r.get("proxy")
+        chosen = proxy["test"][proxy["chosen"]] if proxy else None
+        rows.append([f"{BASELINE_LABELS[name]} + PCA-whitening, 512-D",
+                     f"shrinkage 0 / Ledoit-Wolf / {proxy['chosen'] if proxy else '-'}",
+                     *_pair(g["test"][g["chosen"]] if g else None), *_pair(r.get("no shrinkage")),
+                     *_pair(proxy["test"].get("shrinkage=ledoit-wolf") if proxy else None), *_pair(chosen)])
+    run.report.set("protocols", "\n".join([
+        "## 8c. Learning protocols: generic photos vs the searched database, naive vs safe settings",
+        "",
+        f"What a user who learns on the very collection they search gets. 'generic': learned on the {n_train} "
+        f"generic photos (headline settings of sections 2 and 7). 'database, naive': learned on the {n_db} database "
+        "images with the settings that suit a large separate learning set (framework: the 128 leading rotated "
+        "components dropped; baselines: PCA-whitening without shrinkage). 'database, selconv': the settings "
+        "`fit_on=\"database\"` and `selconv evaluate --fit-on database` choose (framework: nothing dropped; "
+        "baselines: `make_baseline`'s default Ledoit-Wolf shrinkage). 'database, proxy': the shrinkage chosen by "
+        "the label-free proxy task (section 7) run on the database images. loo-landmark queries ARE learned-on "
+        "database images; official-10 queries are crops the learning never saw. mAP (%) ± standard error.",
+        "",
+        common.markdown_table(
+            ["method", "database settings (naive / selconv / proxy)", "generic: official-10", "generic: loo",
+             "database, naive: official-10", "database, naive: loo", "database, selconv: official-10",
+             "database, selconv: loo", "database, proxy: official-10", "database, proxy: loo"], rows),
+        "",
+        "Trade-off: learning on the searched images adapts the parameters to the domain (official-10, whose "
+        "queries the learning never saw, can go up), but with about as many images as dimensions the naive "
+        "settings whiten or rotate the database's own leading directions away and loo-landmark, whose queries "
+        "are database images, collapses; selconv's database settings keep most of it. Prefer a separate "
+        "learning set of the same kind (section 8b).",
+    ]))
 
 
 # ==================================================================================================
@@ -1503,6 +1601,7 @@ def run_merge(args, argv) -> Path:
     if merged.get("table9"):
         write_table9_section(run)
     write_domain_section(run)
+    write_protocols_section(run)
     write_discussion(run)
     write_timings(run)
     run.save_json()
@@ -1523,6 +1622,7 @@ PHASES = {
     "hypercolumns": phase_hypercolumns,
     "table9": phase_table9,
     "domain": phase_domain,
+    "protocols": phase_protocols,
 }
 
 
