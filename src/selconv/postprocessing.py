@@ -70,7 +70,7 @@ class RotationNormalizer(SelconvPickleMixin, ClassNamePrefixFeaturesOutMixin, Tr
         Mean m of the (normalised) training vectors.
     components_ : ndarray of shape (n_determined_, n_features_in_), float64
         The rotation P^T: rows are the principal directions by decreasing variance (each one's
-        largest-magnitude entry positive); all n_features_in_ of them unless ``undetermined="drop"``
+        largest-magnitude entry positive); all ``n_features_in_`` of them unless ``undetermined="drop"``
         removed some. The identity when ``rotated_`` is False.
     explained_variance_ : ndarray of shape (n_determined_,), float64
         Training variance along each row of ``components_``.

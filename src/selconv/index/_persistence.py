@@ -73,7 +73,7 @@ TRUSTED_SELCONV_TYPES = (
 def trusted_types() -> list[str]:
     """Fully qualified names of the only classes an ``encoder.skops`` file may hold, beyond skops' defaults.
 
-    selconv's estimators (:data:`TRUSTED_SELCONV_TYPES`) and scikit-learn's :class:`~sklearn.pipeline.Pipeline`.
+    selconv's estimators (``TRUSTED_SELCONV_TYPES``) and scikit-learn's :class:`~sklearn.pipeline.Pipeline`.
     Functions (e.g. a callable ``backbone``) and any other class are refused on save and on load. Names, not
     imported classes, so that loading an index imports only what its encoder uses (no torch without an extractor).
     """

@@ -63,7 +63,7 @@ def list_photos(folder) -> list[str]:
     ------
     CollectionError
         When ``folder`` is not a folder or holds no image file (extensions of
-        :data:`selconv.datasets.base.IMAGE_EXTENSIONS`).
+        ``selconv.datasets.base.IMAGE_EXTENSIONS``).
     """
     from selconv.datasets.base import IMAGE_EXTENSIONS, list_images
 
@@ -471,7 +471,7 @@ def index_folder(
         Fitted, starting with a ConvFeatureExtractor (see :func:`fit_encoder`). When ``out`` already holds
         an index, it must have been built with this encoder (same :func:`encoder_fingerprint`).
     out : path-like
-        The index folder (:meth:`ImageIndex.save` layout); created, or extended with the new images.
+        The index folder (:meth:`~selconv.index.ImageIndex.save` layout); created, or extended with the new images.
     chunk_size : int, default=256
         Images per shard: the most a killed run loses, and the unit of work of a Dask task.
     client : dask.distributed.Client or None

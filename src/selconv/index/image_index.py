@@ -406,7 +406,7 @@ class ImageIndex:
         """Write the index to ``folder`` atomically (a crash leaves the previous index or the new one); returns it.
 
         The folder holds ``manifest.json``, ``index.faiss`` (faiss' format), ``ids.npy``, ``paths.jsonl`` and
-        ``encoder.skops`` (see :mod:`selconv.index._persistence`). An existing index folder is replaced;
+        ``encoder.skops`` (see ``selconv.index._persistence``). An existing index folder is replaced;
         any other non-empty folder is refused.
         """
         if self.dimension is None:
