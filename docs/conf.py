@@ -55,7 +55,7 @@ nitpick_ignore_regex = [
                  r"mapping|callable|iterable|object|optional|of|or|shape|default|.*\(.*|.*\).*|\{.*|.*\}|"
                  r"[0-9]+|\"?[a-z_0-9-]+\"?|'[a-z_0-9-]+'|.*\.\.\..*)"),
     # Objects of scikit-learn, numpy, torch, PIL, matplotlib and the standard library: no inventory offline.
-    ("py:(class|func|meth|obj|exc|data|attr|mod)", r"(sklearn|numpy|np|torch|PIL|matplotlib|scipy|pathlib|os|"
+    ("py:(class|func|meth|obj|exc|data|attr|mod)", r"(sklearn|numpy|np|torch|PIL|matplotlib|scipy|skops|faiss|dask|pathlib|os|"
                                                    r"collections|typing|json|io|warnings|argparse|dataclasses)(\..*)?"),
     ("py:(class|obj|exc)", r"(Path|PathLike|Pipeline|BaseEstimator|TransformerMixin|Module|Image|Figure|"
                            r"ArgumentParser|Namespace|UserWarning|ValueError|RuntimeError|OSError|TypeError|"
@@ -134,7 +134,8 @@ html_theme_options = {
 }
 html_context = {"default_mode": "light"}
 # Pages without sub-pages need no section navigation: the article gets its width.
-html_sidebars = {"how-it-works": [], "api": [], "usage": [], "datasets": [], "extraction": [], "architecture": []}
+html_sidebars = {"how-it-works": [], "api": [], "usage": [], "datasets": [], "extraction": [], "architecture": [],
+                 "robustness": []}
 
 # -- links between markdown files that live outside docs/ ------------------------------------------
 # docs/*.md link to ../benchmarks/... and ../examples/... so that they read well on a git host too.
@@ -147,6 +148,11 @@ OUTSIDE_PAGES = {
     "benchmarks/results/stages.md": "results/stages",
     "benchmarks/results/extraction_cpu.md": "results/extraction_cpu",
     "benchmarks/results/extraction_gpu.md": "results/extraction_gpu",
+    "benchmarks/results/cache_key.md": "results/cache_key",
+    "benchmarks/results/search.md": "results/search",
+    "benchmarks/results/index_cpu.md": "results/index_cpu",
+    "benchmarks/results/index_gpu.md": "results/index_gpu",
+    "benchmarks/results/grid_search.md": "results/grid_search",
     "examples": "auto_examples/index",
     "examples/plot_quickstart.py": "auto_examples/plot_quickstart",
     "examples/plot_grid_search.py": "auto_examples/plot_grid_search",

@@ -16,7 +16,6 @@ Run: ``python examples/plot_grid_search.py`` (conv maps cached in ``selconv-exam
 # Conv maps of the sample (384 px here; ``SELCONV_EXAMPLE_FAST=1``, set by the test suite, shrinks
 # them; every example of the gallery shares one conv-map cache).
 import os
-import warnings
 
 import numpy as np
 from sklearn.model_selection import GridSearchCV
@@ -60,9 +59,7 @@ grid = {
 # One landmark per fold: every test fold has queries and positives.
 search = GridSearchCV(make_paper_pipeline(512, **rotation), grid, scoring=map_scorer, cv=RetrievalKFold(5),
                       n_jobs=2, refit=False)
-with warnings.catch_warnings():
-    warnings.simplefilter("ignore", UserWarning)
-    search.fit(maps, y)
+search.fit(maps, y)
 
 # %%
 # Candidates, best first
