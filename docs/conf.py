@@ -243,15 +243,24 @@ def _resolve_short_python_names(app, env, node, contnode):
     return found[0][1] if found else None
 
 
-def _publish_example_report(app, exception):
-    """Copy the report plot_html_report.py wrote next to its gallery page, which links to it."""
+def _publish_example_report(app, env, docnames):
+    """Put the report plot_html_report.py wrote (the gallery has run by now) next to its gallery page.
+
+    Its page links to it: the site needs the file in the output, the link checker beside the page's source.
+    """
     report = EXAMPLE_OUTPUT / "report.html"
-    if exception is None and app.builder.format == "html" and report.is_file():
-        shutil.copyfile(report, Path(app.outdir) / "auto_examples" / "report.html")
+    if not report.is_file():
+        return
+    targets = [Path(app.srcdir) / "auto_examples"]
+    if app.builder.format == "html":
+        targets.append(Path(app.outdir) / "auto_examples")
+    for folder in targets:
+        folder.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(report, folder / "report.html")
 
 
 def setup(app):
-    app.connect("build-finished", _publish_example_report)
+    app.connect("env-before-read-docs", _publish_example_report)
     app.connect("autodoc-process-docstring", _escape_fitted_names, priority=100)  # numpydoc: 500
     app.connect("autodoc-process-bases", _public_bases)
     app.connect("missing-reference", _resolve_short_python_names)
