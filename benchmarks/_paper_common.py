@@ -92,7 +92,10 @@ def machine_info() -> dict:
         pass
     try:
         commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
             cwd=Path(__file__).resolve().parent,
         )
         if commit.returncode == 0:
@@ -174,8 +177,9 @@ def proxy_retrieval_map(query_desc: np.ndarray, db_desc: np.ndarray) -> float:
     return float(np.mean(1.0 / (ranks + 1.0)))
 
 
-def feature_pair_decorrelation(sets: list[np.ndarray], rng: np.random.Generator, max_images: int = 200,
-                               band: float = 0.15) -> float:
+def feature_pair_decorrelation(
+    sets: list[np.ndarray], rng: np.random.Generator, max_images: int = 200, band: float = 0.15
+) -> float:
     """Share of l2-normalised local-feature pairs of one image whose dot product is in [-band, band].
 
     Paper Fig. 3b (averaged over images; pairs of distinct features of the same image).

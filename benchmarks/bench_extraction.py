@@ -81,13 +81,19 @@ def decoded_tensors(files, max_size, mean, std):
 
 
 def environment(device):
-    lines = [f"- torch {torch.__version__}, Python {platform.python_version()}, {platform.machine()}, "
-             f"{os.cpu_count()} CPU cores visible, torch threads {torch.get_num_threads()}"]
+    lines = [
+        f"- torch {torch.__version__}, Python {platform.python_version()}, {platform.machine()}, "
+        f"{os.cpu_count()} CPU cores visible, torch threads {torch.get_num_threads()}"
+    ]
     if device == "cuda":
-        lines.append(f"- GPU: {torch.cuda.get_device_name(0)} (CUDA {torch.version.cuda}, cuDNN {torch.backends.cudnn.version()})")
+        lines.append(
+            f"- GPU: {torch.cuda.get_device_name(0)} (CUDA {torch.version.cuda}, cuDNN {torch.backends.cudnn.version()})"
+        )
     else:
         try:
-            model = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+            model = next(
+                line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")
+            )
         except (OSError, StopIteration):
             model = platform.processor() or "unknown"
         lines.append(f"- CPU: {model}")
@@ -97,8 +103,9 @@ def environment(device):
 def bench_cpu(args):
     torch.set_num_threads(args.threads or torch.get_num_threads())
     files = list_images(args.images, args.n_images)
-    extractor = ConvFeatureExtractor(max_size=args.max_size, weights=args.weights or "imagenet", device="cpu",
-                                     batch_size=1, n_workers=args.workers).fit()
+    extractor = ConvFeatureExtractor(
+        max_size=args.max_size, weights=args.weights or "imagenet", device="cpu", batch_size=1, n_workers=args.workers
+    ).fit()
     model = extractor._get_model()
     tensors = decoded_tensors(files, args.max_size, extractor._mean, extractor._std)
     shapes = sorted({tuple(t.shape[2:]) for t in tensors})
@@ -174,28 +181,42 @@ def bench_cuda(args):
     workers = args.workers or _default_workers()
     start = time.perf_counter()
     with ThreadPoolExecutor(workers) as pool:
-        decoded = list(pool.map(lambda p: load_image(p, 0, max_size=args.max_size, upscale=True, keypoints=None).pixels.shape,
-                                copies))
+        decoded = list(
+            pool.map(
+                lambda p: load_image(p, 0, max_size=args.max_size, upscale=True, keypoints=None).pixels.shape, copies
+            )
+        )
     decode_rate = len(copies) / (time.perf_counter() - start)
     shape_counts = {}
     for shape in decoded:
         shape_counts[shape[:2]] = shape_counts.get(shape[:2], 0) + 1
     log(f"decoding alone: {decode_rate:.0f} images/s with {workers} threads; shapes {shape_counts}")
-    lines += [f"Decoding and resizing alone ({workers} threads): **{decode_rate:.0f} images/s**. "
-              f"Resized shapes (H, W): {shape_counts}.", "",
-              "| precision | end-to-end images/s | network alone images/s | ratio alone / end-to-end | target met |",
-              "| --- | --- | --- | --- | --- |"]
+    lines += [
+        f"Decoding and resizing alone ({workers} threads): **{decode_rate:.0f} images/s**. "
+        f"Resized shapes (H, W): {shape_counts}.",
+        "",
+        "| precision | end-to-end images/s | network alone images/s | ratio alone / end-to-end | target met |",
+        "| --- | --- | --- | --- | --- |",
+    ]
     for precision in args.precisions:
         try:
-            extractor = ConvFeatureExtractor(max_size=args.max_size, weights=args.weights or "imagenet", device="cuda",
-                                             precision=precision, batch_size=args.batch_size, n_workers=args.workers,
-                                             progress=False).fit()
+            extractor = ConvFeatureExtractor(
+                max_size=args.max_size,
+                weights=args.weights or "imagenet",
+                device="cuda",
+                precision=precision,
+                batch_size=args.batch_size,
+                n_workers=args.workers,
+                progress=False,
+            ).fit()
             extractor.transform(copies[: 4 * args.batch_size])  # warm-up: CUDA context, cuDNN handles, workers
             torch.cuda.synchronize()
             start = time.perf_counter()
             maps = extractor.transform(copies)
             e2e = len(copies) / (time.perf_counter() - start)
-            assert len(maps) == len(copies) and all(np.isfinite(m.features).all() for m in maps[:: max(1, len(maps) // 20)])
+            assert len(maps) == len(copies) and all(
+                np.isfinite(m.features).all() for m in maps[:: max(1, len(maps) // 20)]
+            )
             del maps
             alone = network_alone(extractor, shape_counts, args.batch_size, precision)
             ratio = alone / e2e
@@ -206,8 +227,11 @@ def bench_cuda(args):
             traceback.print_exc()
             lines.append(f"| {precision} | failed: {type(exc).__name__}: {exc} | | | |")
         torch.cuda.empty_cache()
-    lines += ["", "Targets (issue): at least 400 images/s end to end on one H100, and end-to-end throughput within",
-              "1.5x of the network alone."]
+    lines += [
+        "",
+        "Targets (issue): at least 400 images/s end to end on one H100, and end-to-end throughput within",
+        "1.5x of the network alone.",
+    ]
     shutil.rmtree(workdir, ignore_errors=True)
     return lines
 
@@ -217,11 +241,17 @@ def network_alone(extractor, shape_counts, batch_size, precision):
     dtype = {"float16": torch.float16, "bfloat16": torch.bfloat16}.get(precision, torch.float32)
     batches = []
     for (height, width), count in shape_counts.items():
-        x = torch.randn(batch_size, 3, height, width, device="cuda").to(dtype).contiguous(memory_format=torch.channels_last)
+        x = (
+            torch.randn(batch_size, 3, height, width, device="cuda")
+            .to(dtype)
+            .contiguous(memory_format=torch.channels_last)
+        )
         batches += [x] * (count // batch_size) + ([x[: count % batch_size]] if count % batch_size else [])
     n_images = sum(len(b) for b in batches)
     # the extractor's own cuDNN settings (heuristic algorithm choice, TF32 only when asked)
-    flags = torch.backends.cudnn.flags(enabled=True, benchmark=False, deterministic=False, allow_tf32=precision != "float32")
+    flags = torch.backends.cudnn.flags(
+        enabled=True, benchmark=False, deterministic=False, allow_tf32=precision != "float32"
+    )
     with torch.inference_mode(), flags:
         for x in {(tuple(b.shape)): b for b in batches}.values():  # warm-up: each distinct batch shape once
             model(x)

@@ -65,12 +65,17 @@ def main():
     rng = np.random.default_rng(args.seed)
     distractors = sorted(rng.choice(candidates, size=min(args.n_distractors, len(candidates)), replace=False).tolist())
     landmarks = sorted(set(landmark_of.values()))
-    y = np.array([LEARNING_LABEL] * len(learning)
-                 + [landmarks.index(landmark_of[i]) for i in labelled]
-                 + [DISTRACTOR_LABEL] * len(distractors))
+    y = np.array(
+        [LEARNING_LABEL] * len(learning)
+        + [landmarks.index(landmark_of[i]) for i in labelled]
+        + [DISTRACTOR_LABEL] * len(distractors)
+    )
     images = [str(p) for p in learning] + [str(dataset.database[i]) for i in labelled + distractors]
-    print(f"{len(learning)} learning photos, {len(labelled)} labelled images of {len(landmarks)} landmarks, "
-          f"{len(distractors)} distractors", flush=True)
+    print(
+        f"{len(learning)} learning photos, {len(labelled)} labelled images of {len(landmarks)} landmarks, "
+        f"{len(distractors)} distractors",
+        flush=True,
+    )
 
     extractor = ConvFeatureExtractor(max_size=args.max_size, cache_dir=args.cache_dir).fit()
     maps = extractor.transform(images)
@@ -83,8 +88,14 @@ def main():
         "encode__embedding__n_clusters": [10, 20],
         "power__alpha": [0.5, 1.0],
     }
-    search = GridSearchCV(make_paper_pipeline(512, **rotation), grid, scoring=map_scorer,
-                          cv=RetrievalKFold(args.folds), n_jobs=args.n_jobs, refit=False)
+    search = GridSearchCV(
+        make_paper_pipeline(512, **rotation),
+        grid,
+        scoring=map_scorer,
+        cv=RetrievalKFold(args.folds),
+        n_jobs=args.n_jobs,
+        refit=False,
+    )
     started = time.perf_counter()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -98,15 +109,20 @@ def main():
 
     def describe(i):
         params = results["params"][i]
-        return (f"{type(params['mask']).__name__}, n_clusters={params['encode__embedding__n_clusters']}, "
-                f"alpha={params['power__alpha']}")
+        return (
+            f"{type(params['mask']).__name__}, n_clusters={params['encode__embedding__n_clusters']}, "
+            f"alpha={params['power__alpha']}"
+        )
 
     best, second = order[0], order[1]
     differences = folds[:, best] - folds[:, second]
     difference_se = differences.std(ddof=1) / np.sqrt(len(differences))
     beats = differences.mean() > 2 * difference_se
-    verdict = (f"**{describe(best)}** beats the runner-up {describe(second)}" if beats else
-               f"**{describe(best)}** and the runner-up {describe(second)} tie")
+    verdict = (
+        f"**{describe(best)}** beats the runner-up {describe(second)}"
+        if beats
+        else f"**{describe(best)}** and the runner-up {describe(second)} tie"
+    )
     warning_counts = Counter(f"{w.category.__name__}: {str(w.message).splitlines()[0][:160]}" for w in caught)
 
     lines = [
@@ -129,14 +145,17 @@ def main():
         "- Warnings raised during the search (none suppressed): "
         + ("none" if not warning_counts else "; ".join(f"{n} x {m}" for m, n in warning_counts.items())),
         "",
-        "| rank | candidate | mean mAP over folds | standard error | " + " | ".join(
-            f"fold {k}" for k in range(len(folds))) + " |",
+        "| rank | candidate | mean mAP over folds | standard error | "
+        + " | ".join(f"fold {k}" for k in range(len(folds)))
+        + " |",
         "|---|---|---|---|" + "---|" * len(folds),
     ]
     for rank, i in enumerate(order, start=1):
         paper = " (paper preset)" if describe(i) == "MaxMask, n_clusters=20, alpha=0.5" else ""
-        lines.append(f"| {rank} | {describe(i)}{paper} | {results['mean_test_score'][i]:.4f} | "
-                     f"{standard_errors[i]:.4f} | " + " | ".join(f"{v:.4f}" for v in folds[:, i]) + " |")
+        lines.append(
+            f"| {rank} | {describe(i)}{paper} | {results['mean_test_score'][i]:.4f} | "
+            f"{standard_errors[i]:.4f} | " + " | ".join(f"{v:.4f}" for v in folds[:, i]) + " |"
+        )
     lines += [
         "",
         f"{verdict}: mean difference {differences.mean():+.4f}, standard error of the fold-by-fold difference "

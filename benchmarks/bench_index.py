@@ -99,8 +99,19 @@ def main():
     cnn_rate, cnn_seconds = cnn_alone(encoder, files, args.max_size, args.repeats)
     log(f"CNN alone: {cnn_rate:.2f} images/s")
 
-    command = [sys.executable, "-m", "selconv", "index", str(photos), "--encoder", str(work / "encoder"),
-               "--out", str(work / "cli.index"), "--chunk-size", str(args.chunk_size)]
+    command = [
+        sys.executable,
+        "-m",
+        "selconv",
+        "index",
+        str(photos),
+        "--encoder",
+        str(work / "encoder"),
+        "--out",
+        str(work / "cli.index"),
+        "--chunk-size",
+        str(args.chunk_size),
+    ]
     started = time.perf_counter()
     run = subprocess.run(command, capture_output=True, text=True, env={**os.environ})
     wall = time.perf_counter() - started
@@ -120,20 +131,29 @@ def main():
         from dask.distributed import Client, LocalCluster
 
         started = time.perf_counter()
-        with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
-                Client(cluster) as client:
+        with (
+            LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster,
+            Client(cluster) as client,
+        ):
             startup = time.perf_counter() - started
             started = time.perf_counter()
-            remote = index_folder(photos, encoder, work / "dask.index", chunk_size=args.chunk_size, client=client,
-                                  progress=False)
+            remote = index_folder(
+                photos, encoder, work / "dask.index", chunk_size=args.chunk_size, client=client, progress=False
+            )
             dask_seconds = time.perf_counter() - started
         log(f"2-worker LocalCluster: {dask_seconds:.1f} s (cluster start {startup:.1f} s)")
-        identical = all((single.path / name).read_bytes() == (remote.path / name).read_bytes()
-                        for name in ("index.faiss", "ids.npy", "paths.jsonl"))
-        cluster_rows = [f"| `index_folder`, 2-worker `LocalCluster` (1 thread each; cluster start {startup:.1f} s "
-                        f"not counted) | {dask_seconds:.1f} | {len(files) / dask_seconds:.2f} |"]
-        cluster_lines = [f"Dask index byte-identical to the one-process index: **{'yes' if identical else 'NO'}**; "
-                         f"2 workers / one process: **{single_seconds / dask_seconds:.2f}x**."]
+        identical = all(
+            (single.path / name).read_bytes() == (remote.path / name).read_bytes()
+            for name in ("index.faiss", "ids.npy", "paths.jsonl")
+        )
+        cluster_rows = [
+            f"| `index_folder`, 2-worker `LocalCluster` (1 thread each; cluster start {startup:.1f} s "
+            f"not counted) | {dask_seconds:.1f} | {len(files) / dask_seconds:.2f} |"
+        ]
+        cluster_lines = [
+            f"Dask index byte-identical to the one-process index: **{'yes' if identical else 'NO'}**; "
+            f"2 workers / one process: **{single_seconds / dask_seconds:.2f}x**."
+        ]
     load_after = os.getloadavg()
     n = len(files)
     where = f"the GPU ({torch.cuda.get_device_name(0)})" if device.startswith("cuda") else "this CPU"

@@ -97,7 +97,10 @@ def measure(call: str, mode: str, dim: int, n_images: int, n_local: int, working
         if call == "fit":
             run = lambda: encode.fit_transform(sets)  # noqa: E731
         else:
-            encode.embedding_, encode.aggregator_ = embedding, DemocraticAggregator().fit([np.zeros((0, d * n_clusters))])
+            encode.embedding_, encode.aggregator_ = (
+                embedding,
+                DemocraticAggregator().fit([np.zeros((0, d * n_clusters))]),
+            )
             encode.n_features_in_, encode.n_embedded_features_ = d, d * n_clusters
             encode._n_features_out = d * n_clusters
             run = lambda: encode.transform(sets)  # noqa: E731
@@ -118,9 +121,17 @@ def measure(call: str, mode: str, dim: int, n_images: int, n_local: int, working
     out = run()
     seconds = time.perf_counter() - started
     peak = memory_status("VmHWM")
-    return {"call": call, "mode": mode, "dim": dim, "n_images": n_images, "n_local_features": n_images * n_local,
-            "input_mib": sum(s.nbytes for s in sets) / 2**20, "extra_peak_mib": max(0.0, peak - before),
-            "seconds": seconds, "out_shape": list(out.shape)}
+    return {
+        "call": call,
+        "mode": mode,
+        "dim": dim,
+        "n_images": n_images,
+        "n_local_features": n_images * n_local,
+        "input_mib": sum(s.nbytes for s in sets) / 2**20,
+        "extra_peak_mib": max(0.0, peak - before),
+        "seconds": seconds,
+        "out_shape": list(out.shape),
+    }
 
 
 def main(argv=None) -> None:
@@ -143,8 +154,19 @@ def main(argv=None) -> None:
     rows = []
     for call, dim, n in plan:
         for mode in ("streamed", "all at once"):
-            command = [sys.executable, __file__, "--n-local", str(args.n_local), "--working-memory",
-                       str(args.working_memory), "--point", call, mode, str(dim), str(n)]
+            command = [
+                sys.executable,
+                __file__,
+                "--n-local",
+                str(args.n_local),
+                "--working-memory",
+                str(args.working_memory),
+                "--point",
+                call,
+                mode,
+                str(dim),
+                str(n),
+            ]
             result = json.loads(subprocess.run(command, check=True, capture_output=True, text=True).stdout)
             print(result, flush=True)
             rows.append(result)
@@ -173,8 +195,10 @@ def main(argv=None) -> None:
         "|---|---|---|---|---|---|---|---|",
     ]
     for call, dim, n in plan:
-        streamed, whole = (next(r for r in rows if (r["call"], r["dim"], r["n_images"], r["mode"]) == (call, dim, n, m))
-                           for m in ("streamed", "all at once"))
+        streamed, whole = (
+            next(r for r in rows if (r["call"], r["dim"], r["n_images"], r["mode"]) == (call, dim, n, m))
+            for m in ("streamed", "all at once")
+        )
         lines.append(
             f"| {call} | {dim} | {n:,} | {streamed['n_local_features']:,} | "
             f"{streamed['input_mib']:.0f} | **{streamed['extra_peak_mib']:.0f}** | {whole['extra_peak_mib']:.0f} | "

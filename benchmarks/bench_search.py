@@ -71,8 +71,13 @@ def load_old_search(path):
     """selconv 0.1.0's ``search`` module from a file, or from git when ``path`` is None (None if neither works)."""
     if path is None:
         try:
-            source = subprocess.run(["git", "show", f"{OLD_SEARCH_COMMIT}^:src/selconv/search.py"], check=True,
-                                    capture_output=True, text=True, cwd=Path(__file__).resolve().parent).stdout
+            source = subprocess.run(
+                ["git", "show", f"{OLD_SEARCH_COMMIT}^:src/selconv/search.py"],
+                check=True,
+                capture_output=True,
+                text=True,
+                cwd=Path(__file__).resolve().parent,
+            ).stdout
         except (OSError, subprocess.CalledProcessError):
             return None
         path = Path(tempfile.mkdtemp(prefix="selconv-old-search-")) / "old_search.py"
@@ -137,8 +142,10 @@ def bench_one(name, database, queries, args, old_search, work):
     # Same neighbours as faiss: equal scores may be ordered differently (ImageIndex lists ties by id).
     raw_scores = -raw_distances.astype(np.float32) if binary else raw_distances
     row["same_scores_as_faiss"] = bool(np.array_equal(result.scores, raw_scores))
-    log(f"[{name}] exact: ImageIndex {row['index_qps']:.0f} q/s, raw faiss {row['faiss_qps']:.0f} q/s "
-        f"({row['index_vs_faiss']:.2f}x); same scores: {row['same_scores_as_faiss']}")
+    log(
+        f"[{name}] exact: ImageIndex {row['index_qps']:.0f} q/s, raw faiss {row['faiss_qps']:.0f} q/s "
+        f"({row['index_vs_faiss']:.2f}x); same scores: {row['same_scores_as_faiss']}"
+    )
 
     if old_search is not None and args.old_queries:
         old = (old_search.BinaryIndex() if binary else old_search.FlatIndex()).add(database)
@@ -159,8 +166,10 @@ def bench_one(name, database, queries, args, old_search, work):
     row["loaded_identical"] = bool(np.array_equal(loaded.search_descriptors(queries[:50], k).ids, exact[:50]))
     loaded = index = raw = None  # free their memory before the approximate indexes
     shutil.rmtree(folder)
-    log(f"[{name}] save {row['save_s']:.1f} s, load {row['load_s']:.1f} s, "
-        f"{row['disk_bytes_per_image']:.0f} bytes/image on disk")
+    log(
+        f"[{name}] save {row['save_s']:.1f} s, load {row['load_s']:.1f} s, "
+        f"{row['disk_bytes_per_image']:.0f} bytes/image on disk"
+    )
 
     row["approximate"] = []
     sample = database[np.sort(np.random.default_rng(1).choice(n, min(n, args.train_size), replace=False))]
@@ -176,13 +185,19 @@ def bench_one(name, database, queries, args, old_search, work):
         add_s = time.perf_counter() - start
         seconds, found = best_time(lambda: approx.search_descriptors(queries, k), args.repeats)
         entry = {
-            "kind": kind, "params": dict(approx.index_params), "train_s": train_s, "add_s": add_s,
-            "qps": len(queries) / seconds, "recall": recall_at_k(found.ids, exact),
+            "kind": kind,
+            "params": dict(approx.index_params),
+            "train_s": train_s,
+            "add_s": add_s,
+            "qps": len(queries) / seconds,
+            "recall": recall_at_k(found.ids, exact),
         }
         entry["speedup"] = entry["qps"] / row["index_qps"]
         row["approximate"].append(entry)
-        log(f"[{name}] {kind} {entry['params']}: train {train_s:.1f} s, add {add_s:.1f} s, {entry['qps']:.0f} q/s "
-            f"({entry['speedup']:.1f}x exact), recall@{k} {entry['recall']:.3f}")
+        log(
+            f"[{name}] {kind} {entry['params']}: train {train_s:.1f} s, add {add_s:.1f} s, {entry['qps']:.0f} q/s "
+            f"({entry['speedup']:.1f}x exact), recall@{k} {entry['recall']:.3f}"
+        )
     return row
 
 
@@ -194,8 +209,10 @@ def machine_lines():
         with open("/proc/cpuinfo") as f:
             model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), None)
         if model:
-            lines.append(f"- CPU: {model}, {os.cpu_count()} logical CPUs visible; faiss OpenMP threads: "
-                         f"{faiss.omp_get_max_threads()}")
+            lines.append(
+                f"- CPU: {model}, {os.cpu_count()} logical CPUs visible; faiss OpenMP threads: "
+                f"{faiss.omp_get_max_threads()}"
+            )
     except OSError:
         pass
     try:
@@ -242,8 +259,11 @@ def report(results, args, command):
         "same top-k as before saving: "
         + ", ".join(f"{name} {'yes' if row['loaded_identical'] else 'NO'}" for name, row in results.items())
         + ". The old numpy search gave the same scores: "
-        + ", ".join(f"{name} {'yes' if row.get('old_same_scores') else 'NO'}" for name, row in results.items()
-                    if "old_qps" in row)
+        + ", ".join(
+            f"{name} {'yes' if row.get('old_same_scores') else 'NO'}"
+            for name, row in results.items()
+            if "old_qps" in row
+        )
         + ".",
         "",
         "## Approximate options (default parameters) against exact search",
@@ -301,8 +321,12 @@ def main():
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--train-size", type=int, default=200_000, help="sample the approximate indexes train on")
     parser.add_argument("--approx", default="ivf,hnsw,pq", help="approximate kinds to measure (comma-separated)")
-    parser.add_argument("--old-search", type=Path, default=None,
-                        help=f"selconv 0.1.0's search.py (default: git show {OLD_SEARCH_COMMIT}^:src/selconv/search.py)")
+    parser.add_argument(
+        "--old-search",
+        type=Path,
+        default=None,
+        help=f"selconv 0.1.0's search.py (default: git show {OLD_SEARCH_COMMIT}^:src/selconv/search.py)",
+    )
     parser.add_argument("--old-queries", type=int, default=200, help="queries for the old numpy search (0: skip)")
     parser.add_argument("--data", default="vectors,codes", help="which of vectors,codes to measure")
     parser.add_argument("--out", type=Path, default=None, help="folder for search.md, search.json and search.png")
@@ -323,8 +347,9 @@ def main():
             if name == "vectors":
                 results[name] = bench_one(name, vectors, queries, args, old_search, work)
             elif name == "codes":
-                results[name] = bench_one(name, np.packbits(vectors > 0, axis=1), np.packbits(queries > 0, axis=1),
-                                          args, old_search, work)
+                results[name] = bench_one(
+                    name, np.packbits(vectors > 0, axis=1), np.packbits(queries > 0, axis=1), args, old_search, work
+                )
             else:
                 parser.error(f"--data: unknown {name!r}")
     finally:
@@ -335,9 +360,12 @@ def main():
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "search.md").write_text(text)
-        (args.out / "search.json").write_text(json.dumps({"args": {**vars(args), "out": str(args.out),
-                                                                   "old_search": str(args.old_search)},
-                                                          "results": results}, indent=1))
+        (args.out / "search.json").write_text(
+            json.dumps(
+                {"args": {**vars(args), "out": str(args.out), "old_search": str(args.old_search)}, "results": results},
+                indent=1,
+            )
+        )
         plot(results, args.out / "search.png")
 
 

@@ -199,8 +199,14 @@ def fit_chain(config, source: MapSource, n_fit: int, batch: int, seed: int):
     pn = PowerNormalizer()
     final = pn.fit_transform(rotated)
     times["PN"] = time.thread_time() - began
-    stages = {"mask": mask, "LocalPCA": pca, "Temb": encode.embedding_, "democratic": encode.aggregator_, "RN": rn,
-              "PN": pn}
+    stages = {
+        "mask": mask,
+        "LocalPCA": pca,
+        "Temb": encode.embedding_,
+        "democratic": encode.aggregator_,
+        "RN": rn,
+        "PN": pn,
+    }
     if ITQHasher is not None:
         began = time.thread_time()
         n_bits = min(N_BITS, len(final) // 8 * 8)  # ITQ's PCA needs n_bits training vectors
@@ -225,12 +231,13 @@ def time_online(stages: dict, maps: list, repeats: int, batch: int = 20):
     per_image, batched = {}, {}
     for name in names:
         stage, data = stages[name], inputs[name]
-        per_image[name] = sum(
-            best_time(lambda i=i: stage.transform(data[i : i + 1]), repeats) for i in range(n_images)
-        ) / n_images
-        batched[name] = sum(
-            best_time(lambda i=i: stage.transform(data[i : i + batch]), repeats) for i in range(0, n_images, batch)
-        ) / n_images
+        per_image[name] = (
+            sum(best_time(lambda i=i: stage.transform(data[i : i + 1]), repeats) for i in range(n_images)) / n_images
+        )
+        batched[name] = (
+            sum(best_time(lambda i=i: stage.transform(data[i : i + batch]), repeats) for i in range(0, n_images, batch))
+            / n_images
+        )
     return per_image, batched, inputs
 
 
@@ -280,16 +287,24 @@ def write_plot(path: Path, rows: list[dict]) -> None:
             bottom = 0.0
             for s, stage in enumerate(stage_names):
                 value = row[key][stage] * 1e3
-                ax.bar(index + offset, value, width, bottom=bottom, color=colors[s],
-                       label=stage if index == 0 and key == "per_image" else None,
-                       hatch=None if key == "per_image" else "//", edgecolor="white")
+                ax.bar(
+                    index + offset,
+                    value,
+                    width,
+                    bottom=bottom,
+                    color=colors[s],
+                    label=stage if index == 0 and key == "per_image" else None,
+                    hatch=None if key == "per_image" else "//",
+                    edgecolor="white",
+                )
                 bottom += value
         paper_label = "paper (MATLAB, i7-6700 core)" if index == 0 else None
         ax.bar(index + width, row["paper_ms"], width, color="0.6", label=paper_label)
     ax.set_xticks(range(len(rows)))
     ax.set_xticklabels([r["name"] for r in rows])
-    ax.set_xlabel("per configuration: one image per call (plain) | batched (hatched) | paper's MATLAB (grey)",
-                  fontsize=8)
+    ax.set_xlabel(
+        "per configuration: one image per call (plain) | batched (hatched) | paper's MATLAB (grey)", fontsize=8
+    )
     ax.set_ylabel("ms per image, 1 thread")
     ax.set_title("Online time per image after the CNN, per stage")
     ax.legend(fontsize=8, ncol=2)
@@ -326,9 +341,15 @@ def write_markdown(path: Path, args, info, peak, rows, wall) -> None:
         "",
         "## Input",
         "",
-        ("- conv maps: " + (f"real maps from `{args.maps}`" if args.maps else
-         "synthetic VGG16-pool5-like maps (K=512, 24 x 32 grid = 1024 x 768 image; 80% zeros; channel maxima on "
-         "260 salient cells, see `synthetic_pool5_map`)")),
+        (
+            "- conv maps: "
+            + (
+                f"real maps from `{args.maps}`"
+                if args.maps
+                else "synthetic VGG16-pool5-like maps (K=512, 24 x 32 grid = 1024 x 768 image; 80% zeros; channel maxima on "
+                "260 salient cells, see `synthetic_pool5_map`)"
+            )
+        ),
         f"- online timing: {args.n_images} test images (not the training ones); every call repeated {args.repeats}"
         " times, the best kept; 'one image per call' times every stage's `transform([x])` per image (an online"
         " query, as in the paper); 'batched' times `transform` on 20 images at a time, divided by 20.",
@@ -344,7 +365,8 @@ def write_markdown(path: Path, args, info, peak, rows, wall) -> None:
         for key, label in [("per_image", "one image per call"), ("batched", "batched")]:
             total = sum(v for k, v in row[key].items() if k != "ITQ")
             lines.append(
-                f"| {row['name']}, {label} | " + " | ".join(ms(row[key][s]) for s in stage_names)
+                f"| {row['name']}, {label} | "
+                + " | ".join(ms(row[key][s]) for s in stage_names)
                 + f" | **{ms(total)}** | {row['paper_ms']} | {total * 1e3 / row['paper_ms']:.2f} |"
             )
     lines += [
@@ -353,8 +375,8 @@ def write_markdown(path: Path, args, info, peak, rows, wall) -> None:
         " it covers mask, local PCA, Temb, democratic pooling, RN and PN (no hashing). The paper's core"
         " (i7-6700, 3.4 GHz, AVX2) has a float32 peak of about 109 GFLOP/s, close to this machine's GEMM rate"
         " above. Repeating a call on the same image keeps its data in cache, as it is in an online query whose"
-        " conv map the CNN has just written; the batched calls stream 20 maps (30 MB), hence their slower mask." +
-        ("" if "ITQ" in stage_names else " ITQ: `selconv.hashing.ITQHasher` was not available, skipped."),
+        " conv map the CNN has just written; the batched calls stream 20 maps (30 MB), hence their slower mask."
+        + ("" if "ITQ" in stage_names else " ITQ: `selconv.hashing.ITQHasher` was not available, skipped."),
         "",
         "## FLOP rate of the dominant steps, as a fraction of this machine's single-thread GEMM rate",
         "",
@@ -390,7 +412,8 @@ def write_markdown(path: Path, args, info, peak, rows, wall) -> None:
     ]
     for row in rows:
         lines.append(
-            f"| {row['name']} | {row['n_fit_local']:,} | " + " | ".join(f"{v:.1f}" for v in row["fit"].values())
+            f"| {row['name']} | {row['n_fit_local']:,} | "
+            + " | ".join(f"{v:.1f}" for v in row["fit"].values())
             + f" | **{sum(row['fit'].values()):.1f}** |"
         )
     if args.n_fit_images < DEFAULT_N_FIT_IMAGES:
@@ -409,12 +432,19 @@ def write_markdown(path: Path, args, info, peak, rows, wall) -> None:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--maps", help="npz file with one (K, H, W) conv map per entry, or a folder of JPEGs whose VGG16 "
-                        "pool5 maps at 1024 px (24 files spread over the folder) are extracted first "
-                        "(default: synthetic pool5 maps)")
+    parser.add_argument(
+        "--maps",
+        help="npz file with one (K, H, W) conv map per entry, or a folder of JPEGs whose VGG16 "
+        "pool5 maps at 1024 px (24 files spread over the folder) are extracted first "
+        "(default: synthetic pool5 maps)",
+    )
     parser.add_argument("--n-images", type=int, default=100, help="test images for the online timing (default 100)")
-    parser.add_argument("--n-fit-images", type=int, default=DEFAULT_N_FIT_IMAGES,
-                        help=f"training images for the fit timing (default {DEFAULT_N_FIT_IMAGES})")
+    parser.add_argument(
+        "--n-fit-images",
+        type=int,
+        default=DEFAULT_N_FIT_IMAGES,
+        help=f"training images for the fit timing (default {DEFAULT_N_FIT_IMAGES})",
+    )
     parser.add_argument("--repeats", type=int, default=5, help="repeats of every timing; the best is kept (default 5)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out-dir", type=Path, default=RESULTS, help="where stages.md and stages.png go")
@@ -438,8 +468,11 @@ def main(argv=None) -> None:
     test_source = MapSource(args.maps, args.seed + 1)
     test_maps = test_source(0, args.n_images)
 
-    shapes = {"1024x640 @ 640x640": (1024, 640, 640), "1024x1152 @ 1152x1152": (1024, 1152, 1152),
-              "2048x2048 @ 2048x2048": (2048, 2048, 2048)}
+    shapes = {
+        "1024x640 @ 640x640": (1024, 640, 640),
+        "1024x1152 @ 1152x1152": (1024, 1152, 1152),
+        "2048x2048 @ 2048x2048": (2048, 2048, 2048),
+    }
     peak = {"shapes": {name: gemm_rate(*shape, repeats=args.repeats) for name, shape in shapes.items()}}
     print(f"GEMM: {peak['shapes']}", flush=True)
 
@@ -459,19 +492,30 @@ def main(argv=None) -> None:
         temb_flops = 2.0 * counts.sum() * dim**2
         gram_flops = float(np.sum(counts * (counts + 1))) * dim
         n_images = len(test_maps)
-        rows.append({
-            "name": name, "paper_ms": paper_ms, "dim": dim, "per_image": per_image, "batched": batched,
-            "fit": fit_times, "n_fit_local": n_fit_local, "n_local": counts.mean(),
-            "kept": counts.mean() / np.prod(test_maps[0].shape[1:]),
-            "temb_rate": temb_flops / (batched["Temb"] * n_images) / 1e9,
-            "temb_rate_single": temb_flops / (per_image["Temb"] * n_images) / 1e9,
-            "democratic_rate": gram_flops / (batched["democratic"] * n_images) / 1e9,
-            "gram_rate": gram_rate(inputs["democratic"], args.repeats),
-        })
+        rows.append(
+            {
+                "name": name,
+                "paper_ms": paper_ms,
+                "dim": dim,
+                "per_image": per_image,
+                "batched": batched,
+                "fit": fit_times,
+                "n_fit_local": n_fit_local,
+                "n_local": counts.mean(),
+                "kept": counts.mean() / np.prod(test_maps[0].shape[1:]),
+                "temb_rate": temb_flops / (batched["Temb"] * n_images) / 1e9,
+                "temb_rate_single": temb_flops / (per_image["Temb"] * n_images) / 1e9,
+                "democratic_rate": gram_flops / (batched["democratic"] * n_images) / 1e9,
+                "gram_rate": gram_rate(inputs["democratic"], args.repeats),
+            }
+        )
         print("   per image (ms): " + ", ".join(f"{k} {v * 1e3:.2f}" for k, v in per_image.items()), flush=True)
         print("   batched (ms):   " + ", ".join(f"{k} {v * 1e3:.2f}" for k, v in batched.items()), flush=True)
-        print(f"   GFLOP/s: Temb {rows[-1]['temb_rate']:.1f}, democratic {rows[-1]['democratic_rate']:.1f}, "
-              f"Gram alone {rows[-1]['gram_rate']:.1f}", flush=True)
+        print(
+            f"   GFLOP/s: Temb {rows[-1]['temb_rate']:.1f}, democratic {rows[-1]['democratic_rate']:.1f}, "
+            f"Gram alone {rows[-1]['gram_rate']:.1f}",
+            flush=True,
+        )
 
     peak["reference"] = max(peak["shapes"].values())
     args.out_dir.mkdir(parents=True, exist_ok=True)

@@ -66,20 +66,39 @@ BASELINE_LABELS = {"spoc": "SPoC", "mac": "MAC", "rmac": "R-MAC", "crow": "CroW"
 # Ledoit-Wolf first: ties (a saturated proxy) go to the library's default.
 SHRINKAGE_GRID = ("ledoit-wolf", None, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0)
 TRAIN_SOURCES = ("generic", "oxford-unlabelled", "both")
-TRAIN_SOURCE_LABELS = {"oxford-unlabelled": "unlabelled Oxford-subset images",
-                       "both": "generic photos + unlabelled Oxford-subset images"}
+TRAIN_SOURCE_LABELS = {
+    "oxford-unlabelled": "unlabelled Oxford-subset images",
+    "both": "generic photos + unlabelled Oxford-subset images",
+}
 HYPERCOLUMN_LAYERS = ["conv5_3", "conv5_2", "conv5_1"]
 PROXY_SIDE = 0.5  # side fraction of the two random windows of the proxy task (training-only whitening choice)
-SECTION_ORDER = ("header", "masks", "framework", "dimensions", "alpha", "hypercolumns", "itq", "baselines", "table9",
-                 "domain", "protocols", "discussion", "timings")
+SECTION_ORDER = (
+    "header",
+    "masks",
+    "framework",
+    "dimensions",
+    "alpha",
+    "hypercolumns",
+    "itq",
+    "baselines",
+    "table9",
+    "domain",
+    "protocols",
+    "discussion",
+    "timings",
+)
 
 # The paper's Oxford5k numbers (full 5,063-image Oxford5k, learned on Paris6k): for reference only.
 PAPER = {
     "share_kept": {"sift": 75.0, "sum": 50.0, "max": 30.0, "none": 100.0},  # Fig. 3a, "about"
     "mask_4224": {"max": 75.8, "sum": 75.7, "sift": 75.3, "none": 73.4},  # Table 3, Temb(64,68) + democratic
     "mask_dim": {  # Table 8 (off-the-shelf VGG16, 1024 px)
-        ("sift", 512): 64.4, ("sum", 512): 64.0, ("max", 512): 65.7,
-        ("sift", 1024): 69.9, ("sum", 1024): 70.8, ("max", 1024): 72.2,
+        ("sift", 512): 64.4,
+        ("sum", 512): 64.0,
+        ("max", 512): 65.7,
+        ("sift", 1024): 69.9,
+        ("sum", 1024): 70.8,
+        ("max", 1024): 72.2,
     },
     "hypercolumns": {512: 69.2, 1024: 74.8},  # Table 8 / Table 6 MMAX(conv5-3,2,1)
     "table6": {"conv5_3": 72.2, "conv5_3+conv5_2": 73.3, "conv5_3+conv5_1": 74.2, "conv5_3+conv5_2+conv5_1": 74.8},
@@ -95,41 +114,88 @@ PAPER = {
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data-dir", type=Path, default=None,
-                        help="folder with oxford5k-subset/, bsds500/ and imagenet-sample-500/ (shared layout); "
-                             "required unless --merge-json")
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=None,
+        help="folder with oxford5k-subset/, bsds500/ and imagenet-sample-500/ (shared layout); "
+        "required unless --merge-json",
+    )
     parser.add_argument("--out", type=Path, required=True, help="results folder (paper_results.md, json, PNGs)")
-    parser.add_argument("--weights", default="imagenet",
-                        help="VGG16 weights file for ConvFeatureExtractor (default: its 'imagenet' resolution)")
-    parser.add_argument("--cache-dir", type=Path, default=None,
-                        help="conv-map cache (default: OUT/../selconv-paper-cache); re-runs resume from it")
+    parser.add_argument(
+        "--weights",
+        default="imagenet",
+        help="VGG16 weights file for ConvFeatureExtractor (default: its 'imagenet' resolution)",
+    )
+    parser.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=None,
+        help="conv-map cache (default: OUT/../selconv-paper-cache); re-runs resume from it",
+    )
     parser.add_argument("--device", default="auto", help="'auto', 'cpu', 'cuda', ...")
-    parser.add_argument("--max-size", type=int, default=1024, help="longest image side fed to the CNN (paper: 1024; the official query crops need >= 512)")
+    parser.add_argument(
+        "--max-size",
+        type=int,
+        default=1024,
+        help="longest image side fed to the CNN (paper: 1024; the official query crops need >= 512)",
+    )
     parser.add_argument("--limit-train", type=int, default=None, help="use this many training photos (smoke runs)")
-    parser.add_argument("--limit-db", type=int, default=None,
-                        help="use this many database images, labelled ones first (smoke runs)")
+    parser.add_argument(
+        "--limit-db", type=int, default=None, help="use this many database images, labelled ones first (smoke runs)"
+    )
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--num-workers", type=int, default=None,
-                        help="image decoding / SIFT threads (default: the extractor's, available cores up to 16)")
-    parser.add_argument("--precision", default="float32", choices=("float32", "tf32", "float16", "bfloat16"),
-                        help="CNN arithmetic (default float32, the paper's; tf32 is faster on GPUs, ~1e-3 off)")
-    parser.add_argument("--n-jobs", type=int, default=None,
-                        help="threads transforming image chunks in parallel, one BLAS thread each (default: CPU count)")
-    parser.add_argument("--budget-s", type=float, default=420.0,
-                        help="no new phase starts after this many seconds (results so far are kept)")
+    parser.add_argument(
+        "--num-workers",
+        type=int,
+        default=None,
+        help="image decoding / SIFT threads (default: the extractor's, available cores up to 16)",
+    )
+    parser.add_argument(
+        "--precision",
+        default="float32",
+        choices=("float32", "tf32", "float16", "bfloat16"),
+        help="CNN arithmetic (default float32, the paper's; tf32 is faster on GPUs, ~1e-3 off)",
+    )
+    parser.add_argument(
+        "--n-jobs",
+        type=int,
+        default=None,
+        help="threads transforming image chunks in parallel, one BLAS thread each (default: CPU count)",
+    )
+    parser.add_argument(
+        "--budget-s",
+        type=float,
+        default=420.0,
+        help="no new phase starts after this many seconds (results so far are kept)",
+    )
     parser.add_argument("--skip", default="", help="comma-separated phases to skip: " + ", ".join(PHASES))
-    parser.add_argument("--sweep-dims", default="2048,4096",
-                        help="final dimensions beyond 512/1024 for the dimension sweep (paper Table 4 presets)")
-    parser.add_argument("--table9", default="64,64",
-                        help="'d,|C|' of the Table 9 replica (paper: 64,64 = 4096-D, then PCA to 512)")
-    parser.add_argument("--train-source", default="generic", choices=TRAIN_SOURCES,
-                        help="learning set of the 'domain' phase: 'oxford-unlabelled' = the database images in no "
-                             "ground-truth list of any of the 55 queries (same domain, held out from every query and "
-                             "labelled image, but part of the database), 'both' = those plus the generic photos; "
-                             "'generic' (default) skips the phase (every other phase learns on the generic photos)")
-    parser.add_argument("--merge-json", type=Path, nargs="+", default=None, metavar="FILE",
-                        help="no computation: merge these paper_results.json files of partial runs (later files win "
-                             "on the same key) and write the complete report into --out")
+    parser.add_argument(
+        "--sweep-dims",
+        default="2048,4096",
+        help="final dimensions beyond 512/1024 for the dimension sweep (paper Table 4 presets)",
+    )
+    parser.add_argument(
+        "--table9", default="64,64", help="'d,|C|' of the Table 9 replica (paper: 64,64 = 4096-D, then PCA to 512)"
+    )
+    parser.add_argument(
+        "--train-source",
+        default="generic",
+        choices=TRAIN_SOURCES,
+        help="learning set of the 'domain' phase: 'oxford-unlabelled' = the database images in no "
+        "ground-truth list of any of the 55 queries (same domain, held out from every query and "
+        "labelled image, but part of the database), 'both' = those plus the generic photos; "
+        "'generic' (default) skips the phase (every other phase learns on the generic photos)",
+    )
+    parser.add_argument(
+        "--merge-json",
+        type=Path,
+        nargs="+",
+        default=None,
+        metavar="FILE",
+        help="no computation: merge these paper_results.json files of partial runs (later files win "
+        "on the same key) and write the complete report into --out",
+    )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     if args.data_dir is None and args.merge_json is None:
@@ -172,8 +238,9 @@ class Data:
         self.notes = []
         # official-10: queries are box crops (not database rows).
         self.official_items, self.official_gt, self.official_names = [], [], []
-        for path, box, label, gt in zip(official.queries, official.query_boxes, official.query_labels,
-                                        official.ground_truth):
+        for path, box, label, gt in zip(
+            official.queries, official.query_boxes, official.query_labels, official.ground_truth
+        ):
             gt = self._remap(gt, position)
             if gt is None:
                 continue
@@ -216,10 +283,15 @@ class Data:
 
     def summary(self) -> dict:
         """The counts the report quotes (stored in the JSON, so a merge needs no data folder)."""
-        return {"n_database": len(self.database), "n_training": len(self.training),
-                "n_official": len(self.official_gt), "n_loo": len(self.loo_gt),
-                "n_unlabelled": int(len(self.unlabelled_rows)), "n_groundtruth_queries": self.n_groundtruth_queries,
-                "notes": list(self.notes)}
+        return {
+            "n_database": len(self.database),
+            "n_training": len(self.training),
+            "n_official": len(self.official_gt),
+            "n_loo": len(self.loo_gt),
+            "n_unlabelled": int(len(self.unlabelled_rows)),
+            "n_groundtruth_queries": self.n_groundtruth_queries,
+            "notes": list(self.notes),
+        }
 
     @staticmethod
     def _database_subset(n_images, datasets, limit):
@@ -254,8 +326,9 @@ class Run:
         self.cache_dir = Path(args.cache_dir) if args.cache_dir else self.out.resolve().parent / "selconv-paper-cache"
         if not args.merge_json:  # a merge computes nothing
             self.cache_dir.mkdir(parents=True, exist_ok=True)
-        self.report = common.Report(self.out / "paper_results.md", "Reproducing the paper's findings on the Oxford subset",
-                                    order=SECTION_ORDER)
+        self.report = common.Report(
+            self.out / "paper_results.md", "Reproducing the paper's findings on the Oxford subset", order=SECTION_ORDER
+        )
         self.results: dict = {"skipped": {}, "errors": {}, "framework": {}}
         self.rng_seed = args.seed
         cpus = os.cpu_count() or 1
@@ -279,8 +352,9 @@ class Run:
                 return sorted(value)
             return str(value)
 
-        payload = dict(self.results, wall_times_s=self.timer.phases, total_s=self.timer.elapsed(),
-                       warnings=self.warnings)
+        payload = dict(
+            self.results, wall_times_s=self.timer.phases, total_s=self.timer.elapsed(), warnings=self.warnings
+        )
         tmp = self.out / "paper_results.json.tmp"
         tmp.write_text(json.dumps(payload, indent=1, default=default))
         tmp.replace(self.out / "paper_results.json")
@@ -345,9 +419,17 @@ def make_extractor(run, layers, keypoints, cache=True):
 
     args = run.args
     return ConvFeatureExtractor(
-        "vgg16", layers=layers, weights=args.weights, max_size=args.max_size, keypoints=keypoints,
-        precision=args.precision, device=args.device, batch_size=args.batch_size, n_workers=args.num_workers,
-        cache_dir=str(run.cache_dir / "maps") if cache else None, progress=False,
+        "vgg16",
+        layers=layers,
+        weights=args.weights,
+        max_size=args.max_size,
+        keypoints=keypoints,
+        precision=args.precision,
+        device=args.device,
+        batch_size=args.batch_size,
+        n_workers=args.num_workers,
+        cache_dir=str(run.cache_dir / "maps") if cache else None,
+        progress=False,
     ).fit()
 
 
@@ -397,21 +479,32 @@ def phase_masks(run):
 def write_masks_section(run):
     shares, decorrelation = run.results["mask_share"], run.results["mask_decorrelation"]
     rows = [
-        [MASK_LABELS[n], shares[n]["db"], shares[n]["train"], f"about {PAPER['share_kept'][n]:.0f}",
-         decorrelation[n]]
+        [MASK_LABELS[n], shares[n]["db"], shares[n]["train"], f"about {PAPER['share_kept'][n]:.0f}", decorrelation[n]]
         for n in MASK_NAMES
     ]
-    run.report.set("masks", "\n".join([
-        "## 1. Share of local features each mask keeps (paper Fig. 3a) and their decorrelation (Fig. 3b)",
-        "",
-        common.markdown_table(
-            ["mask", "kept, database (%)", "kept, training (%)", "paper Fig. 3a (%)",
-             "pairs with abs(cos) <= 0.15, database (%)"], rows),
-        "",
-        "Share = selected cells / all H x W cells of the pool5 grid, averaged over images. The last column is "
-        "Fig. 3b's statistic: among pairs of l2-normalised local features of one image (200 images sampled), the "
-        "share whose cosine is within [-0.15, 0.15] (higher = less redundant).",
-    ]))
+    run.report.set(
+        "masks",
+        "\n".join(
+            [
+                "## 1. Share of local features each mask keeps (paper Fig. 3a) and their decorrelation (Fig. 3b)",
+                "",
+                common.markdown_table(
+                    [
+                        "mask",
+                        "kept, database (%)",
+                        "kept, training (%)",
+                        "paper Fig. 3a (%)",
+                        "pairs with abs(cos) <= 0.15, database (%)",
+                    ],
+                    rows,
+                ),
+                "",
+                "Share = selected cells / all H x W cells of the pool5 grid, averaged over images. The last column is "
+                "Fig. 3b's statistic: among pairs of l2-normalised local features of one image (200 images sampled), the "
+                "share whose cosine is within [-0.15, 0.15] (higher = less redundant).",
+            ]
+        ),
+    )
 
 
 # ==================================================================================================
@@ -448,8 +541,7 @@ def fit_framework(run, sets, *, dim, mask, fit_on, label, n_components=None, n_c
         if split not in pre:
             pre[split] = run.transform(head, sets[split])
     transform_s = time.perf_counter() - t0
-    return {"head": head, "pre": pre, "fit_s": fit_s, "transform_s": transform_s,
-            "dim": int(fitted.shape[1])}
+    return {"head": head, "pre": pre, "fit_s": fit_s, "transform_s": transform_s, "dim": int(fitted.shape[1])}
 
 
 def fit_head(run, head, sets):
@@ -476,8 +568,13 @@ def score_framework(run, fitted, alpha=0.5):
 
 def framework_record(run, fitted, **extra):
     """What the results keep of one fitted configuration: its scores, dimension and fit/transform times."""
-    return dict(score_framework(run, fitted), dim=fitted["dim"], fit_s=fitted["fit_s"],
-                transform_s=fitted["transform_s"], **extra)
+    return dict(
+        score_framework(run, fitted),
+        dim=fitted["dim"],
+        fit_s=fitted["fit_s"],
+        transform_s=fitted["transform_s"],
+        **extra,
+    )
 
 
 # ==================================================================================================
@@ -497,8 +594,7 @@ def phase_framework_training(run):
                 fitted = fit_framework(run, run.sets[mask], dim=dim, mask=mask, fit_on="training", label=label)
                 run.results["framework"][f"training/{mask}/{dim}"] = framework_record(run, fitted)
                 if dim == 1024:
-                    run.results["alpha"][mask] = {
-                        str(a): score_framework(run, fitted, alpha=a) for a in ALPHAS}
+                    run.results["alpha"][mask] = {str(a): score_framework(run, fitted, alpha=a) for a in ALPHAS}
                 if dim == 512 and mask == "max":
                     run.fitted_512_max = fitted
             write_framework_section(run)
@@ -522,7 +618,9 @@ def itq_scores(run, fitted, skip_prefix=""):
     itq = {"real": run.evaluate(db, official)}
     for bits in ITQ_BITS:
         if bits > min(train.shape):  # ITQ's PCA needs n_bits <= dimension and <= training vectors
-            run.results["skipped"][f"{skip_prefix}ITQ {bits} bits"] = f"needs {bits} <= {min(train.shape)} training vectors"
+            run.results["skipped"][f"{skip_prefix}ITQ {bits} bits"] = (
+                f"needs {bits} <= {min(train.shape)} training vectors"
+            )
             continue
         hasher = ITQHasher(bits, random_state=run.rng_seed).fit(train)
         itq[str(bits)] = run.evaluate(hasher.transform(db), hasher.transform(official), metric="hamming")
@@ -535,18 +633,30 @@ def write_itq_section(run):
     for bits in ITQ_BITS:
         if str(bits) not in itq:
             continue
-        rows.append([f"{bits} bits ({bits // 8} bytes)", *_pair(itq[str(bits)]), PAPER["itq"][bits],
-                     _ratio(itq[str(bits)], itq["real"])])
+        rows.append(
+            [
+                f"{bits} bits ({bits // 8} bytes)",
+                *_pair(itq[str(bits)]),
+                PAPER["itq"][bits],
+                _ratio(itq[str(bits)], itq["real"]),
+            ]
+        )
     rows.append(["512-D real (2 KB float32)", *_pair(itq["real"]), 65.7, "100%"])
-    run.report.set("itq", "\n".join([
-        "## 6. ITQ binary codes vs real-valued 512-D (paper Tables 7 and 10)",
-        "",
-        "MAX mask + Temb(32, 20) + democratic, RN + PN learned on the training photos; ITQ (50 iterations, "
-        "seeded rotation) learned on the training photos' 512-D vectors; Hamming ranking on packed codes.",
-        "",
-        common.markdown_table(["code", "official-10 mAP", "loo-landmark mAP", "paper Oxford5k", "share of real mAP (loo)"],
-                              rows),
-    ]))
+    run.report.set(
+        "itq",
+        "\n".join(
+            [
+                "## 6. ITQ binary codes vs real-valued 512-D (paper Tables 7 and 10)",
+                "",
+                "MAX mask + Temb(32, 20) + democratic, RN + PN learned on the training photos; ITQ (50 iterations, "
+                "seeded rotation) learned on the training photos' 512-D vectors; Hamming ranking on packed codes.",
+                "",
+                common.markdown_table(
+                    ["code", "official-10 mAP", "loo-landmark mAP", "paper Oxford5k", "share of real mAP (loo)"], rows
+                ),
+            ]
+        ),
+    )
     plot_itq(run)
 
 
@@ -574,8 +684,9 @@ def phase_framework_database(run):
     elif not run.over_budget():
         label = "fit database, truncated: max 512-D"
         with run.timer.phase(label):
-            fitted = fit_framework(run, run.sets["max"], dim=512, mask="max", fit_on="database", n_dropped=128,
-                                   label=label)
+            fitted = fit_framework(
+                run, run.sets["max"], dim=512, mask="max", fit_on="database", n_dropped=128, label=label
+            )
             run.results["framework"]["database-truncated/max/512"] = framework_record(run, fitted)
         write_framework_section(run)
 
@@ -590,8 +701,17 @@ def phase_table9(run):
             continue
         label = f"table 9: {mask} Temb({d},{n_clusters}) db-fit -> 512"
         with run.timer.phase(label):
-            fitted = fit_framework(run, run.sets[mask], dim=512, mask=mask, fit_on="database", n_components=d,
-                                   n_clusters=n_clusters, n_dropped=0, label=label)
+            fitted = fit_framework(
+                run,
+                run.sets[mask],
+                dim=512,
+                mask=mask,
+                fit_on="database",
+                n_components=d,
+                n_clusters=n_clusters,
+                n_dropped=0,
+                label=label,
+            )
             # The rotation's columns are sorted by decreasing variance: the first 512 are the PCA to 512.
             db = power(fitted["pre"]["db"][:, :512])
             official = power(fitted["pre"]["official"][:, :512])
@@ -602,14 +722,19 @@ def phase_table9(run):
 def write_table9_section(run):
     d, n_clusters = run.args.table9
     rows = [[MASK_LABELS[m], *_pair(r), PAPER["table9"][m]] for m, r in run.results["table9"].items()]
-    run.report.set("table9", "\n".join([
-        "## 8. Learned on the database, 4096 -> 512 (paper Table 9, the SCDA comparison)",
-        "",
-        f"Temb(d = {d}, |C| = {n_clusters}) + democratic learned on the database images, rotation WITHOUT dropping "
-        "leading components, PCA to the 512 leading components, power law 0.5, l2.",
-        "",
-        common.markdown_table(["mask", "official-10 mAP", "loo-landmark mAP", "paper Oxford5k"], rows),
-    ]))
+    run.report.set(
+        "table9",
+        "\n".join(
+            [
+                "## 8. Learned on the database, 4096 -> 512 (paper Table 9, the SCDA comparison)",
+                "",
+                f"Temb(d = {d}, |C| = {n_clusters}) + democratic learned on the database images, rotation WITHOUT dropping "
+                "leading components, PCA to the 512 leading components, power law 0.5, l2.",
+                "",
+                common.markdown_table(["mask", "official-10 mAP", "loo-landmark mAP", "paper Oxford5k"], rows),
+            ]
+        ),
+    )
 
 
 # ==================================================================================================
@@ -661,10 +786,12 @@ def _mask_hypercolumn_variants(conv_map) -> dict:
 def phase_hypercolumns(run):
     data = run.data
     splits = {"train": data.training, "db": data.database, "official": data.official_items}
-    key = common.key_of(run.args.max_size, run.args.weights, HYPERCOLUMN_LAYERS, data.training, data.database,
-                        data.official_items)
-    paths = {(v, s): run.cache_dir / "hypercolumns" / f"{key}-{i}-{s}.npz"
-             for i, v in enumerate(HC_VARIANTS) for s in splits}
+    key = common.key_of(
+        run.args.max_size, run.args.weights, HYPERCOLUMN_LAYERS, data.training, data.database, data.official_items
+    )
+    paths = {
+        (v, s): run.cache_dir / "hypercolumns" / f"{key}-{i}-{s}.npz" for i, v in enumerate(HC_VARIANTS) for s in splits
+    }
     sets = {v: {} for v in HC_VARIANTS}
     for (variant, split), path in paths.items():
         loaded = common.load_sets(path)
@@ -715,8 +842,11 @@ def phase_hypercolumns(run):
             with run.timer.phase(label):
                 fitted = fit_framework(run, variant_sets, dim=dim, mask="max", fit_on="training", label=label)
                 run.results["hypercolumns"][f"{variant}/{dim}"] = dict(
-                    score_framework(run, fitted), fit_s=fitted["fit_s"], transform_s=fitted["transform_s"],
-                    kept_db=float(np.mean([len(x) for x in variant_sets["db"]])))
+                    score_framework(run, fitted),
+                    fit_s=fitted["fit_s"],
+                    transform_s=fitted["transform_s"],
+                    kept_db=float(np.mean([len(x) for x in variant_sets["db"]])),
+                )
             del variant_sets
             write_hypercolumn_section(run)
     write_hypercolumn_section(run)
@@ -744,8 +874,10 @@ def baseline_scores(run, train, store, *, prefix="", write=None):
     half_b = [train[i] for i in order[len(train) // 2 :]]
     # Proxy task: two independent random windows (half of each side) of each half-B map stand in for two
     # partly overlapping views of one scene; one is the query, the other its only positive.
-    windows = [[common.random_subwindow(np.asarray(m.features, dtype=np.float32), rng, PROXY_SIDE) for _ in range(2)]
-               for m in half_b]
+    windows = [
+        [common.random_subwindow(np.asarray(m.features, dtype=np.float32), rng, PROXY_SIDE) for _ in range(2)]
+        for m in half_b
+    ]
     proxy_queries, proxy_database = [w[0] for w in windows], [w[1] for w in windows]
     for name in BASELINES:
         if run.over_budget():
@@ -759,12 +891,15 @@ def baseline_scores(run, train, store, *, prefix="", write=None):
                     warnings.simplefilter("always")
                     pipe.fit(half_a)
                     proxy[_shrink_label(shrinkage)] = 100.0 * common.proxy_retrieval_map(
-                        pipe.transform(proxy_queries), pipe.transform(proxy_database))
+                        pipe.transform(proxy_queries), pipe.transform(proxy_database)
+                    )
                 run.record_warnings(f"{prefix}baseline {name} proxy", caught)
             chosen = max(SHRINKAGE_GRID, key=lambda s: proxy[_shrink_label(s)])
             # Test mAP of the chosen setting (the headline) and of two fixed references (not used to choose).
-            scores = {_shrink_label(s): baseline_test(run, name, s, train, f"{prefix}baseline {name}")
-                      for s in dict.fromkeys([chosen, "ledoit-wolf", None])}
+            scores = {
+                _shrink_label(s): baseline_test(run, name, s, train, f"{prefix}baseline {name}")
+                for s in dict.fromkeys([chosen, "ledoit-wolf", None])
+            }
             store[name] = {"proxy_mrr": proxy, "chosen": _shrink_label(chosen), "test": scores}
         if write is not None:
             write(run)
@@ -820,8 +955,9 @@ def phase_protocols(run):
             continue
         label = f"protocols: database, truncated, {mask} 512-D"
         with run.timer.phase(label):
-            fitted = fit_framework(run, run.sets[mask], dim=512, mask=mask, fit_on="database", n_dropped=128,
-                                   label=label)
+            fitted = fit_framework(
+                run, run.sets[mask], dim=512, mask=mask, fit_on="database", n_dropped=128, label=label
+            )
             result["framework"][f"database-truncated/{mask}/512"] = framework_record(run, fitted)
         write_protocols_section(run)
     for name in BASELINES:
@@ -831,7 +967,8 @@ def phase_protocols(run):
                 continue
             with run.timer.phase(f"protocols: baseline {name} on the database, {setting}"):
                 result["baselines"].setdefault(name, {})[setting] = baseline_test(
-                    run, name, shrinkage, run.maps["db"], f"protocols baseline {name}")
+                    run, name, shrinkage, run.maps["db"], f"protocols baseline {name}"
+                )
         write_protocols_section(run)
 
 
@@ -843,39 +980,64 @@ def write_protocols_section(run):
     n_db, n_train = run.results["data"].get("n_database", "?"), run.results["data"].get("n_training", "?")
     rows = []
     for mask in PROTOCOL_MASKS:
-        rows.append([f"{MASK_LABELS[mask]} + Temb + democratic, 512-D", "n_dropped=128 / n_dropped=0",
-                     *_pair(fw.get(f"training/{mask}/512")),
-                     *_pair(result["framework"].get(f"database-truncated/{mask}/512")),
-                     *_pair(fw.get(f"database/{mask}/512"))])
+        rows.append(
+            [
+                f"{MASK_LABELS[mask]} + Temb + democratic, 512-D",
+                "n_dropped=128 / n_dropped=0",
+                *_pair(fw.get(f"training/{mask}/512")),
+                *_pair(result["framework"].get(f"database-truncated/{mask}/512")),
+                *_pair(fw.get(f"database/{mask}/512")),
+            ]
+        )
     for name in BASELINES:
         r, g = result["baselines"].get(name, {}), generic_bl.get(name)
-        rows.append([f"{BASELINE_LABELS[name]} + PCA-whitening, 512-D", "shrinkage 0 / Ledoit-Wolf",
-                     *_pair(g["test"][g["chosen"]] if g else None), *_pair(r.get("no shrinkage")),
-                     *_pair(r.get("ledoit-wolf"))])
-    run.report.set("protocols", "\n".join([
-        "## 8c. Learning protocols: generic photos vs the searched database, naive vs safe settings",
-        "",
-        f"What a user who learns on the very collection they search gets. 'generic': learned on the {n_train} "
-        f"generic photos (headline settings of sections 2 and 7). 'database, naive': learned on the {n_db} database "
-        "images with the settings that suit a large separate learning set (framework: the 128 leading rotated "
-        "components dropped; baselines: PCA-whitening without shrinkage). 'database, selconv': the settings "
-        "`fit_on=\"database\"` and `selconv evaluate --fit-on database` choose (framework: nothing dropped; "
-        "baselines: `make_baseline`'s default Ledoit-Wolf shrinkage). loo-landmark queries ARE learned-on "
-        "database images; official-10 queries are crops the learning never saw. mAP (%) ± standard error.",
-        "",
-        common.markdown_table(
-            ["method", "database settings (naive / selconv)", "generic: official-10", "generic: loo",
-             "database, naive: official-10", "database, naive: loo", "database, selconv: official-10",
-             "database, selconv: loo"], rows),
-        "",
-        "Reading the table: with about as many learning images as dimensions, the naive settings rotate or "
-        "whiten the database's own leading directions away, and loo-landmark, whose queries are database images, "
-        "collapses. For the framework, selconv's database settings (no truncation) recover most of it and, on "
-        "official-10, whose queries the learning never saw, adapt to the domain. For the baselines, Ledoit-Wolf "
-        "shrinkage recovers only part: PCA-whitening learned on the searched images stays below the generic "
-        "photos on both protocols, so learn it on separate images. Best of all is a separate learning set of "
-        "the same kind (section 8b).",
-    ]))
+        rows.append(
+            [
+                f"{BASELINE_LABELS[name]} + PCA-whitening, 512-D",
+                "shrinkage 0 / Ledoit-Wolf",
+                *_pair(g["test"][g["chosen"]] if g else None),
+                *_pair(r.get("no shrinkage")),
+                *_pair(r.get("ledoit-wolf")),
+            ]
+        )
+    run.report.set(
+        "protocols",
+        "\n".join(
+            [
+                "## 8c. Learning protocols: generic photos vs the searched database, naive vs safe settings",
+                "",
+                f"What a user who learns on the very collection they search gets. 'generic': learned on the {n_train} "
+                f"generic photos (headline settings of sections 2 and 7). 'database, naive': learned on the {n_db} database "
+                "images with the settings that suit a large separate learning set (framework: the 128 leading rotated "
+                "components dropped; baselines: PCA-whitening without shrinkage). 'database, selconv': the settings "
+                '`fit_on="database"` and `selconv evaluate --fit-on database` choose (framework: nothing dropped; '
+                "baselines: `make_baseline`'s default Ledoit-Wolf shrinkage). loo-landmark queries ARE learned-on "
+                "database images; official-10 queries are crops the learning never saw. mAP (%) ± standard error.",
+                "",
+                common.markdown_table(
+                    [
+                        "method",
+                        "database settings (naive / selconv)",
+                        "generic: official-10",
+                        "generic: loo",
+                        "database, naive: official-10",
+                        "database, naive: loo",
+                        "database, selconv: official-10",
+                        "database, selconv: loo",
+                    ],
+                    rows,
+                ),
+                "",
+                "Reading the table: with about as many learning images as dimensions, the naive settings rotate or "
+                "whiten the database's own leading directions away, and loo-landmark, whose queries are database images, "
+                "collapses. For the framework, selconv's database settings (no truncation) recover most of it and, on "
+                "official-10, whose queries the learning never saw, adapt to the domain. For the baselines, Ledoit-Wolf "
+                "shrinkage recovers only part: PCA-whitening learned on the searched images stays below the generic "
+                "photos on both protocols, so learn it on separate images. Best of all is a separate learning set of "
+                "the same kind (section 8b).",
+            ]
+        ),
+    )
 
 
 # ==================================================================================================
@@ -919,8 +1081,13 @@ def phase_domain(run):
             result["itq"] = itq_scores(run, fitted_512_max, skip_prefix=prefix)
         write_domain_section(run)
     del fitted_512_max
-    baseline_scores(run, learning_set(run.maps["db"], run.maps["train"]), result["baselines"], prefix=prefix,
-                    write=write_domain_section)
+    baseline_scores(
+        run,
+        learning_set(run.maps["db"], run.maps["train"]),
+        result["baselines"],
+        prefix=prefix,
+        write=write_domain_section,
+    )
 
 
 def write_domain_section(run):
@@ -928,7 +1095,11 @@ def write_domain_section(run):
     if not domain:
         return
     counts = run.results["data"]
-    fw, generic_bl, generic_itq = run.results.get("framework", {}), run.results.get("baselines", {}), run.results.get("itq", {})
+    fw, generic_bl, generic_itq = (
+        run.results.get("framework", {}),
+        run.results.get("baselines", {}),
+        run.results.get("itq", {}),
+    )
     text = [
         "## 8b. Learned on same-domain held-out images (paper: learned on Paris6k)",
         "",
@@ -945,7 +1116,11 @@ def write_domain_section(run):
         "'Δ loo (paired)' is the mean per-query AP change from the generic photos to this learning set, ± its standard error over the same queries.",
     ]
     for source, r in domain.items():
-        text += ["", f"### Learning set: {TRAIN_SOURCE_LABELS.get(source, source)} ({r.get('n_train', '?')} images)", ""]
+        text += [
+            "",
+            f"### Learning set: {TRAIN_SOURCE_LABELS.get(source, source)} ({r.get('n_train', '?')} images)",
+            "",
+        ]
         rows = []
         for dim in (512, 1024):
             for mask in MASK_NAMES:
@@ -953,24 +1128,57 @@ def write_domain_section(run):
                 if ours is None:
                     continue
                 delta = _paired(ours, generic, "loo-landmark") if generic is not None else "-"
-                rows.append([f"{MASK_LABELS[mask]} + Temb + democratic", str(dim), *_pair(generic), *_pair(ours), delta,
-                             PAPER["mask_dim"].get((mask, dim), "-")])
+                rows.append(
+                    [
+                        f"{MASK_LABELS[mask]} + Temb + democratic",
+                        str(dim),
+                        *_pair(generic),
+                        *_pair(ours),
+                        delta,
+                        PAPER["mask_dim"].get((mask, dim), "-"),
+                    ]
+                )
         for name, b in r["baselines"].items():
             g = generic_bl.get(name)
             paper = PAPER["baselines"][name]
-            rows.append([f"{BASELINE_LABELS[name]} (whitening: generic {g['chosen'] if g else '-'}, this set "
-                         f"{b['chosen']})", str(b["test"][b["chosen"]]["dim"]),
-                         *_pair(g["test"][g["chosen"]] if g else None), *_pair(b["test"][b["chosen"]]),
-                         _paired(b["test"][b["chosen"]], g["test"][g["chosen"]], "loo-landmark") if g else "-",
-                         f"{paper[1]} ({paper[0]}-D)" if paper else "-"])
+            rows.append(
+                [
+                    f"{BASELINE_LABELS[name]} (whitening: generic {g['chosen'] if g else '-'}, this set {b['chosen']})",
+                    str(b["test"][b["chosen"]]["dim"]),
+                    *_pair(g["test"][g["chosen"]] if g else None),
+                    *_pair(b["test"][b["chosen"]]),
+                    _paired(b["test"][b["chosen"]], g["test"][g["chosen"]], "loo-landmark") if g else "-",
+                    f"{paper[1]} ({paper[0]}-D)" if paper else "-",
+                ]
+            )
         for bits in ITQ_BITS:
             if str(bits) in r.get("itq", {}):
                 g = generic_itq.get(str(bits))
-                rows.append([f"ITQ on MAX 512-D, {bits} bits", str(bits), *_pair(g), *_pair(r["itq"][str(bits)]),
-                             _paired(r["itq"][str(bits)], g, "loo-landmark") if g else "-", PAPER["itq"][bits]])
-        text.append(common.markdown_table(
-            ["method", "dim / bits", "generic: official-10", "generic: loo", "this set: official-10",
-             "this set: loo", "Δ loo (paired)", "paper Oxford5k"], rows))
+                rows.append(
+                    [
+                        f"ITQ on MAX 512-D, {bits} bits",
+                        str(bits),
+                        *_pair(g),
+                        *_pair(r["itq"][str(bits)]),
+                        _paired(r["itq"][str(bits)], g, "loo-landmark") if g else "-",
+                        PAPER["itq"][bits],
+                    ]
+                )
+        text.append(
+            common.markdown_table(
+                [
+                    "method",
+                    "dim / bits",
+                    "generic: official-10",
+                    "generic: loo",
+                    "this set: official-10",
+                    "this set: loo",
+                    "Δ loo (paired)",
+                    "paper Oxford5k",
+                ],
+                rows,
+            )
+        )
     run.report.set("domain", "\n".join(text))
 
 
@@ -994,17 +1202,26 @@ def domain_discussion(run) -> list[str]:
                 if ours is None or best is None:
                     continue
                 gap = ours[protocol]["map"] - best[1]
-                text = (f"- Learned on {TRAIN_SOURCE_LABELS.get(source, source)}, {dim}-D, {protocol}: MAX + Temb + "
-                        f"democratic {ours[protocol]['map']:.1f} vs best 512-D baseline {BASELINE_LABELS[best[0]]} "
-                        f"{best[1]:.1f} (gap {gap:+.1f}")
+                text = (
+                    f"- Learned on {TRAIN_SOURCE_LABELS.get(source, source)}, {dim}-D, {protocol}: MAX + Temb + "
+                    f"democratic {ours[protocol]['map']:.1f} vs best 512-D baseline {BASELINE_LABELS[best[0]]} "
+                    f"{best[1]:.1f} (gap {gap:+.1f}"
+                )
                 generic_best, generic_ours = _best_baseline(generic_bl, protocol), fw.get(f"training/max/{dim}")
                 if generic_best is not None and generic_ours is not None:
                     generic_gap = generic_ours[protocol]["map"] - generic_best[1]
-                    verdict = ("the gap CLOSES: the framework is ahead" if gap > 0 else
-                               "the gap narrows" if gap > generic_gap else "the gap does NOT narrow")
-                    text += (f"; learned on the generic photos: {generic_gap:+.1f}, {BASELINE_LABELS[generic_best[0]]} "
-                             f"best) — {verdict}. MAX {dim}-D changes by {_paired(ours, generic_ours, protocol)} "
-                             f"(paired), the best baseline by {best[1] - generic_best[1]:+.1f}")
+                    verdict = (
+                        "the gap CLOSES: the framework is ahead"
+                        if gap > 0
+                        else "the gap narrows"
+                        if gap > generic_gap
+                        else "the gap does NOT narrow"
+                    )
+                    text += (
+                        f"; learned on the generic photos: {generic_gap:+.1f}, {BASELINE_LABELS[generic_best[0]]} "
+                        f"best) — {verdict}. MAX {dim}-D changes by {_paired(ours, generic_ours, protocol)} "
+                        f"(paired), the best baseline by {best[1] - generic_best[1]:+.1f}"
+                    )
                 lines.append(text + ".")
     return lines
 
@@ -1045,8 +1262,11 @@ def write_framework_section(run):
         for fit_on in ("training", "database"):
             for dim in (512, 1024):
                 row += _pair(fw.get(f"{fit_on}/{mask}/{dim}"))
-        row += [PAPER["mask_dim"].get((mask, 512), "-"), PAPER["mask_dim"].get((mask, 1024), "-"),
-                PAPER["mask_4224"][mask]]
+        row += [
+            PAPER["mask_dim"].get((mask, 512), "-"),
+            PAPER["mask_dim"].get((mask, 1024), "-"),
+            PAPER["mask_4224"][mask],
+        ]
         rows.append(row)
     headers = ["mask"]
     for fit_on in ("training photos", "database (no truncation)"):
@@ -1068,12 +1288,21 @@ def write_framework_section(run):
     ]
     truncated = fw.get("database-truncated/max/512")
     if truncated is not None:
-        text += ["", f"Learned on the database WITH the 128 leading components dropped (MAX, 512-D, output "
-                 f"{truncated['dim']}-D): official-10 {_map_se(truncated['official-10'])}, loo "
-                 f"{_map_se(truncated['loo-landmark'])} — compare with the no-truncation column above."]
+        text += [
+            "",
+            f"Learned on the database WITH the 128 leading components dropped (MAX, 512-D, output "
+            f"{truncated['dim']}-D): official-10 {_map_se(truncated['official-10'])}, loo "
+            f"{_map_se(truncated['loo-landmark'])} — compare with the no-truncation column above.",
+        ]
     timing = [f"{k}: fit {v['fit_s']:.1f}s + transform {v['transform_s']:.1f}s" for k, v in fw.items()]
-    text += ["", "<details><summary>fit / transform seconds per configuration</summary>", "",
-             "; ".join(timing), "", "</details>"]
+    text += [
+        "",
+        "<details><summary>fit / transform seconds per configuration</summary>",
+        "",
+        "; ".join(timing),
+        "",
+        "</details>",
+    ]
     run.report.set("framework", "\n".join(text))
     write_dimension_section(run)
 
@@ -1082,19 +1311,26 @@ def write_alpha_section(run):
     alpha = run.results.get("alpha", {})
     if not alpha:
         return
-    rows = [[f"{a:.1f}", *[alpha[m][str(a)][p]["map"] if m in alpha else "-" for m in MASK_NAMES for p in PROTOCOLS]]
-            for a in ALPHAS]
+    rows = [
+        [f"{a:.1f}", *[alpha[m][str(a)][p]["map"] if m in alpha else "-" for m in MASK_NAMES for p in PROTOCOLS]]
+        for a in ALPHAS
+    ]
     headers = ["alpha"] + [f"{MASK_LABELS[m]}: {p}" for m in MASK_NAMES for p in PROTOCOLS]
-    run.report.set("alpha", "\n".join([
-        "## 4. Power-law exponent alpha (paper Fig. 4)",
-        "",
-        "1024-D (Temb(64, 18)), learned on the training photos; only alpha changes (the pipeline is fitted once "
-        "per mask). The paper's Fig. 4 uses Temb(128, 64) = 8064-D, which 1,000 training images cannot support "
-        "(RN under-determined, see section 3). alpha = 0 (sign only) is outside PowerNormalizer's range (alpha > 0). "
-        "alpha is fixed at 0.5 everywhere else, as in the paper; this sweep is reported, not used to choose.",
-        "",
-        common.markdown_table(headers, rows),
-    ]))
+    run.report.set(
+        "alpha",
+        "\n".join(
+            [
+                "## 4. Power-law exponent alpha (paper Fig. 4)",
+                "",
+                "1024-D (Temb(64, 18)), learned on the training photos; only alpha changes (the pipeline is fitted once "
+                "per mask). The paper's Fig. 4 uses Temb(128, 64) = 8064-D, which 1,000 training images cannot support "
+                "(RN under-determined, see section 3). alpha = 0 (sign only) is outside PowerNormalizer's range (alpha > 0). "
+                "alpha is fixed at 0.5 everywhere else, as in the paper; this sweep is reported, not used to choose.",
+                "",
+                common.markdown_table(headers, rows),
+            ]
+        ),
+    )
     plot_alpha(run)
 
 
@@ -1108,13 +1344,21 @@ def write_dimension_section(run):
     rows = []
     for mask in ("max", "sum"):
         for protocol in PROTOCOLS:
-            rows.append([MASK_LABELS[mask], protocol,
-                         *[fw[f"training/{mask}/{d}"][protocol]["map"] if f"training/{mask}/{d}" in fw else "-"
-                           for d in dims]])
+            rows.append(
+                [
+                    MASK_LABELS[mask],
+                    protocol,
+                    *[
+                        fw[f"training/{mask}/{d}"][protocol]["map"] if f"training/{mask}/{d}" in fw else "-"
+                        for d in dims
+                    ],
+                ]
+            )
     n_train = run.results["data"]["n_training"]
     aggregated = {d: PAPER_SETTINGS[d][0] * PAPER_SETTINGS[d][1] for d in dims}
-    under = ", ".join(f"{aggregated[d]} at {d}-D ({'UNDER-DETERMINED' if aggregated[d] >= n_train else 'fine'})"
-                      for d in dims)
+    under = ", ".join(
+        f"{aggregated[d]} at {d}-D ({'UNDER-DETERMINED' if aggregated[d] >= n_train else 'fine'})" for d in dims
+    )
     text = [
         "## 3. Final dimension (paper Table 4 settings, Fig. 5)",
         "",
@@ -1142,8 +1386,14 @@ def write_hypercolumn_section(run):
     rows = []
     for dim in (1024, 512):
         ref = fw.get(f"training/max/{dim}")
-        rows.append([f"pool5 (= 2x2 max-pool of conv5_3), {dim}-D", *_pair(ref),
-                     PAPER["table6"]["conv5_3"] if dim == 1024 else 65.7, "512 x 32 x 24"])
+        rows.append(
+            [
+                f"pool5 (= 2x2 max-pool of conv5_3), {dim}-D",
+                *_pair(ref),
+                PAPER["table6"]["conv5_3"] if dim == 1024 else 65.7,
+                "512 x 32 x 24",
+            ]
+        )
         for variant in HC_VARIANTS:
             r = hc.get(f"{variant}/{dim}")
             if r is None:
@@ -1162,12 +1412,16 @@ def write_hypercolumn_section(run):
         "the effect of the extra layers from that of the finer grid; 'conv5_3 (conv5 grid)' isolates the grid. "
         "The paper's Table 6 'conv5-3' row (72.2) equals its pool5 1024-D result, so its baseline is pool5.",
         "",
-        common.markdown_table(["features", "official-10 mAP", "loo-landmark mAP", "paper Oxford5k", "K x grid (1024 x 768)"],
-                              rows),
+        common.markdown_table(
+            ["features", "official-10 mAP", "loo-landmark mAP", "paper Oxford5k", "K x grid (1024 x 768)"], rows
+        ),
     ]
     if "pool5_vs_maxpooled_conv5_3_max_rel_diff" in run.results:
-        text += ["", f"Sanity check: max |maxpool2x2(conv5_3) - pool5| / max |pool5| over 8 database images = "
-                 f"{run.results['pool5_vs_maxpooled_conv5_3_max_rel_diff']:.2e}."]
+        text += [
+            "",
+            f"Sanity check: max |maxpool2x2(conv5_3) - pool5| / max |pool5| over 8 database images = "
+            f"{run.results['pool5_vs_maxpooled_conv5_3_max_rel_diff']:.2e}.",
+        ]
     if hc:
         kept = "; ".join(f"{k}: {v['kept_db']:.0f}" for k, v in hc.items())
         text += ["", f"Mean number of local features the MAX mask keeps per database image: {kept}."]
@@ -1181,38 +1435,69 @@ def write_baseline_section(run):
     for name, r in bl.items():
         chosen = r["test"][r["chosen"]]
         paper = PAPER["baselines"][name]
-        rows.append([BASELINE_LABELS[name], str(chosen["dim"]), r["chosen"], *_pair(chosen),
-                     f"{paper[1]} ({paper[0]}-D)" if paper else "- (not in the paper's off-the-shelf rows)"])
+        rows.append(
+            [
+                BASELINE_LABELS[name],
+                str(chosen["dim"]),
+                r["chosen"],
+                *_pair(chosen),
+                f"{paper[1]} ({paper[0]}-D)" if paper else "- (not in the paper's off-the-shelf rows)",
+            ]
+        )
     for mask in ("max", "sum", "sift"):
         for dim in (512, 1024):
             r = fw.get(f"training/{mask}/{dim}")
             if r is not None:
-                rows.append([f"**{MASK_LABELS[mask]} + Temb + democratic**", str(r["dim"]), "RN + PN (paper)", *_pair(r),
-                             PAPER["mask_dim"][(mask, dim)]])
+                rows.append(
+                    [
+                        f"**{MASK_LABELS[mask]} + Temb + democratic**",
+                        str(r["dim"]),
+                        "RN + PN (paper)",
+                        *_pair(r),
+                        PAPER["mask_dim"][(mask, dim)],
+                    ]
+                )
     sensitivity = []
     for name, r in bl.items():
         proxy = ", ".join(f"{k}: {v:.1f}" for k, v in r["proxy_mrr"].items())
-        tests = ", ".join(f"{k}: {v['official-10']['map']:.1f} / {v['loo-landmark']['map']:.1f}"
-                          for k, v in r["test"].items())
-        sensitivity.append(f"- {BASELINE_LABELS[name]}: proxy MRR (training only) {proxy}. "
-                           f"Test mAP official-10 / loo (not used to choose): {tests}.")
-    run.report.set("baselines", "\n".join([
-        "## 7. Against SPoC, MAC, R-MAC, CroW, GeM at equal dimension (paper Table 8)",
-        "",
-        "All on the same pool5 maps (no mask). Each baseline: pooling -> l2 -> PCA-whitening learned on the "
-        "training photos (R-MAC: also its regional whitening) -> l2, at 512-D = K (equal to the framework's 512-D). "
-        "The whitening's eigenvalue shrinkage s (lambda_i -> lambda_i + s mean(lambda); Ledoit-Wolf's formula or a "
-        "fixed s; or no whitening) is chosen on the TRAINING SET ONLY, by a proxy retrieval task: whitening learned "
-        "on a random half of the training photos; for each photo of the other half, two independent random windows "
-        "of half of each side of its conv map play two partly overlapping views of one scene, one the query, the other its "
-        "only positive among the other photos' windows (mean reciprocal rank; ties go to the earlier setting in "
-        "the order listed below). Test queries never influence the choice.",
-        "",
-        common.markdown_table(["method", "dim", "whitening (chosen on training)", "official-10 mAP", "loo-landmark mAP",
-                               "paper Oxford5k"], rows),
-        "",
-        *sensitivity,
-    ]))
+        tests = ", ".join(
+            f"{k}: {v['official-10']['map']:.1f} / {v['loo-landmark']['map']:.1f}" for k, v in r["test"].items()
+        )
+        sensitivity.append(
+            f"- {BASELINE_LABELS[name]}: proxy MRR (training only) {proxy}. "
+            f"Test mAP official-10 / loo (not used to choose): {tests}."
+        )
+    run.report.set(
+        "baselines",
+        "\n".join(
+            [
+                "## 7. Against SPoC, MAC, R-MAC, CroW, GeM at equal dimension (paper Table 8)",
+                "",
+                "All on the same pool5 maps (no mask). Each baseline: pooling -> l2 -> PCA-whitening learned on the "
+                "training photos (R-MAC: also its regional whitening) -> l2, at 512-D = K (equal to the framework's 512-D). "
+                "The whitening's eigenvalue shrinkage s (lambda_i -> lambda_i + s mean(lambda); Ledoit-Wolf's formula or a "
+                "fixed s; or no whitening) is chosen on the TRAINING SET ONLY, by a proxy retrieval task: whitening learned "
+                "on a random half of the training photos; for each photo of the other half, two independent random windows "
+                "of half of each side of its conv map play two partly overlapping views of one scene, one the query, the other its "
+                "only positive among the other photos' windows (mean reciprocal rank; ties go to the earlier setting in "
+                "the order listed below). Test queries never influence the choice.",
+                "",
+                common.markdown_table(
+                    [
+                        "method",
+                        "dim",
+                        "whitening (chosen on training)",
+                        "official-10 mAP",
+                        "loo-landmark mAP",
+                        "paper Oxford5k",
+                    ],
+                    rows,
+                ),
+                "",
+                *sensitivity,
+            ]
+        ),
+    )
 
 
 # ==================================================================================================
@@ -1259,8 +1544,13 @@ def plot_dimensions(run):
                 line = ax.plot(*zip(*points), marker="o", label=MASK_LABELS[mask])
                 paper = [(d, PAPER["mask_dim"][(mask, d)]) for d in (512, 1024) if (mask, d) in PAPER["mask_dim"]]
                 if paper:
-                    ax.plot(*zip(*paper), marker="x", linestyle=":", color=line[0].get_color(),
-                            label=f"{MASK_LABELS[mask]}, paper Oxford5k")
+                    ax.plot(
+                        *zip(*paper),
+                        marker="x",
+                        linestyle=":",
+                        color=line[0].get_color(),
+                        label=f"{MASK_LABELS[mask]}, paper Oxford5k",
+                    )
         ax.set_xscale("log", base=2)
         ax.set_xticks(dims, [str(d) for d in dims])
         ax.set_title(f"final dimension, {protocol}")
@@ -1282,8 +1572,9 @@ def plot_itq(run):
     bits = [b for b in ITQ_BITS if str(b) in itq]
     for protocol in PROTOCOLS:
         line = ax.plot(bits, [itq[str(b)][protocol]["map"] for b in bits], marker="o", label=f"ITQ, {protocol}")
-        ax.axhline(itq["real"][protocol]["map"], linestyle="--", color=line[0].get_color(),
-                   label=f"512-D real, {protocol}")
+        ax.axhline(
+            itq["real"][protocol]["map"], linestyle="--", color=line[0].get_color(), label=f"512-D real, {protocol}"
+        )
     ax.plot(list(PAPER["itq"]), list(PAPER["itq"].values()), marker="x", color="grey", label="paper ITQ, Oxford5k")
     ax.set_xscale("log", base=2)
     ax.set_xticks(bits, [str(b) for b in bits])
@@ -1344,15 +1635,17 @@ def _mask_order_lines(learned_on, get) -> list[str]:
             scores = {mask: r[protocol]["map"] for mask, r in results.items()}
             order = " > ".join(MASK_LABELS[k] for k in sorted(scores, key=scores.get, reverse=True))
             masked_beats_none = all(scores[k] > scores["none"] for k in ("max", "sum", "sift"))
-            paired = ", ".join(f"{MASK_LABELS[k]} {_paired(results[k], results['none'], protocol)}"
-                               for k in ("max", "sum", "sift"))
+            paired = ", ".join(
+                f"{MASK_LABELS[k]} {_paired(results[k], results['none'], protocol)}" for k in ("max", "sum", "sift")
+            )
             lines.append(
                 f"- Masks, {dim}-D, learned {learned_on}, {protocol}: {order} "
                 f"({', '.join(f'{MASK_LABELS[k]} {v:.1f}' for k, v in scores.items())}). "
                 f"Paper: MAX >= SUM ~ SIFT > no mask. "
                 f"{'MAX is best' if max(scores, key=scores.get) == 'max' else 'MAX is NOT best'}; "
                 f"{'every mask beats no mask' if masked_beats_none else 'NOT every mask beats no mask'}. "
-                f"Paired difference to no mask (mean ± s.e. over the same queries): {paired}.")
+                f"Paired difference to no mask (mean ± s.e. over the same queries): {paired}."
+            )
     return lines
 
 
@@ -1364,19 +1657,25 @@ def write_discussion(run):
         r = fw.get(key)
         return None if r is None else r[protocol]["map"]
 
-    sources = [(f"on {fit_on}", lambda mask, dim, fit_on=fit_on: fw.get(f"{fit_on}/{mask}/{dim}"))
-               for fit_on in ("training", "database")]
-    sources += [(f"on {TRAIN_SOURCE_LABELS.get(source, source)}", lambda mask, dim, r=r: r["framework"].get(f"{mask}/{dim}"))
-                for source, r in run.results.get("domain", {}).items()]
+    sources = [
+        (f"on {fit_on}", lambda mask, dim, fit_on=fit_on: fw.get(f"{fit_on}/{mask}/{dim}"))
+        for fit_on in ("training", "database")
+    ]
+    sources += [
+        (f"on {TRAIN_SOURCE_LABELS.get(source, source)}", lambda mask, dim, r=r: r["framework"].get(f"{mask}/{dim}"))
+        for source, r in run.results.get("domain", {}).items()
+    ]
     for learned_on, get in sources:
         lines += _mask_order_lines(learned_on, get)
     shares = run.results.get("mask_share")
     if shares:
         lines.append(
-            "- Share kept (database): " + ", ".join(f"{MASK_LABELS[k]} {v['db']:.0f}%" for k, v in shares.items())
+            "- Share kept (database): "
+            + ", ".join(f"{MASK_LABELS[k]} {v['db']:.0f}%" for k, v in shares.items())
             + " vs the paper's about 75/50/30% for SIFT/SUM/MAX. MAX keeps at most K = 512 cells, so its share "
             "depends on the grid size (32 x 24 = 768 cells at 1024 px); SIFT's share depends on the detector "
-            "(OpenCV here, VLFeat in the paper) and its 3 x 3 neighbourhood.")
+            "(OpenCV here, VLFeat in the paper) and its 3 x 3 neighbourhood."
+        )
     bl = run.results.get("baselines", {})
     framework_512 = fw.get("training/max/512")
     if bl and framework_512:
@@ -1388,21 +1687,25 @@ def write_discussion(run):
                 f"- Baselines at 512-D, {protocol}: best is {BASELINE_LABELS[best_name]} {best:.1f} vs "
                 f"MAX + Temb + democratic {ours:.1f} ({'framework ahead' if ours > best else 'framework NOT ahead'}"
                 f", by {ours - best:+.1f}). Paper (Oxford5k): CroW 70.8 and R-MAC 66.9 vs MAX 65.7 at 512-D — the "
-                "paper's own framework is behind CroW at 512-D and ahead only at 1024-D (72.2) or with hypercolumns.")
+                "paper's own framework is behind CroW at 512-D and ahead only at 1024-D (72.2) or with hypercolumns."
+            )
     itq = run.results.get("itq")
     if itq and "512" in itq:
         for protocol in PROTOCOLS:
             lines.append(
                 f"- ITQ 512 bits vs 512-D real, {protocol}: {itq['512'][protocol]['map']:.1f} vs "
                 f"{itq['real'][protocol]['map']:.1f} ({_ratio(itq['512'], itq['real'], protocol)} of real). "
-                "Paper: 57.3 vs 65.7 (87%).")
+                "Paper: 57.3 vs 65.7 (87%)."
+            )
     lines += domain_discussion(run)
     sweep = sorted({512, 1024, *run.args.sweep_dims})
     dims = [fw.get(f"training/max/{d}") for d in sweep]
     if all(d is not None for d in dims):
         values = ", ".join(f"{d}-D {r['loo-landmark']['map']:.1f}" for d, r in zip(sweep, dims))
-        lines.append(f"- Dimension, MAX, loo-landmark: {values}. See section 3 on the under-determined RN at "
-                     "2048/4096-D with 1,000 training images.")
+        lines.append(
+            f"- Dimension, MAX, loo-landmark: {values}. See section 3 on the under-determined RN at "
+            "2048/4096-D with 1,000 training images."
+        )
     lines += [
         "",
         "Why numbers differ from the paper (beyond this being a 1,008-image subset, not the 5,063-image Oxford5k):",
@@ -1411,8 +1714,12 @@ def write_discussion(run):
         "images of another landmark dataset. The Temb codebook, its whitening (|C| d up to 4224 dimensions) and "
         "RN are all learned from far fewer and less relevant images; the paper's numbers are learned on Paris6k, "
         "which shares the domain (building facades) with Oxford."
-        + (" Section 8b learns on same-domain held-out Oxford images instead, to measure how much of the gap the "
-           "domain explains (there with fewer images still)." if run.results.get("domain") else ""),
+        + (
+            " Section 8b learns on same-domain held-out Oxford images instead, to measure how much of the gap the "
+            "domain explains (there with fewer images still)."
+            if run.results.get("domain")
+            else ""
+        ),
         f"2. RN needs n_samples >> D: with {run.results['data']['n_training']} training vectors the rotation of every aggregate "
         "of d|C| >= that many dimensions is under-determined (section 3: with 1,000 photos already 1152 at 1024-D, "
         "and 2176 / 4224 at 2048 / 4096-D); this penalises large D and is why 4096-D cannot be expected to improve "
@@ -1426,7 +1733,10 @@ def write_discussion(run):
         "masks that differ by less than about two standard errors are ties.",
     ]
     if run.results["skipped"]:
-        lines += ["", "Skipped (time budget or --skip): " + "; ".join(f"{k} ({v})" for k, v in run.results["skipped"].items())]
+        lines += [
+            "",
+            "Skipped (time budget or --skip): " + "; ".join(f"{k} ({v})" for k, v in run.results["skipped"].items()),
+        ]
     if run.results["errors"]:
         lines += ["", "Errors (phase: error): " + "; ".join(f"{k}: {v}" for k, v in run.results["errors"].items())]
     if run.warnings:
@@ -1441,14 +1751,22 @@ def write_timings(run):
     total = run.timer.elapsed()
     rows.append(["total", fmt_total(total)])
     pool5 = run.results.get("pool5", {})
-    where = (f"CNN on {pool5.get('device')}, weights from {pool5.get('weights_source')}, "
-             f"{run.args.precision} arithmetic; {run.results['settings']['n_jobs']} worker threads for the per-image "
-             "transforms.")
+    where = (
+        f"CNN on {pool5.get('device')}, weights from {pool5.get('weights_source')}, "
+        f"{run.args.precision} arithmetic; {run.results['settings']['n_jobs']} worker threads for the per-image "
+        "transforms."
+    )
     if run.args.merge_json:
-        where += (" Merged report: the phases of each device run are prefixed with its number (see the commands at "
-                  "the top); the total is the sum of the runs' totals.")
-    run.report.set("timings", "\n".join(["## 10. Wall time per phase (seconds)", "", where, "",
-                                          common.markdown_table(["phase", "seconds"], rows)]))
+        where += (
+            " Merged report: the phases of each device run are prefixed with its number (see the commands at "
+            "the top); the total is the sum of the runs' totals."
+        )
+    run.report.set(
+        "timings",
+        "\n".join(
+            ["## 10. Wall time per phase (seconds)", "", where, "", common.markdown_table(["phase", "seconds"], rows)]
+        ),
+    )
 
 
 def fmt_total(total):
@@ -1473,16 +1791,22 @@ class _FixedTimer:
 _SKIP_RESULTS = (
     (r"framework-training", lambda r, m: any(re.fullmatch(r"training/\w+/(512|1024)", k) for k in r["framework"])),
     (r"framework-database", lambda r, m: any(k.startswith("database/") for k in r["framework"])),
-    (r"dimensions", lambda r, m: any(re.fullmatch(r"training/\w+/\d+", k) and k.split("/")[2] not in ("512", "1024")
-                                     for k in r["framework"])),
+    (
+        r"dimensions",
+        lambda r, m: any(
+            re.fullmatch(r"training/\w+/\d+", k) and k.split("/")[2] not in ("512", "1024") for k in r["framework"]
+        ),
+    ),
     (r"baselines|hypercolumns|table9|domain", lambda r, m: bool(r.get(m[0]))),
     (r"(training|database) fit (\w+) (\d+)", lambda r, m: f"{m[1]}/{m[2]}/{m[3]}" in r["framework"]),
     (r"baseline (\w+)", lambda r, m: m[1] in r.get("baselines", {})),
     (r"table 9 (\w+)", lambda r, m: m[1] in r.get("table9", {})),
     (r"hypercolumns (.+) (\d+)", lambda r, m: f"{m[1]}/{m[2]}" in r.get("hypercolumns", {})),
     (r"ITQ (\d+) bits", lambda r, m: m[1] in r.get("itq", {})),
-    (r"domain\[([\w-]+)\] fit (\w+) (\d+)",
-     lambda r, m: f"{m[2]}/{m[3]}" in r.get("domain", {}).get(m[1], {}).get("framework", {})),
+    (
+        r"domain\[([\w-]+)\] fit (\w+) (\d+)",
+        lambda r, m: f"{m[2]}/{m[3]}" in r.get("domain", {}).get(m[1], {}).get("framework", {}),
+    ),
     (r"domain\[([\w-]+)\] baseline (\w+)", lambda r, m: m[2] in r.get("domain", {}).get(m[1], {}).get("baselines", {})),
     (r"domain\[([\w-]+)\] ITQ (\d+) bits", lambda r, m: m[2] in r.get("domain", {}).get(m[1], {}).get("itq", {})),
 )
@@ -1568,7 +1892,9 @@ def run_merge(args, argv) -> Path:
     merged, loaded, timer, warnings_ = merge_json_files(args.merge_json)
     commands = [r.get("command", []) for _, r in loaded]
     # Report settings (image size, sweep dimensions, Table 9 preset, precision) are the device runs'.
-    device_args = parse_args(commands[-1]) if commands[-1] else parse_args(["--out", str(args.out), "--merge-json", "x"])
+    device_args = (
+        parse_args(commands[-1]) if commands[-1] else parse_args(["--out", str(args.out), "--merge-json", "x"])
+    )
     device_args.sweep_dims = tuple(sorted({d for c in commands if c for d in parse_args(c).sweep_dims}))
     device_args.out, device_args.merge_json, device_args.cache_dir = args.out, args.merge_json, None
     run = Run(device_args)
@@ -1576,10 +1902,19 @@ def run_merge(args, argv) -> Path:
     run.results = merged
     run.results.setdefault("settings", {"n_jobs": device_args.n_jobs or merged["machine"].get("cpu_count", "?")})
     run.results["command"] = argv
-    write_header(run, [*[(f"Device run {i} on {r.get('machine', {}).get('gpu', 'an unrecorded GPU')} (`{path}`)",
-                          _command(r.get("command", [])))
-                         for i, (path, r) in enumerate(loaded, start=1)],
-                       ("Merged (no computation) by", _command(argv, prefix=".venv/bin/python"))])
+    write_header(
+        run,
+        [
+            *[
+                (
+                    f"Device run {i} on {r.get('machine', {}).get('gpu', 'an unrecorded GPU')} (`{path}`)",
+                    _command(r.get("command", [])),
+                )
+                for i, (path, r) in enumerate(loaded, start=1)
+            ],
+            ("Merged (no computation) by", _command(argv, prefix=".venv/bin/python")),
+        ],
+    )
     if "mask_share" in merged:
         write_masks_section(run)
     write_framework_section(run)  # and the dimension section

@@ -51,16 +51,25 @@ nitpicky = True
 nitpick_ignore_regex = [
     # numpydoc type descriptions ("array-like of shape (n, d)", "list of ConvMap", "path-like", ...)
     # are parsed word by word; words that name no Python object are descriptions, not references.
-    ("py:class", r"(array-like|array|ndarray|path-like|str|int|float|bool|None|sequence|list|tuple|dict|"
-                 r"mapping|callable|iterable|object|optional|of|or|shape|default|.*\(.*|.*\).*|\{.*|.*\}|"
-                 r"[0-9]+|\"?[a-z_0-9-]+\"?|'[a-z_0-9-]+'|.*\.\.\..*)"),
+    (
+        "py:class",
+        r"(array-like|array|ndarray|path-like|str|int|float|bool|None|sequence|list|tuple|dict|"
+        r"mapping|callable|iterable|object|optional|of|or|shape|default|.*\(.*|.*\).*|\{.*|.*\}|"
+        r"[0-9]+|\"?[a-z_0-9-]+\"?|'[a-z_0-9-]+'|.*\.\.\..*)",
+    ),
     # Objects of scikit-learn, numpy, torch, PIL, matplotlib and the standard library: no inventory offline.
-    ("py:(class|func|meth|obj|exc|data|attr|mod)", r"(sklearn|numpy|np|torch|PIL|matplotlib|scipy|skops|faiss|dask|pathlib|os|"
-                                                   r"collections|typing|json|io|warnings|argparse|dataclasses)(\..*)?"),
-    ("py:(class|obj|exc)", r"(Path|PathLike|Pipeline|BaseEstimator|TransformerMixin|Module|Image|Figure|"
-                           r"ArgumentParser|Namespace|UserWarning|ValueError|RuntimeError|OSError|TypeError|"
-                           r"KeyError|Exception|Warning|Mapping|Sequence|Iterable|Callable|Generator|Any|"
-                           r"GridSearchCV|KMeans|GaussianMixture|NotFittedError|dtype|RandomState|Generator)"),
+    (
+        "py:(class|func|meth|obj|exc|data|attr|mod)",
+        r"(sklearn|numpy|np|torch|PIL|matplotlib|scipy|skops|faiss|dask|pathlib|os|"
+        r"collections|typing|json|io|warnings|argparse|dataclasses)(\..*)?",
+    ),
+    (
+        "py:(class|obj|exc)",
+        r"(Path|PathLike|Pipeline|BaseEstimator|TransformerMixin|Module|Image|Figure|"
+        r"ArgumentParser|Namespace|UserWarning|ValueError|RuntimeError|OSError|TypeError|"
+        r"KeyError|Exception|Warning|Mapping|Sequence|Iterable|Callable|Generator|Any|"
+        r"GridSearchCV|KMeans|GaussianMixture|NotFittedError|dtype|RandomState|Generator)",
+    ),
 ]
 # Implementation helpers that public docstrings mention by name but that are not public API (they are
 # absent from their package's __all__); shown as plain names.
@@ -134,8 +143,15 @@ html_theme_options = {
 }
 html_context = {"default_mode": "light"}
 # Pages without sub-pages need no section navigation: the article gets its width.
-html_sidebars = {"how-it-works": [], "api": [], "usage": [], "datasets": [], "extraction": [], "architecture": [],
-                 "robustness": []}
+html_sidebars = {
+    "how-it-works": [],
+    "api": [],
+    "usage": [],
+    "datasets": [],
+    "extraction": [],
+    "architecture": [],
+    "robustness": [],
+}
 
 # -- links between markdown files that live outside docs/ ------------------------------------------
 # docs/*.md link to ../benchmarks/... and ../examples/... so that they read well on a git host too.
@@ -235,8 +251,7 @@ def _resolve_short_python_names(app, env, node, contnode):
     if target != short and not target.startswith("selconv."):
         return None
     domain = env.get_domain("py")
-    matches = [name for name, entry in domain.objects.items()
-               if name.rpartition(".")[2] == short and not entry.aliased]
+    matches = [name for name, entry in domain.objects.items() if name.rpartition(".")[2] == short and not entry.aliased]
     if len(matches) != 1:
         return None
     found = domain.resolve_any_xref(env, node.get("refdoc", env.docname), app.builder, matches[0], node, contnode)

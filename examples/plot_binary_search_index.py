@@ -24,8 +24,8 @@ import matplotlib.pyplot as plt
 from selconv.datasets import load_sample
 from selconv.extraction import ConvFeatureExtractor
 from selconv.hashing import ITQHasher
-from selconv.metrics import evaluate
 from selconv.index import ImageIndex, load_index
+from selconv.metrics import evaluate
 from selconv.pipelines import make_paper_pipeline, rotation_settings
 
 MAX_SIZE = 192 if os.environ.get("SELCONV_EXAMPLE_FAST") == "1" else 384
@@ -67,7 +67,10 @@ index = load_index(os.path.join(CACHE_DIR, "example-index"))
 result = index.search(query_maps[:3], k=5)  # scores are negated Hamming distances
 for q in range(3):
     names = [dataset.database[i].name for i in result.ids[q]]
-    print(f"query {dataset.queries[q].name}: " + ", ".join(f"{n} ({-s:.0f} bits)" for n, s in zip(names, result.scores[q])))
+    print(
+        f"query {dataset.queries[q].name}: "
+        + ", ".join(f"{n} ({-s:.0f} bits)" for n, s in zip(names, result.scores[q]))
+    )
 
 # mAP of the real-valued descriptors (inner product) and of the codes (Hamming).
 for name, pipeline in (("float32", real), (f"{n_bits}-bit ITQ", binary)):

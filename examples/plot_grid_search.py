@@ -57,8 +57,9 @@ grid = {
     "power__alpha": [0.5, 1.0],
 }
 # One landmark per fold: every test fold has queries and positives.
-search = GridSearchCV(make_paper_pipeline(512, **rotation), grid, scoring=map_scorer, cv=RetrievalKFold(5),
-                      n_jobs=2, refit=False)
+search = GridSearchCV(
+    make_paper_pipeline(512, **rotation), grid, scoring=map_scorer, cv=RetrievalKFold(5), n_jobs=2, refit=False
+)
 search.fit(maps, y)
 
 # %%
@@ -68,8 +69,10 @@ order = np.argsort(-search.cv_results_["mean_test_score"])
 print(f"{'mask':<10} {'|C|':>4} {'alpha':>6}  mean mAP over 5 folds (+- standard deviation)")
 for i in order:
     params = search.cv_results_["params"][i]
-    print(f"{type(params['mask']).__name__:<10} {params['encode__embedding__n_clusters']:>4} {params['power__alpha']:>6}  "
-          f"{search.cv_results_['mean_test_score'][i]:.4f} +- {search.cv_results_['std_test_score'][i]:.4f}")
+    print(
+        f"{type(params['mask']).__name__:<10} {params['encode__embedding__n_clusters']:>4} {params['power__alpha']:>6}  "
+        f"{search.cv_results_['mean_test_score'][i]:.4f} +- {search.cv_results_['std_test_score'][i]:.4f}"
+    )
 
 # %%
 # Is the best candidate really better?
@@ -80,8 +83,9 @@ folds = np.array([search.cv_results_[f"split{k}_test_score"] for k in range(sear
 best, second = order[0], order[1]
 differences = folds[:, best] - folds[:, second]
 standard_error = differences.std(ddof=1) / np.sqrt(len(differences))
-verdict = ("beats" if differences.mean() > 2 * standard_error else
-           "ties with (difference within two standard errors of)")
-print(f"best {search.cv_results_['params'][best]} {verdict} the runner-up "
-      f"{search.cv_results_['params'][second]}: mAP difference {differences.mean():+.4f} "
-      f"(standard error {standard_error:.4f})")
+verdict = "beats" if differences.mean() > 2 * standard_error else "ties with (difference within two standard errors of)"
+print(
+    f"best {search.cv_results_['params'][best]} {verdict} the runner-up "
+    f"{search.cv_results_['params'][second]}: mAP difference {differences.mean():+.4f} "
+    f"(standard error {standard_error:.4f})"
+)

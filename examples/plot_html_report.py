@@ -54,8 +54,9 @@ for name, pipeline in runs.items():
     database = pipeline.transform(database_maps)
     result = evaluate(pipeline.transform(query_maps), database, dataset.ground_truth)
     rankings[name] = result.rankings
-    table.append({"run": name, "bytes per image": database.nbytes // len(database), "ranking": result.metric,
-                  "mAP": result.map})
+    table.append(
+        {"run": name, "bytes per image": database.nbytes // len(database), "ranking": result.metric, "mAP": result.map}
+    )
     print(f"{name:<22} mAP {result.map:.4f}")
 
 # %%
@@ -71,9 +72,11 @@ path = write_report(
     rankings=rankings,
     table=table,
     title="selconv on the bundled sample",
-    notes=[f"VGG16 pool5, ImageNet weights, longest side {MAX_SIZE} px",
-           f"learned on the sample's {len(dataset.training)} generic training photos",
-           dataset.summary()],
+    notes=[
+        f"VGG16 pool5, ImageNet weights, longest side {MAX_SIZE} px",
+        f"learned on the sample's {len(dataset.training)} generic training photos",
+        dataset.summary(),
+    ],
     top_k=6,
     max_queries=10,
 )
@@ -83,8 +86,10 @@ print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB, self-contained)")
 # Its precision-recall plot
 # -------------------------
 # The report embeds this PNG; :func:`~selconv.report.plot_precision_recall` returns it as bytes.
-png = plot_precision_recall({name: interpolated_precision_recall(r, dataset.ground_truth) for name, r in rankings.items()},
-                            title="bundled sample, 25 queries")
+png = plot_precision_recall(
+    {name: interpolated_precision_recall(r, dataset.ground_truth) for name, r in rankings.items()},
+    title="bundled sample, 25 queries",
+)
 fig, ax = plt.subplots(figsize=(8, 4.5))
 ax.imshow(plt.imread(io.BytesIO(png)))
 ax.set_axis_off()

@@ -41,12 +41,27 @@ print(sorted(p.name for p in photos.glob("*.jpg"))[:6], "...")
 # (leave-one-out); one is restricted to a box ``x1,y1,x2,y2`` in pixels. Images of the folder that the
 # file does not list join the database as distractors. Paths are relative to the folder.
 places = {
-    "all_souls": ["all_souls_000006.jpg", "all_souls_000040.jpg", "all_souls_000055.jpg",
-                  "oxford_002503.jpg", "oxford_002985.jpg"],
-    "ashmolean": ["ashmolean_000005.jpg", "ashmolean_000016.jpg", "ashmolean_000079.jpg",
-                  "ashmolean_000305.jpg", "oxford_001964.jpg"],
-    "christ_church": ["christ_church_000179.jpg", "christ_church_000311.jpg", "christ_church_000376.jpg",
-                      "christ_church_000395.jpg", "oxford_002562.jpg"],
+    "all_souls": [
+        "all_souls_000006.jpg",
+        "all_souls_000040.jpg",
+        "all_souls_000055.jpg",
+        "oxford_002503.jpg",
+        "oxford_002985.jpg",
+    ],
+    "ashmolean": [
+        "ashmolean_000005.jpg",
+        "ashmolean_000016.jpg",
+        "ashmolean_000079.jpg",
+        "ashmolean_000305.jpg",
+        "oxford_001964.jpg",
+    ],
+    "christ_church": [
+        "christ_church_000179.jpg",
+        "christ_church_000311.jpg",
+        "christ_church_000376.jpg",
+        "christ_church_000395.jpg",
+        "oxford_002562.jpg",
+    ],
 }
 boxes = {"ashmolean_000305.jpg": (182.0, 84.5, 348.5, 195.5)}
 OUTPUT.mkdir(parents=True, exist_ok=True)

@@ -26,7 +26,9 @@ def make_local_sets(counts=(9, 0, 23, 4, 15, 1, 30), n_features=16, random_state
     return sets
 
 
-def make_conv_maps(n_images=5, n_channels=32, sizes=((6, 8), (5, 7), (8, 6), (4, 4), (7, 9)), random_state=0, sparsity=0.7):
+def make_conv_maps(
+    n_images=5, n_channels=32, sizes=((6, 8), (5, 7), (8, 6), (4, 4), (7, 9)), random_state=0, sparsity=0.7
+):
     """Conv maps shaped like pool5 output (non-negative, mostly zero), with unequal grid sizes."""
     rng = np.random.default_rng(random_state)
     maps = []

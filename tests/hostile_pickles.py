@@ -32,6 +32,7 @@ class Reduce:
 
 # ---------------------------------------------------------------- 1. the issue's repros
 
+
 def issue_repros() -> list[bytes]:
     dtype = Reduce(np.dtype, ("O8", False, True), (3, "|", None, None, None, -1, -1, 0))
     return [
@@ -44,12 +45,27 @@ def issue_repros() -> list[bytes]:
 
 # ---------------------------------------------------------------- 2. random opcode streams
 
-_GLOBALS = [f"c{module}\n{name}\n".encode() for module, name in [
-    ("__builtin__", "set"), ("__builtin__", "frozenset"), ("__builtin__", "bytes"), ("__builtin__", "bytearray"),
-    ("__builtin__", "complex"), ("_codecs", "encode"), ("numpy", "dtype"), ("numpy", "ndarray"),
-    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "scalar"), ("numpy._core.numeric", "_frombuffer"),
-    ("os", "system"), ("builtins", "eval"), ("builtins", "getattr"), ("numpy", "frombuffer"), ("builtins", "list"),
-]]
+_GLOBALS = [
+    f"c{module}\n{name}\n".encode()
+    for module, name in [
+        ("__builtin__", "set"),
+        ("__builtin__", "frozenset"),
+        ("__builtin__", "bytes"),
+        ("__builtin__", "bytearray"),
+        ("__builtin__", "complex"),
+        ("_codecs", "encode"),
+        ("numpy", "dtype"),
+        ("numpy", "ndarray"),
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "scalar"),
+        ("numpy._core.numeric", "_frombuffer"),
+        ("os", "system"),
+        ("builtins", "eval"),
+        ("builtins", "getattr"),
+        ("numpy", "frombuffer"),
+        ("builtins", "list"),
+    ]
+]
 _SIMPLE = [bytes([c]) for c in b"()]}tlldaesuRb012N\x88\x89\x8f\x90\x91\x94\x93o\x81\x92\x82iPQ\x97\x98\x85\x86\x87"]
 _SPECS = ["O8", "O", "f8", "<f4", "U5", "S3", "V8", "M8", "b1", "i4", "c16", "u1", "S0", "f8x", "|O8", "?"]
 
@@ -57,8 +73,21 @@ _SPECS = ["O8", "O", "f8", "<f4", "U5", "S3", "V8", "M8", "b1", "i4", "c16", "u1
 def _fragments() -> list[bytes]:
     """Bodies of real pickles (arrays, dtypes, containers) to recombine: most random streams then reach
     the interesting constructors instead of failing at the first opcode."""
-    values = [np.arange(3, dtype=np.int32), np.zeros((2, 2)), np.array(["ab"]), np.array([True]), np.float32(1.5),
-              np.dtype("f8"), {"a": [1, 2]}, (1, "x"), {1, 2}, frozenset([3]), b"", bytearray(b"xy"), complex(1, 2)]
+    values = [
+        np.arange(3, dtype=np.int32),
+        np.zeros((2, 2)),
+        np.array(["ab"]),
+        np.array([True]),
+        np.float32(1.5),
+        np.dtype("f8"),
+        {"a": [1, 2]},
+        (1, "x"),
+        {1, 2},
+        frozenset([3]),
+        b"",
+        bytearray(b"xy"),
+        complex(1, 2),
+    ]
     fragments = []
     for value in values:
         for protocol in (2, 5):
@@ -82,7 +111,7 @@ def _token(rng: random.Random) -> bytes:
     if kind == 3:
         return rng.choice([b"K", b"h", b"q"]) + bytes([rng.randrange(256)])
     if kind == 4:
-        return rng.choice([b"J", b"j", b"r"]) + rng.randrange(-2**31, 2**31).to_bytes(4, "little", signed=True)
+        return rng.choice([b"J", b"j", b"r"]) + rng.randrange(-(2**31), 2**31).to_bytes(4, "little", signed=True)
     if kind == 5:
         data = rng.randbytes(rng.choice([0, 1, 8, 16, 24]))
         return b"C" + bytes([len(data)]) + data
@@ -101,6 +130,7 @@ def opcode_stream(rng: random.Random) -> bytes:
 
 
 # ---------------------------------------------------------------- 3. calls on the allow-list with forged arguments
+
 
 def _forged_dtype(rng):
     spec = rng.choice(_SPECS + ["f8", "i8", "U3"])
@@ -121,8 +151,11 @@ def _forged_dtype(rng):
 
 
 def _dtype_arg(rng):
-    return _forged_dtype(rng) if rng.random() < 0.7 else rng.choice(
-        [np.dtype("f8"), np.dtype("U2"), np.dtype("O"), np.dtype([("a", "f4")]), "f8", None, 3])
+    return (
+        _forged_dtype(rng)
+        if rng.random() < 0.7
+        else rng.choice([np.dtype("f8"), np.dtype("U2"), np.dtype("O"), np.dtype([("a", "f4")]), "f8", None, 3])
+    )
 
 
 def _shape(rng):
@@ -141,7 +174,13 @@ def forged_call(rng: random.Random) -> bytes:
     elif kind in (1, 2):
         cls = rng.choice([np.ndarray, np.ndarray, np.matrix, list])
         code = rng.choice([b"b", b"b", "b", b"O", 1])
-        state = (rng.choice([1, 1, 0, 2, None]), _shape(rng), _dtype_arg(rng), rng.choice([False, True, 2, None]), _raw(rng))
+        state = (
+            rng.choice([1, 1, 0, 2, None]),
+            _shape(rng),
+            _dtype_arg(rng),
+            rng.choice([False, True, 2, None]),
+            _raw(rng),
+        )
         if rng.random() < 0.2:
             state = state[1:]
         obj = Reduce(_RECONSTRUCT, (cls, _shape(rng), code), state)
@@ -151,14 +190,30 @@ def forged_call(rng: random.Random) -> bytes:
         obj = _forged_dtype(rng)
     elif kind == 5:
         func = rng.choice([set, frozenset, bytes, bytearray, complex])
-        arg = rng.choice([(), ([1, 2],), ((1, [2]),), (b"ab",), ("ab", "latin1"), (10**6,), ("x", "utf-16"),
-                          (1.0, 2.0), ([[1]],), ("1+2j",)])
+        arg = rng.choice(
+            [
+                (),
+                ([1, 2],),
+                ((1, [2]),),
+                (b"ab",),
+                ("ab", "latin1"),
+                (10**6,),
+                ("x", "utf-16"),
+                (1.0, 2.0),
+                ([[1]],),
+                ("1+2j",),
+            ]
+        )
         obj = Reduce(func, arg)
     elif kind == 6:
         import codecs
 
-        obj = Reduce(codecs.encode, rng.choice([("ab", "latin1"), ("ab", "zlib"), (b"ab", "latin1"), ("ab", "rot13"),
-                                                ("\u20ac", "latin1"), ("ab",)]))
+        obj = Reduce(
+            codecs.encode,
+            rng.choice(
+                [("ab", "latin1"), ("ab", "zlib"), (b"ab", "latin1"), ("ab", "rot13"), ("\u20ac", "latin1"), ("ab",)]
+            ),
+        )
     else:
         obj = Reduce(_RECONSTRUCT, (np.ndarray, (0,), b"b"), (1, (1,), np.dtype("f8"), False, b"\x00" * 8))
         obj = [obj, Reduce(rng.choice([set, frozenset]), ([obj],))]  # an array as a set member: unhashable
@@ -167,13 +222,19 @@ def forged_call(rng: random.Random) -> bytes:
 
 # ---------------------------------------------------------------- 4. real pickles, mutated
 
+
 def _realistic():
     rng = np.random.default_rng(0)
     return {
-        "imlist": [f"all_souls_{i:06d}" for i in range(20)], "qimlist": ["q0", "q1"],
-        "gnd": [{"bbx": [1.0, 2.0, 30.5, 40.0], "easy": np.array([0, 3]), "hard": [4], "junk": np.array([], np.int64)},
-                {"bbx": np.array([5.0, 6.0, 7.0, 8.0]), "easy": [], "hard": np.arange(5), "junk": [6]}],
-        "VGG16_0": {"Conv_0": {"kernel": rng.standard_normal((3, 3, 3, 2)).astype(np.float32), "bias": np.zeros(2, np.float32)}},
+        "imlist": [f"all_souls_{i:06d}" for i in range(20)],
+        "qimlist": ["q0", "q1"],
+        "gnd": [
+            {"bbx": [1.0, 2.0, 30.5, 40.0], "easy": np.array([0, 3]), "hard": [4], "junk": np.array([], np.int64)},
+            {"bbx": np.array([5.0, 6.0, 7.0, 8.0]), "easy": [], "hard": np.arange(5), "junk": [6]},
+        ],
+        "VGG16_0": {
+            "Conv_0": {"kernel": rng.standard_normal((3, 3, 3, 2)).astype(np.float32), "bias": np.zeros(2, np.float32)}
+        },
     }
 
 
@@ -192,9 +253,9 @@ def mutated(rng: random.Random) -> bytes:
         elif kind == 1:
             data[where] = rng.randrange(256)
         elif kind == 2:
-            del data[where:where + rng.randrange(1, 16)]
+            del data[where : where + rng.randrange(1, 16)]
         elif kind == 3:
-            data[where:where] = data[rng.randrange(len(data)):][: rng.randrange(1, 32)]
+            data[where:where] = data[rng.randrange(len(data)) :][: rng.randrange(1, 32)]
         else:
             del data[where:]
             data += b"."
@@ -205,6 +266,7 @@ GENERATORS = {"opcode streams": opcode_stream, "forged calls": forged_call, "mut
 
 
 # ---------------------------------------------------------------- the property
+
 
 def assert_plain(value) -> None:
     """Independent check that `value` is plain data, touching it like a caller would (the issue's segfault

@@ -65,8 +65,12 @@ def test_user_errors_are_clear_and_nonzero(argv, message, tmp_path, capsys, monk
     monkeypatch.setattr(cli, "run_benchmark", _refuse_benchmark)
     from selconv.datasets import SAMPLE_ROOT
 
-    argv = [a.format(missing=tmp_path / "missing", file=tmp_path / "afile", dir=tmp_path,
-                     sample_images=SAMPLE_ROOT / "images") for a in argv]
+    argv = [
+        a.format(
+            missing=tmp_path / "missing", file=tmp_path / "afile", dir=tmp_path, sample_images=SAMPLE_ROOT / "images"
+        )
+        for a in argv
+    ]
     status = cli.main(["evaluate", "--out", str(tmp_path / "out"), *argv])
     assert status == 2
     err = capsys.readouterr().err
@@ -131,13 +135,36 @@ def test_evaluate_runs_end_to_end_on_a_user_folder(folder_dataset, tmp_path, mon
     monkeypatch.setattr("selconv.pipelines.PAPER_SETTINGS", {**cli_settings(), 512: (8, 6)})
     monkeypatch.setattr("selconv.pipelines._PAPER_N_DROPPED", 4)
     out = tmp_path / "run"
-    argv = ["evaluate", "--dataset", "folder", "--data-dir", str(folder_dataset / "images"), "--train-dir",
-            str(folder_dataset / "training"), "--mask", "max,none", "--bits", "8", "--out", str(out), "--device", "cpu"]
+    argv = [
+        "evaluate",
+        "--dataset",
+        "folder",
+        "--data-dir",
+        str(folder_dataset / "images"),
+        "--train-dir",
+        str(folder_dataset / "training"),
+        "--mask",
+        "max,none",
+        "--bits",
+        "8",
+        "--out",
+        str(out),
+        "--device",
+        "cpu",
+    ]
     assert cli.main(argv) == 0
     printed = capsys.readouterr().out
     # The table says what produced the numbers.
-    for expected in ("MAX-mask", "no mask", "8 bits (1 byte", "random ranking", "alexnet", "longest side of 96 px",
-                     f"images under {folder_dataset / 'training'}", "52 images"):
+    for expected in (
+        "MAX-mask",
+        "no mask",
+        "8 bits (1 byte",
+        "random ranking",
+        "alexnet",
+        "longest side of 96 px",
+        f"images under {folder_dataset / 'training'}",
+        "52 images",
+    ):
         assert expected in printed, expected
     results = json.loads((out / "results.json").read_text())
     rows = {row["descriptor"].split(" ")[0]: row for row in results["rows"]}
@@ -175,8 +202,9 @@ def test_format_table_aligns_columns():
 def test_interpolated_precision_recall_by_hand():
     # Ranking: positive, junk, negative, positive -> junk removed: P, N, P.
     ground_truth = [{"positives": np.array([0, 3]), "junk": np.array([1])}]
-    precision = interpolated_precision_recall(np.array([[0, 1, 2, 3]]), ground_truth,
-                                              recall_levels=[0.0, 0.5, 0.75, 1.0])
+    precision = interpolated_precision_recall(
+        np.array([[0, 1, 2, 3]]), ground_truth, recall_levels=[0.0, 0.5, 0.75, 1.0]
+    )
     np.testing.assert_allclose(precision, [1.0, 1.0, 2 / 3, 2 / 3])
     # Queries without positives are left out of the average.
     both = ground_truth + [{"positives": np.array([], dtype=int), "junk": np.array([], dtype=int)}]
@@ -199,8 +227,10 @@ def report_inputs(tmp_path):
         {"positives": np.array([2, 3]), "junk": np.array([0])},
         {"positives": np.array([], dtype=int), "junk": np.array([1])},
     ]
-    rankings = {"good": np.array([[0, 2, 3, 1, 4], [1, 0, 2, 3, 4]]),
-                "bad": np.array([[4, 1, 0, 2, 3], [0, 1, 2, 3, 4]])}
+    rankings = {
+        "good": np.array([[0, 2, 3, 1, 4], [1, 0, 2, 3, 4]]),
+        "bad": np.array([[4, 1, 0, 2, 3], [0, 1, 2, 3, 4]]),
+    }
     table = [{"descriptor": "good <b>", "mAP": 1.0}, {"descriptor": "bad", "mAP": 0.33333}]
     return dict(queries=queries, database=database, ground_truth=ground_truth, rankings=rankings, table=table)
 

@@ -18,6 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
+from selconv._safe_pickle import UnsafePickleError, safe_load_pickle
 from selconv.datasets import (
     PARIS_CORRUPT_IMAGES,
     SAMPLE_ROOT,
@@ -40,7 +41,6 @@ from selconv.datasets import (
     load_ukbench,
     read_rotation_list,
 )
-from selconv._safe_pickle import UnsafePickleError, safe_load_pickle
 from selconv.datasets.base import rotate_box
 from selconv.datasets.download import Resource
 
@@ -67,8 +67,18 @@ def names_of(dataset, indices):
 @pytest.fixture
 def oxford_root(tmp_path):
     root = tmp_path / "oxford"
-    touch_images(root / "jpg", ["all_souls_000001", "all_souls_000002", "all_souls_000003", "balliol_000001",
-                                "balliol_000002", "oxford_000001", "oxford_000002"])
+    touch_images(
+        root / "jpg",
+        [
+            "all_souls_000001",
+            "all_souls_000002",
+            "all_souls_000003",
+            "balliol_000001",
+            "balliol_000002",
+            "oxford_000001",
+            "oxford_000002",
+        ],
+    )
     gt = root / "groundtruth"
     write_lines(gt / "all_souls_1_query.txt", ["oxc1_all_souls_000001 10.5 20 300 400.25"])
     write_lines(gt / "all_souls_1_good.txt", ["all_souls_000001", "all_souls_000002"])
@@ -149,7 +159,9 @@ def revisited_root(tmp_path):
         {"bbx": [1.0, 2.0, 30.0, 40.0], "easy": np.array([0, 1]), "hard": np.array([2]), "junk": np.array([3])},
         {"bbx": np.array([5.0, 6.0, 7.0, 8.0]), "easy": [], "hard": [4, 5], "junk": [6]},
     ]
-    (root / "gnd_roxford5k.pkl").write_bytes(pickle.dumps({"imlist": imlist, "qimlist": qimlist, "gnd": gnd}, protocol=2))
+    (root / "gnd_roxford5k.pkl").write_bytes(
+        pickle.dumps({"imlist": imlist, "qimlist": qimlist, "gnd": gnd}, protocol=2)
+    )
     return root
 
 
@@ -227,7 +239,14 @@ def test_holidays_rotation_list_is_applied(holidays_root, tmp_path):
     assert read_rotation_list(rot) == {"100001": 90, "100100": 270, "100201": 180}
     ds = load_holidays(holidays_root, rotations=rot)
     assert dict(zip((p.stem for p in ds.database), ds.database_rotations)) == {
-        "100000": 0, "100001": 90, "100002": 0, "100100": 270, "100101": 0, "100200": 0, "100201": 180}
+        "100000": 0,
+        "100001": 90,
+        "100002": 0,
+        "100100": 270,
+        "100101": 0,
+        "100200": 0,
+        "100201": 180,
+    }
     assert ds.query_rotations == [0, 270, 0]
     assert ds.info["n_rotated"] == 3
     flickr = touch_images(tmp_path / "flickr1m", ["d0", "d1"])
@@ -235,7 +254,9 @@ def test_holidays_rotation_list_is_applied(holidays_root, tmp_path):
     assert big.database_rotations[-2:] == [0, 0] and len(big.database) == 9
 
 
-@pytest.mark.parametrize("line, message", [("100001 45", "multiple of 90"), ("100001", "degrees"), ("100001 ninety", "degrees")])
+@pytest.mark.parametrize(
+    "line, message", [("100001 45", "multiple of 90"), ("100001", "degrees"), ("100001 ninety", "degrees")]
+)
 def test_rotation_list_errors_name_the_line(tmp_path, line, message):
     rot = tmp_path / "rot.txt"
     write_lines(rot, ["100000 90", line])
@@ -256,9 +277,16 @@ def test_apply_rotations_turns_pixels_and_boxes(tmp_path):
     Image.fromarray(img).save(root / "a.png")
     Image.fromarray(img).save(root / "b.png")
     box = (30.0, 2.0, 38.0, 6.0)
-    ds = RetrievalDataset("t", root, [root / "a.png", root / "b.png"], [root / "a.png"],
-                          [{"positives": np.array([1]), "junk": np.array([0])}], query_boxes=[box],
-                          database_rotations=[90, 0], query_rotations=[90])
+    ds = RetrievalDataset(
+        "t",
+        root,
+        [root / "a.png", root / "b.png"],
+        [root / "a.png"],
+        [{"positives": np.array([1]), "junk": np.array([0])}],
+        query_boxes=[box],
+        database_rotations=[90, 0],
+        query_rotations=[90],
+    )
     with pytest.raises(ValueError, match="apply_rotations"):
         ds.query_inputs()
     out = apply_rotations(ds, tmp_path / "upright")
@@ -334,17 +362,29 @@ def write_csv(path, header, rows):
 
 
 def test_csv_with_query_flag_box_and_unlisted_distractors(user_root):
-    write_csv(user_root / "groundtruth.csv", ["image", "label", "query", "x1", "y1", "x2", "y2"], [
-        ["tower/001.jpg", "tower", "1", "10", "20", "300", "400"],
-        ["tower/002.jpg", "tower", "0", "", "", "", ""],
-        ["tower/003.jpg", "tower", "no", "", "", "", ""],
-        ["bridge/a.jpg", "bridge", "yes", "", "", "", ""],
-        ["bridge/b.jpg", "bridge", "", "", "", "", ""],
-        ["other/x.jpg", "", "0", "", "", "", ""],
-    ])
+    write_csv(
+        user_root / "groundtruth.csv",
+        ["image", "label", "query", "x1", "y1", "x2", "y2"],
+        [
+            ["tower/001.jpg", "tower", "1", "10", "20", "300", "400"],
+            ["tower/002.jpg", "tower", "0", "", "", "", ""],
+            ["tower/003.jpg", "tower", "no", "", "", "", ""],
+            ["bridge/a.jpg", "bridge", "yes", "", "", "", ""],
+            ["bridge/b.jpg", "bridge", "", "", "", "", ""],
+            ["other/x.jpg", "", "0", "", "", "", ""],
+        ],
+    )
     ds = load_image_folder(user_root, training="train")
     rel = [p.relative_to(user_root).as_posix() for p in ds.database]
-    assert rel == ["bridge/a.jpg", "bridge/b.jpg", "other/x.jpg", "other/y.jpg", "tower/001.jpg", "tower/002.jpg", "tower/003.jpg"]
+    assert rel == [
+        "bridge/a.jpg",
+        "bridge/b.jpg",
+        "other/x.jpg",
+        "other/y.jpg",
+        "tower/001.jpg",
+        "tower/002.jpg",
+        "tower/003.jpg",
+    ]
     assert [p.name for p in ds.training] == ["t1.jpg", "t2.jpg"]
     assert [q.relative_to(user_root).as_posix() for q in ds.queries] == ["tower/001.jpg", "bridge/a.jpg"]
     assert ds.query_boxes == [(10.0, 20.0, 300.0, 400.0), None]
@@ -355,8 +395,16 @@ def test_csv_with_query_flag_box_and_unlisted_distractors(user_root):
 
 
 def test_csv_without_query_column_is_leave_one_out(user_root):
-    gt = write_csv(user_root / "labels.csv", ["image", "label"], [
-        ["tower/001.jpg", "tower"], ["tower/002.jpg", "tower"], ["bridge/a.jpg", "bridge"], ["bridge/b.jpg", "bridge"]])
+    gt = write_csv(
+        user_root / "labels.csv",
+        ["image", "label"],
+        [
+            ["tower/001.jpg", "tower"],
+            ["tower/002.jpg", "tower"],
+            ["bridge/a.jpg", "bridge"],
+            ["bridge/b.jpg", "bridge"],
+        ],
+    )
     ds = load_image_folder(user_root, gt, include_unlisted=False)
     assert len(ds.database) == 4 and len(ds.queries) == 4
     for q, gt_q in zip(ds.queries, ds.ground_truth):
@@ -365,26 +413,44 @@ def test_csv_without_query_column_is_leave_one_out(user_root):
 
 
 def test_csv_queries_out_of_database(user_root):
-    gt = write_csv(user_root / "gt.csv", ["image", "label", "query"], [
-        ["tower/001.jpg", "tower", "1"], ["tower/002.jpg", "tower", "0"], ["tower/003.jpg", "tower", "0"]])
+    gt = write_csv(
+        user_root / "gt.csv",
+        ["image", "label", "query"],
+        [["tower/001.jpg", "tower", "1"], ["tower/002.jpg", "tower", "0"], ["tower/003.jpg", "tower", "0"]],
+    )
     ds = load_image_folder(user_root, gt, training="train", queries_in_database=False)
     assert user_root / "tower" / "001.jpg" not in ds.database and len(ds.database) == 6
     assert ds.ground_truth[0]["junk"].size == 0 and names_of(ds, ds.ground_truth[0]["positives"]) == ["002", "003"]
 
 
 def test_csv_rotation_column(user_root):
-    write_csv(user_root / "gt.csv", ["image", "label", "rotation"], [["tower/001.jpg", "tower", "90"], ["tower/002.jpg", "tower", ""]])
+    write_csv(
+        user_root / "gt.csv",
+        ["image", "label", "rotation"],
+        [["tower/001.jpg", "tower", "90"], ["tower/002.jpg", "tower", ""]],
+    )
     ds = load_image_folder(user_root, "gt.csv")  # relative to the folder
-    assert ds.query_rotations == [90, 0] and ds.database_rotations[ds.database.index(user_root / "tower" / "001.jpg")] == 90
+    assert (
+        ds.query_rotations == [90, 0]
+        and ds.database_rotations[ds.database.index(user_root / "tower" / "001.jpg")] == 90
+    )
 
 
 @pytest.mark.parametrize(
     "rows, message",
     [
-        ([["tower/001.jpg", "tower", "1"], ["tower/009.jpg", "tower", "0"]], r"gt\.csv:3: image 'tower/009\.jpg' does not exist"),
-        ([["tower/001.jpg", "tower", "1"], ["tower/002.jpg", "tower", "0"], ["tower/001.jpg", "tower", "0"]],
-         r"gt\.csv:4: 'tower/001\.jpg' is listed twice \(first on line 2\)"),
-        ([["tower/001.jpg", "tower", "1"], ["bridge/a.jpg", "bridge", "0"]], r"gt\.csv:2: query '001\.jpg' has no positive"),
+        (
+            [["tower/001.jpg", "tower", "1"], ["tower/009.jpg", "tower", "0"]],
+            r"gt\.csv:3: image 'tower/009\.jpg' does not exist",
+        ),
+        (
+            [["tower/001.jpg", "tower", "1"], ["tower/002.jpg", "tower", "0"], ["tower/001.jpg", "tower", "0"]],
+            r"gt\.csv:4: 'tower/001\.jpg' is listed twice \(first on line 2\)",
+        ),
+        (
+            [["tower/001.jpg", "tower", "1"], ["bridge/a.jpg", "bridge", "0"]],
+            r"gt\.csv:2: query '001\.jpg' has no positive",
+        ),
         ([["tower/001.jpg", "", "1"]], r"gt\.csv:2: query 'tower/001\.jpg' has no label"),
         ([["tower/001.jpg", "tower", "maybe"]], r"gt\.csv:2: column 'query'"),
         ([["../escape.jpg", "tower", "0"]], r"gt\.csv:2: .*must be a path inside"),
@@ -402,21 +468,30 @@ def test_csv_header_and_box_errors(user_root):
     gt = write_csv(user_root / "gt.csv", ["image", "lable"], [["tower/001.jpg", "tower"]])
     with pytest.raises(GroundTruthError, match="unknown: \\['lable'\\]"):
         load_image_folder(user_root, gt)
-    gt = write_csv(user_root / "gt.csv", ["image", "label", "query", "x1", "y1", "x2", "y2"],
-                   [["tower/001.jpg", "tower", "1", "10", "20", "5", "40"], ["tower/002.jpg", "tower", "0", "", "", "", ""]])
+    gt = write_csv(
+        user_root / "gt.csv",
+        ["image", "label", "query", "x1", "y1", "x2", "y2"],
+        [["tower/001.jpg", "tower", "1", "10", "20", "5", "40"], ["tower/002.jpg", "tower", "0", "", "", "", ""]],
+    )
     with pytest.raises(GroundTruthError, match=r"gt\.csv:2: box .* x2 > x1"):
         load_image_folder(user_root, gt)
-    gt = write_csv(user_root / "gt.csv", ["image", "label", "query", "x1", "y1", "x2", "y2"],
-                   [["tower/001.jpg", "tower", "1", "", "", "", ""], ["tower/002.jpg", "tower", "0", "1", "2", "3", "4"]])
+    gt = write_csv(
+        user_root / "gt.csv",
+        ["image", "label", "query", "x1", "y1", "x2", "y2"],
+        [["tower/001.jpg", "tower", "1", "", "", "", ""], ["tower/002.jpg", "tower", "0", "1", "2", "3", "4"]],
+    )
     with pytest.raises(GroundTruthError, match=r"gt\.csv:3: only queries may have a box"):
         load_image_folder(user_root, gt)
 
 
 def test_json_explicit_positives_and_junk(user_root):
-    spec = {"queries": [
-        {"image": "tower/001.jpg", "positives": ["tower/002.jpg"], "junk": ["tower/003.jpg"], "bbox": [1, 2, 3, 4]},
-        {"image": "bridge/a.jpg", "positives": ["bridge/b.jpg", "bridge/a.jpg"]},
-    ], "training": ["train/t1.jpg"]}
+    spec = {
+        "queries": [
+            {"image": "tower/001.jpg", "positives": ["tower/002.jpg"], "junk": ["tower/003.jpg"], "bbox": [1, 2, 3, 4]},
+            {"image": "bridge/a.jpg", "positives": ["bridge/b.jpg", "bridge/a.jpg"]},
+        ],
+        "training": ["train/t1.jpg"],
+    }
     (user_root / "groundtruth.json").write_text(json.dumps(spec))
     ds = load_image_folder(user_root)
     assert [p.name for p in ds.training] == ["t1.jpg"]
@@ -430,11 +505,25 @@ def test_json_explicit_positives_and_junk(user_root):
     "spec, message",
     [
         ({"queries": [{"image": "tower/001.jpg", "positives": []}]}, r"queries\[0\]: query .* has no positives"),
-        ({"queries": [{"image": "tower/001.jpg", "positives": ["nope.jpg"]}]}, r"queries\[0\]\.positives\[0\]: image 'nope\.jpg' does not exist"),
-        ({"database": ["tower/001.jpg", "tower/002.jpg"], "queries": [{"image": "tower/001.jpg", "positives": ["bridge/a.jpg"]}]},
-         r"queries\[0\]\.positives\[0\]: 'bridge/a\.jpg' is not a database image"),
-        ({"database": ["tower/001.jpg", "tower/001.jpg"], "queries": []}, r"database\[1\]: 'tower/001\.jpg' is listed twice"),
-        ({"queries": [{"image": "tower/001.jpg", "positives": ["tower/002.jpg"], "junk": ["tower/002.jpg"]}]}, "both positive and junk"),
+        (
+            {"queries": [{"image": "tower/001.jpg", "positives": ["nope.jpg"]}]},
+            r"queries\[0\]\.positives\[0\]: image 'nope\.jpg' does not exist",
+        ),
+        (
+            {
+                "database": ["tower/001.jpg", "tower/002.jpg"],
+                "queries": [{"image": "tower/001.jpg", "positives": ["bridge/a.jpg"]}],
+            },
+            r"queries\[0\]\.positives\[0\]: 'bridge/a\.jpg' is not a database image",
+        ),
+        (
+            {"database": ["tower/001.jpg", "tower/001.jpg"], "queries": []},
+            r"database\[1\]: 'tower/001\.jpg' is listed twice",
+        ),
+        (
+            {"queries": [{"image": "tower/001.jpg", "positives": ["tower/002.jpg"], "junk": ["tower/002.jpg"]}]},
+            "both positive and junk",
+        ),
         ({"queries": [], "extra": 1}, "unknown keys"),
     ],
 )
@@ -554,7 +643,9 @@ def test_extract_zip_traversal_and_flatten(tmp_path):
         zf.writestr("paris/defense/p1.jpg", b"1")
         zf.writestr("paris/eiffel/p2.jpg", b"2")
     written = extract(good, tmp_path / "flat", flatten=True)
-    assert sorted(p.name for p in written) == ["p1.jpg", "p2.jpg"] and (tmp_path / "flat" / "p2.jpg").read_bytes() == b"2"
+    assert (
+        sorted(p.name for p in written) == ["p1.jpg", "p2.jpg"] and (tmp_path / "flat" / "p2.jpg").read_bytes() == b"2"
+    )
     bad = tmp_path / "bad.zip"
     with zipfile.ZipFile(bad, "w") as zf:
         zf.writestr("../../evil.jpg", b"x")
@@ -565,12 +656,25 @@ def test_extract_zip_traversal_and_flatten(tmp_path):
 def test_download_dataset_end_to_end_from_local_files(tmp_path):
     # an Oxford-like dataset served from file:// URLs, then loaded with the official loader
     images = _tar_with(tmp_path / "oxbuild_images.tgz", [("a_000001.jpg", b"1"), ("a_000002.jpg", b"2")])
-    gt = _tar_with(tmp_path / "gt.tgz", [("a_1_query.txt", b"oxc1_a_000001 0 0 5 5\n"), ("a_1_good.txt", b"a_000002\n"),
-                                          ("a_1_ok.txt", b""), ("a_1_junk.txt", b"")])
-    root = download_dataset("mine", tmp_path / "data", progress=False,
-                            resources=[Resource(images.as_uri(), "jpg"), Resource(gt.as_uri(), "groundtruth")])
+    gt = _tar_with(
+        tmp_path / "gt.tgz",
+        [
+            ("a_1_query.txt", b"oxc1_a_000001 0 0 5 5\n"),
+            ("a_1_good.txt", b"a_000002\n"),
+            ("a_1_ok.txt", b""),
+            ("a_1_junk.txt", b""),
+        ],
+    )
+    root = download_dataset(
+        "mine",
+        tmp_path / "data",
+        progress=False,
+        resources=[Resource(images.as_uri(), "jpg"), Resource(gt.as_uri(), "groundtruth")],
+    )
     ds = load_oxford5k(root)
-    assert [p.name for p in ds.database] == ["a_000001.jpg", "a_000002.jpg"] and ds.ground_truth[0]["positives"].tolist() == [1]
+    assert [p.name for p in ds.database] == ["a_000001.jpg", "a_000002.jpg"] and ds.ground_truth[0][
+        "positives"
+    ].tolist() == [1]
     images.unlink()  # already done: the second call must not fetch again
     download_dataset("mine", root, progress=False, resources=[Resource(images.as_uri(), "jpg")])
     with pytest.raises(ValueError, match="unknown dataset"):
@@ -601,7 +705,9 @@ def test_bundled_sample_loads_and_is_small():
 def test_bundled_sample_provenance_lists_every_file():
     text = (SAMPLE_ROOT / "PROVENANCE.md").read_text()
     listed = {line[2:].strip() for line in text.splitlines() if line.startswith("- ") and line.strip().endswith(".jpg")}
-    present = {p.name for p in (SAMPLE_ROOT / "images").iterdir()} | {p.name for p in (SAMPLE_ROOT / "training").iterdir()}
+    present = {p.name for p in (SAMPLE_ROOT / "images").iterdir()} | {
+        p.name for p in (SAMPLE_ROOT / "training").iterdir()
+    }
     assert listed == present
     for word in ("Philbin", "BSDS500", "ImageNet", "Flickr", "research"):
         assert word in text
@@ -616,8 +722,18 @@ def test_shared_oxford_official_10_counts():
     ds = load_shared_oxford_subset(root, "official-10")
     assert len(ds.database) == 1008 and len(ds.queries) == 10 and len(ds.training) == 1000
     assert [q.stem for q in ds.queries][:2] == ["oxford_002985", "ashmolean_000305"]
-    assert ds.query_labels == ["all_souls", "ashmolean", "balliol", "balliol", "balliol", "bodleian",
-                               "christ_church", "christ_church", "cornmarket", "magdalen"]
+    assert ds.query_labels == [
+        "all_souls",
+        "ashmolean",
+        "balliol",
+        "balliol",
+        "balliol",
+        "bodleian",
+        "christ_church",
+        "christ_church",
+        "cornmarket",
+        "magdalen",
+    ]
     n_pos = [len(gt["positives"]) for gt in ds.ground_truth]
     assert min(n_pos) == 2 and max(n_pos) == 18
     assert all(box is not None for box in ds.query_boxes)

@@ -77,9 +77,13 @@ def public_modules() -> list[str]:
 def public_names(module) -> list[str]:
     if hasattr(module, "__all__"):
         return [name for name in module.__all__ if not (name.startswith("__") and name.endswith("__"))]
-    return [name for name, value in vars(module).items()
-            if not name.startswith("_") and (inspect.isclass(value) or inspect.isfunction(value))
-            and value.__module__ == module.__name__]
+    return [
+        name
+        for name, value in vars(module).items()
+        if not name.startswith("_")
+        and (inspect.isclass(value) or inspect.isfunction(value))
+        and value.__module__ == module.__name__
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -98,8 +102,10 @@ def documented():
 
 
 def test_reader_finds_entries_and_stops_at_the_directive_end():
-    text = (".. autosummary::\n   :toctree: generated\n\n   selconv.b\n   selconv.c.d\n\nText after.\n   not.an.entry\n"
-            ".. module:: selconv.m\n\n.. autosummary::\n\n   Name\n   selconv.other.Name\n")
+    text = (
+        ".. autosummary::\n   :toctree: generated\n\n   selconv.b\n   selconv.c.d\n\nText after.\n   not.an.entry\n"
+        ".. module:: selconv.m\n\n.. autosummary::\n\n   Name\n   selconv.other.Name\n"
+    )
     assert documented_entries(text) == ["selconv.b", "selconv.c.d", "selconv.m.Name", "selconv.other.Name"]
 
 

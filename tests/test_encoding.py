@@ -39,8 +39,10 @@ def test_data_free_and_fit_transform_hygiene():
 
 @pytest.mark.parametrize(
     ("embedding", "aggregator"),
-    [(TriangulationEmbedding(4, n_clamped=2, random_state=0), DemocraticAggregator()),
-     (VLADEmbedding(3, random_state=0), MaxPooling())],
+    [
+        (TriangulationEmbedding(4, n_clamped=2, random_state=0), DemocraticAggregator()),
+        (VLADEmbedding(3, random_state=0), MaxPooling()),
+    ],
 )
 def test_equals_aggregator_of_embedding_in_any_chunking(embedding, aggregator):
     train, test = sets(0), sets(1)
@@ -74,7 +76,9 @@ def test_memory_is_bounded_by_the_chunk():
 
 def test_defaults_are_the_paper_stages_and_params_are_nested():
     encode = EncodeAggregate().fit(make_local_sets(counts=(400, 300, 0, 500), n_features=4, random_state=0))
-    assert isinstance(encode.embedding_, TriangulationEmbedding) and isinstance(encode.aggregator_, DemocraticAggregator)
+    assert isinstance(encode.embedding_, TriangulationEmbedding) and isinstance(
+        encode.aggregator_, DemocraticAggregator
+    )
     assert encode.embedding is None  # fit never modifies a parameter
     assert encode.n_embedded_features_ == 20 * 4
     tuned = EncodeAggregate(TriangulationEmbedding()).set_params(embedding__n_clusters=5)

@@ -23,8 +23,13 @@ FAST_MAX_SIZE = 192  # the examples' fast-variant image size; the warm-up must m
 
 def test_every_example_is_collected():
     names = {path.stem for path in EXAMPLES}
-    assert {"plot_quickstart", "plot_grid_search", "plot_binary_search_index", "plot_image_folder",
-            "plot_html_report"} <= names
+    assert {
+        "plot_quickstart",
+        "plot_grid_search",
+        "plot_binary_search_index",
+        "plot_image_folder",
+        "plot_html_report",
+    } <= names
     for path in EXAMPLES:  # each example's fast size is the one the shared cache is filled at
         assert f"MAX_SIZE = {FAST_MAX_SIZE} if " in path.read_text(), path.name
 
@@ -51,9 +56,15 @@ def example_cache(tmp_path_factory):
 
 
 def run_example(path: Path, cache: Path, out: Path) -> subprocess.CompletedProcess:
-    env = dict(os.environ, SELCONV_EXAMPLE_FAST="1", SELCONV_EXAMPLE_CACHE=str(cache),
-               SELCONV_EXAMPLE_OUTPUT=str(out), MPLBACKEND="Agg", OMP_NUM_THREADS="1",
-               PYTHONPATH=os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")]))
+    env = dict(
+        os.environ,
+        SELCONV_EXAMPLE_FAST="1",
+        SELCONV_EXAMPLE_CACHE=str(cache),
+        SELCONV_EXAMPLE_OUTPUT=str(out),
+        MPLBACKEND="Agg",
+        OMP_NUM_THREADS="1",
+        PYTHONPATH=os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")]),
+    )
     return subprocess.run([sys.executable, str(path)], cwd=out, env=env, capture_output=True, text=True, timeout=600)
 
 

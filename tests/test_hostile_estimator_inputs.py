@@ -32,22 +32,27 @@ from selconv.aggregation import (
     MaxPooling,
     SumPooling,
 )
-from selconv.baselines import MAC, RMAC, SPoC, CroW, GeM, PCAWhitening
+from selconv.baselines import MAC, RMAC, CroW, GeM, PCAWhitening, SPoC
 from selconv.conv_map import ConvMap
 from selconv.embedding import FAembEmbedding, FisherVectorEmbedding, TriangulationEmbedding, VLADEmbedding
 from selconv.hashing import ITQHasher, KMeansHasher, RelaxedBinaryAutoencoder
+from selconv.index import ImageIndex
 from selconv.local import LocalPCA
 from selconv.masks import MaxMask, NoMask, SiftMask, SumMask
 from selconv.metrics import average_precisions, evaluate
 from selconv.postprocessing import PowerNormalizer, RotationNormalizer
-from selconv.index import ImageIndex
 from selconv.search import average_query_expansion, rank
 
 #: Seconds a single case may take before it counts as a hang.
 TIME_LIMIT = 20
 #: Messages that say where numpy failed, not what the user must fix.
 CRYPTIC = (
-    "cannot reshape", "out of bounds", "empty sequence", "zero-size array", "has no attribute", "not subscriptable",
+    "cannot reshape",
+    "out of bounds",
+    "empty sequence",
+    "zero-size array",
+    "has no attribute",
+    "not subscriptable",
 )
 F32_MAX = float(np.finfo(np.float32).max)
 
@@ -419,14 +424,18 @@ def test_search_on_hostile_descriptors():
         cases += [
             (f"ImageIndex.search_descriptors({name})", lambda X=X: _index(good).search_descriptors(X, 3)),
             (f"ImageIndex.add_descriptors({name})", lambda X=X: _index(X).search_descriptors(good, 3)),
-            (f"binary ImageIndex.search_descriptors({name})",
-             lambda X=X: _index(np.zeros((4, 2), np.uint8), metric="hamming").search_descriptors(X, 2)),
+            (
+                f"binary ImageIndex.search_descriptors({name})",
+                lambda X=X: _index(np.zeros((4, 2), np.uint8), metric="hamming").search_descriptors(X, 2),
+            ),
             (f"rank(query={name})", lambda X=X: rank(X, good)),
             (f"rank(database={name})", lambda X=X: rank(good, X)),
             (f"evaluate(query={name})", lambda X=X: evaluate(X, good, ground_truth)),
             (f"evaluate(database={name})", lambda X=X: evaluate(good[:3], X, ground_truth)),
-            (f"evaluate(database={name}, query_expansion)", lambda X=X: evaluate(good[:3], X, ground_truth,
-                                                                                 query_expansion=2)),
+            (
+                f"evaluate(database={name}, query_expansion)",
+                lambda X=X: evaluate(good[:3], X, ground_truth, query_expansion=2),
+            ),
             (f"average_query_expansion(ranking={name})", lambda X=X: average_query_expansion(good[:3], good, X, top=2)),
         ]
     _run_all(cases)
@@ -458,7 +467,10 @@ def test_metrics_on_hostile_ground_truth():
 @pytest.mark.parametrize(
     "rankings",
     [
-        np.array([[0.5, 1.0]]), np.array([[-1, 0]]), np.array([[0, 99]]), np.array([["a", "b"]]),
+        np.array([[0.5, 1.0]]),
+        np.array([[-1, 0]]),
+        np.array([[0, 99]]),
+        np.array([["a", "b"]]),
         np.zeros((1, 2, 2), int),
     ],
     ids=["float", "negative", "beyond_database", "strings", "3d"],
@@ -509,30 +521,81 @@ CLI_CASES = {
     "data_dir_does_not_exist": ["evaluate", "--dataset", "oxford5k", "--data-dir", "{root}/missing"],
     "data_dir_is_a_file": ["evaluate", "--dataset", "oxford5k", "--data-dir", "{root}/afile"],
     "data_dir_not_in_official_layout": ["evaluate", "--dataset", "oxford5k", "--data-dir", "{root}/emptydir"],
-    "protocol_of_another_dataset": ["evaluate", "--dataset", "roxford5k", "--data-dir", "{root}",
-                                    "--protocol", "loo-landmark"],
+    "protocol_of_another_dataset": [
+        "evaluate",
+        "--dataset",
+        "roxford5k",
+        "--data-dir",
+        "{root}",
+        "--protocol",
+        "loo-landmark",
+    ],
     "protocol_hard_on_sample": ["evaluate", "--dataset", "sample", "--protocol", "hard"],
     "protocol_hard_on_oxford5k": ["evaluate", "--dataset", "oxford5k", "--data-dir", "{root}", "--protocol", "hard"],
     "protocol_hard_on_folder": ["evaluate", "--dataset", "folder", "--data-dir", "{root}/data", "--protocol", "hard"],
     "data_dir_for_sample": ["evaluate", "--dataset", "sample", "--data-dir", "{root}"],
-    "ground_truth_for_oxford5k": ["evaluate", "--dataset", "oxford5k", "--data-dir", "{root}",
-                                  "--ground-truth", "x.csv"],
+    "ground_truth_for_oxford5k": [
+        "evaluate",
+        "--dataset",
+        "oxford5k",
+        "--data-dir",
+        "{root}",
+        "--ground-truth",
+        "x.csv",
+    ],
     "rotations_for_folder": ["evaluate", "--dataset", "folder", "--data-dir", "{root}/data", "--rotations", "r.txt"],
-    "fit_on_database_with_training": ["evaluate", "--dataset", "sample", "--fit-on", "database",
-                                      "--train-dir", "{root}"],
+    "fit_on_database_with_training": [
+        "evaluate",
+        "--dataset",
+        "sample",
+        "--fit-on",
+        "database",
+        "--train-dir",
+        "{root}",
+    ],
     "max_train_with_fit_on_database": ["evaluate", "--dataset", "sample", "--fit-on", "database", "--max-train", "5"],
     "train_data_dir_alone": ["evaluate", "--dataset", "sample", "--train-data-dir", "{root}"],
     "train_dir_missing": ["evaluate", "--dataset", "sample", "--train-dir", "{root}/missing"],
     "train_dir_is_a_file": ["evaluate", "--dataset", "sample", "--train-dir", "{root}/afile"],
     "train_dir_without_images": ["evaluate", "--dataset", "sample", "--train-dir", "{root}/emptydir"],
-    "training_is_the_database": ["evaluate", "--dataset", "folder", "--data-dir", "{root}/data",
-                                 "--train-dataset", "folder", "--train-data-dir", "{root}/data"],
-    "train_dir_contains_the_dataset": ["evaluate", "--dataset", "folder", "--data-dir", "{root}/data",
-                                       "--train-dir", "{root}"],
-    "broken_ground_truth": ["evaluate", "--dataset", "folder", "--data-dir", "{root}/data",
-                            "--ground-truth", "{root}/broken.csv"],
-    "missing_ground_truth": ["evaluate", "--dataset", "folder", "--data-dir", "{root}/data",
-                             "--ground-truth", "{root}/missing.csv"],
+    "training_is_the_database": [
+        "evaluate",
+        "--dataset",
+        "folder",
+        "--data-dir",
+        "{root}/data",
+        "--train-dataset",
+        "folder",
+        "--train-data-dir",
+        "{root}/data",
+    ],
+    "train_dir_contains_the_dataset": [
+        "evaluate",
+        "--dataset",
+        "folder",
+        "--data-dir",
+        "{root}/data",
+        "--train-dir",
+        "{root}",
+    ],
+    "broken_ground_truth": [
+        "evaluate",
+        "--dataset",
+        "folder",
+        "--data-dir",
+        "{root}/data",
+        "--ground-truth",
+        "{root}/broken.csv",
+    ],
+    "missing_ground_truth": [
+        "evaluate",
+        "--dataset",
+        "folder",
+        "--data-dir",
+        "{root}/data",
+        "--ground-truth",
+        "{root}/missing.csv",
+    ],
     "folder_without_queries": ["evaluate", "--dataset", "folder", "--data-dir", "{root}/data/train"],
     "out_is_a_file": ["evaluate", "--dataset", "sample", "--out", "{root}/afile"],
     "out_under_a_file": ["evaluate", "--dataset", "sample", "--out", "{root}/afile/out"],

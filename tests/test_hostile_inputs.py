@@ -30,7 +30,9 @@ from selconv.extraction import CacheRepairedWarning, ConvFeatureExtractor, Image
 sys.path.insert(0, str(Path(__file__).parent))
 import hostile_pickles  # noqa: E402
 
-SAMPLES = sorted((Path(__file__).resolve().parents[1] / "src" / "selconv" / "datasets" / "sample" / "images").glob("*.jpg"))
+SAMPLES = sorted(
+    (Path(__file__).resolve().parents[1] / "src" / "selconv" / "datasets" / "sample" / "images").glob("*.jpg")
+)
 N_IMAGE_SOURCES, N_MUTATIONS_PER_IMAGE = 4, 75
 
 
@@ -40,6 +42,7 @@ def tiny_net():
 
 
 # ---------------------------------------------------------------- images
+
 
 def image_sources() -> list[tuple[str, bytes]]:
     """Four bundled photos re-encoded small (fast to decode): two JPEGs (the OpenCV path), two PNGs (Pillow)."""
@@ -62,15 +65,15 @@ def mutate(data: bytes, rng: random.Random, kind: int) -> bytes:
     elif kind == 1:
         data[where] ^= 1 << rng.randrange(8)
     elif kind == 2:
-        data[where:where + span] = rng.randbytes(len(data[where:where + span]))
+        data[where : where + span] = rng.randbytes(len(data[where : where + span]))
     elif kind == 3:
-        data[where:where + span] = bytes(len(data[where:where + span]))
+        data[where : where + span] = bytes(len(data[where : where + span]))
     elif kind == 4:
         data[where:where] = rng.randbytes(span)
     elif kind == 5:
-        del data[where:where + span]
+        del data[where : where + span]
     else:
-        data[where:where] = data[rng.randrange(len(data)):][:span]
+        data[where:where] = data[rng.randrange(len(data)) :][:span]
     return bytes(data)
 
 
@@ -106,8 +109,9 @@ def test_fuzzed_and_truncated_images_give_a_map_or_a_reported_skip(tmp_path):
 
 # ---------------------------------------------------------------- pickles
 
-_PICKLE_SETTINGS = settings(max_examples=150, deadline=None, derandomize=True,
-                            suppress_health_check=[HealthCheck.too_slow])
+_PICKLE_SETTINGS = settings(
+    max_examples=150, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow]
+)
 
 
 @pytest.mark.parametrize("name", sorted(hostile_pickles.GENERATORS))
@@ -125,11 +129,14 @@ def test_hostile_pickles_load_plain_data_or_are_refused(name):
 def test_hostile_pickle_corpus_cannot_crash_the_interpreter():
     """The same generators and the issue's repros in a fresh interpreter, where a segfault would show as a
     non-zero exit instead of killing the test run."""
-    code = ("import sys; sys.path.insert(0, sys.argv[1]); import hostile_pickles as h; "
-            "print(sorted(h.run_corpus(11, 500).items()))")
+    code = (
+        "import sys; sys.path.insert(0, sys.argv[1]); import hostile_pickles as h; "
+        "print(sorted(h.run_corpus(11, 500).items()))"
+    )
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
-    result = subprocess.run([sys.executable, "-c", code, str(Path(__file__).parent)], capture_output=True, text=True,
-                            env=env, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-c", code, str(Path(__file__).parent)], capture_output=True, text=True, env=env, timeout=300
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     counts = dict(eval(result.stdout))  # noqa: S307 (our own subprocess's repr of a list of tuples)
     assert sum(counts.values()) == 4 + 3 * 500 and counts["issue repros", "refused"] == 4
@@ -138,7 +145,18 @@ def test_hostile_pickle_corpus_cannot_crash_the_interpreter():
 # ---------------------------------------------------------------- archives
 
 _ARCHIVE_ERRORS = (UnsafeArchiveError, CorruptArchiveError)  # nothing else may escape
-TRAVERSALS = ["../x", "../../x", "/tmp/abs_x", "a/../../x", "a/b/../../../x", "./../x", "C:/x", "C:\\x", "a\\..\\..\\x", ".."]
+TRAVERSALS = [
+    "../x",
+    "../../x",
+    "/tmp/abs_x",
+    "a/../../x",
+    "a/b/../../../x",
+    "./../x",
+    "C:/x",
+    "C:\\x",
+    "a\\..\\..\\x",
+    "..",
+]
 
 
 def _tar(members, mode="w:gz") -> bytes:
@@ -175,11 +193,20 @@ def hostile_archives() -> list[tuple[str, bytes, bool, bool]]:
         for flatten in (False, True):
             cases.append((f"special{kind!r}.tar", _tar(good + [("jpg/x", b"", kind)], "w"), flatten, True))
     collide = good + [("jpg/c/p1.jpg", b"3", tarfile.REGTYPE)]
-    cases += [("collide.tgz", _tar(collide), True, True), ("collide.zip", _zip(collide), True, True),
-              ("kept.tgz", _tar(collide), False, False), ("kept.zip", _zip(collide), False, False)]
+    cases += [
+        ("collide.tgz", _tar(collide), True, True),
+        ("collide.zip", _zip(collide), True, True),
+        ("kept.tgz", _tar(collide), False, False),
+        ("kept.zip", _zip(collide), False, False),
+    ]
     rng = random.Random(3)
-    for suffix, data in ((".tgz", _tar(good)), (".zip", _zip(good)), (".tar", _tar(good, "w")),
-                         (".tbz", _tar(good, "w:bz2")), (".txz", _tar(good, "w:xz"))):
+    for suffix, data in (
+        (".tgz", _tar(good)),
+        (".zip", _zip(good)),
+        (".tar", _tar(good, "w")),
+        (".tbz", _tar(good, "w:bz2")),
+        (".txz", _tar(good, "w:xz")),
+    ):
         for i in range(10):
             cases.append((f"cut{i}{suffix}", data[: len(data) * i // 10], False, False))
         for i in range(15):
@@ -214,6 +241,7 @@ def test_hostile_archives_never_write_outside_the_target(tmp_path):
 
 
 # ---------------------------------------------------------------- cache faults
+
 
 def _flip_at(fraction):
     def damage(path):
@@ -304,7 +332,9 @@ def test_cache_faults_are_recomputed_and_reported(cache_images, tmp_path, fault)
 if __name__ == "__main__":  # the case counts of this suite
     counts = hostile_pickles.run_corpus(11, 500)
     print(f"images: {N_IMAGE_SOURCES * N_MUTATIONS_PER_IMAGE} fuzzed/truncated files")
-    print(f"pickles: {sum(counts.values())} in the subprocess corpus {sorted(counts.items())}, "
-          f"+ {len(hostile_pickles.GENERATORS)} x {_PICKLE_SETTINGS.max_examples} hypothesis examples")
+    print(
+        f"pickles: {sum(counts.values())} in the subprocess corpus {sorted(counts.items())}, "
+        f"+ {len(hostile_pickles.GENERATORS)} x {_PICKLE_SETTINGS.max_examples} hypothesis examples"
+    )
     print(f"archives: {len(hostile_archives())}")
     print(f"cache faults: {len(CACHE_FAULTS) + 3}")

@@ -41,12 +41,14 @@ def codes(n, n_bytes=8, seed=0):
     return np.random.default_rng(seed).integers(0, 256, (n, n_bytes), dtype=np.uint8)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def fitted_pipeline(n_bits=None):
     """The 512 preset shrunk to conftest's toy conv maps (K = 32); shared, never modified."""
     maps = make_conv_maps(n_images=30, random_state=1)
     pipeline = make_paper_pipeline(512, n_bits=n_bits, undetermined="drop")
-    pipeline.set_params(pca__n_components=8, encode__embedding__n_clusters=5, encode__embedding__n_clamped=8, rotate__n_dropped=4)
+    pipeline.set_params(
+        pca__n_components=8, encode__embedding__n_clusters=5, encode__embedding__n_clamped=8, rotate__n_dropped=4
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # toy training set: far fewer images than dimensions
         return pipeline.fit(maps)
@@ -211,7 +213,9 @@ def test_search_params_can_change_after_building():
     assert index.index_params["nprobe"] == 20
     exact = ImageIndex()
     exact.add_descriptors(data)
-    np.testing.assert_array_equal(index.search_descriptors(queries, 5).scores, exact.search_descriptors(queries, 5).scores)
+    np.testing.assert_array_equal(
+        index.search_descriptors(queries, 5).scores, exact.search_descriptors(queries, 5).scores
+    )
     with pytest.raises(ValueError, match="not search parameters"):
         index.set_search_params(nlist=3)
 
@@ -241,11 +245,17 @@ def test_bad_input_gives_one_line_errors():
         (lambda: ImageIndex(kind="ivf", index_params={"nlist": 0}), ValueError, "positive integer"),
         (lambda: ImageIndex(kind="pq", index_params={"nbits": 20}), ValueError, "between 1 and 16"),
         (lambda: ImageIndex(kind="ivf").add_descriptors(unit_rows(3, 4)), ValueError, "must be trained before adding"),
-        (lambda: ImageIndex(kind="ivf", index_params={"nlist": 50}).train(unit_rows(10, 4)), ValueError,
-         "at least 50 training vectors"),
+        (
+            lambda: ImageIndex(kind="ivf", index_params={"nlist": 50}).train(unit_rows(10, 4)),
+            ValueError,
+            "at least 50 training vectors",
+        ),
         (lambda: ImageIndex(kind="pq", index_params={"m": 3}).train(unit_rows(300, 8)), ValueError, "must divide"),
-        (lambda: ImageIndex(kind="pq", index_params={"m": 2, "nlist": 2}).train(unit_rows(100, 8)), ValueError,
-         "256 training vectors"),
+        (
+            lambda: ImageIndex(kind="pq", index_params={"m": 2, "nlist": 2}).train(unit_rows(100, 8)),
+            ValueError,
+            "256 training vectors",
+        ),
         (lambda: ImageIndex(metric="hamming").add_descriptors(unit_rows(1, 8)), TypeError, "packed binary codes"),
     ]
     for call, error, match in cases:
@@ -323,7 +333,12 @@ def test_save_then_load_in_a_fresh_process_gives_identical_results(tmp_path, enc
     np.testing.assert_array_equal(out["ids"], expected.ids)
     assert out["paths"].tolist() == [[str(p) for p in row] for row in expected.paths]
     loaded = load_index(folder)
-    assert (loaded.kind, loaded.metric, loaded.dimension, len(loaded)) == (index.kind, index.metric, index.dimension, len(index))
+    assert (loaded.kind, loaded.metric, loaded.dimension, len(loaded)) == (
+        index.kind,
+        index.metric,
+        index.dimension,
+        len(index),
+    )
     assert loaded.index_params == index.index_params and loaded.ids.tolist() == index.ids.tolist()
 
 
@@ -435,17 +450,37 @@ def _fitted_estimators():
     maps = make_conv_maps(n_images=8)
     sets = make_local_sets()
     vectors = np.random.default_rng(0).standard_normal((80, 16))
-    on_maps = [masks.MaxMask(), masks.SumMask(), masks.NoMask(), baselines.SPoC(), baselines.MAC(), baselines.RMAC(),
-               baselines.CroW(), baselines.GeM()]
-    on_sets = [local.LocalPCA(4, random_state=0), embedding.TriangulationEmbedding(3, n_clamped=3, random_state=0),
-               embedding.VLADEmbedding(3, random_state=0), embedding.FisherVectorEmbedding(2, random_state=0),
-               embedding.FAembEmbedding(2, n_clamped=3, random_state=0), aggregation.DemocraticAggregator(),
-               aggregation.SumPooling(), aggregation.AveragePooling(), aggregation.MaxPooling(),
-               aggregation.GeneralizedMaxPooling(),
-               encoding.EncodeAggregate(embedding.TriangulationEmbedding(3, n_clamped=3, random_state=0))]
-    on_vectors = [postprocessing.RotationNormalizer(n_dropped=2), postprocessing.PowerNormalizer(),
-                  baselines.PCAWhitening(4), hashing.ITQHasher(8, random_state=0), hashing.KMeansHasher(8),
-                  hashing.RelaxedBinaryAutoencoder(8, n_iter=2, random_state=0)]
+    on_maps = [
+        masks.MaxMask(),
+        masks.SumMask(),
+        masks.NoMask(),
+        baselines.SPoC(),
+        baselines.MAC(),
+        baselines.RMAC(),
+        baselines.CroW(),
+        baselines.GeM(),
+    ]
+    on_sets = [
+        local.LocalPCA(4, random_state=0),
+        embedding.TriangulationEmbedding(3, n_clamped=3, random_state=0),
+        embedding.VLADEmbedding(3, random_state=0),
+        embedding.FisherVectorEmbedding(2, random_state=0),
+        embedding.FAembEmbedding(2, n_clamped=3, random_state=0),
+        aggregation.DemocraticAggregator(),
+        aggregation.SumPooling(),
+        aggregation.AveragePooling(),
+        aggregation.MaxPooling(),
+        aggregation.GeneralizedMaxPooling(),
+        encoding.EncodeAggregate(embedding.TriangulationEmbedding(3, n_clamped=3, random_state=0)),
+    ]
+    on_vectors = [
+        postprocessing.RotationNormalizer(n_dropped=2),
+        postprocessing.PowerNormalizer(),
+        baselines.PCAWhitening(4),
+        hashing.ITQHasher(8, random_state=0),
+        hashing.KMeansHasher(8),
+        hashing.RelaxedBinaryAutoencoder(8, n_iter=2, random_state=0),
+    ]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         yield from ((e.fit(maps), maps) for e in on_maps)
@@ -477,8 +512,11 @@ def test_every_fitted_estimator_round_trips_through_skops(tmp_path):
         # comes back contiguous from both, which can change the last bit of a BLAS product.
         _same_output(loaded.transform(X), pickle.loads(pickle.dumps(estimator)).transform(X))
         covered.add(f"{type(estimator).__module__}.{type(estimator).__qualname__}")
-    missing = _public_selconv_estimators() - covered - {"selconv.extraction.extractor.ConvFeatureExtractor",
-                                                        "selconv.masks.SiftMask"}
+    missing = (
+        _public_selconv_estimators()
+        - covered
+        - {"selconv.extraction.extractor.ConvFeatureExtractor", "selconv.masks.SiftMask"}
+    )
     assert not missing
 
 
@@ -487,7 +525,9 @@ def test_the_extractor_round_trips_through_skops_and_rebuilds_its_network(tmp_pa
     from selconv.extraction import ConvFeatureExtractor
     from selconv.index._persistence import encoder_from_file, encoder_to_bytes
 
-    extractor = ConvFeatureExtractor("alexnet", layers="conv5", weights=None, max_size=96, n_workers=0, device="cpu").fit()
+    extractor = ConvFeatureExtractor(
+        "alexnet", layers="conv5", weights=None, max_size=96, n_workers=0, device="cpu"
+    ).fit()
     pipeline = make_paper_pipeline(512, extractor=extractor)
     pixels = np.random.default_rng(0).integers(0, 256, (72, 96, 3), dtype=np.uint8)
     blob = encoder_to_bytes(pipeline)
@@ -527,5 +567,7 @@ def test_encoders_with_untrusted_types_are_refused(tmp_path, saved_index):
     manifest = json.loads((saved_index / "manifest.json").read_text())
     manifest["files"]["encoder.skops"] = {"bytes": path.stat().st_size, "sha256": file_digest(path)}
     (saved_index / "manifest.json").write_text(json.dumps(manifest))
-    with pytest.raises(IndexFormatError, match=r"encoder.skops: holds types outside selconv's trusted list, .*_NotSelconv"):
+    with pytest.raises(
+        IndexFormatError, match=r"encoder.skops: holds types outside selconv's trusted list, .*_NotSelconv"
+    ):
         load_index(saved_index)

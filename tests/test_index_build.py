@@ -222,7 +222,9 @@ def test_rerun_adds_only_new_photos(photos, encoder, tmp_path, monkeypatch):
     _write_photos(folder, ["a/new1.png", "z/new2.png", "b/c/new0.jpg"], seed=7)
     encoded = []
     real = build.encode_images
-    monkeypatch.setattr(build, "encode_images", lambda enc, paths, **kw: encoded.extend(paths) or real(enc, paths, **kw))
+    monkeypatch.setattr(
+        build, "encode_images", lambda enc, paths, **kw: encoded.extend(paths) or real(enc, paths, **kw)
+    )
     report = index_folder(folder, encoder, tmp_path / "index", chunk_size=4, progress=False)
     new = sorted(str(folder / name) for name in ("a/new1.png", "z/new2.png", "b/c/new0.jpg"))
     assert sorted(encoded) == sorted(new + [str(folder / "b" / "broken.jpg")])  # unreadable files are retried
@@ -230,8 +232,9 @@ def test_rerun_adds_only_new_photos(photos, encoder, tmp_path, monkeypatch):
     index = load_index(tmp_path / "index")
     assert index.paths[:12] == first.paths and sorted(index.paths[12:]) == new
     assert index.ids.tolist() == list(range(15))
-    np.testing.assert_array_equal(index.search_descriptors(encoder.transform(new), k=1).ids[:, 0],
-                                  [12 + index.paths[12:].index(p) for p in new])
+    np.testing.assert_array_equal(
+        index.search_descriptors(encoder.transform(new), k=1).ids[:, 0], [12 + index.paths[12:].index(p) for p in new]
+    )
     # Nothing new: nothing encoded, the index files untouched.
     encoded.clear()
     again = index_folder(folder, encoder, tmp_path / "index", chunk_size=4, progress=False)
@@ -286,11 +289,20 @@ def test_index_killed_with_sigkill_resumes_to_an_identical_index(photos, encoder
 
     save_encoder(encoder, tmp_path / "tiny.encoder")
     reference = index_folder(photos, encoder, tmp_path / "reference", chunk_size=1, progress=False)
-    argv = ["index", str(photos), "--encoder", str(tmp_path / "tiny.encoder"), "--out", str(tmp_path / "index"),
-            "--chunk-size", "1"]
+    argv = [
+        "index",
+        str(photos),
+        "--encoder",
+        str(tmp_path / "tiny.encoder"),
+        "--out",
+        str(tmp_path / "index"),
+        "--chunk-size",
+        "1",
+    ]
     env = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1"}
-    process = subprocess.Popen([sys.executable, "-m", "selconv", *argv], env=env, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "selconv", *argv], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     shards = tmp_path / "index.shards"
     deadline = time.monotonic() + 120
     while len(list(shards.glob("*.npz"))) < 2 and process.poll() is None and time.monotonic() < deadline:
@@ -333,7 +345,9 @@ def dask_client():
     distributed = pytest.importorskip("dask.distributed")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        with distributed.LocalCluster(n_workers=2, processes=True, threads_per_worker=1, dashboard_address=None) as cluster:
+        with distributed.LocalCluster(
+            n_workers=2, processes=True, threads_per_worker=1, dashboard_address=None
+        ) as cluster:
             with distributed.Client(cluster) as client:
                 yield client
 
@@ -353,8 +367,9 @@ def test_dask_worker_killed_mid_run_is_retried(photos, encoder, dask_client, tmp
     from selconv.index import _persistence
 
     # The saved encoder may hold the test's own step (the index's data files are what is compared).
-    monkeypatch.setattr(_persistence, "TRUSTED_SELCONV_TYPES", (*_persistence.TRUSTED_SELCONV_TYPES,
-                                                                f"{__name__}._DiesOnce"))
+    monkeypatch.setattr(
+        _persistence, "TRUSTED_SELCONV_TYPES", (*_persistence.TRUSTED_SELCONV_TYPES, f"{__name__}._DiesOnce")
+    )
 
     marker = tmp_path / "a worker was killed"
     dying = Pipeline([*encoder.steps, ("die", _DiesOnce(str(marker)))])
@@ -442,9 +457,17 @@ def test_bad_input_is_a_one_line_error_with_status_2(argv, message, photos, inde
     (tmp_path / "notes.txt").write_text("not an image")
     if "{other}" in argv:
         save_encoder(_fit_tiny(sorted((photos / "b" / "c").glob("*.jpg"))), tmp_path / "other.encoder")
-    names = dict(missing=tmp_path / "missing", empty=tmp_path / "empty", encoder=indexed / "tiny.encoder",
-                 photos=photos, tmp=tmp_path, text=tmp_path / "notes.txt", other=tmp_path / "other.encoder",
-                 index=indexed / "index", query=photos / "a" / "img00.png")
+    names = dict(
+        missing=tmp_path / "missing",
+        empty=tmp_path / "empty",
+        encoder=indexed / "tiny.encoder",
+        photos=photos,
+        tmp=tmp_path,
+        text=tmp_path / "notes.txt",
+        other=tmp_path / "other.encoder",
+        index=indexed / "index",
+        query=photos / "a" / "img00.png",
+    )
     status = cli.main([a.format(**names) for a in argv])
     err = capsys.readouterr().err
     assert status == 2 and err.startswith("selconv: error:") and message in err
@@ -474,8 +497,19 @@ def _loaded_flags(page: Path, tmp_path: Path) -> list[str]:
     probe = tmp_path / f"probe-{page.name}"
     probe.write_text(page.read_text(encoding="utf-8").replace("</body>", _MARK_LOADED), encoding="utf-8")
     dom = subprocess.run(
-        [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=10000", "--dump-dom",
-         probe.as_uri()], capture_output=True, text=True, timeout=120, check=True,
+        [
+            chromium,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--virtual-time-budget=10000",
+            "--dump-dom",
+            probe.as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
     ).stdout
     return re.findall(r'data-loaded="(\w+)"', dom)
 
@@ -483,8 +517,25 @@ def _loaded_flags(page: Path, tmp_path: Path) -> list[str]:
 def test_search_page_renders_every_image_in_chromium(photos, indexed, tmp_path, capsys):
     query = photos / "a" / "img02.png"
     page = tmp_path / "results.html"
-    assert cli.main(["search", str(indexed / "index"), str(query), "--box", "2", "2", "62", "46", "-k", "5",
-                     "--html", str(page)]) == 0
+    assert (
+        cli.main(
+            [
+                "search",
+                str(indexed / "index"),
+                str(query),
+                "--box",
+                "2",
+                "2",
+                "62",
+                "46",
+                "-k",
+                "5",
+                "--html",
+                str(page),
+            ]
+        )
+        == 0
+    )
     assert f"Page: {page}" in capsys.readouterr().out
     html = page.read_text()
     assert "box 2 2 62 46" in html and html.count("data:image/jpeg;base64,") == 6 and "src='http" not in html

@@ -86,8 +86,14 @@ def _independent_leave_one_out_map(descriptors, labels):
 
 def test_grid_search_learns_on_the_learning_images_and_scores_leave_one_out(collection):
     X, y = collection
-    search = GridSearchCV(small_pipeline(), {"power__alpha": [0.5]}, scoring=map_scorer, cv=LearningSetSplit(),
-                          error_score="raise", refit=False)
+    search = GridSearchCV(
+        small_pipeline(),
+        {"power__alpha": [0.5]},
+        scoring=map_scorer,
+        cv=LearningSetSplit(),
+        error_score="raise",
+        refit=False,
+    )
     search.fit(X, y)
     # The same fit and score written out by hand.
     learning = y == LEARNING_LABEL
@@ -101,8 +107,15 @@ def test_grid_search_learns_on_the_learning_images_and_scores_leave_one_out(coll
 def _scores(collection, n_jobs):
     X, y = collection
     grid = {"mask": [MaxMask(), SumMask()], "encode__embedding__n_clusters": [5, 6], "power__alpha": [0.5, 1.0]}
-    search = GridSearchCV(small_pipeline(), grid, scoring=map_scorer, cv=RetrievalKFold(3), n_jobs=n_jobs,
-                          error_score="raise", refit=False)
+    search = GridSearchCV(
+        small_pipeline(),
+        grid,
+        scoring=map_scorer,
+        cv=RetrievalKFold(3),
+        n_jobs=n_jobs,
+        error_score="raise",
+        refit=False,
+    )
     search.fit(X, y)
     return {key: value for key, value in search.cv_results_.items() if key.endswith("test_score")}
 

@@ -87,10 +87,32 @@ def test_paper_experiments_runs_every_phase(tmp_path):
     # 2 x 33 training photos: enough vectors for 64-bit ITQ (n_bits <= n_samples); 512 bits is skipped.
     data = make_tiny_shared_layout(tmp_path / "data", n_training_per_source=33)
     out = tmp_path / "out"
-    argv = ["--data-dir", str(data), "--out", str(out), "--cache-dir", str(tmp_path / "cache"),
-            "--max-size", "128", "--device", "cpu", "--batch-size", "8", "--num-workers", "2",
-            "--n-jobs", "2", "--limit-db", "11", "--budget-s", "1e9", "--sweep-dims", "2048",
-            "--table9", "32,20"]
+    argv = [
+        "--data-dir",
+        str(data),
+        "--out",
+        str(out),
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "--max-size",
+        "128",
+        "--device",
+        "cpu",
+        "--batch-size",
+        "8",
+        "--num-workers",
+        "2",
+        "--n-jobs",
+        "2",
+        "--limit-db",
+        "11",
+        "--budget-s",
+        "1e9",
+        "--sweep-dims",
+        "2048",
+        "--table9",
+        "32,20",
+    ]
     # One BLAS thread: on a shared CI machine multi-threaded eigh can be 20x slower, not faster.
     with threadpool_limits(1):
         report = script.main(argv)
@@ -108,8 +130,9 @@ def test_paper_experiments_runs_every_phase(tmp_path):
     for key, value in results["framework"].items():
         for protocol in ("official-10", "loo-landmark"):
             assert 0.0 <= value[protocol]["map"] <= 100.0, key
-    assert set(results["framework"]) >= {f"{f}/{m}/{d}" for f in ("training", "database")
-                                         for m in ("max", "sum", "sift", "none") for d in (512, 1024)}
+    assert set(results["framework"]) >= {
+        f"{f}/{m}/{d}" for f in ("training", "database") for m in ("max", "sum", "sift", "none") for d in (512, 1024)
+    }
     assert {"real", "64"} <= set(results["itq"])
     assert set(results["baselines"]) == {"spoc", "mac", "rmac", "crow", "gem"}
     # pool5 is the 2x2 max-pool of conv5_3: the hypercolumn extraction agrees with the pool5 one.
@@ -124,32 +147,54 @@ def test_paper_experiments_runs_every_phase(tmp_path):
     out2 = tmp_path / "out2"
     rerun_argv = [a if a != str(out) else str(out2) for a in argv]
     with threadpool_limits(1):
-        script.main(rerun_argv + ["--train-source", "both", "--skip",
-                                  "framework-training,baselines,framework-database,dimensions,hypercolumns,table9"])
+        script.main(
+            rerun_argv
+            + [
+                "--train-source",
+                "both",
+                "--skip",
+                "framework-training,baselines,framework-database,dimensions,hypercolumns,table9",
+            ]
+        )
     rerun = json.loads((out2 / "paper_results.json").read_text())
     assert sorted((tmp_path / "cache" / "maps").rglob("*.map")) == cached
     assert rerun["mask_share"] == results["mask_share"]
     assert not rerun["framework"] and not rerun["errors"], rerun["errors"]
     # --limit-db 11 keeps the 10 labelled images and one of the two distractors: 66 + 1 learning images.
     assert rerun["data"]["n_unlabelled"] == 1 and rerun["domain"]["both"]["n_train"] == 67
-    assert set(rerun["domain"]["both"]["framework"]) == {f"{m}/{d}" for m in ("max", "sum", "sift", "none")
-                                                        for d in (512, 1024)}
+    assert set(rerun["domain"]["both"]["framework"]) == {
+        f"{m}/{d}" for m in ("max", "sum", "sift", "none") for d in (512, 1024)
+    }
     assert set(rerun["domain"]["both"]["baselines"]) == {"spoc", "mac", "rmac", "crow", "gem"}
     assert "64" in rerun["domain"]["both"]["itq"]
     assert "## 8b." in (out2 / "paper_results.md").read_text()
 
     # Merge: no computation, no data folder; later file wins, resolved 'skipped' entries dropped.
     merged_out = tmp_path / "merged"
-    script.main(["--merge-json", str(out / "paper_results.json"), str(out2 / "paper_results.json"),
-                 "--out", str(merged_out)])
+    script.main(
+        ["--merge-json", str(out / "paper_results.json"), str(out2 / "paper_results.json"), "--out", str(merged_out)]
+    )
     merged = json.loads((merged_out / "paper_results.json").read_text())
     merged_text = (merged_out / "paper_results.md").read_text()
     assert merged["framework"] == results["framework"]
     assert merged["domain"] == rerun["domain"]
     assert set(merged["skipped"]) == {"ITQ 128 bits", "ITQ 256 bits", "ITQ 512 bits", "database truncated"} | {
-        f"domain[both] ITQ {b} bits" for b in (128, 256, 512)}, merged["skipped"]
+        f"domain[both] ITQ {b} bits" for b in (128, 256, 512)
+    }, merged["skipped"]
     assert merged_text.count("Device run ") == 2 and "Merged (no computation) by" in merged_text
-    for heading in ("## 1.", "## 2.", "## 3.", "## 4.", "## 5.", "## 6.", "## 7.", "## 8.", "## 8b.", "## 9.", "## 10."):
+    for heading in (
+        "## 1.",
+        "## 2.",
+        "## 3.",
+        "## 4.",
+        "## 5.",
+        "## 6.",
+        "## 7.",
+        "## 8.",
+        "## 8b.",
+        "## 9.",
+        "## 10.",
+    ):
         assert merged_text.count(heading) == 1, heading
     assert "Learned on generic photos + unlabelled Oxford-subset images, 512-D" in merged_text
     assert "run 1: load data" in merged_text and "run 2: load data" in merged_text
@@ -159,8 +204,9 @@ def test_paper_experiments_runs_every_phase(tmp_path):
 def test_database_limit_keeps_positives_and_remaps_ground_truth(tmp_path):
     script = _load_script()
     data = make_tiny_shared_layout(tmp_path / "data")
-    args = script.parse_args(["--data-dir", str(data), "--out", str(tmp_path / "o"), "--limit-db", "6",
-                              "--limit-train", "3"])
+    args = script.parse_args(
+        ["--data-dir", str(data), "--out", str(tmp_path / "o"), "--limit-db", "6", "--limit-train", "3"]
+    )
     loaded = script.Data(args)
     assert len(loaded.database) == 6 and len(loaded.training) == 3
     for gt in loaded.official_gt + loaded.loo_gt:
@@ -194,6 +240,7 @@ def test_merge_mode_needs_no_data_dir_and_reads_only_json(tmp_path):
 def test_parallel_fit_equals_pipeline_fit_transform(tmp_path):
     """The script's chunked, threaded fit gives the Pipeline's own fit_transform result."""
     from conftest import make_local_sets
+
     from selconv.pipelines import make_paper_pipeline
 
     script = _load_script()

@@ -34,8 +34,10 @@ def make_retrieval_maps(n_groups=4, per_group=6, n_distractors=8, random_state=0
         height, width = SIZES[i % len(SIZES)]
         x = rng.gamma(1.0, 0.15, size=(N_CHANNELS, height, width)).astype(np.float32)
         x[rng.random(x.shape) < 0.6] = 0.0
-        parts = group_parts[group] if group >= 0 else rng.gamma(1.0, 1.0, size=(5, N_CHANNELS)) * (
-            rng.random((5, N_CHANNELS)) < 0.4
+        parts = (
+            group_parts[group]
+            if group >= 0
+            else rng.gamma(1.0, 1.0, size=(5, N_CHANNELS)) * (rng.random((5, N_CHANNELS)) < 0.4)
         )
         for part in parts:
             y0, x0 = rng.integers(height), rng.integers(width)
@@ -183,8 +185,14 @@ def test_grid_search_with_map_scorer(data):
         "power__alpha": [0.5, 1.0],
     }
     # Folds of 16 images cannot determine the 48-D rotation: keep only the determined directions.
-    search = GridSearchCV(small_pipeline(undetermined="drop"), grid, scoring=map_scorer, cv=KFold(2, shuffle=True, random_state=0),
-                          n_jobs=2, error_score="raise")
+    search = GridSearchCV(
+        small_pipeline(undetermined="drop"),
+        grid,
+        scoring=map_scorer,
+        cv=KFold(2, shuffle=True, random_state=0),
+        n_jobs=2,
+        error_score="raise",
+    )
     quiet(search.fit, database, labels)
     scores = search.cv_results_["mean_test_score"]
     assert len(scores) == 8 and np.isfinite(scores).all()

@@ -15,8 +15,8 @@ import textwrap
 import threading
 import time
 import urllib.error
-import warnings
 import urllib.request
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -31,8 +31,13 @@ from selconv._safe_pickle import MAX_BUILT_BYTES, UnsafePickleError, safe_load_p
 from selconv.datasets import load_revisited
 from selconv.datasets.base import GroundTruthError
 from selconv.datasets.download import UnsafeArchiveError, download, extract
-from selconv.extraction import (CacheRepairedWarning, ConvFeatureExtractor, ImageLoadError, ImageSkippedWarning,
-                                WeightsNotFoundError)
+from selconv.extraction import (
+    CacheRepairedWarning,
+    ConvFeatureExtractor,
+    ImageLoadError,
+    ImageSkippedWarning,
+    WeightsNotFoundError,
+)
 from selconv.extraction import extractor as extractor_module
 from selconv.extraction.weights import resolve_weights
 
@@ -42,11 +47,13 @@ SRC = str(Path(__file__).resolve().parents[1] / "src")
 def run_isolated(code: str) -> subprocess.CompletedProcess:
     """Run `code` in a fresh interpreter: a crash (segfault) there fails the test instead of killing pytest."""
     env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, env=env,
-                          timeout=120)
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, env=env, timeout=120
+    )
 
 
 # ---------------------------------------------------------------- item 1: object dtype from raw bytes
+
 
 class _ObjectDtype:
     def __reduce__(self):  # numpy.dtype("O8") with a BUILD state whose flags (0) claim it holds no references
@@ -76,18 +83,33 @@ class _SubarrayState:
         return (np.zeros(1).__reduce__()[0], (np.ndarray, (0,), b"b"), (1, (1,), _SubarrayDtype(), False, b"A" * 8))
 
 
-@pytest.mark.parametrize("payload", [EXPLOIT, pickle.dumps([_ObjectState()], protocol=2),
-                                     pickle.dumps([_ObjectState()], protocol=0), pickle.dumps(_SubarrayState(), protocol=2)],
-                         ids=["frombuffer", "build", "proto0", "subarray-state"])
+@pytest.mark.parametrize(
+    "payload",
+    [
+        EXPLOIT,
+        pickle.dumps([_ObjectState()], protocol=2),
+        pickle.dumps([_ObjectState()], protocol=0),
+        pickle.dumps(_SubarrayState(), protocol=2),
+    ],
+    ids=["frombuffer", "build", "proto0", "subarray-state"],
+)
 def test_unpickler_refuses_object_dtype_built_from_raw_bytes(payload):
     with pytest.raises(UnsafePickleError, match="dtype"):
         safe_load_pickle(payload)
 
 
-@pytest.mark.parametrize("value", [np.array([1, None], dtype=object), np.zeros(2, dtype=[("a", "f4"), ("b", "i4")]),
-                                   np.zeros(2, dtype=[("a", "f4", (2,))]), np.zeros(2, dtype="M8[s]"),
-                                   np.zeros(2, dtype="V4"), np.array([b"a"]).astype("S1").view("V1")],
-                         ids=["object", "fields", "subarray-field", "datetime", "void", "void-view"])
+@pytest.mark.parametrize(
+    "value",
+    [
+        np.array([1, None], dtype=object),
+        np.zeros(2, dtype=[("a", "f4"), ("b", "i4")]),
+        np.zeros(2, dtype=[("a", "f4", (2,))]),
+        np.zeros(2, dtype="M8[s]"),
+        np.zeros(2, dtype="V4"),
+        np.array([b"a"]).astype("S1").view("V1"),
+    ],
+    ids=["object", "fields", "subarray-field", "datetime", "void", "void-view"],
+)
 @pytest.mark.parametrize("protocol", [2, 5])
 def test_unpickler_refuses_every_non_plain_dtype(value, protocol):
     with pytest.raises(UnsafePickleError):
@@ -98,8 +120,9 @@ def test_revisited_loader_refuses_the_exploit(tmp_path):
     """Run in a subprocess: the unpatched loader segfaults on it."""
     root = tmp_path / "roxford5k"
     (root / "jpg").mkdir(parents=True)
-    (root / "gnd_roxford5k.pkl").write_bytes(pickle.dumps(
-        {"imlist": [], "qimlist": ["q"], "gnd": [{"easy": _PointerArray(), "bbx": None}]}, protocol=2))
+    (root / "gnd_roxford5k.pkl").write_bytes(
+        pickle.dumps({"imlist": [], "qimlist": ["q"], "gnd": [{"easy": _PointerArray(), "bbx": None}]}, protocol=2)
+    )
     (root / "jpg" / "q.jpg").write_bytes(b"x")
     result = run_isolated(f"""
         import numpy as np
@@ -117,14 +140,16 @@ def test_revisited_loader_refuses_the_exploit(tmp_path):
 
 def test_weights_checkpoint_with_the_exploit_is_refused(tmp_path):
     ckpt = tmp_path / "weights.ckpt"
-    ckpt.write_bytes(pickle.dumps({"VGG16_0": {"Conv_0": {"kernel": _PointerArray(), "bias": _PointerArray()}}},
-                                  protocol=2))
+    ckpt.write_bytes(
+        pickle.dumps({"VGG16_0": {"Conv_0": {"kernel": _PointerArray(), "bias": _PointerArray()}}}, protocol=2)
+    )
     # what ConvFeatureExtractor(weights=ckpt).fit() calls, without building VGG16 first
     with pytest.raises(WeightsNotFoundError, match="could not be loaded safely.*refusing dtype"):
         resolve_weights(str(ckpt), torchvision_name="vgg16", lpips_arch="vgg16")
 
 
 # ---------------------------------------------------------------- item 2: memory bombs
+
 
 class _BytesBomb:
     def __reduce__(self):
@@ -138,11 +163,15 @@ def _amplifier(n_refs: int) -> bytes:
     return body + b"(" + b"h\x00h\x01\x85R" * n_refs + b"l."
 
 
-@pytest.mark.parametrize("payload", [
-    pickle.dumps(_BytesBomb(), protocol=2),
-    b"\x80\x05\x96" + (1 << 40).to_bytes(8, "little") + b".",  # BYTEARRAY8 declaring a terabyte
-    _amplifier(300),  # 600 MB of sets from a 182 kB file
-], ids=["bytes-call", "bytearray8", "amplified-references"])
+@pytest.mark.parametrize(
+    "payload",
+    [
+        pickle.dumps(_BytesBomb(), protocol=2),
+        b"\x80\x05\x96" + (1 << 40).to_bytes(8, "little") + b".",  # BYTEARRAY8 declaring a terabyte
+        _amplifier(300),  # 600 MB of sets from a 182 kB file
+    ],
+    ids=["bytes-call", "bytearray8", "amplified-references"],
+)
 def test_unpickler_bounds_what_it_builds(payload, monkeypatch):
     assert MAX_BUILT_BYTES >= 8 * 59_000_000  # generous for the 59 MB VGG16 checkpoint
     monkeypatch.setattr(safe_pickle_module, "MAX_BUILT_BYTES", 32 * 2**20)  # the same check, reached sooner
@@ -159,6 +188,7 @@ def test_unpickler_refuses_nesting_that_would_overflow_the_c_stack():
 
 
 # ---------------------------------------------------------------- items 3 and 9: the extractor's cache
+
 
 def tiny_net():
     torch.manual_seed(0)
@@ -191,7 +221,9 @@ def _flip(path):
     path.write_bytes(bytes(data))
 
 
-@pytest.mark.parametrize("damage", [_truncate, _flip, lambda p: p.write_bytes(b"")], ids=["truncated", "bit-flipped", "empty"])
+@pytest.mark.parametrize(
+    "damage", [_truncate, _flip, lambda p: p.write_bytes(b"")], ids=["truncated", "bit-flipped", "empty"]
+)
 @pytest.mark.parametrize("on_error", ["raise", "skip"])
 def test_damaged_cache_entry_is_recomputed_and_reported(cached, damage, on_error):
     extractor, images, fresh, entries = cached
@@ -240,6 +272,7 @@ def clone_without_cache(extractor):
 
 # ---------------------------------------------------------------- item 5: special files never hang
 
+
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs POSIX FIFOs")
 @pytest.mark.parametrize("cached", [False, True], ids=["no-cache", "cache"])
 def test_fifo_device_and_folder_are_skipped_without_hanging(tmp_path, cached):
@@ -247,8 +280,9 @@ def test_fifo_device_and_folder_are_skipped_without_hanging(tmp_path, cached):
     fifo = tmp_path / "a_fifo.jpg"
     os.mkfifo(fifo)
     inputs = [good, str(fifo), str(tmp_path), os.devnull, good]
-    extractor = ConvFeatureExtractor(tiny_net, max_size=None, n_workers=2, on_error="skip",
-                                     cache_dir=str(tmp_path / "c") if cached else None).fit()
+    extractor = ConvFeatureExtractor(
+        tiny_net, max_size=None, n_workers=2, on_error="skip", cache_dir=str(tmp_path / "c") if cached else None
+    ).fit()
     outcome = {}
 
     def run():
@@ -272,6 +306,7 @@ def test_fifo_device_and_folder_are_skipped_without_hanging(tmp_path, cached):
 
 # ---------------------------------------------------------------- item 8: too small for the network
 
+
 def test_images_too_small_for_the_network_are_skipped(tmp_path):
     def strided():
         return torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.MaxPool2d(32))
@@ -293,6 +328,7 @@ def test_images_too_small_for_the_network_are_skipped(tmp_path):
 
 # ---------------------------------------------------------------- item 14: late parameters, skipped inputs
 
+
 def test_parameters_set_after_fit_are_validated_at_transform(tmp_path):
     good = _image(tmp_path / "good.png", 0)
     extractor = ConvFeatureExtractor(tiny_net, max_size=None, n_workers=0).fit()
@@ -313,6 +349,7 @@ def test_skipped_inputs_are_recorded_and_warned(tmp_path):
 
 
 # ---------------------------------------------------------------- item 10: download resume
+
 
 class _Server:
     """A fake HTTP server honouring Range requests, answering 416 past the end, like a real one."""
@@ -360,6 +397,7 @@ def test_download_without_checksum_never_takes_416_as_complete(tmp_path, monkeyp
 
 # ---------------------------------------------------------------- item 11: flattened extraction
 
+
 def test_flattened_extraction_refuses_same_named_files(tmp_path):
     tgz = tmp_path / "a.tgz"
     with tarfile.open(tgz, "w:gz") as tf:
@@ -380,6 +418,7 @@ def test_flattened_extraction_refuses_same_named_files(tmp_path):
 
 # ---------------------------------------------------------------- item 13: revisited ground truth
 
+
 def _revisited(tmp_path, imlist=("a", "b", "c"), gnd=None):
     root = tmp_path / "roxford5k"
     (root / "jpg").mkdir(parents=True, exist_ok=True)
@@ -397,13 +436,16 @@ def test_revisited_names_must_stay_inside_the_root(tmp_path, name):
         load_revisited(_revisited(tmp_path, imlist=("a", name)), "roxford5k")
 
 
-@pytest.mark.parametrize("entry, message", [
-    ({"easy": np.array([0.9, 1.7])}, "integer"),
-    ({"easy": [0], "junk": [3]}, "outside the 3 database images"),
-    ({"hard": [-1]}, "outside"),
-    ("not a dict", "expected a dict"),
-    ({"easy": [0], "bbx": [1, 2, 3]}, "4 finite numbers"),
-])
+@pytest.mark.parametrize(
+    "entry, message",
+    [
+        ({"easy": np.array([0.9, 1.7])}, "integer"),
+        ({"easy": [0], "junk": [3]}, "outside the 3 database images"),
+        ({"hard": [-1]}, "outside"),
+        ("not a dict", "expected a dict"),
+        ({"easy": [0], "bbx": [1, 2, 3]}, "4 finite numbers"),
+    ],
+)
 def test_revisited_entries_are_validated(tmp_path, entry, message):
     with pytest.raises(GroundTruthError, match=message) as info:
         load_revisited(_revisited(tmp_path, gnd=[entry]), "roxford5k")

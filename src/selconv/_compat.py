@@ -13,7 +13,12 @@ __all__ = [
     "_fit_context",
     "fit_context",
     "BaseCrossValidator",
-    "HasMethods", "Interval", "Options", "StrOptions", "validate_data"]
+    "HasMethods",
+    "Interval",
+    "Options",
+    "StrOptions",
+    "validate_data",
+]
 
 
 def fit_context(*, prefer_skip_nested_validation: bool):

@@ -126,8 +126,10 @@ def check_conv_maps(X, *, estimator, reset: bool) -> list[ConvMap]:
         if not np.isfinite(item.features).all():
             raise ValueError(f"{name}: conv map {index}{where} contains NaN or infinity.")
         if item.features.dtype.itemsize > 4 and item.features.size and np.abs(item.features).max() > _FLOAT32_MAX:
-            raise ValueError(f"{name}: conv map {index}{where} has values beyond the float32 range (3.4e38) "
-                             "that the masks and poolings compute in.")
+            raise ValueError(
+                f"{name}: conv map {index}{where} has values beyond the float32 range (3.4e38) "
+                "that the masks and poolings compute in."
+            )
         if n_channels is None:
             n_channels = item.n_channels
         elif item.n_channels != n_channels:

@@ -95,8 +95,13 @@ class _DtypeSpec:
 
 def _check_plain_dtype(dtype) -> None:
     if not (
-        isinstance(dtype, np.dtype) and dtype.kind in _PLAIN_KINDS and not dtype.hasobject and dtype.fields is None
-        and dtype.subdtype is None and dtype.itemsize > 0 and dtype == np.dtype(dtype.str)
+        isinstance(dtype, np.dtype)
+        and dtype.kind in _PLAIN_KINDS
+        and not dtype.hasobject
+        and dtype.fields is None
+        and dtype.subdtype is None
+        and dtype.itemsize > 0
+        and dtype == np.dtype(dtype.str)
     ):
         raise UnsafePickleError(f"refusing dtype {dtype!r}: only plain bool, number and string dtypes are allowed")
 
@@ -109,8 +114,11 @@ def _short(value) -> str:
 def _shape(value) -> tuple:
     if isinstance(value, int) and not isinstance(value, bool):
         value = (value,)
-    if not (isinstance(value, tuple) and len(value) <= 32
-            and all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in value)):
+    if not (
+        isinstance(value, tuple)
+        and len(value) <= 32
+        and all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in value)
+    ):
         raise UnsafePickleError(f"refusing array shape {_short(value)}")
     return value
 
@@ -242,8 +250,12 @@ class _Unpickler(pickle._Unpickler):
         return array
 
     def _make_frombuffer(self, buffer, spec, shape, order):
-        if (type(buffer) not in (bytes, bytearray) or type(spec) is not _DtypeSpec
-                or type(order) is not str or order not in ("C", "F")):
+        if (
+            type(buffer) not in (bytes, bytearray)
+            or type(spec) is not _DtypeSpec
+            or type(order) is not str
+            or order not in ("C", "F")
+        ):
             raise UnsafePickleError(
                 f"refusing _frombuffer of {type(buffer).__name__}, {_short(spec)}, order {_short(order)}"
             )
@@ -296,8 +308,8 @@ class _Unpickler(pickle._Unpickler):
     def _pop(self, n):
         if len(self.stack) < n:
             raise UnsafePickleError("malformed pickle: stack underflow")
-        items = self.stack[len(self.stack) - n:]
-        del self.stack[len(self.stack) - n:]
+        items = self.stack[len(self.stack) - n :]
+        del self.stack[len(self.stack) - n :]
         return items
 
     def _extend(self, items):
@@ -337,8 +349,10 @@ class _Unpickler(pickle._Unpickler):
         self.append(bytearray(data))
 
     def _refuse(self):
-        raise UnsafePickleError("refusing an opcode that builds arbitrary objects (INST, OBJ, NEWOBJ, EXT, "
-                                "persistent ids, out-of-band buffers)")
+        raise UnsafePickleError(
+            "refusing an opcode that builds arbitrary objects (INST, OBJ, NEWOBJ, EXT, "
+            "persistent ids, out-of-band buffers)"
+        )
 
 
 def _is_latin1(encoding) -> bool:
@@ -365,8 +379,19 @@ def _install_dispatch() -> None:
         pickle.FROZENSET: _Unpickler._frozenset,
         pickle.BYTEARRAY8: _Unpickler._bytearray8,
     }
-    refused = (pickle.INST, pickle.OBJ, pickle.NEWOBJ, pickle.NEWOBJ_EX, pickle.EXT1, pickle.EXT2, pickle.EXT4,
-               pickle.PERSID, pickle.BINPERSID, pickle.NEXT_BUFFER, pickle.READONLY_BUFFER)
+    refused = (
+        pickle.INST,
+        pickle.OBJ,
+        pickle.NEWOBJ,
+        pickle.NEWOBJ_EX,
+        pickle.EXT1,
+        pickle.EXT2,
+        pickle.EXT4,
+        pickle.PERSID,
+        pickle.BINPERSID,
+        pickle.NEXT_BUFFER,
+        pickle.READONLY_BUFFER,
+    )
     for code, load in pickle._Unpickler.dispatch.items():
         opcode = bytes([code])
         load = _Unpickler._refuse if opcode in refused else own.get(opcode, load)

@@ -122,8 +122,7 @@ class PCAWhitening(SelconvPickleMixin, ClassNamePrefixFeaturesOutMixin, Transfor
         n_samples, n_features = X.shape
         if self.n_components is not None and self.n_components > n_features:
             raise ValueError(
-                f"PCAWhitening: n_components={self.n_components} must be at most the number of features "
-                f"{n_features}."
+                f"PCAWhitening: n_components={self.n_components} must be at most the number of features {n_features}."
             )
         centred = l2_normalize_rows(X.astype(np.float64))
         self.mean_ = centred.mean(axis=0)

@@ -28,7 +28,15 @@ __all__ = ["DATASETS", "BenchmarkResult", "build_parser", "format_table", "main"
 
 #: Datasets ``selconv evaluate --dataset`` knows; "folder" is the user format of docs/datasets.md.
 DATASETS = (
-    "sample", "folder", "oxford5k", "paris6k", "roxford5k", "rparis6k", "holidays", "ukbench", "oxford5k-subset",
+    "sample",
+    "folder",
+    "oxford5k",
+    "paris6k",
+    "roxford5k",
+    "rparis6k",
+    "holidays",
+    "ukbench",
+    "oxford5k-subset",
 )
 
 _MASK_LABELS = {"max": "MAX-mask", "sum": "SUM-mask", "sift": "SIFT-mask", "none": "no mask"}
@@ -76,61 +84,115 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="{demo,evaluate,fit,index,search}")
 
     def common(sub, *, max_size_default, out_default):
-        sub.add_argument("--out", type=Path, default=Path(out_default),
-                         help="output folder for results.json, report.html and the conv-map cache "
-                              "(default: %(default)s)")
-        sub.add_argument("--cache-dir", type=Path, default=None,
-                         help="where conv maps are cached (default: OUT/cache); rerunning resumes from it")
-        sub.add_argument("--max-size", type=_positive_int, default=max_size_default,
-                         help="resize images so the longest side is this many pixels "
-                              "(default: %(default)s; paper: 1024)")
+        sub.add_argument(
+            "--out",
+            type=Path,
+            default=Path(out_default),
+            help="output folder for results.json, report.html and the conv-map cache (default: %(default)s)",
+        )
+        sub.add_argument(
+            "--cache-dir",
+            type=Path,
+            default=None,
+            help="where conv maps are cached (default: OUT/cache); rerunning resumes from it",
+        )
+        sub.add_argument(
+            "--max-size",
+            type=_positive_int,
+            default=max_size_default,
+            help="resize images so the longest side is this many pixels (default: %(default)s; paper: 1024)",
+        )
         sub.add_argument("--device", default="auto", help="torch device: auto, cpu, cuda, cuda:1, ... (default: auto)")
-        sub.add_argument("--preset", type=int, choices=sorted(PAPER_SETTINGS), default=512,
-                         help="final dimension D of the paper's Table 4 (default: %(default)s)")
+        sub.add_argument(
+            "--preset",
+            type=int,
+            choices=sorted(PAPER_SETTINGS),
+            default=512,
+            help="final dimension D of the paper's Table 4 (default: %(default)s)",
+        )
         sub.add_argument("--top-k", type=_positive_int, default=8, help="results shown per query in the report")
         sub.add_argument("--seed", type=int, default=0, help="random_state of every random stage (default: 0)")
         sub.add_argument("--no-report", action="store_true", help="do not write report.html")
 
     demo = commands.add_parser(
-        "demo", help="run the paper's pipeline on the bundled sample (about 90 images, a few minutes on a CPU)",
+        "demo",
+        help="run the paper's pipeline on the bundled sample (about 90 images, a few minutes on a CPU)",
         description="Fit the paper's pipeline (VGG16 pool5, Table 4 preset) on the training images of the "
-                    "bundled sample, evaluate MAX/SUM/SIFT/no-mask descriptors and ITQ codes on its queries, "
-                    "print an mAP table and write an HTML report.",
+        "bundled sample, evaluate MAX/SUM/SIFT/no-mask descriptors and ITQ codes on its queries, "
+        "print an mAP table and write an HTML report.",
     )
     common(demo, max_size_default=512, out_default="selconv-output/demo")
-    demo.add_argument("--masks", type=_mask_list, default=list(MASKS),
-                      help="comma-separated masks to evaluate (default: max,sum,sift,none)")
+    demo.add_argument(
+        "--masks",
+        type=_mask_list,
+        default=list(MASKS),
+        help="comma-separated masks to evaluate (default: max,sum,sift,none)",
+    )
 
     evaluate = commands.add_parser(
-        "evaluate", help="evaluate a paper preset on a retrieval dataset",
+        "evaluate",
+        help="evaluate a paper preset on a retrieval dataset",
         description="Fit the paper's pipeline on a training set and evaluate it on a dataset's queries.",
     )
     common(evaluate, max_size_default=1024, out_default="selconv-output/evaluate")
-    evaluate.add_argument("--dataset", required=True, choices=DATASETS, metavar="NAME",
-                          help="one of: " + ", ".join(DATASETS))
-    evaluate.add_argument("--data-dir", type=Path, default=None,
-                          help="the dataset's folder in its official layout (not needed for 'sample')")
-    evaluate.add_argument("--protocol", default=None,
-                          help="roxford5k/rparis6k: easy, medium (default) or hard; "
-                               "oxford5k-subset: official-10 (default) or loo-landmark")
-    evaluate.add_argument("--ground-truth", type=Path, default=None,
-                          help="folder: the CSV/JSON ground-truth file (default: groundtruth.csv/.json in DATA_DIR)")
+    evaluate.add_argument(
+        "--dataset", required=True, choices=DATASETS, metavar="NAME", help="one of: " + ", ".join(DATASETS)
+    )
+    evaluate.add_argument(
+        "--data-dir",
+        type=Path,
+        default=None,
+        help="the dataset's folder in its official layout (not needed for 'sample')",
+    )
+    evaluate.add_argument(
+        "--protocol",
+        default=None,
+        help="roxford5k/rparis6k: easy, medium (default) or hard; "
+        "oxford5k-subset: official-10 (default) or loo-landmark",
+    )
+    evaluate.add_argument(
+        "--ground-truth",
+        type=Path,
+        default=None,
+        help="folder: the CSV/JSON ground-truth file (default: groundtruth.csv/.json in DATA_DIR)",
+    )
     evaluate.add_argument("--rotations", type=Path, default=None, help="holidays: the manual rotation list")
-    evaluate.add_argument("--distractors", type=Path, default=None,
-                          help="folder of distractor images added to the database")
-    evaluate.add_argument("--mask", dest="masks", type=_mask_list, default=["max"],
-                          help="comma-separated masks: max, sum, sift, none (default: max)")
-    evaluate.add_argument("--bits", type=_positive_int, nargs="+", default=[],
-                          help="also evaluate ITQ codes of these lengths (multiples of 8), learned on the training set")
+    evaluate.add_argument(
+        "--distractors", type=Path, default=None, help="folder of distractor images added to the database"
+    )
+    evaluate.add_argument(
+        "--mask",
+        dest="masks",
+        type=_mask_list,
+        default=["max"],
+        help="comma-separated masks: max, sum, sift, none (default: max)",
+    )
+    evaluate.add_argument(
+        "--bits",
+        type=_positive_int,
+        nargs="+",
+        default=[],
+        help="also evaluate ITQ codes of these lengths (multiples of 8), learned on the training set",
+    )
     training = evaluate.add_mutually_exclusive_group()
     training.add_argument("--train-dir", type=Path, default=None, help="folder of training images")
-    training.add_argument("--train-dataset", choices=DATASETS, default=None, metavar="NAME",
-                          help="learn on this dataset's database images (paper: paris6k for oxford5k)")
+    training.add_argument(
+        "--train-dataset",
+        choices=DATASETS,
+        default=None,
+        metavar="NAME",
+        help="learn on this dataset's database images (paper: paris6k for oxford5k)",
+    )
     evaluate.add_argument("--train-data-dir", type=Path, default=None, help="folder of --train-dataset")
-    evaluate.add_argument("--max-train", type=_positive_int, default=None,
-                          help="use a seeded random subset of this many training images")
-    evaluate.add_argument("--fit-on", choices=("training", "database"), default="training",
-                          help="'database': learn on the test database itself, without truncation (paper Table 9)")
+    evaluate.add_argument(
+        "--max-train", type=_positive_int, default=None, help="use a seeded random subset of this many training images"
+    )
+    evaluate.add_argument(
+        "--fit-on",
+        choices=("training", "database"),
+        default="training",
+        help="'database': learn on the test database itself, without truncation (paper Table 9)",
+    )
     _add_collection_commands(commands)
     return parser
 
@@ -148,7 +210,9 @@ def main(argv=None) -> int:
     except SystemExit as done:  # --help / --version (0), or an argument error already printed (2)
         return done.code if isinstance(done.code, int) else 0
     try:
-        return {"demo": _demo, "evaluate": _evaluate, "fit": _fit, "index": _index, "search": _search}[args.command](args)
+        return {"demo": _demo, "evaluate": _evaluate, "fit": _fit, "index": _index, "search": _search}[args.command](
+            args
+        )
     except (CommandError, OSError, ValueError, pickle.UnpicklingError) as error:
         # Loaders and estimators raise these with messages naming the file or argument.
         print(f"selconv: error: {_one_line(error)}", file=sys.stderr)
@@ -169,11 +233,15 @@ def _one_line(error: BaseException) -> str:
     """An exception as one line that says what to fix (OSErrors get the path and a hint)."""
     if isinstance(error, OSError) and error.strerror:  # raised by the OS (custom messages have no strerror)
         where = f" {error.filename}" if error.filename else ""
-        fix = {"EACCES": "check its permissions or choose another path", "EPERM": "check its permissions",
-               "ENOSPC": "free some disk space", "EROFS": "choose a writable location",
-               "ENOTDIR": "a part of the path is a file, not a folder",
-               "EEXIST": "a file is in the way of a folder; remove it or choose another path",
-               "EISDIR": "it is a folder; give a file"}.get(errno.errorcode.get(error.errno, ""), "check the path")
+        fix = {
+            "EACCES": "check its permissions or choose another path",
+            "EPERM": "check its permissions",
+            "ENOSPC": "free some disk space",
+            "EROFS": "choose a writable location",
+            "ENOTDIR": "a part of the path is a file, not a folder",
+            "EEXIST": "a file is in the way of a folder; remove it or choose another path",
+            "EISDIR": "it is a folder; give a file",
+        }.get(errno.errorcode.get(error.errno, ""), "check the path")
         text = f"{error.strerror}:{where} ({fix})"
     else:
         text = str(error) or type(error).__name__
@@ -189,8 +257,9 @@ def _require_writable_dir(path: Path, what: str) -> None:
         with tempfile.TemporaryFile(dir=path):
             pass
     except OSError as error:
-        raise CommandError(f"{what} {path} is not a writable folder ({_one_line(error)}); "
-                           "choose a folder you can write to.") from None
+        raise CommandError(
+            f"{what} {path} is not a writable folder ({_one_line(error)}); choose a folder you can write to."
+        ) from None
 
 
 def _require_output_dirs(args) -> None:
@@ -206,13 +275,26 @@ def _demo(args) -> int:
 
     _require_output_dirs(args)
     dataset = load_sample()
-    notes = [f"Demo image size: longest side {args.max_size} px (the paper uses 1024 px; "
-             "the bundled sample's images are at most 512 px)."]
+    notes = [
+        f"Demo image size: longest side {args.max_size} px (the paper uses 1024 px; "
+        "the bundled sample's images are at most 512 px)."
+    ]
     result = run_benchmark(
-        dataset, training=dataset.training, training_name=f"the sample's {len(dataset.training)} training photos "
-        "(BSDS500 + ImageNet, disjoint from the database)", preset=args.preset, masks=args.masks,
-        bits=list(DEMO_BITS), max_size=args.max_size, device=args.device, out=args.out, cache_dir=args.cache_dir,
-        top_k=args.top_k, random_state=args.seed, report=not args.no_report, extra_notes=notes,
+        dataset,
+        training=dataset.training,
+        training_name=f"the sample's {len(dataset.training)} training photos "
+        "(BSDS500 + ImageNet, disjoint from the database)",
+        preset=args.preset,
+        masks=args.masks,
+        bits=list(DEMO_BITS),
+        max_size=args.max_size,
+        device=args.device,
+        out=args.out,
+        cache_dir=args.cache_dir,
+        top_k=args.top_k,
+        random_state=args.seed,
+        report=not args.no_report,
+        extra_notes=notes,
         title="selconv demo: bundled sample",
     )
     return 0 if result.rows else 1
@@ -236,9 +318,15 @@ def _evaluate(args) -> int:
     if args.train_dir is not None:
         _require_dir(args.train_dir, "--train-dir")
     # A training folder inside a user folder must not also join its database as distractors.
-    dataset = _load_dataset(args.dataset, args.data_dir, protocol=args.protocol, ground_truth=args.ground_truth,
-                            rotations=args.rotations, what="--data-dir",
-                            training=args.train_dir.resolve() if args.train_dir is not None else None)
+    dataset = _load_dataset(
+        args.dataset,
+        args.data_dir,
+        protocol=args.protocol,
+        ground_truth=args.ground_truth,
+        rotations=args.rotations,
+        what="--data-dir",
+        training=args.train_dir.resolve() if args.train_dir is not None else None,
+    )
     if args.distractors is not None:
         _require_dir(args.distractors, "--distractors")
         dataset = dataset.with_distractors(args.distractors)
@@ -251,8 +339,14 @@ def _evaluate(args) -> int:
     elif args.train_dir is not None:
         training, training_name = list_images(args.train_dir), f"images under {args.train_dir}"
     elif args.train_dataset is not None:
-        train_set = _load_dataset(args.train_dataset, args.train_data_dir, protocol=None, ground_truth=None,
-                                  rotations=None, what="--train-data-dir")
+        train_set = _load_dataset(
+            args.train_dataset,
+            args.train_data_dir,
+            protocol=None,
+            ground_truth=None,
+            rotations=None,
+            what="--train-data-dir",
+        )
         training, training_name = list(train_set.database), f"the database of {train_set.name}"
     elif dataset.training:
         training, training_name = list(dataset.training), f"the training images of {dataset.name}"
@@ -289,33 +383,54 @@ def _evaluate(args) -> int:
 
     _require_output_dirs(args)
     run_benchmark(
-        dataset, training=training, training_name=training_name, preset=args.preset, masks=args.masks,
-        bits=args.bits, max_size=args.max_size, device=args.device, out=args.out, cache_dir=args.cache_dir,
-        top_k=args.top_k, random_state=args.seed, report=not args.no_report, fit_on=args.fit_on,
-        title=f"selconv evaluate: {dataset.name}", strict_bits=True,
+        dataset,
+        training=training,
+        training_name=training_name,
+        preset=args.preset,
+        masks=args.masks,
+        bits=args.bits,
+        max_size=args.max_size,
+        device=args.device,
+        out=args.out,
+        cache_dir=args.cache_dir,
+        top_k=args.top_k,
+        random_state=args.seed,
+        report=not args.no_report,
+        fit_on=args.fit_on,
+        title=f"selconv evaluate: {dataset.name}",
+        strict_bits=True,
     )
     return 0
 
 
 #: Protocols of the datasets that have several; the others have exactly one.
-_PROTOCOLS = {"roxford5k": ("easy", "medium", "hard"), "rparis6k": ("easy", "medium", "hard"),
-              "oxford5k-subset": ("official-10", "loo-landmark")}
+_PROTOCOLS = {
+    "roxford5k": ("easy", "medium", "hard"),
+    "rparis6k": ("easy", "medium", "hard"),
+    "oxford5k-subset": ("official-10", "loo-landmark"),
+}
 
 #: Options of ``evaluate`` that only some datasets use: giving one to another dataset is an error, not ignored.
-_DATASET_OPTIONS = {"protocol": tuple(_PROTOCOLS), "ground_truth": ("folder",), "rotations": ("holidays",),
-                    "data_dir": tuple(name for name in DATASETS if name != "sample")}
+_DATASET_OPTIONS = {
+    "protocol": tuple(_PROTOCOLS),
+    "ground_truth": ("folder",),
+    "rotations": ("holidays",),
+    "data_dir": tuple(name for name in DATASETS if name != "sample"),
+}
 
 
 def _check_dataset_options(args) -> None:
     for option, users in _DATASET_OPTIONS.items():
         if getattr(args, option) is not None and args.dataset not in users:
             flag = "--" + option.replace("_", "-")
-            raise CommandError(f"{flag} does not apply to --dataset {args.dataset} (only to {', '.join(users)}); "
-                               "drop it.")
+            raise CommandError(
+                f"{flag} does not apply to --dataset {args.dataset} (only to {', '.join(users)}); drop it."
+            )
     allowed = _PROTOCOLS.get(args.dataset, ())
     if args.protocol is not None and args.protocol not in allowed:
-        raise CommandError(f"--protocol {args.protocol!r} is not valid for {args.dataset}; choose one of "
-                           f"{', '.join(allowed)}.")
+        raise CommandError(
+            f"--protocol {args.protocol!r} is not valid for {args.dataset}; choose one of {', '.join(allowed)}."
+        )
 
 
 def _load_dataset(name, data_dir, *, protocol, ground_truth, rotations, what, training=None):
@@ -393,49 +508,108 @@ def _add_collection_commands(commands) -> None:
     from selconv.pipelines import MASKS, PAPER_SETTINGS
 
     def sub(name, help, examples):
-        return commands.add_parser(name, help=help, description=help[0].upper() + help[1:] + ".", epilog=examples,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+        return commands.add_parser(
+            name,
+            help=help,
+            description=help[0].upper() + help[1:] + ".",
+            epilog=examples,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
 
     fit = sub("fit", "learn the paper's encoder (a Table 4 preset) on a photo folder and save it", _FIT_EXAMPLES)
     fit.add_argument("photos", type=Path, metavar="PHOTOS", help="the photo collection (walked recursively)")
     fit.add_argument("--out", type=Path, required=True, metavar="ENCODER", help="where to save the fitted encoder")
-    fit.add_argument("--train-dir", type=Path, default=None, metavar="DIR",
-                     help="learn on the photos under DIR instead of a sample of PHOTOS")
-    fit.add_argument("--sample", type=_positive_int, default=5000, metavar="N",
-                     help="learn on a seeded random sample of N photos (default: %(default)s; the paper learns on "
-                          "5,000-6,400; fitting holds every sampled conv map in memory)")
-    fit.add_argument("--preset", type=int, choices=sorted(PAPER_SETTINGS), default=512,
-                     help="final dimension D of the paper's Table 4 (default: %(default)s)")
+    fit.add_argument(
+        "--train-dir",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="learn on the photos under DIR instead of a sample of PHOTOS",
+    )
+    fit.add_argument(
+        "--sample",
+        type=_positive_int,
+        default=5000,
+        metavar="N",
+        help="learn on a seeded random sample of N photos (default: %(default)s; the paper learns on "
+        "5,000-6,400; fitting holds every sampled conv map in memory)",
+    )
+    fit.add_argument(
+        "--preset",
+        type=int,
+        choices=sorted(PAPER_SETTINGS),
+        default=512,
+        help="final dimension D of the paper's Table 4 (default: %(default)s)",
+    )
     fit.add_argument("--mask", choices=MASKS, default="max", help="local feature mask (default: %(default)s)")
-    fit.add_argument("--bits", type=_positive_int, default=None, metavar="N",
-                     help="end with N-bit ITQ codes (a multiple of 8), searched by Hamming distance")
-    fit.add_argument("--max-size", type=_positive_int, default=1024,
-                     help="longest image side for the CNN, pixels (default: %(default)s, the paper's)")
+    fit.add_argument(
+        "--bits",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="end with N-bit ITQ codes (a multiple of 8), searched by Hamming distance",
+    )
+    fit.add_argument(
+        "--max-size",
+        type=_positive_int,
+        default=1024,
+        help="longest image side for the CNN, pixels (default: %(default)s, the paper's)",
+    )
     fit.add_argument("--device", default="auto", help="torch device: auto, cpu, cuda, ... (default: auto)")
     fit.add_argument("--seed", type=int, default=0, help="seeds the sample and every random stage (default: 0)")
 
-    index = sub("index", "encode a photo folder into a searchable index (resumable; adds only new photos)",
-                _INDEX_EXAMPLES)
+    index = sub(
+        "index", "encode a photo folder into a searchable index (resumable; adds only new photos)", _INDEX_EXAMPLES
+    )
     index.add_argument("photos", type=Path, metavar="PHOTOS", help="the photo collection (walked recursively)")
     index.add_argument("--encoder", type=Path, required=True, metavar="ENCODER", help="written by `selconv fit`")
-    index.add_argument("--out", type=Path, required=True, metavar="INDEX",
-                       help="the index folder: created, or extended with the photos not yet in it")
-    index.add_argument("--chunk-size", type=_positive_int, default=256, metavar="N",
-                       help="photos per shard: the most a killed run loses (default: %(default)s)")
-    index.add_argument("--scheduler", default=None, metavar="ADDRESS",
-                       help="encode on this Dask cluster (e.g. tcp://host:8786) instead of in this process")
-    index.add_argument("--kind", choices=("flat", "ivf", "hnsw", "pq"), default="flat",
-                       help="faiss index of a new INDEX: flat (exact, default) or approximate for large "
-                            "collections (ivf and pq are trained on the photos of this run)")
+    index.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        metavar="INDEX",
+        help="the index folder: created, or extended with the photos not yet in it",
+    )
+    index.add_argument(
+        "--chunk-size",
+        type=_positive_int,
+        default=256,
+        metavar="N",
+        help="photos per shard: the most a killed run loses (default: %(default)s)",
+    )
+    index.add_argument(
+        "--scheduler",
+        default=None,
+        metavar="ADDRESS",
+        help="encode on this Dask cluster (e.g. tcp://host:8786) instead of in this process",
+    )
+    index.add_argument(
+        "--kind",
+        choices=("flat", "ivf", "hnsw", "pq"),
+        default="flat",
+        help="faiss index of a new INDEX: flat (exact, default) or approximate for large "
+        "collections (ivf and pq are trained on the photos of this run)",
+    )
 
     search = sub("search", "search an index with a photo and print the ranked paths and scores", _SEARCH_EXAMPLES)
     search.add_argument("index", type=Path, metavar="INDEX", help="written by `selconv index`")
     search.add_argument("query", type=Path, metavar="QUERY", help="the query photo")
-    search.add_argument("--box", type=float, nargs=4, default=None, metavar=("X1", "Y1", "X2", "Y2"),
-                        help="search with this region of the query only (pixels of the original photo)")
+    search.add_argument(
+        "--box",
+        type=float,
+        nargs=4,
+        default=None,
+        metavar=("X1", "Y1", "X2", "Y2"),
+        help="search with this region of the query only (pixels of the original photo)",
+    )
     search.add_argument("-k", type=_positive_int, default=20, help="results to show (default: %(default)s)")
-    search.add_argument("--html", type=Path, default=None, metavar="FILE",
-                        help="also write a self-contained page with the query and the results' thumbnails")
+    search.add_argument(
+        "--html",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="also write a self-contained page with the query and the results' thumbnails",
+    )
 
 
 def _fit(args) -> int:
@@ -447,16 +621,28 @@ def _fit(args) -> int:
             list_photos(args.photos)  # a mistyped collection is an error even when learning elsewhere
         photos = list_photos(source)
         images = sample_photos(photos, args.sample, random_state=args.seed)
-        print(f"Learning on {len(images):,} of the {len(photos):,} photos under {source}"
-              + (f" (seeded random sample, --sample {args.sample})" if len(images) < len(photos) else "") + ".")
-        report = fit_encoder(images, preset=args.preset, mask=args.mask, n_bits=args.bits, max_size=args.max_size,
-                             device=args.device, random_state=args.seed)
+        print(
+            f"Learning on {len(images):,} of the {len(photos):,} photos under {source}"
+            + (f" (seeded random sample, --sample {args.sample})" if len(images) < len(photos) else "")
+            + "."
+        )
+        report = fit_encoder(
+            images,
+            preset=args.preset,
+            mask=args.mask,
+            n_bits=args.bits,
+            max_size=args.max_size,
+            device=args.device,
+            random_state=args.seed,
+        )
     except CollectionError as error:
         raise CommandError(str(error)) from error
     _print_skipped(report.skipped)
     codes = f", hashed to {report.n_bits}-bit ITQ codes" if report.n_bits else ""
-    print(f"Learned on {report.n_images:,} images for {report.dimension}-D descriptors{codes} (preset {args.preset}, "
-          f"{args.mask} mask, longest side {args.max_size} px) in {report.seconds:.0f} s.")
+    print(
+        f"Learned on {report.n_images:,} images for {report.dimension}-D descriptors{codes} (preset {args.preset}, "
+        f"{args.mask} mask, longest side {args.max_size} px) in {report.seconds:.0f} s."
+    )
     for line in report.warnings:
         print(f"warning: {line}")
     path = save_encoder(report.encoder, args.out)
@@ -475,24 +661,32 @@ def _index(args) -> int:
             from dask.distributed import Client
 
             client = Client(args.scheduler)
-            print(f"Dask cluster {args.scheduler}: {len(client.nthreads())} workers, "
-                  f"{sum(client.nthreads().values())} threads.")
-        report = index_folder(args.photos, encoder, args.out, chunk_size=args.chunk_size, client=client,
-                              kind=args.kind)
+            print(
+                f"Dask cluster {args.scheduler}: {len(client.nthreads())} workers, "
+                f"{sum(client.nthreads().values())} threads."
+            )
+        report = index_folder(args.photos, encoder, args.out, chunk_size=args.chunk_size, client=client, kind=args.kind)
     except (CollectionError, IndexFormatError) as error:
         raise CommandError(str(error)) from error
     finally:
         if client is not None:
             client.close()
-    resumed = f"; {report.n_resumed} of its {report.n_chunks} chunks resumed from an interrupted run" if (
-        report.n_resumed) else ""
-    print(f"{report.n_found:,} photos under {args.photos}: {report.n_already:,} already indexed, "
-          f"{report.n_added:,} added{resumed}.")
+    resumed = (
+        f"; {report.n_resumed} of its {report.n_chunks} chunks resumed from an interrupted run"
+        if (report.n_resumed)
+        else ""
+    )
+    print(
+        f"{report.n_found:,} photos under {args.photos}: {report.n_already:,} already indexed, "
+        f"{report.n_added:,} added{resumed}."
+    )
     _print_skipped(report.skipped)
     index = report.index
     rate = f" ({report.n_added / report.seconds:.1f} images/s)" if report.n_added else ""
-    print(f"Index {report.path}: {len(index):,} images, {index.dimension} {_describe_metric(index)}; "
-          f"this run took {report.seconds:.0f} s{rate}.")
+    print(
+        f"Index {report.path}: {len(index):,} images, {index.dimension} {_describe_metric(index)}; "
+        f"this run took {report.seconds:.0f} s{rate}."
+    )
     return 0
 
 
@@ -629,18 +823,25 @@ def run_benchmark(
 
     if extractor is None:
         extractor = ConvFeatureExtractor(
-            backbone="vgg16", layers="pool5", max_size=max_size, keypoints="sift" if "sift" in masks else None,
-            cache_dir=cache_dir, device=device, progress=True,
+            backbone="vgg16",
+            layers="pool5",
+            max_size=max_size,
+            keypoints="sift" if "sift" in masks else None,
+            cache_dir=cache_dir,
+            device=device,
+            progress=True,
         )
     started = time.perf_counter()
     extractor.fit()
     settings = extractor.get_params()
     say(f"{dataset.summary()}")
     say(f"Training set: {training_name}: {len(training)} images.")
-    say(f"Backbone {settings['backbone']} (weights: {extractor.weights_source_}), "
+    say(
+        f"Backbone {settings['backbone']} (weights: {extractor.weights_source_}), "
         f"layer(s) {', '.join(extractor.layers_)} "
         f"(K = {extractor.n_channels_}), longest side {settings['max_size']} px, device {extractor.device_}; "
-        f"conv maps cached in {settings['cache_dir']}.")
+        f"conv maps cached in {settings['cache_dir']}."
+    )
 
     queries = dataset.query_inputs()
     n_queries = len(queries)
@@ -664,8 +865,9 @@ def run_benchmark(
         # through the fitted pipelines in chunks, so memory does not grow with the database.
         say(f"Conv maps of the {'database (= training set)' if fit_on == 'database' else 'training images'}:")
         train_maps = extractor.transform(dataset.database_inputs() if fit_on == "database" else list(training))
-        say(f"Fitting the paper's pipeline (preset D = {preset}) on {len(train_maps)} training images, "
-            "one per mask ...")
+        say(
+            f"Fitting the paper's pipeline (preset D = {preset}) on {len(train_maps)} training images, one per mask ..."
+        )
         rotation, rotation_note = rotation_settings(len(train_maps), preset, fit_on=fit_on)
         if rotation_note:
             say(f"Note: {rotation_note}")
@@ -693,20 +895,33 @@ def run_benchmark(
         say("Results:")
         for mask, pipeline in pipelines.items():
             steps = pipeline.named_steps
-            name = (f"{_MASK_LABELS[mask]} + Temb(d={steps['pca'].n_components}, |C|={steps['encode'].embedding.n_clusters})"
-                    f" + democratic + RN(-{steps['rotate'].n_dropped}) + PN({steps['power'].alpha})")
+            name = (
+                f"{_MASK_LABELS[mask]} + Temb(d={steps['pca'].n_components}, |C|={steps['encode'].embedding.n_clusters})"
+                f" + democratic + RN(-{steps['rotate'].n_dropped}) + PN({steps['power'].alpha})"
+            )
             dims = db_desc[mask].shape[1]
-            add_row("real", name, f"{dims}-D float32", evaluate(query_desc[mask], db_desc[mask], ground_truth),
-                    label=f"{_MASK_LABELS[mask]}, {dims}-D", mask=mask, dims=int(dims), kept=db_stats["kept"][mask])
+            add_row(
+                "real",
+                name,
+                f"{dims}-D float32",
+                evaluate(query_desc[mask], db_desc[mask], ground_truth),
+                label=f"{_MASK_LABELS[mask]}, {dims}-D",
+                mask=mask,
+                dims=int(dims),
+                kept=db_stats["kept"][mask],
+            )
 
         first_mask = masks[0]
         real_dim = db_desc[first_mask].shape[1]
         skipped = []
         for n_bits in bits:
             if n_bits % 8 or n_bits > min(len(train_descriptors) - 1, real_dim):
-                reason = (f"{n_bits} bits is not a multiple of 8" if n_bits % 8 else
-                          f"ITQ at {n_bits} bits needs more than {n_bits} training images and at least {n_bits} "
-                          f"dimensions (have {len(train_descriptors)} images, {real_dim} dims)")
+                reason = (
+                    f"{n_bits} bits is not a multiple of 8"
+                    if n_bits % 8
+                    else f"ITQ at {n_bits} bits needs more than {n_bits} training images and at least {n_bits} "
+                    f"dimensions (have {len(train_descriptors)} images, {real_dim} dims)"
+                )
                 if strict_bits:
                     raise CommandError(reason + ".")
                 skipped.append(f"skipped: {reason}")
@@ -714,21 +929,34 @@ def run_benchmark(
             fit_started = time.perf_counter()
             hasher = ITQHasher(n_bits, random_state=random_state).fit(train_descriptors)
             fit_seconds += time.perf_counter() - fit_started
-            add_row("binary", f"ITQ on {_MASK_LABELS[first_mask]} {real_dim}-D", f"{n_bits} bits ({n_bits // 8} bytes)",
-                    evaluate(hasher.transform(query_desc[first_mask]), hasher.transform(db_desc[first_mask]),
-                             ground_truth),
-                    label=f"ITQ {n_bits} bits ({_MASK_LABELS[first_mask]})", mask=first_mask, dims=n_bits)
+            add_row(
+                "binary",
+                f"ITQ on {_MASK_LABELS[first_mask]} {real_dim}-D",
+                f"{n_bits} bits ({n_bits // 8} bytes)",
+                evaluate(hasher.transform(query_desc[first_mask]), hasher.transform(db_desc[first_mask]), ground_truth),
+                label=f"ITQ {n_bits} bits ({_MASK_LABELS[first_mask]})",
+                mask=first_mask,
+                dims=n_bits,
+            )
     caught = [f"{w.category.__name__}: {w.message}" for w in recorded] + skipped
     total_seconds = time.perf_counter() - started
 
     rng = np.random.default_rng(random_state)
     random_maps = [
-        mean_average_precision(np.stack([rng.permutation(len(dataset.database)) for _ in range(n_queries)]),
-                               ground_truth)
+        mean_average_precision(
+            np.stack([rng.permutation(len(dataset.database)) for _ in range(n_queries)]), ground_truth
+        )
         for _ in range(_N_RANDOM_RANKINGS)
     ]
-    rows.append({"kind": "random", "descriptor": f"random ranking (mean of {_N_RANDOM_RANKINGS} seeded shuffles)",
-                 "size": "-", "mAP": float(np.mean(random_maps)), "queries": n_queries})
+    rows.append(
+        {
+            "kind": "random",
+            "descriptor": f"random ranking (mean of {_N_RANDOM_RANKINGS} seeded shuffles)",
+            "size": "-",
+            "mAP": float(np.mean(random_maps)),
+            "queries": n_queries,
+        }
+    )
 
     n_cropped = sum(box is not None for box in dataset.query_boxes)
     notes = [
@@ -759,15 +987,22 @@ def run_benchmark(
         say(f"! {line}")
 
     result.results_path = out / "results.json"
-    result.results_path.write_text(json.dumps({"title": title, "rows": rows, "notes": notes,
-                                               "warnings": result.warnings}, indent=2))
+    result.results_path.write_text(
+        json.dumps({"title": title, "rows": rows, "notes": notes, "warnings": result.warnings}, indent=2)
+    )
     if report:
         from selconv.report import write_report
 
         result.report_path = write_report(
-            out / "report.html", queries=queries, database=list(dataset.database), ground_truth=ground_truth,
-            rankings=rankings, table=[{k: v for k, v in row.items() if k not in ("kind", "mask")} for row in rows],
-            title=title, notes=notes + [f"warning: {w}" for w in result.warnings], top_k=top_k,
+            out / "report.html",
+            queries=queries,
+            database=list(dataset.database),
+            ground_truth=ground_truth,
+            rankings=rankings,
+            table=[{k: v for k, v in row.items() if k not in ("kind", "mask")} for row in rows],
+            title=title,
+            notes=notes + [f"warning: {w}" for w in result.warnings],
+            top_k=top_k,
         )
         say(f"Report: {result.report_path}")
     say(f"Results: {result.results_path}")
@@ -806,8 +1041,11 @@ def _describe(maps, pipelines, *, chunk_size=64):
         heights += sum(m.grid_size[1] for m in chunk)
         count += len(chunk)
     descriptors = {mask: np.concatenate(p) if p else np.zeros((0, 0), np.float32) for mask, p in parts.items()}
-    stats = {"kept": {mask: kept[mask] / cells if cells else 0.0 for mask in pipelines},
-             "width": widths / max(count, 1), "height": heights / max(count, 1)}
+    stats = {
+        "kept": {mask: kept[mask] / cells if cells else 0.0 for mask in pipelines},
+        "width": widths / max(count, 1),
+        "height": heights / max(count, 1),
+    }
     return descriptors, stats
 
 

@@ -43,8 +43,9 @@ class ConvMap:
         try:
             width, height = (int(v) for v in self.image_size)
         except (TypeError, ValueError, OverflowError):
-            raise ValueError(f"ConvMap.image_size must be two positive integers (width, height); got "
-                             f"{self.image_size!r}{where}") from None
+            raise ValueError(
+                f"ConvMap.image_size must be two positive integers (width, height); got {self.image_size!r}{where}"
+            ) from None
         if width <= 0 or height <= 0:
             raise ValueError(f"ConvMap.image_size must be positive (width, height); got {self.image_size}{where}")
         object.__setattr__(self, "image_size", (width, height))

@@ -57,8 +57,7 @@ def _index_array(values, what: str) -> np.ndarray:
 def _check_ground_truth(ground_truth, n_queries: int, n_database=None) -> list[tuple[np.ndarray, np.ndarray]]:
     if isinstance(ground_truth, dict) or not hasattr(ground_truth, "__len__"):
         raise TypeError(
-            "ground_truth must be a list with one dict per query, "
-            '{"positives": int array, "junk": int array}.'
+            'ground_truth must be a list with one dict per query, {"positives": int array, "junk": int array}.'
         )
     if len(ground_truth) != n_queries:
         raise ValueError(f"ground_truth has {len(ground_truth)} entries but there are {n_queries} queries.")

@@ -224,7 +224,10 @@ def make_paper_pipeline(
     steps += [
         ("mask", mask_estimator),
         ("pca", LocalPCA(n_components, random_state=random_state)),
-        ("encode", EncodeAggregate(TriangulationEmbedding(n_clusters, random_state=random_state), DemocraticAggregator())),
+        (
+            "encode",
+            EncodeAggregate(TriangulationEmbedding(n_clusters, random_state=random_state), DemocraticAggregator()),
+        ),
         ("rotate", RotationNormalizer(n_dropped=n_dropped, undetermined=undetermined)),
         ("power", PowerNormalizer(alpha=alpha)),
     ]
@@ -241,11 +244,7 @@ def _resolve_extractor(extractor, *, mask: str):
     if extractor is True:
         return ConvFeatureExtractor(keypoints="sift" if mask == "sift" else None)
     if not isinstance(extractor, ConvFeatureExtractor):
-        raise TypeError(
-            f"extractor must be None, True or a ConvFeatureExtractor; got {type(extractor).__name__}."
-        )
+        raise TypeError(f"extractor must be None, True or a ConvFeatureExtractor; got {type(extractor).__name__}.")
     if mask == "sift" and extractor.get_params().get("keypoints") is None:
-        raise ValueError(
-            'mask="sift" needs SIFT keypoints: pass ConvFeatureExtractor(keypoints="sift") as extractor.'
-        )
+        raise ValueError('mask="sift" needs SIFT keypoints: pass ConvFeatureExtractor(keypoints="sift") as extractor.')
     return extractor

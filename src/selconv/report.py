@@ -215,7 +215,7 @@ def _status(index: int, truth: Mapping) -> str:
 
 
 def _query_row(q, query, database, truth, order, ap, top_k, size) -> str:
-    path, box = (query if isinstance(query, (tuple, list)) else (query, None))
+    path, box = query if isinstance(query, (tuple, list)) else (query, None)
     n_positives = len(truth["positives"])
     score = "no positive: not in the mAP" if np.isnan(ap) else f"AP {ap:.3f}"
     cells = [

@@ -41,8 +41,11 @@ def resolve_device(device: str):
     if device == "torch":
         return torch.device("cpu")
     if not torch.cuda.is_available():
-        warnings.warn(f"device={device!r} but CUDA is not available; running the torch path on the CPU.",
-                      UserWarning, stacklevel=3)
+        warnings.warn(
+            f"device={device!r} but CUDA is not available; running the torch path on the CPU.",
+            UserWarning,
+            stacklevel=3,
+        )
         return torch.device("cpu")
     return torch.device(device)
 
@@ -255,8 +258,10 @@ class TorchEncoder:
         if type(steps["mask"]) not in masks:
             raise ValueError(f"TorchEncoder supports the MAX, SUM and no mask; got {type(steps['mask']).__name__}.")
         encode = steps["encode"]
-        if not (isinstance(encode.embedding_, TriangulationEmbedding)
-                and isinstance(encode.aggregator_, DemocraticAggregator)):
+        if not (
+            isinstance(encode.embedding_, TriangulationEmbedding)
+            and isinstance(encode.aggregator_, DemocraticAggregator)
+        ):
             raise ValueError("TorchEncoder supports TriangulationEmbedding + DemocraticAggregator in 'encode'.")
         self.device = resolve_device(device)
         self.mask = masks[type(steps["mask"])]

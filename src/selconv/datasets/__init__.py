@@ -8,8 +8,14 @@ takes. See docs/datasets.md for layouts, protocols and the ground-truth file for
 from selconv.datasets.base import GroundTruthError, RetrievalDataset, apply_rotations, list_images, shared_images
 from selconv.datasets.bundled import SAMPLE_ROOT, load_sample
 from selconv.datasets.custom import load_image_folder
-from selconv.datasets.download import (ChecksumError, CorruptArchiveError, UnsafeArchiveError, download,
-                                       download_dataset, extract)
+from selconv.datasets.download import (
+    ChecksumError,
+    CorruptArchiveError,
+    UnsafeArchiveError,
+    download,
+    download_dataset,
+    extract,
+)
 from selconv.datasets.holidays import load_holidays, read_rotation_list
 from selconv.datasets.oxford_paris import PARIS_CORRUPT_IMAGES, load_oxford5k, load_oxford_paris, load_paris6k
 from selconv.datasets.revisited import load_revisited
@@ -17,9 +23,28 @@ from selconv.datasets.shared_oxford import load_generic_training_images, load_sh
 from selconv.datasets.ukbench import load_ukbench
 
 __all__ = [
-    "ChecksumError", "CorruptArchiveError", "GroundTruthError", "PARIS_CORRUPT_IMAGES", "RetrievalDataset", "SAMPLE_ROOT",
-    "UnsafeArchiveError", "apply_rotations", "download", "download_dataset", "extract",
-    "list_images", "load_generic_training_images", "load_holidays", "load_image_folder", "load_oxford5k",
-    "load_oxford_paris", "load_paris6k", "load_revisited", "load_sample", "load_shared_oxford_subset",
-    "load_ukbench", "read_rotation_list", "shared_images",
+    "ChecksumError",
+    "CorruptArchiveError",
+    "GroundTruthError",
+    "PARIS_CORRUPT_IMAGES",
+    "RetrievalDataset",
+    "SAMPLE_ROOT",
+    "UnsafeArchiveError",
+    "apply_rotations",
+    "download",
+    "download_dataset",
+    "extract",
+    "list_images",
+    "load_generic_training_images",
+    "load_holidays",
+    "load_image_folder",
+    "load_oxford5k",
+    "load_oxford_paris",
+    "load_paris6k",
+    "load_revisited",
+    "load_sample",
+    "load_shared_oxford_subset",
+    "load_ukbench",
+    "read_rotation_list",
+    "shared_images",
 ]

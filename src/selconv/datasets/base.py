@@ -176,8 +176,12 @@ class RetrievalDataset:
 
     def _check(self):
         n_db, n_q = len(self.database), len(self.queries)
-        per_query = {"ground_truth": self.ground_truth, "query_boxes": self.query_boxes,
-                     "query_labels": self.query_labels, "query_rotations": self.query_rotations}
+        per_query = {
+            "ground_truth": self.ground_truth,
+            "query_boxes": self.query_boxes,
+            "query_labels": self.query_labels,
+            "query_rotations": self.query_rotations,
+        }
         per_image = {"database_labels": self.database_labels, "database_rotations": self.database_rotations}
         for attr, values in per_query.items():
             if values is not None and len(values) != n_q:
@@ -188,11 +192,15 @@ class RetrievalDataset:
         for attr in ("database_rotations", "query_rotations"):
             bad = {r for r in getattr(self, attr) or () if r not in VALID_ROTATIONS}
             if bad:
-                raise ValueError(f"{self.name}: {attr} must be in {VALID_ROTATIONS} (clockwise degrees); got {sorted(bad)}")
+                raise ValueError(
+                    f"{self.name}: {attr} must be in {VALID_ROTATIONS} (clockwise degrees); got {sorted(bad)}"
+                )
         for q, box in enumerate(self.query_boxes):
             if box is not None and (len(box) != 4 or not (box[2] > box[0] and box[3] > box[1])):
-                raise ValueError(f"{self.name}: query {q} ({self.queries[q]}) has an invalid box {box}; "
-                                 "expected (x1, y1, x2, y2) with x2 > x1 and y2 > y1")
+                raise ValueError(
+                    f"{self.name}: query {q} ({self.queries[q]}) has an invalid box {box}; "
+                    "expected (x1, y1, x2, y2) with x2 > x1 and y2 > y1"
+                )
         for q, gt in enumerate(self.ground_truth):
             pos = np.asarray(gt["positives"])
             junk = np.asarray(gt["junk"])
@@ -226,8 +234,10 @@ class RetrievalDataset:
 
     def summary(self) -> str:
         """One line: name, counts, training size."""
-        return (f"{self.name}: {len(self.database)} database images, {len(self.queries)} queries "
-                f"({self.n_queries_without_positives} without positives), {len(self.training)} training images")
+        return (
+            f"{self.name}: {len(self.database)} database images, {len(self.queries)} queries "
+            f"({self.n_queries_without_positives} without positives), {len(self.training)} training images"
+        )
 
     def with_distractors(self, folder, *, name=None) -> RetrievalDataset:
         """This dataset with every image under `folder` appended to the database as a distractor.
@@ -302,6 +312,12 @@ def apply_rotations(dataset: RetrievalDataset, out_dir, *, quality=95) -> Retrie
         target, size = upright(path, rotation)
         queries.append(target)
         boxes.append(box if box is None or size is None else rotate_box(box, rotation, *size))
-    return replace(dataset, database=database, queries=queries, query_boxes=boxes,
-                   database_rotations=None, query_rotations=None,
-                   info={**dataset.info, "rotated_copies": str(out_dir)})
+    return replace(
+        dataset,
+        database=database,
+        queries=queries,
+        query_boxes=boxes,
+        database_rotations=None,
+        query_rotations=None,
+        info={**dataset.info, "rotated_copies": str(out_dir)},
+    )

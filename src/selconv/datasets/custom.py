@@ -108,7 +108,9 @@ def _read_csv(path, folder):
             seen[key] = number
             flag = row.get("query", "").lower()
             if flag not in _TRUE | _FALSE:
-                raise GroundTruthError(f"{where}: column 'query' must be 1/0 (or yes/no, true/false), got {row['query']!r}")
+                raise GroundTruthError(
+                    f"{where}: column 'query' must be 1/0 (or yes/no, true/false), got {row['query']!r}"
+                )
             label = row["label"] or None
             is_query = flag in _TRUE if has_query else label is not None
             box = _box([row[c] for c in _BOX] if box_columns else None, where)
@@ -116,8 +118,16 @@ def _read_csv(path, folder):
                 raise GroundTruthError(f"{where}: only queries may have a box")
             if is_query and label is None:
                 raise GroundTruthError(f"{where}: query {row['image']!r} has no label, so nothing is relevant to it")
-            rows.append({"path": image, "label": label, "query": is_query, "box": box,
-                         "rotation": _rotation(row["rotation"], where) if row.get("rotation") else 0, "where": where})
+            rows.append(
+                {
+                    "path": image,
+                    "label": label,
+                    "query": is_query,
+                    "box": box,
+                    "rotation": _rotation(row["rotation"], where) if row.get("rotation") else 0,
+                    "where": where,
+                }
+            )
     if not rows:
         raise GroundTruthError(f"{path}: no image rows")
     return rows
@@ -139,7 +149,9 @@ def _from_csv(path, folder, database, queries_in_database, include_unlisted):
         i = index.get(r["path"].resolve())
         if i is None:
             if queries_in_database or not r["query"]:
-                raise GroundTruthError(f"{r['where']}: {r['path']} is not a database image (is it in the training folder?)")
+                raise GroundTruthError(
+                    f"{r['where']}: {r['path']} is not a database image (is it in the training folder?)"
+                )
             continue
         labels[i], rotations[i] = r["label"], r["rotation"]
     members = {}
@@ -156,8 +168,11 @@ def _from_csv(path, folder, database, queries_in_database, include_unlisted):
             )
         ground_truth.append(make_ground_truth(positives, [] if self_index is None else [self_index]))
     return dict(
-        database=database, queries=[r["path"] for r in query_rows], ground_truth=ground_truth,
-        query_boxes=[r["box"] for r in query_rows], database_labels=labels,
+        database=database,
+        queries=[r["path"] for r in query_rows],
+        ground_truth=ground_truth,
+        query_boxes=[r["box"] for r in query_rows],
+        database_labels=labels,
         query_labels=[r["label"] for r in query_rows],
         database_rotations=rotations if any(rotations) else None,
         query_rotations=[r["rotation"] for r in query_rows] if any(rotations) else None,
@@ -211,7 +226,9 @@ def _from_json(path, folder, database, training, include_unlisted):
             raise GroundTruthError(f"{where}: query {entry['image']!r} has no positives")
         both = set(indices["positives"]) & set(indices["junk"])
         if both:
-            raise GroundTruthError(f"{where}: {[database[i].name for i in sorted(both)]} listed as both positive and junk")
+            raise GroundTruthError(
+                f"{where}: {[database[i].name for i in sorted(both)]} listed as both positive and junk"
+            )
         # A query that is also a database image would otherwise rank first as a false positive.
         self_index = index.get(image.resolve())
         if self_index is not None and self_index not in indices["positives"]:
@@ -224,16 +241,24 @@ def _from_json(path, folder, database, training, include_unlisted):
         labels.append(entry.get("label"))
         rotations.append(_rotation(entry.get("rotation", 0), where))
         ground_truth.append(make_ground_truth(indices["positives"], indices["junk"]))
-    return dict(database=database, queries=queries, ground_truth=ground_truth, query_boxes=boxes,
-                query_labels=labels, query_rotations=rotations if any(rotations) else None), training
+    return dict(
+        database=database,
+        queries=queries,
+        ground_truth=ground_truth,
+        query_boxes=boxes,
+        query_labels=labels,
+        query_rotations=rotations if any(rotations) else None,
+    ), training
 
 
 def _check_disjoint(database, training, where):
     in_training = {p.resolve() for p in training}
     shared = [p for p in database if p.resolve() in in_training]
     if shared:
-        raise GroundTruthError(f"{where}: {len(shared)} images are also training images (e.g. {shared[0]}); "
-                               "an image is either learned from or searched, not both")
+        raise GroundTruthError(
+            f"{where}: {len(shared)} images are also training images (e.g. {shared[0]}); "
+            "an image is either learned from or searched, not both"
+        )
 
 
 def _path_list(names, folder, where):
@@ -286,8 +311,10 @@ def load_image_folder(
     if training is not None:
         training_folder = Path(training) if Path(training).is_absolute() else root / training
         if root.resolve().is_relative_to(training_folder.resolve()):
-            raise GroundTruthError(f"training folder {training_folder} contains the dataset folder {root}: every "
-                                   "image would be a training image; give a folder of training images only")
+            raise GroundTruthError(
+                f"training folder {training_folder} contains the dataset folder {root}: every "
+                "image would be a training image; give a folder of training images only"
+            )
     training_images = list_images(training_folder) if training_folder is not None else []
     database = list_images(root, exclude=training_folder)
     folder = _Folder(root)
@@ -313,6 +340,9 @@ def load_image_folder(
         else:
             raise GroundTruthError(f"{ground_truth}: ground truth must be a .csv or .json file")
     return RetrievalDataset(
-        name=name or root.resolve().name, root=root, training=training_images,
-        info={"ground_truth": None if ground_truth is None else str(ground_truth)}, **fields,
+        name=name or root.resolve().name,
+        root=root,
+        training=training_images,
+        info={"ground_truth": None if ground_truth is None else str(ground_truth)},
+        **fields,
     )

@@ -37,8 +37,15 @@ class CorruptArchiveError(OSError):
 
 
 # What tarfile, zipfile and their decompressors raise on damaged data (not on a failing disk).
-_CORRUPT = (tarfile.TarError, zipfile.BadZipFile, EOFError, zlib.error, gzip.BadGzipFile, lzma.LZMAError,
-            NotImplementedError)  # zipfile: an unknown version or compression method
+_CORRUPT = (
+    tarfile.TarError,
+    zipfile.BadZipFile,
+    EOFError,
+    zlib.error,
+    gzip.BadGzipFile,
+    lzma.LZMAError,
+    NotImplementedError,
+)  # zipfile: an unknown version or compression method
 
 
 def _copy_member(src, out, name) -> None:
@@ -191,10 +198,17 @@ def _fetch(url, part: Path, offset: int, label: str, progress: bool, chunk_size:
         length = response.headers.get("Content-Length")
         expected = int(length) if length is not None and length.isdigit() else None
         received = 0
-        with open(part, "ab" if offset else "wb") as fh, tqdm(
-            total=expected + offset if expected is not None else None, initial=offset, unit="B", unit_scale=True,
-            desc=label, disable=not progress,
-        ) as bar:
+        with (
+            open(part, "ab" if offset else "wb") as fh,
+            tqdm(
+                total=expected + offset if expected is not None else None,
+                initial=offset,
+                unit="B",
+                unit_scale=True,
+                desc=label,
+                disable=not progress,
+            ) as bar,
+        ):
             for chunk in iter(lambda: response.read(chunk_size), b""):
                 fh.write(chunk)
                 received += len(chunk)
@@ -267,7 +281,9 @@ def _extract(archive: Path, dest: Path, flatten: bool) -> list[Path]:
                 _safe_target(dest, member.name, flatten)
                 continue
             if not member.isfile():
-                raise UnsafeArchiveError(f"{archive}: member {member.name!r} is a link or special file; refusing to extract")
+                raise UnsafeArchiveError(
+                    f"{archive}: member {member.name!r} is a link or special file; refusing to extract"
+                )
             members.append((member, _safe_target(dest, member.name, flatten)))
         _refuse_collisions(archive, [(m.name, target) for m, target in members])
         for member, target in members:
@@ -296,10 +312,17 @@ def download_dataset(name, root, *, progress=True, resources=None) -> Path:
         if marker.exists():
             continue
         if resource.target is None:
-            download(resource.url, root / resource.filename, sha256=resource.sha256, md5=resource.md5, progress=progress)
+            download(
+                resource.url, root / resource.filename, sha256=resource.sha256, md5=resource.md5, progress=progress
+            )
         else:
-            archive = download(resource.url, root / "downloads" / resource.filename,
-                               sha256=resource.sha256, md5=resource.md5, progress=progress)
+            archive = download(
+                resource.url,
+                root / "downloads" / resource.filename,
+                sha256=resource.sha256,
+                md5=resource.md5,
+                progress=progress,
+            )
             extract(archive, root / resource.target, flatten=resource.flatten)
         marker.parent.mkdir(parents=True, exist_ok=True)
         marker.touch()

@@ -85,8 +85,12 @@ def load_holidays(root, *, rotations=None, images=None, distractors=None) -> Ret
             )
         database_rotations = [int(table.get(p.stem, 0)) % 360 for p in database]
     dataset = RetrievalDataset(
-        name="holidays", root=root, database=database, queries=[database[i] for i in query_ids],
-        ground_truth=ground_truth, database_labels=[str(g) for g in groups],
+        name="holidays",
+        root=root,
+        database=database,
+        queries=[database[i] for i in query_ids],
+        ground_truth=ground_truth,
+        database_labels=[str(g) for g in groups],
         query_labels=[str(groups[i]) for i in query_ids],
         database_rotations=database_rotations,
         query_rotations=None if database_rotations is None else [database_rotations[i] for i in query_ids],

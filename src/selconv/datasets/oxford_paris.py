@@ -10,11 +10,26 @@ from selconv.datasets.base import GroundTruthError, RetrievalDataset, index_name
 #: The 20 Paris6k files that are not images (HTML error pages); standard practice drops them
 #: from the database and the ground truth (the list published next to the dataset, corrupt.txt).
 PARIS_CORRUPT_IMAGES = (
-    "paris_louvre_000136", "paris_louvre_000146", "paris_moulinrouge_000422", "paris_museedorsay_001059",
-    "paris_notredame_000188", "paris_pantheon_000284", "paris_pantheon_000960", "paris_pantheon_000974",
-    "paris_pompidou_000195", "paris_pompidou_000196", "paris_pompidou_000201", "paris_pompidou_000467",
-    "paris_pompidou_000640", "paris_sacrecoeur_000299", "paris_sacrecoeur_000330", "paris_sacrecoeur_000353",
-    "paris_triomphe_000662", "paris_triomphe_000833", "paris_triomphe_000863", "paris_triomphe_000867",
+    "paris_louvre_000136",
+    "paris_louvre_000146",
+    "paris_moulinrouge_000422",
+    "paris_museedorsay_001059",
+    "paris_notredame_000188",
+    "paris_pantheon_000284",
+    "paris_pantheon_000960",
+    "paris_pantheon_000974",
+    "paris_pompidou_000195",
+    "paris_pompidou_000196",
+    "paris_pompidou_000201",
+    "paris_pompidou_000467",
+    "paris_pompidou_000640",
+    "paris_sacrecoeur_000299",
+    "paris_sacrecoeur_000330",
+    "paris_sacrecoeur_000353",
+    "paris_triomphe_000662",
+    "paris_triomphe_000833",
+    "paris_triomphe_000863",
+    "paris_triomphe_000867",
 )
 
 # Oxford query files name the query image "oxc1_<image>"; Paris query files give the bare image name.
@@ -142,13 +157,20 @@ def load_oxford_paris(root, *, name, images=None, groundtruth=None, exclude=(), 
         queries.append(db[index[q.image]])
         boxes.append(q.box)
         labels.append(q.landmark)
-        ground_truth.append(make_ground_truth(
-            index_names(listed["good"] + listed["ok"], index, missing=missing, context=where),
-            index_names(listed["junk"], index, missing=missing, context=where),
-        ))
+        ground_truth.append(
+            make_ground_truth(
+                index_names(listed["good"] + listed["ok"], index, missing=missing, context=where),
+                index_names(listed["junk"], index, missing=missing, context=where),
+            )
+        )
     dataset = RetrievalDataset(
-        name=name, root=root, database=db, queries=queries, ground_truth=ground_truth,
-        query_boxes=boxes, query_labels=labels,
+        name=name,
+        root=root,
+        database=db,
+        queries=queries,
+        ground_truth=ground_truth,
+        query_boxes=boxes,
+        query_labels=labels,
         info={"groundtruth": str(gt_folder), "dropped_queries": dropped, "excluded": sorted(exclude)},
     )
     if distractors is not None:

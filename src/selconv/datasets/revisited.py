@@ -109,14 +109,22 @@ def load_revisited(
     queries = [_image_path(image_folder, n, gnd_file) for n in cfg["qimlist"]]
     missing = [str(p) for p in database + queries if not p.is_file()]
     if missing:
-        raise FileNotFoundError(f"{len(missing)} images named in {gnd_file} are not in {image_folder}, e.g. {missing[:3]}")
-    ground_truth = [revisited_ground_truth(entry, protocol, n_database=len(database), where=f"{gnd_file}: gnd[{i}]")
-                    for i, entry in enumerate(cfg["gnd"])]
+        raise FileNotFoundError(
+            f"{len(missing)} images named in {gnd_file} are not in {image_folder}, e.g. {missing[:3]}"
+        )
+    ground_truth = [
+        revisited_ground_truth(entry, protocol, n_database=len(database), where=f"{gnd_file}: gnd[{i}]")
+        for i, entry in enumerate(cfg["gnd"])
+    ]
     boxes = [_box(entry.get("bbx"), f"{gnd_file}: gnd[{i}]") for i, entry in enumerate(cfg["gnd"])]
     dataset = RetrievalDataset(
-        name=f"{name}-{protocol}", root=root, database=database, queries=queries,
+        name=f"{name}-{protocol}",
+        root=root,
+        database=database,
+        queries=queries,
         ground_truth=ground_truth,
-        query_boxes=boxes, info={"protocol": protocol, "gnd_file": str(gnd_file)},
+        query_boxes=boxes,
+        info={"protocol": protocol, "gnd_file": str(gnd_file)},
     )
     if distractors is not None:
         dataset = dataset.with_distractors(distractors, name=f"{name}+r1m-{protocol}")

@@ -64,7 +64,9 @@ def load_shared_oxford_subset(root, protocol="official-10", *, training_root="au
     database = [root / "jpg" / f"{n}.jpg" for n in names]
     missing = [str(p) for p in database if not p.is_file()]
     if missing:
-        raise FileNotFoundError(f"{root / 'images.txt'} lists {len(missing)} images that are not there, e.g. {missing[:3]}")
+        raise FileNotFoundError(
+            f"{root / 'images.txt'} lists {len(missing)} images that are not there, e.g. {missing[:3]}"
+        )
     index = database_index(database, where=str(root / "images.txt"))
     parsed = read_oxford_ground_truth(root / "groundtruth")
 
@@ -99,10 +101,18 @@ def load_shared_oxford_subset(root, protocol="official-10", *, training_root="au
         raise GroundTruthError(f"{root / 'groundtruth'}: no query of protocol {protocol!r} is among the images")
 
     if training_root == "auto":
-        training_root = root.parent if all((root.parent / s / "jpg").is_dir() for s in GENERIC_TRAINING_SOURCES) else None
+        training_root = (
+            root.parent if all((root.parent / s / "jpg").is_dir() for s in GENERIC_TRAINING_SOURCES) else None
+        )
     training = load_generic_training_images(training_root) if training_root is not None else []
     return RetrievalDataset(
-        name=f"oxford5k-subset-{protocol}", root=root, database=database, queries=queries,
-        ground_truth=ground_truth, query_boxes=boxes, query_labels=labels, training=training,
+        name=f"oxford5k-subset-{protocol}",
+        root=root,
+        database=database,
+        queries=queries,
+        ground_truth=ground_truth,
+        query_boxes=boxes,
+        query_labels=labels,
+        training=training,
         info={"protocol": protocol, "training": "bsds500+imagenet-sample-500" if training else None},
     )

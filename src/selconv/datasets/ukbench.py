@@ -42,8 +42,12 @@ def load_ukbench(root, *, images=None) -> RetrievalDataset:
             f"{image_folder}: {len(incomplete)} UKBench groups do not have 4 images, e.g. object {incomplete[0]}"
         )
     return RetrievalDataset(
-        name="ukbench", root=root, database=database, queries=list(database),
+        name="ukbench",
+        root=root,
+        database=database,
+        queries=list(database),
         ground_truth=[make_ground_truth(members[g]) for g in groups],
-        database_labels=[str(g) for g in groups], query_labels=[str(g) for g in groups],
+        database_labels=[str(g) for g in groups],
+        query_labels=[str(g) for g in groups],
         info={"score": "N-S: mean number of positives in the top 4 (query included)"},
     )

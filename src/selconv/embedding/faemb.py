@@ -32,7 +32,6 @@ from sklearn.utils.validation import check_is_fitted
 from selconv._compat import Interval, fit_context
 from selconv._ragged import check_local_sets
 from selconv.base import SelconvPickleMixin
-from selconv.exceptions import check_fitted_finite
 from selconv.embedding._codebook import (
     check_enough_features,
     check_whitening_fit,
@@ -42,6 +41,7 @@ from selconv.embedding._codebook import (
     normalized_residuals,
     sample_features,
 )
+from selconv.exceptions import check_fitted_finite
 
 __all__ = ["FAembEmbedding"]
 
@@ -202,6 +202,10 @@ class FAembEmbedding(SelconvPickleMixin, TransformerMixin, BaseEstimator):
         check_is_fitted(self)
         sets = check_local_sets(X, estimator=self, reset=False)
         return embed_sets(
-            sets, self._second_order, len(self.mean_), estimator=self, chunk_rows=_CHUNK_ROWS,
+            sets,
+            self._second_order,
+            len(self.mean_),
+            estimator=self,
+            chunk_rows=_CHUNK_ROWS,
             whitening=(self.mean_, self.projection_),
         )

@@ -19,7 +19,6 @@ from sklearn.utils.validation import check_is_fitted
 from selconv._compat import Interval, fit_context
 from selconv._ragged import check_local_sets
 from selconv.base import SelconvPickleMixin
-from selconv.exceptions import check_fitted_finite
 from selconv.embedding._codebook import CHUNK_ROWS as _CHUNK_ROWS  # read at each transform (tests vary it)
 from selconv.embedding._codebook import (
     check_enough_features,
@@ -32,6 +31,7 @@ from selconv.embedding._codebook import (
     sample_features,
     whitening_shift,
 )
+from selconv.exceptions import check_fitted_finite
 
 __all__ = ["TriangulationEmbedding"]
 
@@ -187,6 +187,10 @@ class TriangulationEmbedding(SelconvPickleMixin, TransformerMixin, BaseEstimator
         check_is_fitted(self)
         sets = check_local_sets(X, estimator=self, reset=False)
         return embed_sets(
-            sets, self._triangulate, len(self.mean_), estimator=self, chunk_rows=_CHUNK_ROWS,
+            sets,
+            self._triangulate,
+            len(self.mean_),
+            estimator=self,
+            chunk_rows=_CHUNK_ROWS,
             whitening=(self.mean_, self.projection_),
         )

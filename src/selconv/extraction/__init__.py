@@ -4,4 +4,11 @@ from selconv.extraction.extractor import CacheRepairedWarning, ConvFeatureExtrac
 from selconv.extraction.images import BoxedImage, ImageLoadError
 from selconv.extraction.weights import WeightsNotFoundError
 
-__all__ = ["BoxedImage", "CacheRepairedWarning", "ConvFeatureExtractor", "ImageLoadError", "ImageSkippedWarning", "WeightsNotFoundError"]
+__all__ = [
+    "BoxedImage",
+    "CacheRepairedWarning",
+    "ConvFeatureExtractor",
+    "ImageLoadError",
+    "ImageSkippedWarning",
+    "WeightsNotFoundError",
+]

@@ -93,7 +93,9 @@ class _SameConv2d(nn.Conv2d):
             total = max((math.ceil(size / stride) - 1) * stride + kernel - size, 0)
             pads.append((total // 2, total - total // 2))
         (top, bottom), (left, right) = pads
-        return F.conv2d(F.pad(x, [left, right, top, bottom]), self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
+        return F.conv2d(
+            F.pad(x, [left, right, top, bottom]), self.weight, self.bias, self.stride, 0, self.dilation, self.groups
+        )
 
 
 def _bn(channels):
@@ -124,8 +126,15 @@ class _MBConv(nn.Module):
 
 
 # (expand, kernel, stride, in, out, repeats) of EfficientNet-B0/Lite0.
-_LITE0_STAGES = ((1, 3, 1, 32, 16, 1), (6, 3, 2, 16, 24, 2), (6, 5, 2, 24, 40, 2), (6, 3, 2, 40, 80, 3),
-                 (6, 5, 1, 80, 112, 3), (6, 5, 2, 112, 192, 4), (6, 3, 1, 192, 320, 1))
+_LITE0_STAGES = (
+    (1, 3, 1, 32, 16, 1),
+    (6, 3, 2, 16, 24, 2),
+    (6, 5, 2, 24, 40, 2),
+    (6, 3, 2, 40, 80, 3),
+    (6, 5, 1, 80, 112, 3),
+    (6, 5, 2, 112, 192, 4),
+    (6, 3, 1, 192, 320, 1),
+)
 
 
 class EfficientNetLite0(nn.Module):
@@ -190,7 +199,7 @@ def _as_list(layers, default):
 def _load_into(module: nn.Module, state: dict, *, strict_prefix: str = "") -> None:
     """Load the entries of ``state`` under ``strict_prefix`` into ``module``; every module tensor must be given."""
     if strict_prefix:
-        state = {k[len(strict_prefix):]: v for k, v in state.items() if k.startswith(strict_prefix)}
+        state = {k[len(strict_prefix) :]: v for k, v in state.items() if k.startswith(strict_prefix)}
     own = module.state_dict()
     missing = [k for k in own if k not in state]
     if missing:
@@ -215,7 +224,9 @@ def _sequential(arch: str, layers, weights) -> Backbone:
         elif name.startswith("features.") and name[9:].isdigit() and int(name[9:]) <= max(table.values()):
             taps.append(int(name[9:]))
         else:
-            raise ValueError(f"Unknown {arch} layer {name!r}; choose from {sorted(table, key=table.get)} or 'features.<i>'.")
+            raise ValueError(
+                f"Unknown {arch} layer {name!r}; choose from {sorted(table, key=table.get)} or 'features.<i>'."
+            )
     with torch.device("meta"):  # no time or memory spent on the classifier or on a random initialisation
         features = (vgg16 if arch == "vgg16" else alexnet)().features
     module = SequentialTaps(features, taps, names)
@@ -283,7 +294,9 @@ def _torchvision(name: str, layers, weights) -> Backbone:
     from torchvision.models import get_model, list_models
 
     if name not in list_models():
-        raise ValueError(f"Unknown backbone {name!r}: not 'vgg16', 'alexnet', 'efficientnet_lite0' or a torchvision model name.")
+        raise ValueError(
+            f"Unknown backbone {name!r}: not 'vgg16', 'alexnet', 'efficientnet_lite0' or a torchvision model name."
+        )
     if weights is None:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)

@@ -44,6 +44,8 @@ def _entry_digest(path: Path, payload: bytes) -> bytes:
     digest = hashlib.sha256(path.stem.encode())  # SHA-256: hardware-accelerated, faster than BLAKE2b here
     digest.update(payload)
     return digest.digest()
+
+
 def content_fingerprint(handle) -> str:
     """SHA-256 of a whole file (an open binary file object), part of the cache key.
 
@@ -53,8 +55,6 @@ def content_fingerprint(handle) -> str:
     benchmarks/results/cache_key.md), so nothing is left uncaught to save time.
     """
     return hashlib.file_digest(handle, "sha256").hexdigest()
-
-
 
 
 def _default_workers() -> int:
@@ -119,8 +119,16 @@ class _BatchRunner:
             event.synchronize()
         features = out.numpy().copy()  # one copy out of pinned (or batch) memory; the maps are views of it
         return [
-            (index, ConvMap(features[i], image_size=(img.pixels.shape[1], img.pixels.shape[0]),
-                            keypoints=img.keypoints, source=img.source), cache_path)
+            (
+                index,
+                ConvMap(
+                    features[i],
+                    image_size=(img.pixels.shape[1], img.pixels.shape[0]),
+                    keypoints=img.keypoints,
+                    source=img.source,
+                ),
+                cache_path,
+            )
             for i, (index, img, cache_path) in enumerate(batch)
         ]
 
@@ -308,7 +316,9 @@ class ConvFeatureExtractor(SelconvPickleMixin, TransformerMixin, BaseEstimator):
         try:
             device = torch.device(self.device)
         except (RuntimeError, ValueError):
-            raise ValueError(f"device={self.device!r} is not a torch device ('auto', 'cpu', 'cuda', 'cuda:1', ...).") from None
+            raise ValueError(
+                f"device={self.device!r} is not a torch device ('auto', 'cpu', 'cuda', 'cuda:1', ...)."
+            ) from None
         if device.type == "cuda" and not torch.cuda.is_available():
             raise ValueError(f"device={self.device!r} but CUDA is not available here; use device='auto' or 'cpu'.")
         return str(device)
@@ -400,13 +410,27 @@ class ConvFeatureExtractor(SelconvPickleMixin, TransformerMixin, BaseEstimator):
 
     # ------------------------------------------------------------------ transforming
     def _output_signature(self) -> str:
-        backbone = self.backbone if isinstance(self.backbone, str) else (
-            f"{getattr(self.backbone, '__module__', '')}.{getattr(self.backbone, '__qualname__', repr(self.backbone))}"
+        backbone = (
+            self.backbone
+            if isinstance(self.backbone, str)
+            else (
+                f"{getattr(self.backbone, '__module__', '')}.{getattr(self.backbone, '__qualname__', repr(self.backbone))}"
+            )
         )
         return json.dumps(
-            {"format": _CACHE_FORMAT, "backbone": backbone, "layers": self.layers_, "weights": self.weights_checksum_,
-             "max_size": self.max_size, "upscale": self.upscale, "keypoints": self.keypoints, "dtype": self.dtype,
-             "precision": self.precision}, sort_keys=True)
+            {
+                "format": _CACHE_FORMAT,
+                "backbone": backbone,
+                "layers": self.layers_,
+                "weights": self.weights_checksum_,
+                "max_size": self.max_size,
+                "upscale": self.upscale,
+                "keypoints": self.keypoints,
+                "dtype": self.dtype,
+                "precision": self.precision,
+            },
+            sort_keys=True,
+        )
 
     def _cache_path(self, image, box, signature) -> Path | None:
         """Where the map of `image` is cached, or None when it is not. Opens the file (regular files only,
@@ -446,7 +470,7 @@ class ConvFeatureExtractor(SelconvPickleMixin, TransformerMixin, BaseEstimator):
         if len(data) < start or not data.startswith(_CACHE_MAGIC):
             raise ValueError("is truncated or not a selconv cache entry")
         payload = data[start:]
-        if _entry_digest(path, payload) != data[len(_CACHE_MAGIC):start]:
+        if _entry_digest(path, payload) != data[len(_CACHE_MAGIC) : start]:
             raise ValueError("failed its checksum (truncated or corrupted)")
         try:
             with np.load(io.BytesIO(payload), allow_pickle=False) as stored:
@@ -454,8 +478,12 @@ class ConvFeatureExtractor(SelconvPickleMixin, TransformerMixin, BaseEstimator):
                 keypoints = stored["keypoints"] if "keypoints" in stored.files else None
         except Exception as exc:  # the checksum matched: only a writer of another layout gets here
             raise ValueError(f"cannot be read ({type(exc).__name__}: {exc})") from None
-        if (features.ndim != 3 or features.dtype != np.dtype(self.dtype) or image_size.shape != (2,)
-                or (keypoints is None) != (self.keypoints is None)):
+        if (
+            features.ndim != 3
+            or features.dtype != np.dtype(self.dtype)
+            or image_size.shape != (2,)
+            or (keypoints is None) != (self.keypoints is None)
+        ):
             raise ValueError("does not hold a map of this extractor's layout")
         return ConvMap(features, image_size=tuple(int(v) for v in image_size), keypoints=keypoints, source=source)
 
@@ -560,8 +588,14 @@ class ConvFeatureExtractor(SelconvPickleMixin, TransformerMixin, BaseEstimator):
             for index, conv_map, cache_path in results:
                 done[index] = conv_map
                 if cache_path is not None:
-                    writes.append((index, pool.submit(self._write_cache, cache_path, conv_map) if pool else
-                                   self._write_cache(cache_path, conv_map)))
+                    writes.append(
+                        (
+                            index,
+                            pool.submit(self._write_cache, cache_path, conv_map)
+                            if pool
+                            else self._write_cache(cache_path, conv_map),
+                        )
+                    )
 
         def run(shape):
             batch = buckets.pop(shape)
@@ -580,11 +614,15 @@ class ConvFeatureExtractor(SelconvPickleMixin, TransformerMixin, BaseEstimator):
         completed = False
         # No cuDNN autotuning: every new (batch size, shape) would pay a search, and on an H100/H200 the
         # heuristics' choice for VGG16 was as fast as the tuned one (measured, benchmarks/).
-        cudnn = torch.backends.cudnn.flags(enabled=True, benchmark=False, deterministic=False,
-                                           allow_tf32=self.precision != "float32")
+        cudnn = torch.backends.cudnn.flags(
+            enabled=True, benchmark=False, deterministic=False, allow_tf32=self.precision != "float32"
+        )
         try:
-            with torch.inference_mode(), cudnn, tqdm(total=len(items), disable=not show, unit="img",
-                                                     desc=type(self).__name__) as bar:
+            with (
+                torch.inference_mode(),
+                cudnn,
+                tqdm(total=len(items), disable=not show, unit="img", desc=type(self).__name__) as bar,
+            ):
                 queue.extend(start(i) for i in range(min(window, len(items))))
                 for index in range(len(items)):
                     job = queue.popleft()

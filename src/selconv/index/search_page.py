@@ -48,13 +48,15 @@ def render_search_page(query, scores, paths, *, box=None, title=None, notes=(), 
     title = title or f"selconv search: {name}"
     boxed = "" if box is None else " (box " + " ".join(f"{v:g}" for v in box) + ")"
     cells = [
-        "<div class='query'>" + _thumbnail_html(query, box, thumbnail_size, colour="#3050c0")
+        "<div class='query'>"
+        + _thumbnail_html(query, box, thumbnail_size, colour="#3050c0")
         + f"<div class='caption' title='{html.escape(str(query))}'>query: {html.escape(name)}{html.escape(boxed)}"
         "</div></div>"
     ]
     for rank, (score, path) in enumerate(zip(scores, paths), start=1):
         cells.append(
-            "<div class='result'>" + _thumbnail_html(path, None, thumbnail_size, colour="#999")
+            "<div class='result'>"
+            + _thumbnail_html(path, None, thumbnail_size, colour="#999")
             + f"<div class='caption' title='{html.escape(str(path))}'>#{rank} "
             f"<span class='score'>{float(score):.4f}</span><br>{html.escape(Path(str(path)).name)}</div></div>"
         )

@@ -21,11 +21,15 @@ def check_data_free(estimator) -> None:
     cloned = clone(estimator)
     assert cloned.get_params(deep=False).keys() == params.keys()
     for key, value in params.items():
-        assert cloned.get_params(deep=False)[key] is value or repr(cloned.get_params(deep=False)[key]) == repr(value), key
+        assert cloned.get_params(deep=False)[key] is value or repr(cloned.get_params(deep=False)[key]) == repr(value), (
+            key
+        )
     assert isinstance(repr(estimator), str) and type(estimator).__name__ in repr(estimator)
     fresh = type(estimator)(**params)
     public_state = {k for k in vars(fresh) if not k.startswith("_")}
-    assert public_state == set(params), f"__init__ sets attributes other than its parameters: {public_state ^ set(params)}"
+    assert public_state == set(params), (
+        f"__init__ sets attributes other than its parameters: {public_state ^ set(params)}"
+    )
     assert not [k for k in vars(fresh) if k.endswith("_") and not k.startswith("_")], "__init__ sets fitted attributes"
     assert fresh.set_params(**params) is fresh
 
