@@ -249,6 +249,53 @@ def test_cache_writes_are_fsynced_before_the_rename(cached, monkeypatch):
     assert events == ["fsync", "replace"]  # the data is on disk before the rename makes the entry visible
 
 
+def test_cache_reads_do_not_parse_python_literals(cached, monkeypatch):
+    """CPython < 3.11.8 shares ast's recursion counter between threads (gh-106905): concurrent np.load header
+    parses in the worker threads failed with SystemError and valid entries were thrown away. Reads must not use
+    ast at all: with ast.literal_eval broken, every entry is still a hit."""
+    import ast
+
+    extractor, images, fresh, _ = cached
+
+    def broken(*args, **kwargs):
+        raise SystemError("AST constructor recursion depth mismatch (before=39, after=35)")
+
+    monkeypatch.setattr(ast, "literal_eval", broken)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", CacheRepairedWarning)
+        maps = extractor.transform(images)
+    assert extractor.cache_repaired_ == []
+    for a, b in zip(fresh, maps):
+        np.testing.assert_array_equal(a.features, b.features)
+        assert a.image_size == b.image_size
+
+
+@pytest.mark.parametrize(
+    "header, tail",
+    [
+        (b"not json", b""),
+        (b'[["features", "|O", [1]]]', b"\x00" * 8),  # object dtype: pointers
+        (b'[["features", "<f4", [1, 2]]]', b"\x00" * 7),  # runs past the end
+        (b'[["features", "<f4", [1]]]', b"\x00" * 5),  # bytes left over
+        (b'[["features", "<f4", [-1]]]', b""),
+        (b'{"features": 1}', b""),
+        (b'[["features", {"names": ["a"], "formats": ["<f4"]}, [1]]]', b"\x00" * 4),  # a structured dtype
+    ],
+)
+def test_cache_payload_parser_refuses_anything_but_plain_arrays(header, tail):
+    with pytest.raises(ValueError, match="cannot be read"):
+        extractor_module._unpack_arrays(len(header).to_bytes(4, "little") + header + tail)
+
+
+def test_cache_payload_round_trips():
+    arrays = {"features": np.arange(24, dtype=np.float32).reshape(2, 3, 4), "image_size": np.array([5, 7])}
+    back = extractor_module._unpack_arrays(extractor_module._pack_arrays(arrays))
+    assert list(back) == list(arrays)
+    for name, value in arrays.items():
+        np.testing.assert_array_equal(back[name], value)
+        assert back[name].dtype == value.dtype and back[name].flags.writeable
+
+
 def test_cache_notices_a_same_size_same_mtime_replacement(tmp_path):
     path = tmp_path / "photo.ppm"  # PPM: equal dimensions give equal file sizes
     _image(path, 0, fmt="PPM")

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import hashlib
-import io
 import json
+import math
 import os
 import tempfile
 import warnings
@@ -30,14 +30,50 @@ class ImageSkippedWarning(UserWarning):
 
 
 class CacheRepairedWarning(UserWarning):
-    """Some entries of ``cache_dir`` were damaged (or could not be written) and were recomputed; the message names them."""
+    """Some entries of ``cache_dir`` were damaged (or could not be written) and were recomputed;
+    the message names them."""
 
 
 _CACHE_FORMAT = 2  # bump when the stored layout or the computation changes
 # A cache entry: this magic, the SHA-256 digest of its key and payload, then the payload (an .npz without
 # pickles). The key in the digest binds an entry to its file name: a copied or misplaced entry fails the check.
-_CACHE_MAGIC = b"selconv-map\x00"
+# Entry layout: magic, SHA-256 of the payload, payload = 4-byte little-endian header length, a JSON header
+# listing each array's name, dtype and shape, then the arrays' raw C-order bytes. Not np.load: numpy parses
+# .npy headers with ast.literal_eval, whose recursion counter CPython < 3.11.8 / 3.12.1 shares between threads
+# (gh-106905), so concurrent reads of valid entries in the worker threads could fail with a SystemError and be
+# thrown away. Entries of the earlier npz layout (magic "selconv-map") are recomputed once.
+_CACHE_MAGIC = b"selconv-map2\x00"
 _CACHE_DIGEST_SIZE = 32
+_CACHE_DTYPE_KINDS = "fiu"  # plain numbers only: anything else in a header is a damaged or foreign entry
+
+
+def _pack_arrays(arrays: dict) -> bytes:
+    """Arrays as a cache payload: header length, JSON header (name, dtype, shape of each), raw bytes."""
+    arrays = {name: np.ascontiguousarray(a) for name, a in arrays.items()}
+    header = json.dumps([[name, a.dtype.str, list(a.shape)] for name, a in arrays.items()]).encode()
+    return b"".join([len(header).to_bytes(4, "little"), header, *(a.tobytes() for a in arrays.values())])
+
+
+def _unpack_arrays(payload: bytes) -> dict:
+    """Inverse of :func:`_pack_arrays` (copies, writable); a ValueError for anything else."""
+    try:
+        size = int.from_bytes(payload[:4], "little")
+        header = json.loads(payload[4 : 4 + size])
+        offset, arrays = 4 + size, {}
+        for name, dtype_str, shape in header:
+            dtype = np.dtype(dtype_str)
+            if dtype.kind not in _CACHE_DTYPE_KINDS or not all(isinstance(n, int) and n >= 0 for n in shape):
+                raise ValueError(f"array {name!r} of dtype {dtype_str} and shape {shape}")
+            count = math.prod(shape)
+            if count * dtype.itemsize > len(payload) - offset:
+                raise ValueError(f"array {name!r} of shape {shape} runs past the end of the entry")
+            arrays[str(name)] = np.frombuffer(payload, dtype, count, offset).reshape(shape).copy()
+            offset += count * dtype.itemsize
+        if offset != len(payload):
+            raise ValueError(f"{len(payload) - offset} bytes after the arrays")
+    except (ValueError, TypeError) as exc:  # json.JSONDecodeError is a ValueError
+        raise ValueError(f"cannot be read ({exc})") from None
+    return arrays
 
 
 def _entry_digest(path: Path, payload: bytes) -> bytes:
@@ -414,7 +450,8 @@ class ConvFeatureExtractor(SelconvPickleMixin, TransformerMixin, BaseEstimator):
             self.backbone
             if isinstance(self.backbone, str)
             else (
-                f"{getattr(self.backbone, '__module__', '')}.{getattr(self.backbone, '__qualname__', repr(self.backbone))}"
+                f"{getattr(self.backbone, '__module__', '')}."
+                f"{getattr(self.backbone, '__qualname__', repr(self.backbone))}"
             )
         )
         return json.dumps(
@@ -472,12 +509,10 @@ class ConvFeatureExtractor(SelconvPickleMixin, TransformerMixin, BaseEstimator):
         payload = data[start:]
         if _entry_digest(path, payload) != data[len(_CACHE_MAGIC) : start]:
             raise ValueError("failed its checksum (truncated or corrupted)")
-        try:
-            with np.load(io.BytesIO(payload), allow_pickle=False) as stored:
-                features, image_size = stored["features"], stored["image_size"]
-                keypoints = stored["keypoints"] if "keypoints" in stored.files else None
-        except Exception as exc:  # the checksum matched: only a writer of another layout gets here
-            raise ValueError(f"cannot be read ({type(exc).__name__}: {exc})") from None
+        stored = _unpack_arrays(payload)  # the checksum matched: only a writer of another layout fails here
+        if not {"features", "image_size"} <= set(stored) <= {"features", "image_size", "keypoints"}:
+            raise ValueError(f"cannot be read (holds arrays {sorted(stored)})")
+        features, image_size, keypoints = stored["features"], stored["image_size"], stored.get("keypoints")
         if (
             features.ndim != 3
             or features.dtype != np.dtype(self.dtype)
@@ -493,9 +528,7 @@ class ConvFeatureExtractor(SelconvPickleMixin, TransformerMixin, BaseEstimator):
         arrays = {"features": conv_map.features, "image_size": np.asarray(conv_map.image_size, dtype=np.int64)}
         if conv_map.keypoints is not None:
             arrays["keypoints"] = conv_map.keypoints
-        buffer = io.BytesIO()
-        np.savez(buffer, **arrays)
-        payload = buffer.getvalue()
+        payload = _pack_arrays(arrays)
         digest = _entry_digest(path, payload)
         tmp = None
         try:
