@@ -261,7 +261,8 @@ class Data:
         if len(self.official_gt) < len(official.queries) or len(self.loo_gt) < len(loo.queries):
             self.notes.append(
                 f"Database limited to {len(self.database)} images: {len(self.official_gt)}/{len(official.queries)} "
-                f"official and {len(self.loo_gt)}/{len(loo.queries)} leave-one-out queries keep a positive and are used."
+                f"official and {len(self.loo_gt)}/{len(loo.queries)} "
+                "leave-one-out queries keep a positive and are used."
             )
         if not self.official_gt or not self.loo_gt:
             raise RuntimeError("no query has a positive in the (limited) database: raise --limit-db")
@@ -500,7 +501,8 @@ def write_masks_section(run):
                 ),
                 "",
                 "Share = selected cells / all H x W cells of the pool5 grid, averaged over images. The last column is "
-                "Fig. 3b's statistic: among pairs of l2-normalised local features of one image (200 images sampled), the "
+                "Fig. 3b's statistic: "
+                "among pairs of l2-normalised local features of one image (200 images sampled), the "
                 "share whose cosine is within [-0.15, 0.15] (higher = less redundant).",
             ]
         ),
@@ -728,7 +730,8 @@ def write_table9_section(run):
             [
                 "## 8. Learned on the database, 4096 -> 512 (paper Table 9, the SCDA comparison)",
                 "",
-                f"Temb(d = {d}, |C| = {n_clusters}) + democratic learned on the database images, rotation WITHOUT dropping "
+                f"Temb(d = {d}, |C| = {n_clusters}) + democratic learned on the database images, "
+                "rotation WITHOUT dropping "
                 "leading components, PCA to the 512 leading components, power law 0.5, l2.",
                 "",
                 common.markdown_table(["mask", "official-10 mAP", "loo-landmark mAP", "paper Oxford5k"], rows),
@@ -1007,7 +1010,8 @@ def write_protocols_section(run):
                 "## 8c. Learning protocols: generic photos vs the searched database, naive vs safe settings",
                 "",
                 f"What a user who learns on the very collection they search gets. 'generic': learned on the {n_train} "
-                f"generic photos (headline settings of sections 2 and 7). 'database, naive': learned on the {n_db} database "
+                f"generic photos (headline settings of sections 2 and 7). 'database, naive': "
+                f"learned on the {n_db} database "
                 "images with the settings that suit a large separate learning set (framework: the 128 leading rotated "
                 "components dropped; baselines: PCA-whitening without shrinkage). 'database, selconv': the settings "
                 '`fit_on="database"` and `selconv evaluate --fit-on database` choose (framework: nothing dropped; '
@@ -1029,9 +1033,11 @@ def write_protocols_section(run):
                 ),
                 "",
                 "Reading the table: with about as many learning images as dimensions, the naive settings rotate or "
-                "whiten the database's own leading directions away, and loo-landmark, whose queries are database images, "
+                "whiten the database's own leading directions away, and loo-landmark, "
+                "whose queries are database images, "
                 "collapses. For the framework, selconv's database settings (no truncation) recover most of it and, on "
-                "official-10, whose queries the learning never saw, adapt to the domain. For the baselines, Ledoit-Wolf "
+                "official-10, whose queries the learning never saw, adapt to the domain. For the baselines, "
+                "Ledoit-Wolf "
                 "shrinkage recovers only part: PCA-whitening learned on the searched images stays below the generic "
                 "photos on both protocols, so learn it on separate images. Best of all is a separate learning set of "
                 "the same kind (section 8b).",
@@ -1103,7 +1109,8 @@ def write_domain_section(run):
     text = [
         "## 8b. Learned on same-domain held-out images (paper: learned on Paris6k)",
         "",
-        f"The paper learns every parameter on Paris6k, landmark photos of the same kind as Oxford; the tables above learn "
+        f"The paper learns every parameter on Paris6k, landmark photos of the same kind as Oxford; "
+        "the tables above learn "
         f"on {counts['n_training']} generic photos. Here the same methods learn instead on the "
         f"{counts.get('n_unlabelled', '?')} Oxford-subset images that appear in NO ground-truth list (query, good, ok "
         f"or junk) of any of the {counts.get('n_groundtruth_queries', 55)} official queries: Oxford Flickr photos "
@@ -1113,7 +1120,8 @@ def write_domain_section(run):
         "images and the queries are never seen in learning. Same pipelines as above: n_dropped = 128 for the "
         "framework; the baselines' whitening chosen by the same training-only proxy task, run on these images; "
         "ITQ learned on their MAX 512-D vectors (learning set 'both': these images plus the generic photos). "
-        "'Δ loo (paired)' is the mean per-query AP change from the generic photos to this learning set, ± its standard error over the same queries.",
+        "'Δ loo (paired)' is the mean per-query AP change from the generic photos to this learning set, "
+        "± its standard error over the same queries.",
     ]
     for source, r in domain.items():
         text += [
@@ -1322,9 +1330,11 @@ def write_alpha_section(run):
             [
                 "## 4. Power-law exponent alpha (paper Fig. 4)",
                 "",
-                "1024-D (Temb(64, 18)), learned on the training photos; only alpha changes (the pipeline is fitted once "
+                "1024-D (Temb(64, 18)), learned on the training photos; "
+                "only alpha changes (the pipeline is fitted once "
                 "per mask). The paper's Fig. 4 uses Temb(128, 64) = 8064-D, which 1,000 training images cannot support "
-                "(RN under-determined, see section 3). alpha = 0 (sign only) is outside PowerNormalizer's range (alpha > 0). "
+                "(RN under-determined, see section 3). "
+                "alpha = 0 (sign only) is outside PowerNormalizer's range (alpha > 0). "
                 "alpha is fixed at 0.5 everywhere else, as in the paper; this sweep is reported, not used to choose.",
                 "",
                 common.markdown_table(headers, rows),
@@ -1474,12 +1484,18 @@ def write_baseline_section(run):
                 "## 7. Against SPoC, MAC, R-MAC, CroW, GeM at equal dimension (paper Table 8)",
                 "",
                 "All on the same pool5 maps (no mask). Each baseline: pooling -> l2 -> PCA-whitening learned on the "
-                "training photos (R-MAC: also its regional whitening) -> l2, at 512-D = K (equal to the framework's 512-D). "
-                "The whitening's eigenvalue shrinkage s (lambda_i -> lambda_i + s mean(lambda); Ledoit-Wolf's formula or a "
-                "fixed s; or no whitening) is chosen on the TRAINING SET ONLY, by a proxy retrieval task: whitening learned "
-                "on a random half of the training photos; for each photo of the other half, two independent random windows "
-                "of half of each side of its conv map play two partly overlapping views of one scene, one the query, the other its "
-                "only positive among the other photos' windows (mean reciprocal rank; ties go to the earlier setting in "
+                "training photos (R-MAC: also its regional whitening) -> l2, "
+                "at 512-D = K (equal to the framework's 512-D). "
+                "The whitening's eigenvalue shrinkage s (lambda_i -> lambda_i + s mean(lambda); "
+                "Ledoit-Wolf's formula or a "
+                "fixed s; or no whitening) is chosen on the TRAINING SET ONLY, by a proxy retrieval task: "
+                "whitening learned "
+                "on a random half of the training photos; for each photo of the other half, "
+                "two independent random windows "
+                "of half of each side of its conv map play two partly overlapping views of one scene, one the query, "
+                "the other its "
+                "only positive among the other photos' windows (mean reciprocal rank; "
+                "ties go to the earlier setting in "
                 "the order listed below). Test queries never influence the choice.",
                 "",
                 common.markdown_table(
@@ -1720,7 +1736,8 @@ def write_discussion(run):
             if run.results.get("domain")
             else ""
         ),
-        f"2. RN needs n_samples >> D: with {run.results['data']['n_training']} training vectors the rotation of every aggregate "
+        f"2. RN needs n_samples >> D: with {run.results['data']['n_training']} training vectors "
+        "the rotation of every aggregate "
         "of d|C| >= that many dimensions is under-determined (section 3: with 1,000 photos already 1152 at 1024-D, "
         "and 2176 / 4224 at 2048 / 4096-D); this penalises large D and is why 4096-D cannot be expected to improve "
         "here. More training photos (the paper: 5,000-6,400) is the fix, not a smaller drop.",
@@ -1797,7 +1814,7 @@ _SKIP_RESULTS = (
             re.fullmatch(r"training/\w+/\d+", k) and k.split("/")[2] not in ("512", "1024") for k in r["framework"]
         ),
     ),
-    (r"baselines|hypercolumns|table9|domain", lambda r, m: bool(r.get(m[0]))),
+    (r"baselines|hypercolumns|table9|domain|protocols", lambda r, m: bool(r.get(m[0]))),
     (r"(training|database) fit (\w+) (\d+)", lambda r, m: f"{m[1]}/{m[2]}/{m[3]}" in r["framework"]),
     (r"baseline (\w+)", lambda r, m: m[1] in r.get("baselines", {})),
     (r"table 9 (\w+)", lambda r, m: m[1] in r.get("table9", {})),
@@ -1864,7 +1881,7 @@ def merge_json_files(paths) -> tuple:
             raise SystemExit(f"--merge-json: cannot read {path}: {error}") from None
     merged, skipped, errors = {}, {}, {}
     phases, totals, warnings_ = {}, [], {}
-    for number, (path, results) in enumerate(loaded, start=1):
+    for number, (_path, results) in enumerate(loaded, start=1):
         results = dict(results)
         data = results.pop("data", None) or _legacy_data_summary(results)
         merged.setdefault("data", {}).update(data)

@@ -121,11 +121,28 @@ def test_paper_experiments_runs_every_phase(tmp_path):
     results = json.loads((out / "paper_results.json").read_text())
     assert not results["errors"], results["errors"]
     # The 'domain' phase runs only with --train-source oxford-unlabelled or both; 11 database images
-    # cannot support dropping 128 directions.
-    expected = {"ITQ 128 bits", "ITQ 256 bits", "ITQ 512 bits", "domain", "database truncated"}
+    # cannot support dropping 128 directions (phases framework-database and protocols).
+    truncated = {"database truncated", "protocols truncated max", "protocols truncated sum"}
+    expected = {"ITQ 128 bits", "ITQ 256 bits", "ITQ 512 bits", "domain"} | truncated
     assert set(results["skipped"]) == expected, results["skipped"]
-    for heading in ("## 1.", "## 2.", "## 3.", "## 4.", "## 5.", "## 6.", "## 7.", "## 8.", "## 9.", "## 10."):
+    for heading in (
+        "## 1.",
+        "## 2.",
+        "## 3.",
+        "## 4.",
+        "## 5.",
+        "## 6.",
+        "## 7.",
+        "## 8.",
+        "## 8c.",
+        "## 9.",
+        "## 10.",
+    ):
         assert heading in text, f"{heading} missing from the report"
+    # The learning-protocol table: every baseline learned on the database with and without shrinkage.
+    assert set(results["protocols"]["baselines"]) == {"spoc", "mac", "rmac", "crow", "gem"}
+    for scores in results["protocols"]["baselines"].values():
+        assert set(scores) == {"no shrinkage", "ledoit-wolf"}
     # Every configuration produced an mAP in [0, 100] for both protocols.
     for key, value in results["framework"].items():
         for protocol in ("official-10", "loo-landmark"):
@@ -153,7 +170,7 @@ def test_paper_experiments_runs_every_phase(tmp_path):
                 "--train-source",
                 "both",
                 "--skip",
-                "framework-training,baselines,framework-database,dimensions,hypercolumns,table9",
+                "framework-training,baselines,framework-database,dimensions,hypercolumns,table9,protocols",
             ]
         )
     rerun = json.loads((out2 / "paper_results.json").read_text())
@@ -178,7 +195,7 @@ def test_paper_experiments_runs_every_phase(tmp_path):
     merged_text = (merged_out / "paper_results.md").read_text()
     assert merged["framework"] == results["framework"]
     assert merged["domain"] == rerun["domain"]
-    assert set(merged["skipped"]) == {"ITQ 128 bits", "ITQ 256 bits", "ITQ 512 bits", "database truncated"} | {
+    assert set(merged["skipped"]) == {"ITQ 128 bits", "ITQ 256 bits", "ITQ 512 bits"} | truncated | {
         f"domain[both] ITQ {b} bits" for b in (128, 256, 512)
     }, merged["skipped"]
     assert merged_text.count("Device run ") == 2 and "Merged (no computation) by" in merged_text
@@ -192,6 +209,7 @@ def test_paper_experiments_runs_every_phase(tmp_path):
         "## 7.",
         "## 8.",
         "## 8b.",
+        "## 8c.",
         "## 9.",
         "## 10.",
     ):
