@@ -26,6 +26,11 @@ demo: $(VENV)/.installed
 test: $(VENV)/.installed
 	$(PY) -m pytest -q -n 2
 
+# ruff lint and format check (configured in pyproject.toml); `ruff format .` applies the format.
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
 # The site, into docs/_build/html (entry page docs/_build/html/index.html). Warnings are errors and
 # every internal reference must resolve (conf.py: nitpicky). The gallery runs examples/plot_*.py on the
 # bundled sample (a few minutes on a 2-core CPU the first time; conv maps are cached in docs/_build).
@@ -39,4 +44,4 @@ docs-linkcheck: $(VENV)/.docs-installed
 docs-clean:
 	rm -rf docs/_build docs/generated docs/auto_examples
 
-.PHONY: install demo test docs docs-linkcheck docs-clean
+.PHONY: install demo test lint docs docs-linkcheck docs-clean

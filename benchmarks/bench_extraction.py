@@ -87,7 +87,8 @@ def environment(device):
     ]
     if device == "cuda":
         lines.append(
-            f"- GPU: {torch.cuda.get_device_name(0)} (CUDA {torch.version.cuda}, cuDNN {torch.backends.cudnn.version()})"
+            f"- GPU: {torch.cuda.get_device_name(0)} "
+            f"(CUDA {torch.version.cuda}, cuDNN {torch.backends.cudnn.version()})"
         )
     else:
         try:

@@ -172,9 +172,11 @@ def main():
         "",
         "| what | seconds | images/s |",
         "| --- | --- | --- |",
-        f"| CNN alone (VGG16 forward on pre-decoded tensors, best of {args.repeats}) | {cnn_seconds:.1f} | {cnn_rate:.2f} |",
+        f"| CNN alone (VGG16 forward on pre-decoded tensors, best of {args.repeats}) "
+        f"| {cnn_seconds:.1f} | {cnn_rate:.2f} |",
         f"| `selconv index` end to end, as the command reports it | {n / cli_rate:.1f} | {cli_rate:.2f} |",
-        f"| `selconv index` command wall time (Python start, imports, weights included) | {wall:.1f} | {n / wall:.2f} |",
+        f"| `selconv index` command wall time (Python start, imports, weights included) "
+        f"| {wall:.1f} | {n / wall:.2f} |",
         f"| `index_folder`, one process | {single_seconds:.1f} | {n / single_seconds:.2f} |",
         *cluster_rows,
         "",

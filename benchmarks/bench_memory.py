@@ -190,7 +190,8 @@ def main(argv=None) -> None:
         " The 8064-D rows use a Temb with random fitted attributes of the paper's shapes (d = 128, |C| = 64,"
         " an 8192 x 8192 projection), transform only.",
         "",
-        "| call | D | images | local features | input (MiB) | extra peak, streamed (MiB) | extra peak, all at once (MiB)"
+        "| call | D | images | local features | input (MiB) | extra peak, streamed (MiB) "
+        "| extra peak, all at once (MiB)"
         " | time streamed / all at once (s) |",
         "|---|---|---|---|---|---|---|---|",
     ]

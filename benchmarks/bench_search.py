@@ -183,7 +183,7 @@ def bench_one(name, database, queries, args, old_search, work):
         start = time.perf_counter()
         approx.add_descriptors(database)
         add_s = time.perf_counter() - start
-        seconds, found = best_time(lambda: approx.search_descriptors(queries, k), args.repeats)
+        seconds, found = best_time(lambda approx=approx: approx.search_descriptors(queries, k), args.repeats)
         entry = {
             "kind": kind,
             "params": dict(approx.index_params),

@@ -232,10 +232,17 @@ def time_online(stages: dict, maps: list, repeats: int, batch: int = 20):
     for name in names:
         stage, data = stages[name], inputs[name]
         per_image[name] = (
-            sum(best_time(lambda i=i: stage.transform(data[i : i + 1]), repeats) for i in range(n_images)) / n_images
+            sum(
+                best_time(lambda i=i, stage=stage, data=data: stage.transform(data[i : i + 1]), repeats)
+                for i in range(n_images)
+            )
+            / n_images
         )
         batched[name] = (
-            sum(best_time(lambda i=i: stage.transform(data[i : i + batch]), repeats) for i in range(0, n_images, batch))
+            sum(
+                best_time(lambda i=i, stage=stage, data=data: stage.transform(data[i : i + batch]), repeats)
+                for i in range(0, n_images, batch)
+            )
             / n_images
         )
     return per_image, batched, inputs
@@ -283,7 +290,7 @@ def write_plot(path: Path, rows: list[dict]) -> None:
     fig, ax = plt.subplots(figsize=(9, 4.8))
     width = 0.26
     for index, row in enumerate(rows):
-        for offset, key, label in [(-width, "per_image", "one image per call"), (0.0, "batched", "batched")]:
+        for offset, key in [(-width, "per_image"), (0.0, "batched")]:
             bottom = 0.0
             for s, stage in enumerate(stage_names):
                 value = row[key][stage] * 1e3
@@ -346,7 +353,8 @@ def write_markdown(path: Path, args, info, peak, rows, wall) -> None:
             + (
                 f"real maps from `{args.maps}`"
                 if args.maps
-                else "synthetic VGG16-pool5-like maps (K=512, 24 x 32 grid = 1024 x 768 image; 80% zeros; channel maxima on "
+                else "synthetic VGG16-pool5-like maps (K=512, 24 x 32 grid = 1024 x 768 image; 80% zeros; "
+                "channel maxima on "
                 "260 salient cells, see `synthetic_pool5_map`)"
             )
         ),

@@ -70,7 +70,8 @@ print(f"{'mask':<10} {'|C|':>4} {'alpha':>6}  mean mAP over 5 folds (+- standard
 for i in order:
     params = search.cv_results_["params"][i]
     print(
-        f"{type(params['mask']).__name__:<10} {params['encode__embedding__n_clusters']:>4} {params['power__alpha']:>6}  "
+        f"{type(params['mask']).__name__:<10} {params['encode__embedding__n_clusters']:>4} "
+        f"{params['power__alpha']:>6}  "
         f"{search.cv_results_['mean_test_score'][i]:.4f} +- {search.cv_results_['std_test_score'][i]:.4f}"
     )
 

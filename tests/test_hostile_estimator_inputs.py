@@ -460,8 +460,8 @@ def test_metrics_on_hostile_ground_truth():
     q = RNG.standard_normal((3, 8))
     db = RNG.standard_normal((10, 8))
     for name, ground_truth in HOSTILE_GROUND_TRUTH.items():
-        assert run_case(lambda: evaluate(q, db, ground_truth)) == "error", name
-        assert run_case(lambda: average_precisions(rank(q, db), ground_truth, n_database=10)) == "error", name
+        assert run_case(lambda gt=ground_truth: evaluate(q, db, gt)) == "error", name
+        assert run_case(lambda gt=ground_truth: average_precisions(rank(q, db), gt, n_database=10)) == "error", name
 
 
 @pytest.mark.parametrize(

@@ -324,7 +324,10 @@ def test_save_then_load_in_a_fresh_process_gives_identical_results(tmp_path, enc
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporary folder left
     arguments = [str(folder), str(tmp_path / "queries.npz"), str(tmp_path / "out.npz")]
     if fresh_process:
-        script = f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import test_index; test_index.search_saved(*sys.argv[1:])"
+        script = (
+            f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); "
+            "import test_index; test_index.search_saved(*sys.argv[1:])"
+        )
         subprocess.run([sys.executable, "-c", script, *arguments], check=True, capture_output=True, timeout=300)
     else:
         search_saved(*arguments)

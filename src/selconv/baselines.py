@@ -217,16 +217,20 @@ def rmac_regions(height: int, width: int, *, levels: int = 3, overlap: float = 0
         if side == 0:
             continue
         half = np.floor(side / 2 - 1)
-
-        def corners(n_extra, size):
-            count = level + n_extra
-            step = 0.0 if count == 1 else (size - side) / (count - 1)
-            return (np.floor(half + np.arange(count) * step) - half).astype(np.int64)
-
-        ys, xs = np.meshgrid(corners(extra_h, height), corners(extra_w, width), indexing="ij")
+        ys, xs = np.meshgrid(
+            _region_corners(level + extra_h, height, side, half),
+            _region_corners(level + extra_w, width, side, half),
+            indexing="ij",
+        )
         block = np.stack([xs.ravel(), ys.ravel(), np.full(xs.size, side), np.full(xs.size, side)], axis=1)
         regions.append(block)
     return np.concatenate(regions) if regions else np.zeros((0, 4), dtype=np.int64)
+
+
+def _region_corners(count: int, size: int, side: int, half: float) -> np.ndarray:
+    """Top-left coordinates of ``count`` regions of ``side`` cells spread evenly over ``size`` cells."""
+    step = 0.0 if count == 1 else (size - side) / (count - 1)
+    return (np.floor(half + np.arange(count) * step) - half).astype(np.int64)
 
 
 class _ConvMapPooling(SelconvPickleMixin, ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):

@@ -896,7 +896,8 @@ def run_benchmark(
         for mask, pipeline in pipelines.items():
             steps = pipeline.named_steps
             name = (
-                f"{_MASK_LABELS[mask]} + Temb(d={steps['pca'].n_components}, |C|={steps['encode'].embedding.n_clusters})"
+                f"{_MASK_LABELS[mask]} + Temb(d={steps['pca'].n_components}, "
+                f"|C|={steps['encode'].embedding.n_clusters})"
                 f" + democratic + RN(-{steps['rotate'].n_dropped}) + PN({steps['power'].alpha})"
             )
             dims = db_desc[mask].shape[1]

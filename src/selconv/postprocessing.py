@@ -43,8 +43,8 @@ class RotationNormalizer(SelconvPickleMixin, ClassNamePrefixFeaturesOutMixin, Tr
     that reason), keeps only the determined directions (``undetermined="drop"``: the output then
     has ``n_determined_ - n_dropped`` columns), or does not rotate at all (``undetermined="center"``:
     the vectors are only normalised and centred, which keeps every dimension and leaves the power
-    law acting on the original coordinates; no leading direction can then be dropped). When the model is fitted on the test database itself
-    (paper Table 9) the paper drops nothing: use ``n_dropped=0``.
+    law acting on the original coordinates; no leading direction can then be dropped). When the model is fitted
+    on the test database itself (paper Table 9) the paper drops nothing: use ``n_dropped=0``.
 
     Parameters
     ----------

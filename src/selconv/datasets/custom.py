@@ -208,7 +208,8 @@ def _from_json(path, folder, database, training, include_unlisted):
         where = f"{path}: queries[{q}]"
         if not isinstance(entry, dict) or "image" not in entry:
             raise GroundTruthError(
-                f"{where}: expected an object with 'image', 'positives' and optional 'junk', 'bbox', 'rotation', 'label'"
+                f"{where}: expected an object with 'image', 'positives' "
+                "and optional 'junk', 'bbox', 'rotation', 'label'"
             )
         unknown = set(entry) - {"image", "positives", "junk", "bbox", "rotation", "label"}
         if unknown:

@@ -247,7 +247,8 @@ def extract(archive, dest, *, flatten=False) -> list[Path]:
     device files raise :class:`UnsafeArchiveError` (a crafted archive cannot write outside `dest`).
     With `flatten` the members' folders are dropped (all files land in `dest`); two files of one name
     in different folders then raise :class:`UnsafeArchiveError` before anything is written, rather than
-    one silently overwriting the other. A truncated or corrupt archive raises :class:`~selconv.datasets.CorruptArchiveError`.
+    one silently overwriting the other. A truncated or corrupt archive raises
+    :class:`~selconv.datasets.CorruptArchiveError`.
     """
     try:
         return _extract(Path(archive), Path(dest), flatten)

@@ -1,4 +1,5 @@
-"""Oxford5k and Paris6k (Philbin et al.) from their official files, and the 105k/106k versions with Flickr distractors."""
+"""Oxford5k and Paris6k (Philbin et al.) from their official files, and the 105k/106k versions with Flickr
+distractors."""
 
 from __future__ import annotations
 

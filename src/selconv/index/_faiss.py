@@ -60,7 +60,8 @@ def check_kind_and_metric(kind, metric) -> None:
         raise ValueError(f"metric must be 'auto', 'ip' or 'hamming'; got {metric!r}.")
     if metric != "auto" and kind not in KINDS[metric]:
         raise ValueError(
-            f"kind={kind!r} is not available for metric={metric!r}; choose one of {', '.join(map(repr, KINDS[metric]))}."
+            f"kind={kind!r} is not available for metric={metric!r}; "
+            f"choose one of {', '.join(map(repr, KINDS[metric]))}."
         )
 
 
@@ -248,7 +249,8 @@ def check_k(k) -> int:
 
 
 def search(index, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Top-k of validated ``queries`` in ``index`` (None: empty): float32 scores (larger better), int64 ids, (n_queries, k).
+    """Top-k of validated ``queries`` in ``index`` (None: empty): float32 scores (larger better), int64 ids,
+    (n_queries, k).
 
     Equal scores are listed by increasing id; missing results are id -1 with score -inf (module docstring).
     """

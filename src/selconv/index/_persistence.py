@@ -34,7 +34,8 @@ ENCODER_FILE = "encoder.skops"
 
 
 class IndexFormatError(ValueError):
-    """An index folder is missing, damaged, edited, truncated or of another format version; the message names the file."""
+    """An index folder is missing, damaged, edited, truncated or of another format version;
+    the message names the file."""
 
 
 #: The selconv estimators an encoder may be made of, by fully qualified class name (tests/test_index.py checks
@@ -97,7 +98,8 @@ def encoder_to_bytes(encoder) -> bytes:
     if refused:
         raise TypeError(
             f"the encoder holds {', '.join(refused)}, which could run code when loaded; an index only stores encoders "
-            "made of selconv estimators in a scikit-learn Pipeline (a callable backbone, for instance, cannot be saved)."
+            "made of selconv estimators in a scikit-learn Pipeline (a callable backbone, for instance, "
+            "cannot be saved)."
         )
     return data
 

@@ -163,7 +163,8 @@ class ImageIndex:
         return not _faiss.needs_training(self.kind) or (self._index is not None and self._index.is_trained)
 
     def set_search_params(self, **params) -> ImageIndex:
-        """Change search-time parameters (``nprobe`` for ``"ivf"``/``"pq"``, ``efSearch`` for ``"hnsw"``); returns self."""
+        """Change search-time parameters (``nprobe`` for ``"ivf"``/``"pq"``, ``efSearch`` for ``"hnsw"``);
+        returns self."""
         unknown = sorted(set(params) - (set(_faiss.SEARCH_PARAMS) & set(self.index_params)))
         if unknown:
             raise ValueError(f"{unknown} are not search parameters of kind={self.kind!r}.")
@@ -485,7 +486,8 @@ class ImageIndex:
             raise IndexFormatError(f"{path}: not a faiss {metric} index ({str(exc).splitlines()[0]}).") from None
         if faiss_index.d != dimension or faiss_index.ntotal != count:
             raise IndexFormatError(
-                f"{path}: holds {faiss_index.ntotal} vectors of dimension {faiss_index.d}; {manifest_path} says {count} "
+                f"{path}: holds {faiss_index.ntotal} vectors of dimension {faiss_index.d}; "
+                f"{manifest_path} says {count} "
                 f"of dimension {dimension}."
             )
         path = folder / IDS_FILE
