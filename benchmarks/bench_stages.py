@@ -61,7 +61,7 @@ CONFIGS = [
     ("MAX-mask 1024-D", MaxMask, 64, 18, 11.2),
     ("no mask 512-D", NoMask, 32, 20, 15.8),
 ]
-N_DROPPED = 128  # leading rotated components dropped after Temb (paper, ALGORITHMS.md section 6)
+N_DROPPED = 128  # leading rotated components dropped after Temb (paper section 5.2.1; docs/how-it-works.md, section 6)
 N_BITS = 256  # ITQ code length for the timing (paper: 64..512 bits from the 512-D vector)
 DEFAULT_N_FIT_IMAGES = 5000  # the paper learns on 5,000-6,400 training images
 POOL5_SHAPE = (512, 24, 32)  # K x H x W of VGG16 pool5 for a 1024 x 768 image

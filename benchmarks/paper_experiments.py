@@ -677,7 +677,7 @@ def phase_framework_database(run):
                 fitted = fit_framework(run, run.sets[mask], dim=dim, mask=mask, fit_on="database", label=label)
                 run.results["framework"][f"database/{mask}/{dim}"] = framework_record(run, fitted)
             write_framework_section(run)
-    # Why no truncation: the same fit with the 128 leading components dropped (ALGORITHMS.md section 6).
+    # Why no truncation: the same fit with the 128 leading components dropped (docs/how-it-works.md, "Learned stages").
     n_db = len(run.sets["max"]["db"])
     if n_db <= 129:
         run.results["skipped"]["database truncated"] = (
@@ -1630,7 +1630,8 @@ def write_header(run, commands):
         ("Machine (of the last run; each run's GPU is named above): " if args.merge_json else "Machine: ")
         + ", ".join(f"{k} {v}" for k, v in info.items()),
         "",
-        "mAP is the standard Oxford AP with junk removed (ALGORITHMS.md section 9), in %. The ± is the standard "
+        "mAP is the standard Oxford AP with junk removed (see the Evaluation section of docs/how-it-works.md), "
+        "in %. The ± is the standard "
         f"error over queries: with {data['n_official']} official queries it is several points, so differences "
         f"smaller than about two standard errors are not meaningful; loo-landmark ({data['n_loo']} queries) is "
         "the steadier protocol. "

@@ -1,4 +1,4 @@
-"""Aggregators (ALGORITHMS.md section 5): ragged -> one 2-D array, democratic weights, empty images."""
+"""Aggregators (docs/how-it-works.md, section 5): ragged -> one 2-D array, democratic weights, empty images."""
 
 from __future__ import annotations
 
@@ -38,7 +38,7 @@ def _normalized(Y):
 
 
 def _authors_democratic(Y, n_iter=10, gamma=0.5):
-    """The authors' modified Sinkhorn as written in ALGORITHMS.md (rescaling G itself), in float64."""
+    """The authors' modified Sinkhorn as written in docs/how-it-works.md, section 5 (rescaling G itself), in float64."""
     Y = _normalized(np.asarray(Y, dtype=np.float64))
     gram = Y @ Y.T
     gram = (gram + np.abs(gram)) / 2

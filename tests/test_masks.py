@@ -1,4 +1,4 @@
-"""Masks select exactly what ALGORITHMS.md section 2 defines, on hand-built and random conv maps."""
+"""Masks select exactly what docs/how-it-works.md (section 2, "Masks") defines, on hand-built and random conv maps."""
 
 from __future__ import annotations
 

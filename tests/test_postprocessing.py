@@ -1,4 +1,4 @@
-"""RotationNormalizer and PowerNormalizer (ALGORITHMS.md section 6): sklearn checks and definitions."""
+"""RotationNormalizer and PowerNormalizer (docs/how-it-works.md, sections 6-7): sklearn checks and definitions."""
 
 from __future__ import annotations
 

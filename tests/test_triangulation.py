@@ -1,4 +1,4 @@
-"""TriangulationEmbedding: definition (ALGORITHMS.md section 4), whitening, chunking, errors."""
+"""TriangulationEmbedding: definition (docs/how-it-works.md, section 4), whitening, chunking, errors."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Aggregation of each image's embedded local features into one vector (ALGORITHMS.md section 5).
+"""Aggregation of each image's embedded local features into one vector (docs/how-it-works.md, section 5).
 
 Every aggregator maps a list of per-image local feature sets (n_i, D) to ONE 2-D float32 array
 (n_images, D): democratic pooling (the paper's psi_d), sum, average, max and generalised max pooling.
@@ -242,8 +242,8 @@ class GeneralizedMaxPooling(_BaseAggregator):
     """Generalised max pooling (Murray & Perronnin CVPR 2014), in its dual (kernel) form.
 
     psi minimises ||Y psi - 1||^2 + reg ||psi||^2 over the rows y_i of Y, so that every local
-    feature has similarity about 1 to psi: psi = Y^T a with (Y Y^T + reg I) a = 1 (ALGORITHMS.md
-    writes Y with features as columns: (Y^T Y + reg I) a = 1, psi = Y a). The local features are
+    feature has similarity about 1 to psi: psi = Y^T a with (Y Y^T + reg I) a = 1 (docs/how-it-works.md,
+    section 5, writes Y with features as columns: (Y^T Y + reg I) a = 1, psi = Y a). The local features are
     used as given (no normalisation).
 
     Parameters

@@ -1,6 +1,6 @@
 """Baselines on the same conv maps as the paper's framework: SPoC, MAC, R-MAC, CroW, GeM and PCA-whitening.
 
-ALGORITHMS.md section 8. Each pooling estimator maps a list of conv maps (``ConvMap`` or (K, H, W)
+docs/how-it-works.md, "Baselines". Each pooling estimator maps a list of conv maps (``ConvMap`` or (K, H, W)
 arrays) to ONE 2-D float32 array (n_images, K) of l2-normalised pooled vectors; :class:`PCAWhitening`
 then applies the usual post-processing l2 -> centre -> PCA-whitening (learned on the TRAINING set)
 -> l2. :func:`make_baseline` builds the two-step pipeline.

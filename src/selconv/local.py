@@ -1,4 +1,4 @@
-"""PCA of local features followed by l2-normalisation (ALGORITHMS.md section 3): ragged in, ragged out.
+"""PCA of local features followed by l2-normalisation (docs/how-it-works.md, section 3): ragged in, ragged out.
 
 The paper reduces the masked local conv features to d dimensions before embedding them:
 x' = U_d^T (x - mu), then x' / ||x'||. LocalPCA learns mu and U_d from a bounded uniform sample of
@@ -43,7 +43,7 @@ class LocalPCA(SelconvPickleMixin, TransformerMixin, BaseEstimator):
     ----------
     n_components : int, default=32
         Output dimension d; at most the input dimension K. The paper's d for each final dimension
-        is in ALGORITHMS.md section 6 (32 for D = 512).
+        is in docs/how-it-works.md, section 4 (32 for D = 512).
     max_samples : int, default=100_000
         Most local features used to fit; bounds time and memory on large training sets.
     whiten : bool, default=False

@@ -38,7 +38,8 @@ MASKS = ("max", "sum", "sift", "none")
 #: Learning protocols: "training" (held-out images, paper default) or "database" (paper Table 9).
 FIT_ON = ("training", "database")
 
-#: Leading rotated components dropped after Temb + democratic pooling (paper section 5, ALGORITHMS.md 6).
+#: Leading rotated components dropped after Temb + democratic pooling
+#: (paper section 5.2.1; docs/how-it-works.md, section 6).
 _PAPER_N_DROPPED = 128
 
 
@@ -186,7 +187,7 @@ def make_paper_pipeline(
         The protocol the pipeline will be fitted under. "training": a held-out training set (paper
         default). "database": the test database itself (paper Table 9, the SCDA comparison); the paper
         then does not truncate, because the database's own leading directions are what tell its images
-        apart (ALGORITHMS.md section 6), hence ``n_dropped`` defaults to 0. The pipeline is fitted on
+        apart (docs/how-it-works.md, "Learned stages"), hence ``n_dropped`` defaults to 0. The pipeline is fitted on
         whatever data ``fit`` receives; this parameter only selects the protocol's settings.
     undetermined : {"raise", "drop", "center"}, default="raise"
         What ``rotate`` does when its learning images are too few to determine the rotation (fewer

@@ -1,4 +1,4 @@
-"""Post-processing of aggregated image vectors (ALGORITHMS.md section 6): 2-D in, 2-D out.
+"""Post-processing of aggregated image vectors (docs/how-it-works.md, sections 6-7): 2-D in, 2-D out.
 
 The authors' order is psi -> l2 -> rotation (RN) -> drop leading components -> power law -> l2:
 :class:`RotationNormalizer` does the first three, :class:`PowerNormalizer` the last two.

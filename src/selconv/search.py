@@ -119,7 +119,7 @@ def similarities(query, database, *, metric: str = "ip") -> np.ndarray:
 def average_query_expansion(query, database, ranking, top: int = 5) -> np.ndarray:
     """Average query expansion: each query plus its ``top`` first database vectors, summed and l2-normalised.
 
-    The authors use ``top=5`` (ALGORITHMS.md section 6). Rank again with the returned queries.
+    The authors use ``top=5`` (docs/how-it-works.md, "Evaluation"). Rank again with the returned queries.
 
     Parameters
     ----------

@@ -1,4 +1,4 @@
-"""Embeddings of local features (ALGORITHMS.md section 4): ragged in, ragged out, one module per method.
+"""Embeddings of local features (docs/how-it-works.md, section 4): ragged in, ragged out, one module per method.
 
 Each embedding maps a list of per-image local feature sets (n_i, d) to a list of embedded sets
 (n_i, D); aggregation into one vector per image is the separate next stage

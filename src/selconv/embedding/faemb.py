@@ -15,7 +15,7 @@ Do & Cheung, "Embedding based on function approximation for large scale image se
    ``n_clamped`` smallest eigenvalues are clamped (authors: 129), l2-normalise.
 
 After aggregation the paper drops the first d (d + 1) components of the rotated aggregate
-(ALGORITHMS.md section 6; the original FAemb dropped d (d + 1) / 2): in a pipeline that is
+(paper section 5.2.1, footnote to Table 2; the original FAemb dropped d (d + 1) / 2): in a pipeline that is
 ``RotationNormalizer(n_dropped=d * (d + 1))`` after the aggregator, giving the paper's final
 dimension (|C| - 2) d (d + 1) / 2 (Table 2: d = 32, |C| = 10 -> 4224).
 """

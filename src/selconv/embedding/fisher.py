@@ -1,6 +1,6 @@
 """Fisher vector embedding of local features (Perronnin et al., improved FV): ragged in, ragged out.
 
-ALGORITHMS.md section 4: a diagonal-covariance GMM (weights w_k, means mu_k, standard deviations
+docs/how-it-works.md, section 4: a diagonal-covariance GMM (weights w_k, means mu_k, standard deviations
 sigma_k) is learned on training local features; each local feature x is embedded as its
 gradients with respect to the means and the variances, normalised by the diagonal closed-form Fisher
 information (Perronnin, Sanchez & Mensink, ECCV 2010; Sanchez et al., IJCV 2013):

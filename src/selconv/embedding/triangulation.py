@@ -1,6 +1,6 @@
 """Triangulation embedding (Temb) of local features, Jegou & Zisserman CVPR 2014: ragged in, ragged out.
 
-ALGORITHMS.md section 4: a k-means codebook c_1..c_|C| is learned on the (l2-normalised, PCA-reduced)
+docs/how-it-works.md, section 4: a k-means codebook c_1..c_|C| is learned on the (l2-normalised, PCA-reduced)
 training local features; each local feature x is mapped to the concatenation of its normalised
 residuals phi(x) = [(x - c_j) / ||x - c_j||]_j in R^{|C| d}, centred on the training mean phibar and
 whitened by P = diag(lambda^-1/2) V^T, where the smallest ``n_clamped`` eigenvalues of the training
@@ -51,7 +51,7 @@ class TriangulationEmbedding(SelconvPickleMixin, TransformerMixin, BaseEstimator
     ----------
     n_clusters : int, default=20
         Codebook size |C|; the embedding has dimension |C| d for d-dimensional input. The paper's
-        (d, |C|) per final dimension are in ALGORITHMS.md section 6 (20 for D = 512).
+        (d, |C|) per final dimension are in docs/how-it-works.md, section 4 (20 for D = 512).
     n_clamped : int, default=33
         Number of smallest covariance eigenvalues clamped to the ``n_clamped``-th smallest (paper and
         Jegou & Zisserman: 33). 0 or 1 leaves the spectrum unchanged. At most |C| d.

@@ -1,6 +1,6 @@
 """VLAD embedding of local features (Jegou et al., CVPR 2010), as an embedding stage: ragged in, ragged out.
 
-ALGORITHMS.md section 4: each local feature x is hard-assigned to its nearest codeword c_j of a
+docs/how-it-works.md, section 4: each local feature x is hard-assigned to its nearest codeword c_j of a
 k-means codebook and embedded as its residual x - c_j in block j of a |C| d vector (zeros
 elsewhere). Summing the embedded features of an image gives the classical VLAD; keeping embedding
 and aggregation separate (the paper follows Do et al.) lets any aggregator, e.g. democratic

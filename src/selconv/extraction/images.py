@@ -328,7 +328,7 @@ def load_image(item, index: int, *, max_size: int | None, upscale: bool, keypoin
     scale, size = target_size(full_width, full_height, max_size, upscale)
     if box is not None:
         rgb = _crop(rgb, box, name)
-        # Scale the crop by the factor of the FULL image (ALGORITHMS.md section 1), not to max_size.
+        # Scale the crop by the factor of the FULL image (docs/how-it-works.md, section 1), not to max_size.
         size = (max(1, round(rgb.shape[1] * scale)), max(1, round(rgb.shape[0] * scale)))
     if size != (rgb.shape[1], rgb.shape[0]):
         with warnings.catch_warnings():

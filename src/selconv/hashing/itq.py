@@ -26,7 +26,7 @@ def sign_codes(V: np.ndarray) -> np.ndarray:
 class ITQHasher(BaseHasher):
     """Iterative quantization: PCA to ``n_bits`` dimensions, then a learned rotation.
 
-    Algorithm (ALGORITHMS.md section 7): centre X; project it on its ``n_bits`` leading principal
+    Algorithm (docs/how-it-works.md, section 8): centre X; project it on its ``n_bits`` leading principal
     directions, ``V = (X - mean) W`` (no whitening); start from a random orthogonal ``R`` drawn from
     ``random_state``; ``n_iter`` times: ``B = sign(V R)``, then ``R`` from the SVD of ``B^T V``
     (orthogonal Procrustes), which minimises the quantisation loss ``||B - V R||_F^2``.
