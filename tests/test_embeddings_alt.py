@@ -9,7 +9,9 @@ import pytest
 from conftest import make_local_sets
 from sklearn.mixture import GaussianMixture
 
+from selconv.aggregation import SumPooling
 from selconv.embedding import FAembEmbedding, FisherVectorEmbedding, VLADEmbedding
+from selconv.postprocessing import RotationNormalizer
 from selconv.utils.estimator_checks import check_data_free, check_fit_transform
 
 D_IN = 4
@@ -179,12 +181,10 @@ def test_faemb_errors_and_warning(sets):
 
 
 def test_faemb_then_rotation_drops_leading_components():
-    postprocessing = pytest.importorskip("selconv.postprocessing")
-    aggregation = pytest.importorskip("selconv.aggregation")
     sets = _unit_sets(counts=(12, 0, 30, 7, 25, 1, 40) * 6)  # 42 images: more than the 30 rotated dimensions
     faemb = _fit(FAembEmbedding(n_clusters=3, n_clamped=4, random_state=0), sets)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        aggregated = aggregation.SumPooling().fit_transform(faemb.transform(sets))
-        rotated = postprocessing.RotationNormalizer(n_dropped=D_IN * (D_IN + 1)).fit_transform(aggregated)
+        aggregated = SumPooling().fit_transform(faemb.transform(sets))
+        rotated = RotationNormalizer(n_dropped=D_IN * (D_IN + 1)).fit_transform(aggregated)
     assert rotated.shape == (len(sets), (3 - 2) * D_IN * (D_IN + 1) // 2)

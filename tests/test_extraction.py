@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 import torchvision
+from conftest import require_shared_data
 from PIL import Image
 from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
@@ -219,7 +220,8 @@ def test_sklearn_behaviour(vgg, image_files):
         ConvFeatureExtractor(precision="float8").fit()
     params = vgg.get_params()
     assert clone(vgg).get_params() == params
-    assert ConvFeatureExtractor().fit_transform is not None
+    first, second = vgg.fit_transform(image_files[:1]), vgg.transform(image_files[:1])  # TransformerMixin's
+    np.testing.assert_array_equal(first[0].features, second[0].features)
 
 
 def test_pickle_is_small_and_round_trips(vgg, image_files):
@@ -293,7 +295,7 @@ def test_cache_dir_reuses_results(image_files, tmp_path, monkeypatch):
 
 
 def test_real_oxford_image_at_paper_size():
-    folder = pytest.importorskip("conftest").require_shared_data("oxford5k-subset", "jpg")
+    folder = require_shared_data("oxford5k-subset", "jpg")
     path = str(sorted(folder.glob("*.jpg"))[0])
     conv_map = ConvFeatureExtractor(max_size=256, n_workers=0).fit().transform([path])[0]
     w, h = Image.open(path).size

@@ -6,16 +6,15 @@ import warnings
 
 import numpy as np
 import pytest
+import torch
 from conftest import make_local_sets
 
-torch = pytest.importorskip("torch")
-
-from selconv.aggregation import DemocraticAggregator, EmptyImageWarning, SumPooling  # noqa: E402
-from selconv.embedding import TriangulationEmbedding  # noqa: E402
-from selconv.encoding import EncodeAggregate  # noqa: E402
-from selconv.masks import MaxMask, SumMask  # noqa: E402
-from selconv.pipelines import make_paper_pipeline  # noqa: E402
-from selconv.torch_encoder import TorchEncoder, max_mask, sum_mask  # noqa: E402
+from selconv.aggregation import DemocraticAggregator, EmptyImageWarning, SumPooling
+from selconv.embedding import TriangulationEmbedding
+from selconv.encoding import EncodeAggregate
+from selconv.masks import MaxMask, SumMask
+from selconv.pipelines import make_paper_pipeline
+from selconv.torch_encoder import TorchEncoder, max_mask, sum_mask
 
 K = 64
 
