@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import threading
+import warnings
 
 import numpy as np
 import pytest
@@ -177,3 +179,25 @@ def test_extractor_raises_or_skips_and_reports(bad_files, tmp_path):
     assert [m.source for m in maps] == [str(good), str(good)]
     assert [index for index, _, _ in lenient.skipped_] == [1, 2, 3, 4, 5]
     assert [name for _, name, _ in lenient.skipped_] == list(bad_files.values())
+
+
+def test_worker_threads_leave_the_process_warning_state_alone(tmp_path, monkeypatch):
+    """warnings.catch_warnings swaps process-wide state: entered in a loader thread, it could drop a warning
+    that the caller's own pytest.warns / catch_warnings in the main thread was recording (seen as a flaky test).
+    Decoding, cropping and resizing in the worker threads must not use it."""
+    entered_in = []
+    real = warnings.catch_warnings
+
+    class Spy(real):
+        def __enter__(self):
+            entered_in.append(threading.current_thread().name)
+            return super().__enter__()
+
+    monkeypatch.setattr(warnings, "catch_warnings", Spy)
+    paths = []
+    for i, (width, height) in enumerate([(64, 48), (30, 20), (80, 60)]):
+        paths.append(str(tmp_path / f"im{i}.png"))
+        Image.fromarray(gradient(width, height)).save(paths[-1])
+    extractor = ConvFeatureExtractor(tiny_net, max_size=40, n_workers=2).fit()
+    extractor.transform([*paths, (paths[2], (5, 5, 70, 50))])  # resized up and down, and a box
+    assert all(name == threading.main_thread().name for name in entered_in), entered_in

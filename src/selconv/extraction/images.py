@@ -10,7 +10,6 @@ import math
 import numbers
 import os
 import stat
-import warnings
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -127,10 +126,11 @@ def open_regular_file(path, name: str):
 def _open_pil(handle, name: str) -> Image.Image:
     """Decode an opened file with Pillow, every failure an ImageLoadError naming the file."""
     try:
-        with warnings.catch_warnings():
-            # Pillow only warns between one and two times MAX_IMAGE_PIXELS; _check_pixel_count refuses those.
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image = Image.open(handle)
+        # Pillow warns (DecompressionBombWarning) between one and two times MAX_IMAGE_PIXELS, where
+        # _check_pixel_count refuses the image anyway. The warning is not silenced here: this runs in the
+        # extractor's worker threads, and warnings.catch_warnings is not thread-safe (it swaps process-wide
+        # state, which broke a caller's own warning capture in the main thread).
+        image = Image.open(handle)
     except UnidentifiedImageError:
         raise ImageLoadError(f"{name}: not an image file (or a format Pillow cannot read).") from None
     except Image.DecompressionBombError as exc:
@@ -153,12 +153,10 @@ def _read_file(path: str, name: str) -> np.ndarray:
     rotation or an unusual colour mode, through Pillow. Only regular files are opened (see open_regular_file)."""
     handle, _ = open_regular_file(path, name)
     with handle:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            try:
-                header = Image.open(handle)  # reads the header only
-            except Exception:
-                header = None
+        try:
+            header = Image.open(handle)  # reads the header only (see _open_pil about Pillow's warning)
+        except Exception:
+            header = None
         if header is not None:
             with header:
                 fast = (
@@ -331,9 +329,7 @@ def load_image(item, index: int, *, max_size: int | None, upscale: bool, keypoin
         # Scale the crop by the factor of the FULL image (docs/how-it-works.md, section 1), not to max_size.
         size = (max(1, round(rgb.shape[1] * scale)), max(1, round(rgb.shape[0] * scale)))
     if size != (rgb.shape[1], rgb.shape[0]):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            rgb = np.asarray(Image.fromarray(rgb).resize(size, _RESAMPLE))
+        rgb = np.asarray(Image.fromarray(rgb).resize(size, _RESAMPLE))
     rgb = np.ascontiguousarray(rgb)
     points = sift_keypoints(rgb) if keypoints == "sift" else None
     return LoadedImage(pixels=rgb, keypoints=points, source=source)
