@@ -26,6 +26,10 @@ demo: $(VENV)/.installed
 test: $(VENV)/.installed
 	$(PY) -m pytest -q -n 2
 
+# The inner loop: everything but the tests marked slow (real CNNs, subprocesses, Dask, the gallery).
+test-fast: $(VENV)/.installed
+	$(PY) -m pytest -q -n 2 -m "not slow"
+
 # ruff lint and format check (configured in pyproject.toml); `ruff format .` applies the format.
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
@@ -44,4 +48,4 @@ docs-linkcheck: $(VENV)/.docs-installed
 docs-clean:
 	rm -rf docs/_build docs/generated docs/auto_examples
 
-.PHONY: install demo test lint docs docs-linkcheck docs-clean
+.PHONY: install demo test test-fast lint docs docs-linkcheck docs-clean

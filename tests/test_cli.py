@@ -130,6 +130,7 @@ def folder_dataset(tmp_path_factory):
     return root
 
 
+@pytest.mark.slow
 def test_evaluate_runs_end_to_end_on_a_user_folder(folder_dataset, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr("selconv.extraction.ConvFeatureExtractor", _TinyExtractor)
     monkeypatch.setattr("selconv.pipelines.PAPER_SETTINGS", {**cli_settings(), 512: (8, 6)})

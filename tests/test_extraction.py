@@ -89,6 +89,7 @@ def assert_close(actual, expected):
     np.testing.assert_allclose(actual, expected, rtol=RTOL, atol=ATOL_FRACTION * float(np.abs(expected).max()))
 
 
+@pytest.mark.slow
 def test_pool5_equals_direct_torchvision_forward(vgg, image_files):
     maps = vgg.transform(image_files)
     assert len(maps) == len(image_files)
@@ -104,6 +105,7 @@ def test_pool5_equals_direct_torchvision_forward(vgg, image_files):
     assert np.abs(maps[0].features).max() > 0
 
 
+@pytest.mark.slow
 def test_layers_and_hypercolumns(image_files):
     path = image_files[0]
     hyper = ConvFeatureExtractor(max_size=96, layers=["conv5_1", "conv5_2", "conv5_3"], n_workers=0).fit()
@@ -143,6 +145,7 @@ def test_other_backbones(image_files):
         ConvFeatureExtractor("no_such_net").fit()
 
 
+@pytest.mark.slow
 def test_batching_order_and_workers_do_not_change_results(image_files):
     inputs = image_files + [image_files[1], image_files[3]]
     base = ConvFeatureExtractor(max_size=64, batch_size=1, n_workers=0).fit()
@@ -294,6 +297,7 @@ def test_cache_dir_reuses_results(image_files, tmp_path, monkeypatch):
     assert len(calls) == 2 and len(extractor.cache_repaired_) == 1
 
 
+@pytest.mark.shared_data
 def test_real_oxford_image_at_paper_size():
     folder = require_shared_data("oxford5k-subset", "jpg")
     path = str(sorted(folder.glob("*.jpg"))[0])

@@ -301,6 +301,7 @@ def search_saved(folder, queries_file, out_file):
         (None, "pq", None, False),
     ],
 )
+@pytest.mark.slow
 def test_save_then_load_in_a_fresh_process_gives_identical_results(tmp_path, encoder, kind, n_bits, fresh_process):
     if encoder == "pipeline":
         pipeline = fitted_pipeline(n_bits)

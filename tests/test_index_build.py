@@ -198,6 +198,7 @@ def _saved_files(folder: Path) -> dict:
     return {name: (folder / name).read_bytes() for name in (INDEX_FILE, IDS_FILE, PATHS_FILE)}
 
 
+@pytest.mark.slow
 def test_index_folder_indexes_readable_photos_in_path_order(photos, encoder, tmp_path):
     report = index_folder(photos, encoder, tmp_path / "index", chunk_size=5, progress=False)
     readable = [p for p in list_photos(photos) if not p.endswith("broken.jpg")]
@@ -243,6 +244,7 @@ def test_rerun_adds_only_new_photos(photos, encoder, tmp_path, monkeypatch):
     assert _saved_files(tmp_path / "index") == _saved_files(tmp_path / "index")
 
 
+@pytest.mark.slow
 def test_an_existing_index_refuses_another_encoder(photos, encoder, tmp_path):
     index_folder(photos / "a", encoder, tmp_path / "index", progress=False)
     other = _fit_tiny(sorted((photos / "b" / "c").glob("*.jpg")))
@@ -255,6 +257,7 @@ def test_an_existing_index_refuses_another_encoder(photos, encoder, tmp_path):
         index_folder(photos, encoder, tmp_path / "plain", progress=False)
 
 
+@pytest.mark.slow
 def test_resume_reuses_shards_and_ignores_stale_ones(photos, encoder, tmp_path, monkeypatch):
     from selconv.index import build
 
@@ -401,6 +404,7 @@ def test_every_command_has_help_with_examples(command, capsys):
     assert "examples:" in text and f"selconv {command} " in text.split("examples:")[1]
 
 
+@pytest.mark.slow
 def test_fit_then_index_then_search_on_the_command_line(photos, tiny_presets, tmp_path, capsys):
     assert cli.main(["fit", str(photos), "--out", str(tmp_path / "enc"), "--sample", "10", "--bits", "8"]) == 0
     out = capsys.readouterr().out
@@ -515,6 +519,7 @@ def _loaded_flags(page: Path, tmp_path: Path) -> list[str]:
     return re.findall(r'data-loaded="(\w+)"', dom)
 
 
+@pytest.mark.slow
 def test_search_page_renders_every_image_in_chromium(photos, indexed, tmp_path, capsys):
     query = photos / "a" / "img02.png"
     page = tmp_path / "results.html"

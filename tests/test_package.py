@@ -13,6 +13,7 @@ def test_every_export_resolves():
         assert getattr(selconv, name) is not None, name
 
 
+@pytest.mark.slow
 def test_import_does_not_load_torch():
     code = "import sys, selconv; from selconv import MaxMask, make_paper_pipeline; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True, timeout=120)

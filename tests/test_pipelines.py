@@ -222,6 +222,7 @@ np.save(sys.argv[2], pipeline.transform(X))
 
 
 @pytest.mark.parametrize("n_bits", [None, 16])
+@pytest.mark.slow
 def test_pickle_loads_in_a_fresh_process_with_identical_output(data, tmp_path, n_bits):
     train, database, _ = data
     pipeline = quiet(small_pipeline(n_bits=n_bits, mask="sum").fit, train)
