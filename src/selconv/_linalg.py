@@ -91,9 +91,18 @@ def principal_axes(covariance: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     largest-magnitude entry is positive, so fits agree across machines.
     """
     eigenvalues, eigenvectors = np.linalg.eigh(covariance)
-    eigenvalues, eigenvectors = eigenvalues[::-1], eigenvectors[:, ::-1]
-    signs = np.sign(eigenvectors[np.abs(eigenvectors).argmax(axis=0), np.arange(eigenvectors.shape[1])])
-    return eigenvalues, eigenvectors * signs
+    return eigenvalues[::-1], sign_columns(eigenvectors[:, ::-1])
+
+
+def sign_columns(vectors: np.ndarray) -> np.ndarray:
+    """``vectors`` with each column's sign set so that its largest-magnitude entry is positive.
+
+    eigh and svd return directions whose signs depend on the LAPACK build; fixing them makes fits agree
+    across machines.
+    """
+    signs = np.sign(vectors[np.abs(vectors).argmax(axis=0), np.arange(vectors.shape[1])])
+    signs[signs == 0] = 1.0
+    return vectors * signs
 
 
 def determined_directions(eigenvalues: np.ndarray, n_samples: int) -> int:

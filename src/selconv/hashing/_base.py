@@ -15,7 +15,7 @@ from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, Transfo
 from sklearn.utils.validation import check_is_fitted
 
 from selconv._compat import Interval, fit_context, validate_data
-from selconv._linalg import determined_directions
+from selconv._linalg import determined_directions, sign_columns
 from selconv.base import SelconvPickleMixin
 from selconv.exceptions import check_fitted_finite
 
@@ -28,8 +28,10 @@ def pack_bits(bits: np.ndarray) -> np.ndarray:
     return np.packbits(np.asarray(bits, dtype=np.uint8), axis=1, bitorder="big")
 
 
-def principal_axes(X: np.ndarray, n_components: int, *, estimator=None, param: str = "n_bits"):
-    """Mean, leading principal directions and their variances of the rows of X (float64).
+def leading_principal_directions(X: np.ndarray, n_components: int, *, estimator=None, param: str = "n_bits"):
+    """Mean, leading principal directions and their variances of the rows of X (float64), by SVD of the data.
+
+    (:func:`selconv._linalg.principal_axes` is the eigen-decomposition of a covariance matrix instead.)
 
     Returns ``(mean, axes, variances)`` with ``axes`` of shape (n_features, n_components), columns
     sorted by decreasing variance, each column's sign fixed (largest |entry| positive) so that the
@@ -47,10 +49,7 @@ def principal_axes(X: np.ndarray, n_components: int, *, estimator=None, param: s
             f"n_samples = {X.shape[0]} training vectors determine only {n_determined}; fit on more vectors "
             f"(distinct, more than {param}) or lower {param}."
         )
-    axes = vt[:n_components].T
-    signs = np.sign(axes[np.argmax(np.abs(axes), axis=0), np.arange(axes.shape[1])])
-    signs[signs == 0] = 1.0
-    return mean, axes * signs, all_variances[:n_components]
+    return mean, sign_columns(vt[:n_components].T), all_variances[:n_components]
 
 
 def unpack_bits(codes: np.ndarray) -> np.ndarray:

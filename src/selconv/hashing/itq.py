@@ -8,7 +8,7 @@ import numpy as np
 from sklearn.utils import check_random_state
 
 from selconv._compat import Interval
-from selconv.hashing._base import BaseHasher, principal_axes
+from selconv.hashing._base import BaseHasher, leading_principal_directions
 
 
 def random_rotation(n: int, random_state) -> np.ndarray:
@@ -82,7 +82,7 @@ class ITQHasher(BaseHasher):
         self.random_state = random_state
 
     def _fit(self, X):
-        self.mean_, axes, self.explained_variance_ = principal_axes(X, self.n_bits, estimator=self)
+        self.mean_, axes, self.explained_variance_ = leading_principal_directions(X, self.n_bits, estimator=self)
         V = (X - self.mean_) @ axes
         rotation = random_rotation(self.n_bits, self.random_state)
         losses = []

@@ -8,7 +8,7 @@ import numpy as np
 from scipy.optimize import minimize
 
 from selconv._compat import Interval
-from selconv.hashing._base import BaseHasher, principal_axes
+from selconv.hashing._base import BaseHasher, leading_principal_directions
 
 # L-BFGS iterations for the centre update inside one KMH iteration (our choice; the paper does not say).
 _CENTRE_UPDATE_MAX_ITER = 20
@@ -190,7 +190,9 @@ class KMeansHasher(BaseHasher):
         n_subspaces = self.n_bits // self.bits_per_subspace
         # Every determined principal direction (centred, n samples span n - 1), in whole subspaces.
         n_components = min(X.shape[1], X.shape[0] - 1) // n_subspaces * n_subspaces
-        self.mean_, axes, variances = principal_axes(X, n_components, estimator=self, param="PCA dimension")
+        self.mean_, axes, variances = leading_principal_directions(
+            X, n_components, estimator=self, param="PCA dimension"
+        )
         groups = allocate_dimensions(variances, n_subspaces)
         self.components_ = axes[:, np.concatenate(groups)]
         Z = (X - self.mean_) @ self.components_
