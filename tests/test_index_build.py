@@ -383,6 +383,44 @@ def test_dask_worker_killed_mid_run_is_retried(photos, encoder, dask_client, tmp
     assert _saved_files(remote.path) == _saved_files(local.path)
 
 
+def _cancelling_submit(client, monkeypatch, how_many):
+    """Make ``client.submit`` cancel its first ``how_many`` tasks, as Dask does with a task it forgot."""
+    real_submit, cancelled = client.submit, []
+
+    def submit(*args, **kwargs):
+        future = real_submit(*args, **kwargs)
+        if len(cancelled) < how_many:
+            cancelled.append(future.key)
+            client.cancel([future])
+        return future
+
+    monkeypatch.setattr(client, "submit", submit)
+    return cancelled
+
+
+@pytest.mark.slow
+def test_a_chunk_dask_cancels_is_submitted_again(photos, encoder, dask_client, tmp_path, one_torch_thread, monkeypatch):
+    local = index_folder(photos, encoder, tmp_path / "local", chunk_size=3, progress=False)
+    cancelled = _cancelling_submit(dask_client, monkeypatch, how_many=2)
+    remote = index_folder(photos, encoder, tmp_path / "dask", chunk_size=3, client=dask_client, progress=False)
+    assert len(cancelled) == 2
+    assert _saved_files(remote.path) == _saved_files(local.path)
+
+
+@pytest.mark.slow
+def test_a_chunk_cancelled_every_time_fails_the_run(
+    photos, encoder, dask_client, tmp_path, one_torch_thread, monkeypatch
+):
+    from distributed.client import FutureCancelledError
+
+    from selconv.index import build
+
+    monkeypatch.setattr(build, "CLUSTER_RETRIES", 1)
+    _cancelling_submit(dask_client, monkeypatch, how_many=10**6)
+    with pytest.raises(FutureCancelledError):
+        index_folder(photos, encoder, tmp_path / "dask", chunk_size=3, client=dask_client, progress=False)
+
+
 # ---------------------------------------------------------------------------------------- command line
 
 
