@@ -270,6 +270,21 @@ def _require_output_dirs(args) -> None:
         _require_writable_dir(args.out / "cache", "--out (its cache/ folder)")
 
 
+def _run_options(args) -> dict:
+    """The :func:`run_benchmark` settings that ``demo`` and ``evaluate`` take from their shared options."""
+    return {
+        "preset": args.preset,
+        "masks": args.masks,
+        "max_size": args.max_size,
+        "device": args.device,
+        "out": args.out,
+        "cache_dir": args.cache_dir,
+        "top_k": args.top_k,
+        "random_state": args.seed,
+        "report": not args.no_report,
+    }
+
+
 def _demo(args) -> int:
     from selconv.datasets import load_sample
 
@@ -284,18 +299,10 @@ def _demo(args) -> int:
         training=dataset.training,
         training_name=f"the sample's {len(dataset.training)} training photos "
         "(BSDS500 + ImageNet, disjoint from the database)",
-        preset=args.preset,
-        masks=args.masks,
         bits=list(DEMO_BITS),
-        max_size=args.max_size,
-        device=args.device,
-        out=args.out,
-        cache_dir=args.cache_dir,
-        top_k=args.top_k,
-        random_state=args.seed,
-        report=not args.no_report,
         extra_notes=notes,
         title="selconv demo: bundled sample",
+        **_run_options(args),
     )
     return 0 if result.rows else 1
 
@@ -386,19 +393,11 @@ def _evaluate(args) -> int:
         dataset,
         training=training,
         training_name=training_name,
-        preset=args.preset,
-        masks=args.masks,
         bits=args.bits,
-        max_size=args.max_size,
-        device=args.device,
-        out=args.out,
-        cache_dir=args.cache_dir,
-        top_k=args.top_k,
-        random_state=args.seed,
-        report=not args.no_report,
         fit_on=args.fit_on,
         title=f"selconv evaluate: {dataset.name}",
         strict_bits=True,
+        **_run_options(args),
     )
     return 0
 
