@@ -38,7 +38,8 @@ from selconv.extraction import (
     ImageSkippedWarning,
     WeightsNotFoundError,
 )
-from selconv.extraction import extractor as extractor_module
+from selconv import _atomic as atomic_module
+from selconv.extraction import _cache as cache_module
 from selconv.extraction.weights import resolve_weights
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
@@ -230,20 +231,20 @@ def test_damaged_cache_entry_is_recomputed_and_reported(cached, damage, on_error
     damage(entries[0])
     extractor.set_params(on_error=on_error)
     with pytest.warns(CacheRepairedWarning, match="1 cache entries"):
-        maps = extractor.transform(images)
-    for a, b in zip(fresh, maps):  # recomputed alone instead of in a batch of two: equal to float rounding
+        extraction = extractor.extract(images)
+    for a, b in zip(fresh, extraction.maps):  # recomputed alone instead of in a batch of two: equal to float rounding
         np.testing.assert_allclose(a.features, b.features, rtol=1e-5, atol=1e-6)
-    assert len(extractor.cache_repaired_) == 1 and str(entries[0]) in extractor.cache_repaired_[0][2]
-    extractor.transform(images)  # the entry was rewritten: no warning now
-    assert extractor.cache_repaired_ == []
+    repaired = extraction.cache_repaired
+    assert len(repaired) == 1 and str(entries[0]) in repaired[0].reason and extraction.kept == [0, 1]
+    assert extractor.extract(images).cache_repaired == []  # the entry was rewritten
 
 
 def test_cache_writes_are_fsynced_before_the_rename(cached, monkeypatch):
     extractor, images, _, entries = cached
     events = []
     real_fsync, real_replace = os.fsync, os.replace
-    monkeypatch.setattr(extractor_module.os, "fsync", lambda fd: (events.append("fsync"), real_fsync(fd)))
-    monkeypatch.setattr(extractor_module.os, "replace", lambda a, b: (events.append("replace"), real_replace(a, b)))
+    monkeypatch.setattr(atomic_module.os, "fsync", lambda fd: (events.append("fsync"), real_fsync(fd)))
+    monkeypatch.setattr(atomic_module.os, "replace", lambda a, b: (events.append("replace"), real_replace(a, b)))
     entries[0].unlink()
     extractor.set_params(n_workers=0).transform(images)
     assert events == ["fsync", "replace"]  # the data is on disk before the rename makes the entry visible
@@ -263,9 +264,9 @@ def test_cache_reads_do_not_parse_python_literals(cached, monkeypatch):
     monkeypatch.setattr(ast, "literal_eval", broken)
     with warnings.catch_warnings():
         warnings.simplefilter("error", CacheRepairedWarning)
-        maps = extractor.transform(images)
-    assert extractor.cache_repaired_ == []
-    for a, b in zip(fresh, maps):
+        extraction = extractor.extract(images)
+    assert extraction.cache_repaired == []
+    for a, b in zip(fresh, extraction.maps):
         np.testing.assert_array_equal(a.features, b.features)
         assert a.image_size == b.image_size
 
@@ -284,12 +285,12 @@ def test_cache_reads_do_not_parse_python_literals(cached, monkeypatch):
 )
 def test_cache_payload_parser_refuses_anything_but_plain_arrays(header, tail):
     with pytest.raises(ValueError, match="cannot be read"):
-        extractor_module._unpack_arrays(len(header).to_bytes(4, "little") + header + tail)
+        cache_module.unpack_arrays(len(header).to_bytes(4, "little") + header + tail)
 
 
 def test_cache_payload_round_trips():
     arrays = {"features": np.arange(24, dtype=np.float32).reshape(2, 3, 4), "image_size": np.array([5, 7])}
-    back = extractor_module._unpack_arrays(extractor_module._pack_arrays(arrays))
+    back = cache_module.unpack_arrays(cache_module.pack_arrays(arrays))
     assert list(back) == list(arrays)
     for name, value in arrays.items():
         np.testing.assert_array_equal(back[name], value)
@@ -336,6 +337,7 @@ def test_fifo_device_and_folder_are_skipped_without_hanging(tmp_path, cached):
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             outcome["maps"] = extractor.transform(inputs)
+            outcome["extraction"] = extractor.extract(inputs)
         outcome["warnings"] = [w.category for w in caught]
 
     worker = threading.Thread(target=run, daemon=True)
@@ -346,7 +348,8 @@ def test_fifo_device_and_folder_are_skipped_without_hanging(tmp_path, cached):
         worker.join(timeout=10)
         pytest.fail("transform blocked on a FIFO")
     assert [m.source for m in outcome["maps"]] == [good, good] and ImageSkippedWarning in outcome["warnings"]
-    reasons = {index: reason for index, _, reason in extractor.skipped_}
+    assert outcome["extraction"].kept == [0, 4]
+    reasons = {index: reason for index, _, reason in outcome["extraction"].skipped}
     assert sorted(reasons) == [1, 2, 3]
     assert "FIFO" in reasons[1] and "folder" in reasons[2] and "device" in reasons[3]
 
@@ -369,8 +372,9 @@ def test_images_too_small_for_the_network_are_skipped(tmp_path):
     lenient = clone_without_cache(strict).set_params(on_error="skip", n_workers=2, batch_size=2)
     with pytest.warns(ImageSkippedWarning, match="3 of 5 images"):
         maps = lenient.transform(inputs)
-    assert len(maps) == 2 and [index for index, _, _ in lenient.skipped_] == [1, 2, 3]
-    assert all("too small" in reason for _, _, reason in lenient.skipped_)
+    extraction = lenient.extract(inputs)
+    assert len(maps) == 2 and extraction.kept == [0, 4] and [s.position for s in extraction.skipped] == [1, 2, 3]
+    assert all("too small" in skip.reason for skip in extraction.skipped)
 
 
 # ---------------------------------------------------------------- item 14: late parameters, skipped inputs
@@ -391,8 +395,14 @@ def test_skipped_inputs_are_recorded_and_warned(tmp_path):
     extractor = ConvFeatureExtractor(tiny_net, max_size=None, n_workers=0, on_error="skip").fit()
     with pytest.warns(ImageSkippedWarning, match=r"1 of 3 images.*bad\.jpg"):
         maps = extractor.transform([good, str(bad), good])
-    assert len(maps) == 2 and extractor.skipped_ == [(1, str(bad), extractor.skipped_[0][2])]
-    assert "not an image" in extractor.skipped_[0][2]
+    assert len(maps) == 2
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ImageSkippedWarning)  # extract reports in its result, not in a warning
+        extraction = extractor.extract([good, str(bad), good])
+    assert extraction.kept == [0, 2] and extraction.skipped == [(1, str(bad), extraction.skipped[0].reason)]
+    assert "not an image" in extraction.skipped[0].reason
+    for a, b in zip(maps, extraction.maps):
+        np.testing.assert_array_equal(a.features, b.features)
 
 
 # ---------------------------------------------------------------- item 10: download resume
