@@ -413,9 +413,9 @@ def test_a_chunk_cancelled_every_time_fails_the_run(
 ):
     from distributed.client import FutureCancelledError
 
-    from selconv.index import build
+    from selconv.index import _cluster
 
-    monkeypatch.setattr(build, "CLUSTER_RETRIES", 1)
+    monkeypatch.setattr(_cluster, "CLUSTER_RETRIES", 1)
     _cancelling_submit(dask_client, monkeypatch, how_many=10**6)
     with pytest.raises(FutureCancelledError):
         index_folder(photos, encoder, tmp_path / "dask", chunk_size=3, client=dask_client, progress=False)

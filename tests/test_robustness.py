@@ -26,6 +26,7 @@ import torch
 from PIL import Image
 from sklearn.utils._param_validation import InvalidParameterError
 
+from selconv import _atomic as atomic_module
 from selconv import _safe_pickle as safe_pickle_module
 from selconv._safe_pickle import MAX_BUILT_BYTES, UnsafePickleError, safe_load_pickle
 from selconv.datasets import load_revisited
@@ -38,7 +39,6 @@ from selconv.extraction import (
     ImageSkippedWarning,
     WeightsNotFoundError,
 )
-from selconv import _atomic as atomic_module
 from selconv.extraction import _cache as cache_module
 from selconv.extraction.weights import resolve_weights
 
