@@ -297,6 +297,30 @@ def test_cache_payload_round_trips():
         assert back[name].dtype == value.dtype and back[name].flags.writeable
 
 
+def test_cache_entry_bytes_follow_the_documented_layout(tmp_path):
+    """Format 2, written by hand: magic, SHA-256 of (file stem + payload), payload = 4-byte little-endian header
+    length, JSON header [name, dtype, shape], raw C-order arrays. Existing caches must keep loading."""
+    import json
+
+    from selconv.conv_map import ConvMap
+
+    features = np.arange(24, dtype=np.float32).reshape(2, 3, 4)
+    keypoints = np.array([[1.5, 2.5]], dtype=np.float32)
+    header = json.dumps([["features", "<f4", [2, 3, 4]], ["image_size", "<i8", [2]], ["keypoints", "<f4", [1, 2]]])
+    size = np.array([40, 30], dtype=np.int64)
+    payload = len(header).to_bytes(4, "little") + header.encode() + features.tobytes() + size.tobytes()
+    payload += keypoints.tobytes()
+    path = tmp_path / "ab" / ("ab" + "0" * 62 + ".map")
+    entry = b"selconv-map2\x00" + hashlib.sha256(path.stem.encode() + payload).digest() + payload
+    cache = cache_module.MapCache(tmp_path, "signature", dtype="float32", keypoints="sift")
+    assert cache.write(path, ConvMap(features, image_size=(40, 30), keypoints=keypoints, source="x.jpg")) is None
+    assert path.read_bytes() == entry
+    conv_map, problem = cache.read(path, "x.jpg")
+    assert problem is None and conv_map.image_size == (40, 30) and conv_map.source == "x.jpg"
+    np.testing.assert_array_equal(conv_map.features, features)
+    np.testing.assert_array_equal(conv_map.keypoints, keypoints)
+
+
 def test_cache_notices_a_same_size_same_mtime_replacement(tmp_path):
     path = tmp_path / "photo.ppm"  # PPM: equal dimensions give equal file sizes
     _image(path, 0, fmt="PPM")
@@ -403,6 +427,59 @@ def test_skipped_inputs_are_recorded_and_warned(tmp_path):
     assert "not an image" in extraction.skipped[0].reason
     for a, b in zip(maps, extraction.maps):
         np.testing.assert_array_equal(a.features, b.features)
+
+
+def test_extraction_calls_leave_the_estimator_unchanged(tmp_path):
+    """transform, iter_transform, extract and iter_extract store nothing on the extractor, skips and cache repairs
+    included: what a call skipped is in what it returns."""
+    good = _image(tmp_path / "good.png", 0)
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"not an image")
+    inputs = [good, str(bad), good]
+    extractor = ConvFeatureExtractor(
+        tiny_net, max_size=None, n_workers=2, on_error="skip", cache_dir=str(tmp_path / "cache")
+    ).fit()
+    before = dict(vars(extractor))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ImageSkippedWarning)
+        extractor.transform(inputs)
+        for entry in (tmp_path / "cache").rglob("*.map"):
+            entry.write_bytes(b"damaged")
+        with pytest.warns(CacheRepairedWarning):
+            extraction = extractor.extract(inputs)
+        list(extractor.iter_transform(inputs))
+        stream = extractor.iter_extract(inputs)
+        list(stream)
+    assert extraction.skipped and extraction.cache_repaired and stream.skipped == extraction.skipped
+    assert vars(extractor).keys() == before.keys()
+    for name, value in before.items():
+        assert vars(extractor)[name] is value, name
+
+
+def test_extract_reports_the_positions_of_unequal_inputs(tmp_path):
+    """Images of several shapes (batched apart), a box, an array, an unreadable and a missing file: every map
+    is the map of the input at its kept position, and every other input is reported at its position."""
+    sizes = [(48, 40), (40, 48), (48, 40), (64, 32), (40, 48)]
+    files = [_image(tmp_path / f"im{i}.png", i, size=size) for i, size in enumerate(sizes)]
+    bad, missing = tmp_path / "bad.jpg", str(tmp_path / "missing.png")
+    bad.write_bytes(b"\xff\xd8 not a jpeg")
+    array = np.random.default_rng(9).integers(0, 256, (30, 50, 3), dtype=np.uint8)
+    inputs = [files[0], str(bad), files[1], (files[2], (4, 4, 40, 36)), array, missing, files[3], files[4]]
+    extractor = ConvFeatureExtractor(tiny_net, max_size=None, n_workers=2, batch_size=2, on_error="skip").fit()
+    extraction = extractor.extract(inputs)
+    assert extraction.kept == [0, 2, 3, 4, 6, 7] and len(extraction.maps) == 6
+    assert [(skip.position, skip.name) for skip in extraction.skipped] == [(1, str(bad)), (5, missing)]
+    stream = extractor.iter_extract(iter(inputs))
+    assert [position for position, _ in stream] == extraction.kept and stream.skipped == extraction.skipped
+    extractor.set_params(batch_size=1, n_workers=0)
+    for position, conv_map in zip(extraction.kept, extraction.maps):
+        alone = extractor.transform([inputs[position]])[0]
+        np.testing.assert_allclose(conv_map.features, alone.features, rtol=1e-5, atol=1e-6)
+        assert conv_map.image_size == alone.image_size
+    extractor.set_params(on_error="raise")
+    with pytest.raises(ImageLoadError, match="bad.jpg"):
+        extractor.extract(inputs)
+    assert extractor.extract([files[0], files[3]]).kept == [0, 1]
 
 
 # ---------------------------------------------------------------- item 10: download resume
