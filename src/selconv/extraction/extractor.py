@@ -11,7 +11,6 @@ import os
 import warnings
 from numbers import Integral
 
-import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
@@ -19,10 +18,11 @@ from selconv._compat import Interval, StrOptions, _fit_context
 from selconv.base import SelconvPickleMixin
 from selconv.extraction._batching import BatchRunner, OrderedExtraction, default_workers
 from selconv.extraction._cache import CACHE_FORMAT, MapCache
+from selconv.extraction._network import output_channels, place, rebuild, resolve_device
 from selconv.extraction._results import Extraction, ExtractionStream, ImageSkippedWarning, listing
-from selconv.extraction.backbones import build_backbone, module_checksum
-from selconv.extraction.images import ImageLoadError, load_item, parse_item
-from selconv.extraction.weights import state_dict_from_bytes, state_dict_to_bytes
+from selconv.extraction.backbones import build_backbone
+from selconv.extraction.images import ImageLoadError, load_item, parse_inputs
+from selconv.extraction.weights import state_dict_to_bytes
 
 
 class ConvFeatureExtractor(SelconvPickleMixin, TransformerMixin, BaseEstimator):
@@ -179,21 +179,6 @@ class ConvFeatureExtractor(SelconvPickleMixin, TransformerMixin, BaseEstimator):
         self.store_weights = store_weights
 
     # ------------------------------------------------------------------ fitting and the model
-    def _resolve_device(self) -> str:
-        import torch
-
-        if self.device == "auto":
-            return "cuda" if torch.cuda.is_available() else "cpu"
-        try:
-            device = torch.device(self.device)
-        except (RuntimeError, ValueError):
-            raise ValueError(
-                f"device={self.device!r} is not a torch device ('auto', 'cpu', 'cuda', 'cuda:1', ...)."
-            ) from None
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise ValueError(f"device={self.device!r} but CUDA is not available here; use device='auto' or 'cpu'.")
-        return str(device)
-
     @_fit_context(prefer_skip_nested_validation=True)
     def fit(self, X=None, y=None):
         """Resolve the device, the layers and the weights and build the network. X and y are ignored.
@@ -202,48 +187,23 @@ class ConvFeatureExtractor(SelconvPickleMixin, TransformerMixin, BaseEstimator):
         -------
         self : ConvFeatureExtractor
         """
-        import torch
-
         built = build_backbone(self.backbone, self.layers, self.weights)
-        # Shapes only, on the meta device (no arithmetic): bad hypercolumns fail here, not mid-run.
-        meta = {k: torch.empty_like(v, device="meta") for k, v in built.module.state_dict().items()}
-        probe = torch.func.functional_call(built.module, meta, (torch.zeros(1, 3, 224, 224, device="meta"),))
-        self.device_ = self._resolve_device()
+        n_channels = output_channels(built.module)
+        self.device_ = resolve_device(self.device)
         self.layers_ = list(built.layers)
-        self.n_channels_ = int(probe.shape[1])
+        self.n_channels_ = n_channels
         self.weights_source_ = built.weights_source
         self.weights_checksum_ = built.checksum
-        self._model = self._place(built.module)
+        self._model = place(built.module, self.device_, self.precision)
         self._mean, self._std = built.mean, built.std
         return self
 
-    def _place(self, module):
-        import torch
-
-        device = torch.device(self.device_)
-        dtype = {"float16": torch.float16, "bfloat16": torch.bfloat16}.get(self.precision, torch.float32)
-        module = module.to(device=device, dtype=dtype)
-        if device.type == "cuda":
-            module = module.to(memory_format=torch.channels_last)
-        return module
-
     def _get_model(self):
         """The module on ``device_``; rebuilt (and checked against the checksum) after unpickling."""
-        if getattr(self, "_model", None) is not None:
-            return self._model
-        stored = getattr(self, "_weights_bytes", None)
-        built = build_backbone(self.backbone, self.layers, None if stored is not None else self.weights)
-        if stored is not None:
-            built.module.load_state_dict(state_dict_from_bytes(stored))
-            built.checksum = module_checksum(built.module)
-        if built.checksum != self.weights_checksum_:
-            raise ValueError(
-                f"The weights found now ({built.weights_source}) differ from those this extractor was fitted "
-                f"with ({self.weights_source_}): checksum {built.checksum[:12]} != {self.weights_checksum_[:12]}. "
-                "Refit, or pickle with store_weights=True."
-            )
-        self._model = self._place(built.module)
-        self._mean, self._std = built.mean, built.std
+        if getattr(self, "_model", None) is None:
+            built = rebuild(self)
+            self._model = place(built.module, self.device_, self.precision)
+            self._mean, self._std = built.mean, built.std
         return self._model
 
     def __getstate__(self):
@@ -302,31 +262,15 @@ class ConvFeatureExtractor(SelconvPickleMixin, TransformerMixin, BaseEstimator):
             sort_keys=True,
         )
 
-    def _check_input(self, X) -> list:
-        """The inputs as parsed InputItems; a malformed box is a programming error: raised now, whatever on_error."""
-        if isinstance(X, (str, bytes, os.PathLike)) or (isinstance(X, np.ndarray) and X.ndim < 4 and X.dtype != object):
-            raise TypeError(
-                f"{type(self).__name__} expects a list of images (paths, PIL images or arrays); got a single "
-                f"{type(X).__name__}. Wrap it in a list: [image]."
-            )
-        try:
-            items = list(X)
-        except TypeError:
-            raise TypeError(f"{type(self).__name__} expects a list of images; got {type(X).__name__}.") from None
-        return [parse_item(item, position) for position, item in enumerate(items)]
-
     def _load_one(self, item, cache):
         """Read the cached map of one input, or decode it (in a worker): ``(kind, payload, cache_path, problem)``."""
         cache_path = problem = None
-        if cache is not None and item.path is not None:
-            try:
-                cache_path = cache.path_of(item.path, item.box)
-            except ImageLoadError as exc:
-                return "error", str(exc), None, None
-            cached, problem = cache.read(cache_path, item.path)
-            if cached is not None:
-                return "map", cached, None, None
         try:
+            if cache is not None and item.path is not None:
+                cache_path = cache.path_of(item.path, item.box)  # opens the file: may raise ImageLoadError
+                cached, problem = cache.read(cache_path, item.path)
+                if cached is not None:
+                    return "map", cached, None, None
             loaded = load_item(item, max_size=self.max_size, upscale=self.upscale, keypoints=self.keypoints)
         except ImageLoadError as exc:
             return "error", str(exc), None, problem
@@ -350,7 +294,7 @@ class ConvFeatureExtractor(SelconvPickleMixin, TransformerMixin, BaseEstimator):
         """
         check_is_fitted(self, "weights_checksum_")
         self._validate_params()  # set_params after fit is checked here, before any work
-        items = self._check_input(X)
+        items = parse_inputs(X, type(self).__name__)
         return ExtractionStream(lambda report: self._stream(items, report))
 
     def _stream(self, items, report):
@@ -363,16 +307,7 @@ class ConvFeatureExtractor(SelconvPickleMixin, TransformerMixin, BaseEstimator):
         if self.cache_dir is not None:
             cache = MapCache(self.cache_dir, self._output_signature(), dtype=self.dtype, keypoints=self.keypoints)
         show = len(items) >= 100 if self.progress is None else self.progress
-        # No cuDNN autotuning: every new (batch size, shape) would pay a search, and on an H100/H200 the
-        # heuristics' choice for VGG16 was as fast as the tuned one (measured, benchmarks/).
-        cudnn = torch.backends.cudnn.flags(
-            enabled=True, benchmark=False, deterministic=False, allow_tf32=self.precision != "float32"
-        )
-        with (
-            torch.inference_mode(),
-            cudnn,
-            tqdm(total=len(items), disable=not show, unit="img", desc=type(self).__name__) as bar,
-        ):
+        with runner.running(), tqdm(total=len(items), disable=not show, unit="img", desc=type(self).__name__) as bar:
             yield from OrderedExtraction(
                 items,
                 report,

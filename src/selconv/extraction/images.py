@@ -76,6 +76,21 @@ def parse_item(item, position: int) -> InputItem:
     return InputItem(position, image, box, describe(image, position), path)
 
 
+def parse_inputs(X, owner: str) -> list[InputItem]:
+    """A list of inputs as InputItems; a single image, or no list at all, is a TypeError naming ``owner``, and a
+    malformed box (a programming error) a ValueError, whatever ``on_error`` says."""
+    if isinstance(X, (str, bytes, os.PathLike)) or (isinstance(X, np.ndarray) and X.ndim < 4 and X.dtype != object):
+        raise TypeError(
+            f"{owner} expects a list of images (paths, PIL images or arrays); got a single "
+            f"{type(X).__name__}. Wrap it in a list: [image]."
+        )
+    try:
+        items = list(X)
+    except TypeError:
+        raise TypeError(f"{owner} expects a list of images; got {type(X).__name__}.") from None
+    return [parse_item(item, position) for position, item in enumerate(items)]
+
+
 def _looks_like_box(value) -> bool:
     if isinstance(value, (str, bytes, os.PathLike, Image.Image)):
         return False
