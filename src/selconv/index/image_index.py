@@ -161,10 +161,14 @@ class ImageIndex:
         _faiss.check_kind_and_metric(self.kind, metric)
         self.metric, self.dimension = metric, dimension
 
+    def _metric_for(self, descriptors) -> str:
+        """The metric, or before the first data the one ``descriptors`` call for (Hamming for uint8 codes)."""
+        if self.metric != "auto":
+            return self.metric
+        return "hamming" if np.asarray(descriptors).dtype == np.uint8 else "ip"
+
     def _validate(self, descriptors, name: str) -> np.ndarray:
-        metric = self.metric
-        if metric == "auto":
-            metric = "hamming" if np.asarray(descriptors).dtype == np.uint8 else "ip"
+        metric = self._metric_for(descriptors)
         array = _faiss.as_vectors(descriptors, name, metric, dimension=self.dimension)
         if self.dimension is None:
             self._bind(metric, array.shape[1] * (8 if metric == "hamming" else 1))
@@ -189,30 +193,26 @@ class ImageIndex:
         descriptors : ndarray of shape (n_images, dimension) float32 or (n_images, dimension / 8) uint8
             Images the encoder skipped (``ConvFeatureExtractor(on_error="skip")``) have no row.
         """
-        self._require_encoder()
-        return self._checked(self.encoder.transform(images))
+        return self._checked(self._encoder().transform(images))
 
-    def _require_encoder(self) -> None:
+    def _encoder(self):
         if self.encoder is None:
             raise ValueError("this index has no encoder: use add_descriptors / search_descriptors, or pass encoder=.")
+        return self.encoder
 
     def _checked(self, descriptors) -> np.ndarray:
         """The encoder's output as vectors of this index's metric and dimension."""
         descriptors = np.asarray(descriptors)
-        metric = self.metric if self.metric != "auto" else ("hamming" if descriptors.dtype == np.uint8 else "ip")
         try:
+            metric = self._metric_for(descriptors)
             return _faiss.as_vectors(descriptors, "the encoder's output", metric, dimension=self.dimension)
         except (TypeError, ValueError) as exc:
             raise ValueError(f"encoder/index mismatch: {exc}") from None
 
     def _encode_kept(self, images: list):
-        """Descriptors of ``images`` and the position of the image each comes from.
-
-        An encoder starting with a ConvFeatureExtractor runs through its ``extract``, which says which images
-        it kept (``on_error="skip"``); any other encoder must return one row per image.
-        """
-        self._require_encoder()
-        steps = getattr(self.encoder, "steps", None)
+        """Descriptors of ``images`` and the position of the image each comes from: an encoder starting with a
+        ConvFeatureExtractor runs through its ``extract`` (which says what it kept); others give one row an image."""
+        steps = getattr(self._encoder(), "steps", None)
         # Duck-typed (a ConvFeatureExtractor, or any first step with its extract contract): importing the
         # extractor's module to check the class would import torch for encoders of conv maps too.
         if steps and len(steps) > 1 and callable(getattr(steps[0][1], "extract", None)):
