@@ -887,14 +887,14 @@ def run_benchmark(
         else:
             del train_maps
             say("Conv maps of the database images:")
-            stream = extractor.iter_extract(dataset.database_inputs())
-            db_desc, db_stats = _describe((conv_map for _, conv_map in stream), pipelines)
-            skipped = stream.skipped
+            extracted = extractor.iter_extract(dataset.database_inputs())
+            db_desc, db_stats = _describe((conv_map for _, conv_map in extracted), pipelines)
+            skipped = extracted.skipped
         _check_all_described(db_desc, len(dataset.database), "database images", skipped)
         say("Conv maps of the queries:")
-        stream = extractor.iter_extract(queries)
-        query_desc, _ = _describe((conv_map for _, conv_map in stream), pipelines)
-        _check_all_described(query_desc, n_queries, "queries", stream.skipped)
+        extracted = extractor.iter_extract(queries)
+        query_desc, _ = _describe((conv_map for _, conv_map in extracted), pipelines)
+        _check_all_described(query_desc, n_queries, "queries", extracted.skipped)
 
         say("Results:")
         for mask, pipeline in pipelines.items():
