@@ -18,6 +18,7 @@ from selconv.aggregation import DemocraticAggregator, GeneralizedMaxPooling, Sum
 from selconv.baselines import CroW
 from selconv.conv_map import ConvMap
 from selconv.exceptions import NonFiniteError
+from selconv.extraction import SkippedInput
 from selconv.index import ImageIndex
 from selconv.local import LocalPCA
 from selconv.masks import NoMask, SiftMask
@@ -128,11 +129,9 @@ def test_non_finite_descriptors_are_an_error_not_a_silent_map(where, value):
 def test_run_benchmark_refuses_descriptor_counts_that_do_not_match_the_dataset():
     descriptors = {"max": np.zeros((4, 3)), "sum": np.zeros((5, 3))}
 
-    class Skipping:
-        skipped_ = [(2, "db/broken.jpg", "truncated file")]
-
+    skipped = [SkippedInput(2, "db/broken.jpg", "truncated file")]
     with pytest.raises(cli.CommandError, match=r"1 of the 5 database images.*db/broken.jpg: truncated file"):
-        cli._check_all_described(descriptors, 5, "database images", Skipping())
+        cli._check_all_described(descriptors, 5, "database images", skipped)
 
 
 # -------------------------------------------------------------- item 14: clear errors where inputs enter

@@ -863,7 +863,8 @@ def run_benchmark(
         # Training maps stay in memory (fitting needs them all); database and queries are streamed
         # through the fitted pipelines in chunks, so memory does not grow with the database.
         say(f"Conv maps of the {'database (= training set)' if fit_on == 'database' else 'training images'}:")
-        train_maps = extractor.transform(dataset.database_inputs() if fit_on == "database" else list(training))
+        train = extractor.extract(dataset.database_inputs() if fit_on == "database" else list(training))
+        train_maps = train.maps
         say(
             f"Fitting the paper's pipeline (preset D = {preset}) on {len(train_maps)} training images, one per mask ..."
         )
@@ -882,14 +883,18 @@ def run_benchmark(
         n_training = len(train_maps)
         if fit_on == "database":
             db_desc, db_stats = _describe(train_maps, pipelines)
+            skipped = train.skipped
         else:
             del train_maps
             say("Conv maps of the database images:")
-            db_desc, db_stats = _describe(extractor.iter_transform(dataset.database_inputs()), pipelines)
-        _check_all_described(db_desc, len(dataset.database), "database images", extractor)
+            extracted = extractor.iter_extract(dataset.database_inputs())
+            db_desc, db_stats = _describe((conv_map for _, conv_map in extracted), pipelines)
+            skipped = extracted.skipped
+        _check_all_described(db_desc, len(dataset.database), "database images", skipped)
         say("Conv maps of the queries:")
-        query_desc, _ = _describe(extractor.iter_transform(queries), pipelines)
-        _check_all_described(query_desc, n_queries, "queries", extractor)
+        extracted = extractor.iter_extract(queries)
+        query_desc, _ = _describe((conv_map for _, conv_map in extracted), pipelines)
+        _check_all_described(query_desc, n_queries, "queries", extracted.skipped)
 
         say("Results:")
         for mask, pipeline in pipelines.items():
@@ -1009,11 +1014,12 @@ def run_benchmark(
     return result
 
 
-def _check_all_described(descriptors, expected: int, what: str, extractor) -> None:
-    """Every image must have its descriptor: a skipped one would shift every later ground-truth index."""
+def _check_all_described(descriptors, expected: int, what: str, skipped) -> None:
+    """Every image must have its descriptor: a skipped one (``skipped``: the extractor's SkippedInput list)
+    would shift every later ground-truth index."""
     got = {len(d) for d in descriptors.values()}
     if got != {expected}:
-        skipped = "; ".join(f"{name}: {reason}" for _, name, reason in getattr(extractor, "skipped_", [])[:3])
+        skipped = "; ".join(f"{name}: {reason}" for _, name, reason in skipped[:3])
         raise CommandError(
             f"{expected - min(got)} of the {expected} {what} could not be read"
             + (f" ({skipped})" if skipped else "")
