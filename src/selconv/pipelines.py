@@ -150,7 +150,7 @@ def make_paper_pipeline(
     """The paper's framework M + Temb + democratic pooling (+ ITQ) with the Table 4 setting for ``dim``.
 
     Steps (names usable in ``set_params`` and grid searches): ``extract`` (only when ``extractor`` is
-    given), ``mask``, ``pca`` (:class:`~selconv.local.LocalPCA`), ``encode``
+    given), ``mask``, ``pca`` (:class:`~selconv.local_pca.LocalPCA`), ``encode``
     (:class:`~selconv.encoding.EncodeAggregate`: its ``embedding``, a
     :class:`~selconv.embedding.TriangulationEmbedding`, and its ``aggregator``, a
     :class:`~selconv.aggregation.DemocraticAggregator`, applied a chunk of images at a time, so the
@@ -212,7 +212,7 @@ def make_paper_pipeline(
     from selconv.aggregation import DemocraticAggregator
     from selconv.embedding import TriangulationEmbedding
     from selconv.encoding import EncodeAggregate
-    from selconv.local import LocalPCA
+    from selconv.local_pca import LocalPCA
     from selconv.postprocessing import PowerNormalizer, RotationNormalizer
 
     n_components, n_clusters = _settings(dim)

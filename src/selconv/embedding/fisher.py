@@ -25,8 +25,8 @@ from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
 
 from selconv._compat import Interval, fit_context
+from selconv._pickling import SelconvPickleMixin
 from selconv._ragged import check_local_sets
-from selconv.base import SelconvPickleMixin
 from selconv.embedding._codebook import check_enough_features, embed_sets, sample_features
 from selconv.exceptions import check_fitted_finite
 

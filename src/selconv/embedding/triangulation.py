@@ -17,8 +17,8 @@ from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
 
 from selconv._compat import Interval, fit_context
+from selconv._pickling import SelconvPickleMixin
 from selconv._ragged import check_local_sets
-from selconv.base import SelconvPickleMixin
 from selconv.embedding._codebook import CHUNK_ROWS as _CHUNK_ROWS  # read at each transform (tests vary it)
 from selconv.embedding._codebook import (
     check_enough_features,
@@ -40,7 +40,7 @@ class TriangulationEmbedding(SelconvPickleMixin, TransformerMixin, BaseEstimator
     """Embed every local feature with the triangulation embedding phi_Delta (paper section 4.1).
 
     ``fit`` learns, on the training local features (typically the output of
-    :class:`~selconv.local.LocalPCA`): a k-means codebook on a uniform random sample of at most
+    :class:`~selconv.local_pca.LocalPCA`): a k-means codebook on a uniform random sample of at most
     ``max_samples`` of them, then the mean ``phibar`` and the covariance (float64) of phi over ALL
     of them, whose eigen-decomposition gives the whitening projection
     P = diag(lambda^-1/2) V^T with the ``n_clamped`` smallest eigenvalues set to the

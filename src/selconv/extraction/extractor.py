@@ -18,7 +18,7 @@ from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
 from selconv._compat import Interval, StrOptions, _fit_context
-from selconv.base import SelconvPickleMixin
+from selconv._pickling import SelconvPickleMixin
 from selconv.conv_map import ConvMap
 from selconv.extraction.backbones import build_backbone, module_checksum
 from selconv.extraction.images import ImageLoadError, describe, load_image, open_regular_file, split_box
