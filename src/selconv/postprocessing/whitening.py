@@ -20,15 +20,10 @@ from sklearn.covariance import ledoit_wolf_shrinkage
 from sklearn.utils.validation import check_is_fitted
 
 from selconv._compat import Interval, StrOptions, fit_context, validate_data
-from selconv._linalg import l2_normalize_rows, principal_axes
+from selconv._linalg import eigenvalue_floor, l2_normalize_rows, principal_axes
 from selconv._pickling import SelconvPickleMixin
 
 __all__ = ["PCAWhitening"]
-
-
-def _eigenvalue_floor(eigenvalues: np.ndarray) -> float:
-    """Smallest denominator kept finite: a singular covariance must not divide by zero."""
-    return np.finfo(np.float64).eps * max(float(eigenvalues.max(initial=0.0)), 1e-300)
 
 
 class PCAWhitening(SelconvPickleMixin, ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
@@ -145,7 +140,7 @@ class PCAWhitening(SelconvPickleMixin, ClassNamePrefixFeaturesOutMixin, Transfor
             scale = np.ones(n_components)
         else:
             denominators = eigenvalues[:n_components] + self.shrinkage_ * mean_eigenvalue
-            scale = 1.0 / np.sqrt(np.maximum(denominators, _eigenvalue_floor(eigenvalues)))
+            scale = 1.0 / np.sqrt(np.maximum(denominators, eigenvalue_floor(eigenvalues)))
         self.components_ = eigenvectors[:, :n_components].T
         self.explained_variance_ = eigenvalues[:n_components]
         self.scale_ = scale
