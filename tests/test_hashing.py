@@ -9,7 +9,7 @@ from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from selconv.hashing import ITQHasher, KMeansHasher, RBAHasher, pack_bits, unpack_bits
 from selconv.hashing.kmh import affinity_preserving_kmeans, allocate_dimensions
-from selconv.metrics import map_scorer
+from selconv.model_selection import map_scorer
 from selconv.utils.estimator_checks import check_data_free, check_fit_transform
 
 

@@ -47,8 +47,8 @@ _EXPORTS = {
     "make_baseline": "selconv.baselines",
     "make_paper_pipeline": "selconv.pipelines",
     "evaluate": "selconv.metrics",
-    "make_map_scorer": "selconv.metrics",
-    "map_scorer": "selconv.metrics",
+    "make_map_scorer": "selconv.model_selection",
+    "map_scorer": "selconv.model_selection",
 }
 
 __all__ = ["__version__", *_EXPORTS]
