@@ -49,8 +49,7 @@ def main():
     from selconv.datasets.shared_oxford import load_generic_training_images, load_shared_oxford_subset
     from selconv.extraction import ConvFeatureExtractor
     from selconv.masks import MaxMask, NoMask, SumMask
-    from selconv.metrics import DISTRACTOR_LABEL, map_scorer
-    from selconv.model_selection import LEARNING_LABEL, RetrievalKFold
+    from selconv.model_selection import DISTRACTOR_LABEL, LEARNING_LABEL, RetrievalKFold, map_scorer
     from selconv.pipelines import make_paper_pipeline, rotation_settings
 
     started = time.perf_counter()

@@ -46,7 +46,7 @@ from threadpoolctl import threadpool_info, threadpool_limits  # noqa: E402
 from selconv.aggregation import DemocraticAggregator, EmptyImageWarning  # noqa: E402
 from selconv.embedding import TriangulationEmbedding  # noqa: E402
 from selconv.encoding import EncodeAggregate  # noqa: E402
-from selconv.local import LocalPCA  # noqa: E402
+from selconv.local_pca import LocalPCA  # noqa: E402
 from selconv.masks import MaxMask, NoMask  # noqa: E402
 from selconv.postprocessing import PowerNormalizer, RotationNormalizer  # noqa: E402
 

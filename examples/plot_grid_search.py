@@ -23,8 +23,7 @@ from sklearn.model_selection import GridSearchCV
 from selconv.datasets import load_sample
 from selconv.extraction import ConvFeatureExtractor
 from selconv.masks import MaxMask, NoMask, SumMask
-from selconv.metrics import map_scorer
-from selconv.model_selection import LEARNING_LABEL, RetrievalKFold
+from selconv.model_selection import LEARNING_LABEL, RetrievalKFold, map_scorer
 from selconv.pipelines import make_paper_pipeline, rotation_settings
 
 MAX_SIZE = 192 if os.environ.get("SELCONV_EXAMPLE_FAST") == "1" else 384

@@ -15,14 +15,14 @@ from conftest import make_local_sets
 
 from selconv import cli
 from selconv.aggregation import DemocraticAggregator, GeneralizedMaxPooling, SumPooling
-from selconv.baselines import CroW
 from selconv.conv_map import ConvMap
 from selconv.exceptions import NonFiniteError
 from selconv.extraction import SkippedInput
 from selconv.index import ImageIndex
-from selconv.local import LocalPCA
+from selconv.local_pca import LocalPCA
 from selconv.masks import NoMask, SiftMask
 from selconv.metrics import average_precisions, evaluate
+from selconv.pooling import CroW
 from selconv.postprocessing import PowerNormalizer
 from selconv.search import rank
 

@@ -32,15 +32,15 @@ from selconv.aggregation import (
     MaxPooling,
     SumPooling,
 )
-from selconv.baselines import MAC, RMAC, CroW, GeM, PCAWhitening, SPoC
 from selconv.conv_map import ConvMap
 from selconv.embedding import FAembEmbedding, FisherVectorEmbedding, TriangulationEmbedding, VLADEmbedding
-from selconv.hashing import ITQHasher, KMeansHasher, RelaxedBinaryAutoencoder
+from selconv.hashing import ITQHasher, KMeansHasher, RBAHasher
 from selconv.index import ImageIndex
-from selconv.local import LocalPCA
+from selconv.local_pca import LocalPCA
 from selconv.masks import MaxMask, NoMask, SiftMask, SumMask
 from selconv.metrics import average_precisions, evaluate
-from selconv.postprocessing import PowerNormalizer, RotationNormalizer
+from selconv.pooling import MAC, RMAC, CroW, GeM, SPoC
+from selconv.postprocessing import PCAWhitening, PowerNormalizer, RotationNormalizer
 from selconv.search import average_query_expansion, rank
 
 #: Seconds a single case may take before it counts as a hang.
@@ -288,8 +288,8 @@ TWO_D_ESTIMATORS = {
     "PCAWhitening(shrinkage=1e300)": lambda: PCAWhitening(shrinkage=1e300),
     "ITQ": lambda: ITQHasher(n_bits=8, n_iter=5, random_state=0),
     "KMH": lambda: KMeansHasher(n_bits=8, bits_per_subspace=2, n_iter=1),
-    "RBA": lambda: RelaxedBinaryAutoencoder(n_bits=8, n_iter=2, max_lbfgs_iter=5, random_state=0),
-    "RBA(penalties=1e300)": lambda: RelaxedBinaryAutoencoder(
+    "RBA": lambda: RBAHasher(n_bits=8, n_iter=2, max_lbfgs_iter=5, random_state=0),
+    "RBA(penalties=1e300)": lambda: RBAHasher(
         n_bits=8, n_iter=2, max_lbfgs_iter=5, independence_penalty=1e300, binary_penalty=1e300, random_state=0
     ),
 }

@@ -15,7 +15,7 @@ from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
 from selconv._compat import Interval, StrOptions, _fit_context
-from selconv.base import SelconvPickleMixin
+from selconv._pickling import SelconvPickleMixin
 from selconv.extraction._batching import BatchRunner, OrderedExtraction, default_workers
 from selconv.extraction._cache import CACHE_FORMAT, MapCache
 from selconv.extraction._network import output_channels, place, rebuild, resolve_device

@@ -18,11 +18,13 @@ file is reported by name.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import shutil
 import tempfile
 import warnings
+import zipfile
 from pathlib import Path
 from typing import NamedTuple
 
@@ -48,12 +50,6 @@ TRUSTED_SELCONV_TYPES = (
     "selconv.aggregation.GeneralizedMaxPooling",
     "selconv.aggregation.MaxPooling",
     "selconv.aggregation.SumPooling",
-    "selconv.baselines.CroW",
-    "selconv.baselines.GeM",
-    "selconv.baselines.MAC",
-    "selconv.baselines.PCAWhitening",
-    "selconv.baselines.RMAC",
-    "selconv.baselines.SPoC",
     "selconv.embedding.faemb.FAembEmbedding",
     "selconv.embedding.fisher.FisherVectorEmbedding",
     "selconv.embedding.triangulation.TriangulationEmbedding",
@@ -62,15 +58,39 @@ TRUSTED_SELCONV_TYPES = (
     "selconv.extraction.extractor.ConvFeatureExtractor",
     "selconv.hashing.itq.ITQHasher",
     "selconv.hashing.kmh.KMeansHasher",
-    "selconv.hashing.rba.RelaxedBinaryAutoencoder",
-    "selconv.local.LocalPCA",
+    "selconv.hashing.rba.RBAHasher",
+    "selconv.local_pca.LocalPCA",
     "selconv.masks.MaxMask",
     "selconv.masks.NoMask",
     "selconv.masks.SiftMask",
     "selconv.masks.SumMask",
-    "selconv.postprocessing.PowerNormalizer",
-    "selconv.postprocessing.RotationNormalizer",
+    "selconv.pooling.CroW",
+    "selconv.pooling.GeM",
+    "selconv.pooling.MAC",
+    "selconv.pooling.RMAC",
+    "selconv.pooling.SPoC",
+    "selconv.postprocessing.power.PowerNormalizer",
+    "selconv.postprocessing.rotation.RotationNormalizer",
+    "selconv.postprocessing.whitening.PCAWhitening",
 )
+
+#: Persisted-model compatibility (the one place old names are kept on purpose): the classes that selconv 0.1.0
+#: stored under another module or class name, old fully qualified name -> current one. An encoder.skops file
+#: names each class it holds; :func:`encoder_from_file` rewrites these names before checking and loading, so
+#: indexes and encoders saved by 0.1.0 still load (their fitted state is unchanged). Plain pickles of 0.1.0
+#: models are not covered: re-fit them.
+RENAMED_SELCONV_TYPES = {
+    "selconv.baselines.CroW": "selconv.pooling.CroW",
+    "selconv.baselines.GeM": "selconv.pooling.GeM",
+    "selconv.baselines.MAC": "selconv.pooling.MAC",
+    "selconv.baselines.RMAC": "selconv.pooling.RMAC",
+    "selconv.baselines.SPoC": "selconv.pooling.SPoC",
+    "selconv.baselines.PCAWhitening": "selconv.postprocessing.whitening.PCAWhitening",
+    "selconv.hashing.rba.RelaxedBinaryAutoencoder": "selconv.hashing.rba.RBAHasher",
+    "selconv.local.LocalPCA": "selconv.local_pca.LocalPCA",
+    "selconv.postprocessing.PowerNormalizer": "selconv.postprocessing.power.PowerNormalizer",
+    "selconv.postprocessing.RotationNormalizer": "selconv.postprocessing.rotation.RotationNormalizer",
+}
 
 
 def trusted_types() -> list[str]:
@@ -106,11 +126,43 @@ def encoder_to_bytes(encoder) -> bytes:
     return data
 
 
+def _renamed(data: bytes) -> bytes:
+    """The skops file ``data`` with the 0.1.0 class names of :data:`RENAMED_SELCONV_TYPES` replaced by the
+    current ones; ``data`` itself when it holds none."""
+    renamed = False
+
+    def rename(node):
+        nonlocal renamed
+        if isinstance(node, dict):
+            new = RENAMED_SELCONV_TYPES.get(f"{node.get('__module__')}.{node.get('__class__')}")
+            if new is not None:
+                node["__module__"], node["__class__"] = new.rsplit(".", 1)
+                renamed = True
+            for value in node.values():
+                rename(value)
+        elif isinstance(node, list):
+            for value in node:
+                rename(value)
+
+    with zipfile.ZipFile(io.BytesIO(data)) as source:
+        schema = json.loads(source.read("schema.json"))
+        rename(schema)
+        if not renamed:
+            return data
+        out = io.BytesIO()
+        with zipfile.ZipFile(out, "w") as target:
+            for info in source.infolist():  # each member keeps its own compression
+                content = json.dumps(schema).encode() if info.filename == "schema.json" else source.read(info)
+                target.writestr(info, content)
+    return out.getvalue()
+
+
 def encoder_from_file(path: Path):
     import skops.io as sio
 
     try:
-        untrusted = sio.get_untrusted_types(file=path)
+        data = _renamed(Path(path).read_bytes())
+        untrusted = sio.get_untrusted_types(data=data)
     except Exception as exc:
         raise IndexFormatError(f"{path}: not a readable skops file ({exc}).") from exc
     refused = _refused(untrusted)
@@ -119,7 +171,7 @@ def encoder_from_file(path: Path):
             f"{path}: holds types outside selconv's trusted list, refused without loading: {', '.join(refused)}."
         )
     try:
-        return sio.load(path, trusted=list(untrusted))
+        return sio.loads(data, trusted=list(untrusted))
     except Exception as exc:
         raise IndexFormatError(f"{path}: the encoder could not be rebuilt ({type(exc).__name__}: {exc}).") from exc
 
