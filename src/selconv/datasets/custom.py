@@ -22,7 +22,14 @@ import csv
 import json
 from pathlib import Path, PurePosixPath
 
-from selconv.datasets.base import VALID_ROTATIONS, GroundTruthError, RetrievalDataset, list_images, make_ground_truth
+from selconv.datasets.base import (
+    VALID_ROTATIONS,
+    GroundTruthError,
+    RetrievalDataset,
+    list_images,
+    make_ground_truth,
+    training_folder_in,
+)
 
 DEFAULT_GROUND_TRUTH_NAMES = ("groundtruth.csv", "groundtruth.json")
 CSV_COLUMNS = ("image", "label", "query", "x1", "y1", "x2", "y2", "rotation")
@@ -308,14 +315,7 @@ def load_image_folder(
         column, a bad box or rotation, a query without label or without positives.
     """
     root = Path(root)
-    training_folder = None
-    if training is not None:
-        training_folder = Path(training) if Path(training).is_absolute() else root / training
-        if root.resolve().is_relative_to(training_folder.resolve()):
-            raise GroundTruthError(
-                f"training folder {training_folder} contains the dataset folder {root}: every "
-                "image would be a training image; give a folder of training images only"
-            )
+    training_folder = training_folder_in(root, training)
     training_images = list_images(training_folder) if training_folder is not None else []
     database = list_images(root, exclude=training_folder)
     folder = _Folder(root)

@@ -9,6 +9,9 @@ from selconv.datasets.base import GroundTruthError, RetrievalDataset, list_image
 
 _NAME = re.compile(r"ukbench(\d{5})")
 
+#: UKBench reports N-S (mean number of the group's 4 images in the top 4, query included) beside mAP.
+SCORES = ("mAP", "N-S")
+
 
 def load_ukbench(root, *, images=None) -> RetrievalDataset:
     """UKBench: every image is a query; its positives are the 4 images of its group, ITSELF INCLUDED.
@@ -49,5 +52,5 @@ def load_ukbench(root, *, images=None) -> RetrievalDataset:
         ground_truth=[make_ground_truth(members[g]) for g in groups],
         database_labels=[str(g) for g in groups],
         query_labels=[str(g) for g in groups],
-        info={"score": "N-S: mean number of positives in the top 4 (query included)"},
+        scores=SCORES,
     )
