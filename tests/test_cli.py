@@ -89,6 +89,93 @@ def test_dataset_loader_errors_are_reported(tmp_path, capsys):
     assert "selconv: error:" in capsys.readouterr().err
 
 
+# ------------------------------------------------------------------------------------------ exit codes
+
+
+@pytest.mark.parametrize(
+    ("raised", "status", "message"),
+    [
+        (None, 0, ""),
+        (ValueError("bad data in x.csv"), 2, "selconv: error: bad data in x.csv"),
+        (KeyboardInterrupt(), 130, "interrupted"),
+        (ZeroDivisionError("a bug"), 1, "internal error"),
+    ],
+)
+def test_exit_status_of_each_path_is_the_documented_one(raised, status, message, tmp_path, monkeypatch, capsys):
+    """0 success, 2 user error, 130 interrupted, 1 internal error (with its traceback): docs/usage.md and --help."""
+
+    def job(*args, **kwargs):
+        if raised is not None:
+            raise raised
+
+    monkeypatch.setattr(benchmark_command, "run_benchmark", job)
+    assert cli.main(["demo", "--out", str(tmp_path)]) == status
+    err = capsys.readouterr().err
+    assert message in err
+    assert ("Traceback" in err) == (status == 1)
+    help_text = " ".join(cli.build_parser().format_help().split())
+    assert "0 success, 1 internal error (a bug), 2 user error, 130 interrupted" in help_text
+
+
+# ---------------------------------------------------------------- your own folders, baselines: arguments
+
+
+def _capture(monkeypatch):
+    seen = {}
+
+    def capture(dataset, **kwargs):
+        seen.update(kwargs, dataset=dataset)
+
+    monkeypatch.setattr(benchmark_command, "run_benchmark", capture)
+    return seen
+
+
+def test_evaluate_labels_from_sub_folder_names(tmp_path, monkeypatch):
+    from selconv.datasets import SAMPLE_ROOT
+
+    for label in ("cat", "dog"):
+        for i in range(2):
+            (tmp_path / "photos" / label).mkdir(parents=True, exist_ok=True)
+            (tmp_path / "photos" / label / f"{i}.jpg").write_bytes(b"x")
+    seen = _capture(monkeypatch)
+    argv = ["evaluate", "--dataset", "subfolders", "--data-dir", str(tmp_path / "photos")]
+    train = ["--train-dir", str(SAMPLE_ROOT / "training"), "--out", str(tmp_path / "out")]
+    assert cli.main([*argv, *train, "--baselines", "gem,RMAC", "--no-baseline-whitening"]) == 0
+    assert len(seen["dataset"].queries) == 4 and seen["dataset"].query_labels == ["cat", "cat", "dog", "dog"]
+    assert seen["baselines"] == ["gem", "rmac"] and seen["baseline_whitening"] is False
+    assert len(seen["training"]) == 40
+
+
+def test_evaluate_separate_query_and_database_folders(tmp_path, monkeypatch):
+    from selconv.datasets import SAMPLE_ROOT
+
+    for folder, names in (("q/cat", ["q0"]), ("db/cat", ["d0", "d1"]), ("db/dog", ["d2"])):
+        (tmp_path / folder).mkdir(parents=True)
+        for name in names:
+            (tmp_path / folder / f"{name}.jpg").write_bytes(b"x")
+    seen = _capture(monkeypatch)
+    argv = ["evaluate", "--queries", str(tmp_path / "q"), "--database", str(tmp_path / "db")]
+    assert cli.main([*argv, "--train-dir", str(SAMPLE_ROOT / "training"), "--out", str(tmp_path / "out")]) == 0
+    assert seen["dataset"].ground_truth[0]["positives"].tolist() == [0, 1] and seen["baselines"] == []
+    assert seen["baseline_whitening"] is True
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--dataset", "sample", "--baselines", "gem,vlad"], "baselines must be among spoc, mac, rmac, crow, gem"),
+        (["--dataset", "sample", "--queries", "{dir}"], "--queries does not apply to dataset sample"),
+        (["--queries", "{dir}"], "query-folders' needs --database"),
+        (["--dataset", "subfolders", "--data-dir", "{dir}", "--ground-truth", "x.csv"], "--ground-truth does not"),
+    ],
+)
+def test_own_folder_and_baseline_errors(argv, message, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(benchmark_command, "run_benchmark", _refuse_benchmark)
+    argv = [a.format(dir=tmp_path) for a in argv]
+    assert cli.main(["evaluate", "--out", str(tmp_path / "out"), *argv]) == 2
+    assert message in capsys.readouterr().err
+
+
 # ----------------------------------------------------------------------------- the job on tiny data
 
 
