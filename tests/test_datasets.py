@@ -35,11 +35,11 @@ from selconv.datasets import (
     load_image_folder,
     load_labelled_folder,
     load_oxford5k,
+    load_oxford5k_subset,
     load_paris6k,
     load_query_database_folders,
     load_revisited,
     load_sample,
-    load_shared_oxford_subset,
     load_ukbench,
     read_rotation_list,
 )
@@ -719,9 +719,9 @@ def test_bundled_sample_provenance_lists_every_file():
 
 
 @pytest.mark.shared_data
-def test_shared_oxford_official_10_counts():
+def test_oxford5k_subset_official_10_counts():
     root = require_shared_data("oxford5k-subset")
-    ds = load_shared_oxford_subset(root, "official-10")
+    ds = load_oxford5k_subset(root, "official-10")
     assert len(ds.database) == 1008 and len(ds.queries) == 10 and len(ds.training) == 1000
     assert [q.stem for q in ds.queries][:2] == ["oxford_002985", "ashmolean_000305"]
     assert ds.query_labels == [
@@ -744,9 +744,9 @@ def test_shared_oxford_official_10_counts():
 
 
 @pytest.mark.shared_data
-def test_shared_oxford_loo_landmark_counts():
+def test_oxford5k_subset_loo_landmark_counts():
     root = require_shared_data("oxford5k-subset")
-    ds = load_shared_oxford_subset(root, "loo-landmark", training_root=None)
+    ds = load_oxford5k_subset(root, "loo-landmark", training_root=None)
     assert len(ds.queries) == 113 and ds.training == [] and ds.n_queries_without_positives == 0
     for q, gt in zip(ds.queries, ds.ground_truth):
         qi = ds.database.index(q)

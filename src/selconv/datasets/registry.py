@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from selconv.datasets import revisited, shared_oxford, ukbench
+from selconv.datasets import oxford5k_subset, revisited, ukbench
 from selconv.datasets.base import RetrievalDataset
 from selconv.datasets.bundled import load_sample
 from selconv.datasets.custom import load_image_folder
@@ -112,9 +112,9 @@ _SPECS = (
     DatasetSpec(
         "oxford5k-subset",
         "the 1,008-image Oxford5k subset of shared/data",
-        lambda data_dir, protocol: shared_oxford.load_shared_oxford_subset(data_dir, protocol),
+        lambda data_dir, protocol: oxford5k_subset.load_oxford5k_subset(data_dir, protocol),
         options=("data_dir", "protocol"),
-        protocols=shared_oxford.PROTOCOLS,
+        protocols=oxford5k_subset.PROTOCOLS,
         default_protocol="official-10",
     ),
 )
