@@ -9,6 +9,7 @@ import numpy as np
 
 from selconv.cli._common import (
     CommandError,
+    add_model_arguments,
     baseline_list,
     bit_length,
     mask_list,
@@ -49,8 +50,6 @@ def add_benchmark_commands(commands) -> None:
 
 
 def _add_run_options(sub, *, max_size_default, out_default) -> None:
-    from selconv.pipelines import PAPER_SETTINGS
-
     sub.add_argument(
         "--out",
         type=Path,
@@ -61,23 +60,10 @@ def _add_run_options(sub, *, max_size_default, out_default) -> None:
         "--cache-dir",
         type=Path,
         default=None,
-        help=f"where conv maps are cached (default: ${'{'}SELCONV_CACHE_DIR{'}'} or {default_cache_dir()}, shared "
+        help=f"where conv maps are cached (default: $SELCONV_CACHE_DIR, else {default_cache_dir()}; shared "
         "with the examples); rerunning resumes from it",
     )
-    sub.add_argument(
-        "--max-size",
-        type=positive_int,
-        default=max_size_default,
-        help="resize images so the longest side is this many pixels (default: %(default)s; paper: 1024)",
-    )
-    sub.add_argument("--device", default="auto", help="torch device: auto, cpu, cuda, cuda:1, ... (default: auto)")
-    sub.add_argument(
-        "--preset",
-        type=int,
-        choices=sorted(PAPER_SETTINGS),
-        default=512,
-        help="final dimension D of the paper's Table 4 (default: %(default)s)",
-    )
+    add_model_arguments(sub, max_size_default=max_size_default)
     sub.add_argument("--top-k", type=positive_int, default=8, help="results shown per query in the report")
     sub.add_argument("--seed", type=int, default=0, help="random_state of every random stage (default: 0)")
     sub.add_argument("--no-report", action="store_true", help="do not write report.html")

@@ -6,7 +6,7 @@ import argparse
 import os
 from pathlib import Path
 
-from selconv.cli._common import CommandError, positive_int, require_dir
+from selconv.cli._common import CommandError, add_model_arguments, positive_int, require_dir
 
 _FIT_EXAMPLES = """examples:
   selconv fit ~/photos --out photos.encoder                     # learn on a sample of the collection itself
@@ -43,7 +43,7 @@ def add_collection_commands(commands) -> None:
 
 
 def _add_fit(sub) -> None:
-    from selconv.pipelines import MASKS, PAPER_SETTINGS
+    from selconv.pipelines import MASKS
 
     fit = sub("fit", "learn the paper's encoder (a Table 4 preset) on a photo folder and save it", _FIT_EXAMPLES)
     fit.add_argument("photos", type=Path, metavar="PHOTOS", help="the photo collection (walked recursively)")
@@ -63,13 +63,6 @@ def _add_fit(sub) -> None:
         help="learn on a seeded random sample of N photos (default: %(default)s; the paper learns on "
         "5,000-6,400; fitting holds every sampled conv map in memory)",
     )
-    fit.add_argument(
-        "--preset",
-        type=int,
-        choices=sorted(PAPER_SETTINGS),
-        default=512,
-        help="final dimension D of the paper's Table 4 (default: %(default)s)",
-    )
     fit.add_argument("--mask", choices=MASKS, default="max", help="local feature mask (default: %(default)s)")
     fit.add_argument(
         "--bits",
@@ -78,13 +71,7 @@ def _add_fit(sub) -> None:
         metavar="N",
         help="end with N-bit ITQ codes (a multiple of 8), searched by Hamming distance",
     )
-    fit.add_argument(
-        "--max-size",
-        type=positive_int,
-        default=1024,
-        help="longest image side for the CNN, pixels (default: %(default)s, the paper's)",
-    )
-    fit.add_argument("--device", default="auto", help="torch device: auto, cpu, cuda, ... (default: auto)")
+    add_model_arguments(fit, max_size_default=1024)
     fit.add_argument("--seed", type=int, default=0, help="seeds the sample and every random stage (default: 0)")
 
 

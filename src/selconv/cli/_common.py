@@ -97,3 +97,23 @@ def baseline_list(text: str) -> list[str]:
     from selconv.evaluation import BASELINE_LABELS
 
     return _name_list(text, tuple(BASELINE_LABELS), "baselines")
+
+
+def add_model_arguments(sub, *, max_size_default: int) -> None:
+    """``--preset``, ``--max-size`` and ``--device``: the encoder settings every fitting command takes."""
+    from selconv.pipelines import PAPER_SETTINGS
+
+    sub.add_argument(
+        "--preset",
+        type=int,
+        choices=sorted(PAPER_SETTINGS),
+        default=512,
+        help="final dimension D of the paper's Table 4 (default: %(default)s)",
+    )
+    sub.add_argument(
+        "--max-size",
+        type=positive_int,
+        default=max_size_default,
+        help="resize images so the longest side is this many pixels (default: %(default)s; paper: 1024)",
+    )
+    sub.add_argument("--device", default="auto", help="torch device: auto, cpu, cuda, cuda:1, ... (default: auto)")
