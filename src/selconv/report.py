@@ -142,17 +142,7 @@ def render_report(
     -------
     html : str
     """
-    if not rankings:
-        raise ValueError("rankings must name at least one run.")
-    checked = {
-        name: _check_ranking(r, n_queries=len(queries), n_database=len(database)) for name, r in rankings.items()
-    }
-    if len(ground_truth) != len(queries):
-        raise ValueError(f"ground_truth has {len(ground_truth)} entries for {len(queries)} queries.")
-    show = next(iter(checked)) if show is None else show
-    if show not in checked:
-        raise ValueError(f"show={show!r} is not one of the runs: {sorted(checked)}.")
-
+    checked, show = _check_inputs(queries, database, ground_truth, rankings, show)
     png = plot_precision_recall({name: interpolated_precision_recall(r, ground_truth) for name, r in checked.items()})
     parts = [
         "<!DOCTYPE html>",
@@ -168,22 +158,42 @@ def render_report(
         "<h2>Precision-recall</h2>"
         f"<img class='plot' alt='precision-recall curves' src='data:image/png;base64,{base64.b64encode(png).decode()}'>"
     )
-    parts.append(
+    parts += _results_html(queries, database, ground_truth, checked[show], show, top_k, max_queries, thumbnail_size)
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def _check_inputs(queries, database, ground_truth, rankings, show):
+    """The rankings checked against the queries and the database, and the run whose results are shown."""
+    if not rankings:
+        raise ValueError("rankings must name at least one run.")
+    checked = {
+        name: _check_ranking(r, n_queries=len(queries), n_database=len(database)) for name, r in rankings.items()
+    }
+    if len(ground_truth) != len(queries):
+        raise ValueError(f"ground_truth has {len(ground_truth)} entries for {len(queries)} queries.")
+    show = next(iter(checked)) if show is None else show
+    if show not in checked:
+        raise ValueError(f"show={show!r} is not one of the runs: {sorted(checked)}.")
+    return checked, show
+
+
+def _results_html(queries, database, ground_truth, ranking, show, top_k, max_queries, size) -> list[str]:
+    """The top-k results of run `show` for the first `max_queries` queries, with the colour legend."""
+    parts = [
         f"<h2>Top {top_k} results per query ({html.escape(show)})</h2>"
         "<p class='legend'><span style='border-color:{positive}'>positive</span>"
         "<span style='border-color:{junk}'>junk</span><span style='border-color:{negative}'>negative</span></p>".format(
             **_STATUS_COLOURS
         )
-    )
+    ]
     n_shown = len(queries) if max_queries is None else min(max_queries, len(queries))
-    ranking = checked[show]
     aps = average_precisions(ranking, ground_truth)
     for q in range(n_shown):
-        parts.append(_query_row(q, queries[q], database, ground_truth[q], ranking[q], aps[q], top_k, thumbnail_size))
+        parts.append(_query_row(q, queries[q], database, ground_truth[q], ranking[q], aps[q], top_k, size))
     if n_shown < len(queries):
         parts.append(f"<p>({len(queries) - n_shown} more queries not shown.)</p>")
-    parts.append("</body></html>")
-    return "\n".join(parts)
+    return parts
 
 
 def write_report(path, **kwargs) -> Path:

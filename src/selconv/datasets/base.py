@@ -122,6 +122,15 @@ def index_names(names, index, *, missing="drop", context=""):
     return np.unique(np.asarray(found, dtype=np.int64))
 
 
+def group_members(labels) -> dict:
+    """``{label: [positions of that label, in order]}`` over `labels`; None (a distractor) is left out."""
+    members = {}
+    for i, label in enumerate(labels):
+        if label is not None:
+            members.setdefault(label, []).append(i)
+    return members
+
+
 def make_ground_truth(positives, junk=()):
     """One ground-truth entry, ``{"positives": int64 array, "junk": int64 array}``, sorted and unique."""
     return {

@@ -16,6 +16,7 @@ from pathlib import Path
 from selconv.datasets.base import (
     GroundTruthError,
     RetrievalDataset,
+    group_members,
     list_images,
     make_ground_truth,
     training_folder_in,
@@ -25,14 +26,6 @@ from selconv.datasets.base import (
 def _labels(folder: Path, images) -> list:
     """The first sub-folder of each image under `folder` (None for an image directly in `folder`)."""
     return [p.relative_to(folder).parts[0] if len(p.relative_to(folder).parts) > 1 else None for p in images]
-
-
-def _members(labels) -> dict:
-    members = {}
-    for i, label in enumerate(labels):
-        if label is not None:
-            members.setdefault(label, []).append(i)
-    return members
 
 
 def load_labelled_folder(root, *, training=None, name=None) -> RetrievalDataset:
@@ -65,7 +58,7 @@ def load_labelled_folder(root, *, training=None, name=None) -> RetrievalDataset:
     training_folder = training_folder_in(root, training)
     database = list_images(root, exclude=training_folder)
     labels = _labels(root, database)
-    members = _members(labels)
+    members = group_members(labels)
     query_ids = [i for i, label in enumerate(labels) if label is not None and len(members[label]) > 1]
     if not query_ids:
         raise GroundTruthError(
@@ -120,7 +113,7 @@ def load_query_database_folders(queries, database, *, training=None, name=None) 
             f"{query_root}: {len(unlabelled)} query images are not in a label sub-folder (e.g. {unlabelled[0]}); "
             "put each in queries/<label>/"
         )
-    members = _members(database_labels)
+    members = group_members(database_labels)
     if not set(query_labels) & set(members):
         raise GroundTruthError(
             f"no query label of {query_root} is a sub-folder of {database_root}: labels must match across both"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from selconv.datasets.base import GroundTruthError, RetrievalDataset, list_images, make_ground_truth
+from selconv.datasets.base import GroundTruthError, RetrievalDataset, group_members, list_images, make_ground_truth
 
 _NAME = re.compile(r"ukbench(\d{5})")
 
@@ -36,9 +36,7 @@ def load_ukbench(root, *, images=None) -> RetrievalDataset:
         if match is None:
             raise GroundTruthError(f"{path}: UKBench image names are ukbenchNNNNN")
         groups.append(int(match.group(1)) // 4)
-    members = {}
-    for i, group in enumerate(groups):
-        members.setdefault(group, []).append(i)
+    members = group_members(groups)
     incomplete = [g for g, m in members.items() if len(m) != 4]
     if incomplete:
         raise GroundTruthError(
