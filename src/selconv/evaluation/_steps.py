@@ -32,6 +32,7 @@ class FittedMethods:
     skipped: list = field(default_factory=list)
     n_training: int = 0
     fit_seconds: float = 0.0
+    seconds_per_image: float = 0.0  # conv maps of the training images, cache reads included
     database_maps: list | None = None  # the training maps, when they are the database (fit_on="database")
 
     def rows(self, described):
@@ -148,8 +149,10 @@ def fit_methods(extractor, training, *, preset, masks, bits, baselines, baseline
     from selconv.pipelines import rotation_settings
 
     what = "database images (= training set)" if fit_on == "database" else "training images"
+    started = time.perf_counter()
     train_maps = extract_announced(extractor, training, what, say)
     methods = FittedMethods(masks=tuple(masks), baseline_whitening=baseline_whitening, n_training=len(train_maps))
+    methods.seconds_per_image = (time.perf_counter() - started) / max(len(train_maps), 1)
     say(f"Fitting the paper's pipeline (preset D = {preset}) on {len(train_maps)} training images, one per mask ...")
     rotation, methods.rotation_note = rotation_settings(len(train_maps), preset, fit_on=fit_on)
     if methods.rotation_note:
@@ -163,12 +166,12 @@ def fit_methods(extractor, training, *, preset, masks, bits, baselines, baseline
         if mask == masks[0]:
             train_descriptors = descriptors
     for name in baselines:
+        baseline = make_baseline(name, whitening=baseline_whitening)  # an unknown name raises here
         say(f"Fitting the {BASELINE_LABELS[name]} baseline ...")
-        methods.pipelines[name] = make_baseline(name, whitening=baseline_whitening).fit(train_maps)
+        methods.pipelines[name] = baseline.fit(train_maps)
     for n_bits in bits:
         problem = itq_bits_problem(n_bits, *train_descriptors.shape)
-        if problem:
-            say(f"Note: skipped: {problem}.")
+        if problem:  # listed with the warnings under the results table
             methods.skipped.append(f"skipped: {problem}")
         else:
             methods.hashers[n_bits] = ITQHasher(n_bits, random_state=random_state).fit(train_descriptors)
@@ -183,13 +186,18 @@ def describe_all(extractor, dataset, methods: FittedMethods, *, say) -> Describe
         database, stats = _describe(methods.database_maps, methods)
         methods.database_maps = None
     else:
-        say(f"Conv maps of the {len(dataset.database)} database images:")
+        say(f"Conv maps of the {len(dataset.database)} database images{_eta(methods, len(dataset.database))}:")
         database, stats = _describe(extractor.iter_transform(dataset.database_inputs()), methods)
     _check_all_described(database, len(dataset.database), "database images", extractor)
-    say(f"Conv maps of the {len(dataset.queries)} queries:")
+    say(f"Conv maps of the {len(dataset.queries)} queries{_eta(methods, len(dataset.queries))}:")
     queries, _ = _describe(extractor.iter_transform(dataset.query_inputs()), methods)
     _check_all_described(queries, len(dataset.queries), "queries", extractor)
     return Described(queries=queries, database=database, stats=stats)
+
+
+def _eta(methods: FittedMethods, n_images: int) -> str:
+    minutes = methods.seconds_per_image * n_images / 60
+    return f" (about {minutes:.1f} min at the training images' rate)" if minutes >= 0.5 else ""
 
 
 def _check_all_described(descriptors, expected: int, what: str, extractor) -> None:
