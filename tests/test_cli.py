@@ -258,6 +258,7 @@ def test_evaluate_runs_end_to_end_on_a_user_folder(folder_dataset, tmp_path, mon
         "longest side of 96 px",
         f"images under {folder_dataset / 'training'}",
         "52 images",
+        "Loading the alexnet network and its ImageNet weights",
         "GeM + PCA-whitening",
         "MAC + PCA-whitening",
         "skipped: ITQ at 512 bits",  # the same behaviour as the demo: a note, not an error
@@ -276,6 +277,27 @@ def test_evaluate_runs_end_to_end_on_a_user_folder(folder_dataset, tmp_path, mon
     assert any((tmp_path / "cache").rglob("*.map"))
     report = (out / "report.html").read_text()
     assert "data:image/png;base64," in report and report.count("data:image/jpeg;base64,") >= 6 * 9
+
+
+def test_extraction_announces_its_expected_time():
+    import time
+
+    from selconv.evaluation._steps import extract_announced
+
+    class SlowExtractor:
+        calls = []
+
+        def transform(self, items):
+            if not self.calls:
+                time.sleep(0.6)
+            self.calls.append(list(items))
+            return [f"map of {i}" for i in items]
+
+    lines = []
+    maps = extract_announced(SlowExtractor(), [0, 1, 2, 3], "training images", lines.append)
+    assert maps == ["map of 0", "map of 1", "map of 2", "map of 3"] and SlowExtractor.calls == [[0], [1, 2, 3]]
+    assert lines[0] == "Conv maps of the 4 training images:"
+    assert re.fullmatch(r"  the first image took 0\.\d s: about 2 s for the other 3 on this machine .*", lines[1])
 
 
 def cli_settings():

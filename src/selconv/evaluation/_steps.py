@@ -136,7 +136,7 @@ def extract_announced(extractor, items, what: str, say) -> list:
     seconds = time.perf_counter() - started
     if seconds > 0.5:  # read from the cache otherwise: nothing worth announcing
         say(
-            f"  the first image took {seconds:.1f} s: about {seconds * (len(items) - 1) / 60:.1f} min for the "
+            f"  the first image took {seconds:.1f} s: about {_duration(seconds * (len(items) - 1))} for the "
             f"other {len(items) - 1} on this machine (less for those already cached)"
         )
     return first + extractor.transform(items[1:])
@@ -196,8 +196,12 @@ def describe_all(extractor, dataset, methods: FittedMethods, *, say) -> Describe
 
 
 def _eta(methods: FittedMethods, n_images: int) -> str:
-    minutes = methods.seconds_per_image * n_images / 60
-    return f" (about {minutes:.1f} min at the training images' rate)" if minutes >= 0.5 else ""
+    seconds = methods.seconds_per_image * n_images
+    return f" (about {_duration(seconds)} at the training images' rate)" if seconds >= 30 else ""
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.1f} min"
 
 
 def _check_all_described(descriptors, expected: int, what: str, extractor) -> None:
