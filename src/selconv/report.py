@@ -17,7 +17,7 @@ import numpy as np
 
 from selconv.metrics import average_precisions
 
-__all__ = ["interpolated_precision_recall", "plot_precision_recall", "render_report", "write_report"]
+__all__ = ["interpolated_precision_recall", "page_head", "plot_precision_recall", "render_report", "write_report"]
 
 #: Recall levels at which precision is interpolated (and averaged over queries).
 RECALL_LEVELS = np.linspace(0.0, 1.0, 101)
@@ -144,15 +144,7 @@ def render_report(
     """
     checked, show = _check_inputs(queries, database, ground_truth, rankings, show)
     png = plot_precision_recall({name: interpolated_precision_recall(r, ground_truth) for name, r in checked.items()})
-    parts = [
-        "<!DOCTYPE html>",
-        '<html lang="en"><head><meta charset="utf-8">',
-        f"<title>{html.escape(title)}</title>",
-        f"<style>{_CSS}</style></head><body>",
-        f"<h1>{html.escape(title)}</h1>",
-    ]
-    if notes:
-        parts.append("<ul class='notes'>" + "".join(f"<li>{html.escape(str(n))}</li>" for n in notes) + "</ul>")
+    parts = page_head(title, notes)
     parts.append(_table_html(table))
     parts.append(
         "<h2>Precision-recall</h2>"
@@ -161,6 +153,20 @@ def render_report(
     parts += _results_html(queries, database, ground_truth, checked[show], show, top_k, max_queries, thumbnail_size)
     parts.append("</body></html>")
     return "\n".join(parts)
+
+
+def page_head(title: str, notes=(), *, extra_css: str = "") -> list[str]:
+    """The opening of a self-contained selconv page: doctype, title, style, heading and the notes list."""
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        f"<title>{html.escape(title)}</title>",
+        f"<style>{_CSS}{extra_css}</style></head><body>",
+        f"<h1>{html.escape(title)}</h1>",
+    ]
+    if notes:
+        parts.append("<ul class='notes'>" + "".join(f"<li>{html.escape(str(n))}</li>" for n in notes) + "</ul>")
+    return parts
 
 
 def _check_inputs(queries, database, ground_truth, rankings, show):
