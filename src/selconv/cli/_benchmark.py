@@ -83,12 +83,12 @@ def _add_dataset_options(evaluate) -> None:
     evaluate.add_argument("--data-dir", type=Path, default=None, help="the dataset's folder (not needed for 'sample')")
     evaluate.add_argument("--queries", type=Path, default=None, metavar="DIR", help="query-folders: QUERIES/<label>/")
     evaluate.add_argument("--database", type=Path, default=None, metavar="DIR", help="query-folders: DATABASE/<label>/")
-    evaluate.add_argument(
-        "--protocol",
-        default=None,
-        help="roxford5k/rparis6k: easy, medium (default) or hard; "
-        "oxford5k-subset: official-10 (default) or loo-landmark",
+    protocols = "; ".join(
+        f"{name}: {', '.join(spec.protocols)} (default {spec.default_protocol})"
+        for name, spec in DATASETS.items()
+        if spec.protocols
     )
+    evaluate.add_argument("--protocol", default=None, help=protocols)
     evaluate.add_argument(
         "--ground-truth",
         type=Path,

@@ -111,7 +111,7 @@ _SPECS = (
     ),
     DatasetSpec(
         "oxford5k-subset",
-        "the 1,008-image Oxford5k subset of shared/data",
+        "the 1,008-image Oxford5k subset (images.txt, jpg/, groundtruth/)",
         lambda data_dir, protocol: oxford5k_subset.load_oxford5k_subset(data_dir, protocol),
         options=("data_dir", "protocol"),
         protocols=oxford5k_subset.PROTOCOLS,
