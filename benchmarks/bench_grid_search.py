@@ -46,14 +46,14 @@ def main():
     import sklearn
     from sklearn.model_selection import GridSearchCV
 
-    from selconv.datasets.shared_oxford import load_generic_training_images, load_shared_oxford_subset
+    from selconv.datasets.oxford5k_subset import load_generic_training_images, load_oxford5k_subset
     from selconv.extraction import ConvFeatureExtractor
     from selconv.masks import MaxMask, NoMask, SumMask
     from selconv.model_selection import DISTRACTOR_LABEL, LEARNING_LABEL, RetrievalKFold, map_scorer
     from selconv.pipelines import make_paper_pipeline, rotation_settings
 
     started = time.perf_counter()
-    dataset = load_shared_oxford_subset(args.data_dir / "oxford5k-subset", "loo-landmark", training_root=None)
+    dataset = load_oxford5k_subset(args.data_dir / "oxford5k-subset", "loo-landmark", training_root=None)
     learning = load_generic_training_images(args.data_dir)
     # loo-landmark queries are database images; one is good for two landmarks ("a|b"): it joins the first.
     position = {str(path): i for i, path in enumerate(dataset.database)}

@@ -512,7 +512,7 @@ CLI_CASES = {
     "unknown_mask": ["evaluate", "--dataset", "sample", "--mask", "max,median"],
     "zero_bits": ["evaluate", "--dataset", "sample", "--bits", "0"],
     "odd_bits": ["evaluate", "--dataset", "sample", "--bits", "12"],
-    "too_many_bits": ["evaluate", "--dataset", "sample", "--bits", "64"],
+    "bits_not_a_multiple_of_8": ["evaluate", "--dataset", "sample", "--bits", "12"],
     "negative_max_size": ["demo", "--max-size", "-3"],
     "text_max_size": ["demo", "--max-size", "big"],
     "unknown_option": ["evaluate", "--dataset", "sample", "--colour", "red"],
@@ -608,7 +608,7 @@ CLI_CASES = {
 
 @pytest.mark.parametrize("case", sorted(CLI_CASES))
 def test_cli_errors_are_one_line_with_status_2(case, user_folder, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(cli, "run_benchmark", _refuse_benchmark)
+    monkeypatch.setattr(cli._benchmark, "run_benchmark", _refuse_benchmark)
     argv = [a.format(root=user_folder) for a in CLI_CASES[case]]
     if argv and "--out" not in argv:
         argv += ["--out", str(tmp_path / "out")]
@@ -624,15 +624,15 @@ def test_cli_errors_are_one_line_with_status_2(case, user_folder, tmp_path, monk
 def test_cli_unwritable_output_folder_is_one_line_with_status_2(where, tmp_path, monkeypatch, capsys):
     """As root, permissions cannot make a folder unwritable: the write probe is made to fail as it would."""
 
-    probe = cli.tempfile.TemporaryFile
+    probe = cli._common.tempfile.TemporaryFile
 
     def refuse(*args, dir=None, **kwargs):
         if dir == tmp_path / "x":
             raise PermissionError(13, "Permission denied", str(dir))
         return probe(*args, dir=dir, **kwargs)
 
-    monkeypatch.setattr(cli, "run_benchmark", _refuse_benchmark)
-    monkeypatch.setattr(cli.tempfile, "TemporaryFile", refuse)
+    monkeypatch.setattr(cli._benchmark, "run_benchmark", _refuse_benchmark)
+    monkeypatch.setattr(cli._common.tempfile, "TemporaryFile", refuse)
     status = cli.main(["evaluate", "--dataset", "sample", "--out", str(tmp_path / "out"), where, str(tmp_path / "x")])
     err = capsys.readouterr().err
     assert status == 2 and err.count("\n") == 1
