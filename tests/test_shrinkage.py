@@ -118,3 +118,14 @@ def test_paper_pipeline_passes_shrinkage_to_the_whitenings():
     params = pipeline.get_params()
     assert params["encode__embedding__shrinkage"] == "ledoit-wolf" and params["rotate__shrinkage"] == "ledoit-wolf"
     assert make_paper_pipeline(512).get_params()["encode__embedding__shrinkage"] == 0.0
+
+
+def test_torch_fit_path_shrinks_alike(sets):
+    pytest.importorskip("torch")
+    from selconv._ragged import check_local_sets
+
+    numpy_path = TriangulationEmbedding(3, n_clamped=2, shrinkage="ledoit-wolf", random_state=0).fit(sets)
+    torch_path = TriangulationEmbedding(3, n_clamped=2, shrinkage="ledoit-wolf", random_state=0)
+    torch_path._fit(check_local_sets(sets, estimator=torch_path, reset=True), device="torch")
+    assert torch_path.shrinkage_ == pytest.approx(numpy_path.shrinkage_, rel=1e-5)
+    np.testing.assert_allclose(torch_path.eigenvalues_, numpy_path.eigenvalues_, rtol=1e-4)
