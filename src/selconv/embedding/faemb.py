@@ -51,11 +51,9 @@ class FAembEmbedding(BaseWhitenedCodebookEmbedding):
         Number of smallest covariance eigenvalues clamped to the ``n_clamped``-th smallest (the
         authors' code: ``eigval(end-128:end) = eigval(end-128)``). 0 or 1 leaves them unchanged.
     shrinkage : float >= 0 or "ledoit-wolf", default=0.0
-        Eigenvalue shrinkage of the whitening, a deviation from the paper for small or off-domain learning sets
-        (docs/how-it-works.md, "Shrinkage"): P uses lambda_i + s * mean(lambda), the eigenvalues of the shrunk
-        covariance (1 - delta) C + delta mean(lambda) I up to a common factor, s = delta / (1 - delta), before
-        the clamping. 0 is the paper; "ledoit-wolf" chooses delta on the training local features alone (one
-        more element-wise pass over their embedding), as :class:`~selconv.postprocessing.PCAWhitening` does.
+        Eigenvalue shrinkage of the whitening, as for :class:`~selconv.embedding.TriangulationEmbedding`: 0 is
+        the authors' whitening; "ledoit-wolf" chooses it on the training local features (a deviation for small
+        or off-domain learning sets).
     max_samples : int, default=100_000
         Most local features used by k-means. The mean and covariance use every training local feature.
     kmeans_n_init : int, default=1
