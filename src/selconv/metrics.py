@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 from sklearn.base import clone
 
-from selconv.reranking import AlphaQueryExpansion, DatabaseAugmentation
+from selconv.reranking import AlphaQueryExpansion, check_reranking_options
 from selconv.search import average_query_expansion, rank, resolve_metric, similarities
 
 # Bound on the elements of a (queries-chunk x database) work array.
@@ -383,7 +383,7 @@ def evaluate(
     result : RetrievalResult
     """
     metric = resolve_metric(metric, query_descriptors, database_descriptors)
-    _check_reranking(query_expansion, database_augmentation, metric)
+    check_reranking_options(query_expansion, database_augmentation, metric)
     if database_augmentation is not None:
         database_descriptors = clone(database_augmentation).fit_transform(database_descriptors)
     rankings = rank(query_descriptors, database_descriptors, metric=metric)
@@ -405,21 +405,3 @@ def evaluate(
         metric=metric,
         queries_without_positives=np.flatnonzero(np.isnan(aps)),
     )
-
-
-def _check_reranking(query_expansion, database_augmentation, metric: str) -> None:
-    if not isinstance(query_expansion, (AlphaQueryExpansion, numbers.Integral)) or (
-        not isinstance(query_expansion, AlphaQueryExpansion) and query_expansion < 0
-    ):
-        raise ValueError(
-            f"query_expansion must be a non-negative integer or an AlphaQueryExpansion; got {query_expansion!r}."
-        )
-    if database_augmentation is not None and not isinstance(database_augmentation, DatabaseAugmentation):
-        raise TypeError(
-            f"database_augmentation must be a DatabaseAugmentation or None; got {type(database_augmentation).__name__}."
-        )
-    reranked = isinstance(query_expansion, AlphaQueryExpansion) or query_expansion or database_augmentation is not None
-    if reranked and metric == "hamming":
-        raise ValueError(
-            "query_expansion and database_augmentation apply to real-valued descriptors, not to Hamming ranking."
-        )

@@ -265,3 +265,23 @@ class DatabaseAugmentation(_Reranking):
         return expand_against(
             database, _exact_index(database), database.__getitem__, self.n_neighbors, self.alpha, exclude=own
         )
+
+
+def check_reranking_options(query_expansion, database_augmentation, metric: str) -> None:
+    """Errors for :func:`selconv.metrics.evaluate`'s ``query_expansion`` (an int >= 0 or an AlphaQueryExpansion) and
+    ``database_augmentation`` (a DatabaseAugmentation or None), and for either with Hamming ranking."""
+    if not isinstance(query_expansion, (AlphaQueryExpansion, numbers.Integral)) or (
+        not isinstance(query_expansion, AlphaQueryExpansion) and query_expansion < 0
+    ):
+        raise ValueError(
+            f"query_expansion must be a non-negative integer or an AlphaQueryExpansion; got {query_expansion!r}."
+        )
+    if database_augmentation is not None and not isinstance(database_augmentation, DatabaseAugmentation):
+        raise TypeError(
+            f"database_augmentation must be a DatabaseAugmentation or None; got {type(database_augmentation).__name__}."
+        )
+    reranked = isinstance(query_expansion, AlphaQueryExpansion) or query_expansion or database_augmentation is not None
+    if reranked and metric == "hamming":
+        raise ValueError(
+            "query_expansion and database_augmentation apply to real-valued descriptors, not to Hamming ranking."
+        )
