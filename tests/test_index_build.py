@@ -485,6 +485,22 @@ def test_search_prints_ranked_paths_and_scores(photos, indexed, capsys):
     assert scores == sorted(scores, reverse=True)
 
 
+def test_search_with_query_expansion(photos, indexed, capsys):
+    from selconv.index import load_index
+    from selconv.reranking import AlphaQueryExpansion
+
+    query = str(photos / "b" / "c" / "img07.jpg")
+    assert cli.main(["search", str(indexed / "index"), query, "-k", "5", "--query-expansion", "3", "--alpha", "1"]) == 0
+    rows = [line.split() for line in capsys.readouterr().out.splitlines()[1:]]
+    expected = load_index(indexed / "index").search([query], k=5, query_expansion=AlphaQueryExpansion(3, alpha=1.0))
+    assert [row[2] for row in rows] == expected.paths[0]
+    np.testing.assert_allclose([float(row[1]) for row in rows], expected.scores[0], atol=1e-4)
+    plain = load_index(indexed / "index").search([query], k=5)
+    assert not np.allclose(expected.scores[0], plain.scores[0])
+    assert cli.main(["search", str(indexed / "index"), query, "--query-expansion", "3", "--alpha", "-1"]) == 2
+    assert "--alpha" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import make_conv_maps, make_local_sets
+from sklearn.base import clone
 
 from selconv.index._persistence import RENAMED_SELCONV_TYPES, encoder_from_file, trusted_types
 
@@ -56,3 +57,8 @@ def test_encoder_saved_by_0_1_0_loads_as_the_renamed_classes_with_the_same_outpu
         warnings.simplefilter("ignore", UserWarning)  # the empty image of the local sets
         output = encoder.transform(make_input())
     np.testing.assert_allclose(output, np.load(FIXTURES / "expected.npz")[name], rtol=1e-5, atol=1e-6)
+    # Parameters added since 0.1.0 (e.g. the whitenings' shrinkage) take their defaults: params, repr, clone work.
+    params = clone(encoder).get_params()
+    assert repr(encoder)
+    if name == "local":
+        assert params["encode__embedding__shrinkage"] == 0.0 and params["rotate__shrinkage"] == 0.0

@@ -47,6 +47,8 @@ _EXPORTS = {
     "make_baseline": "selconv.baselines",
     "make_paper_pipeline": "selconv.pipelines",
     "evaluate": "selconv.metrics",
+    "AlphaQueryExpansion": "selconv.reranking",
+    "DatabaseAugmentation": "selconv.reranking",
     "make_map_scorer": "selconv.model_selection",
     "map_scorer": "selconv.model_selection",
 }

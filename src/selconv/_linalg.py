@@ -130,3 +130,57 @@ def eigenvalue_floor(eigenvalues: np.ndarray) -> float:
 def whitening_scale(variances: np.ndarray) -> np.ndarray:
     """sqrt(variances), each variance raised to at least :func:`eigenvalue_floor` first."""
     return np.sqrt(np.maximum(variances, eigenvalue_floor(variances)))
+
+
+def ledoit_wolf_intensity(covariance: np.ndarray, fourth_power_sum: float, n_samples: int) -> float:
+    """The Ledoit-Wolf shrinkage intensity delta in [0, 1] of n centred rows x_n, from their covariance and
+    sum_n ||x_n||^4.
+
+    The formula of :func:`sklearn.covariance.ledoit_wolf_shrinkage` (Ledoit & Wolf, "A well-conditioned
+    estimator for large-dimensional covariance matrices", 2004), written with the two sums that can be
+    accumulated over chunks of rows: C = sum_n x_n x_n^T / n, and sum_n ||x_n||^4 (its sum of the entries of
+    (X^2)^T X^2).
+    """
+    n_features = len(covariance)
+    if n_features == 1:
+        return 0.0
+    mu = np.trace(covariance) / n_features
+    squared = float(np.sum(covariance**2))
+    beta = (fourth_power_sum / n_samples - squared) / (n_features * n_samples)
+    delta = (squared - 2.0 * mu * np.trace(covariance) + n_features * mu**2) / n_features
+    beta = min(beta, delta)
+    return 0.0 if beta == 0 else float(beta / delta)
+
+
+def resolve_shrinkage(shrinkage, covariance: np.ndarray, n_samples: int, centred_blocks: Iterable[np.ndarray]):
+    """The eigenvalue shrinkage s >= 0 (inf: no whitening) that a ``shrinkage`` parameter means.
+
+    A number is s itself. "ledoit-wolf" is s = delta / (1 - delta), delta the :func:`ledoit_wolf_intensity` of
+    the learning rows (``centred_blocks``: the rows minus their mean, read only in this case), or 1 when their
+    covariance is zero (nothing to whiten).
+    """
+    if not isinstance(shrinkage, str):
+        return float(shrinkage)
+    if np.trace(covariance) > 0:
+        fourth = sum(float(np.sum(np.einsum("nd,nd->n", block, block) ** 2)) for block in centred_blocks)
+        delta = ledoit_wolf_intensity(covariance, fourth, n_samples)
+    else:
+        delta = 1.0
+    return np.inf if delta >= 1.0 else delta / (1.0 - delta)
+
+
+def shrink_eigenvalues(eigenvalues: np.ndarray, shrinkage: float, *, mean: float | None = None) -> np.ndarray:
+    """lambda_i + s * mean(lambda) (negative lambda counted as 0, or ``mean`` given: trace(C) / D when only some
+    eigenvalues are passed), or all 1 for s = inf.
+
+    These are the eigenvalues of the shrunk covariance (1 - delta) C + delta mean(lambda) I divided by
+    1 - delta, s = delta / (1 - delta), whose eigenvectors are C's: a whitening by them is the shrunk
+    covariance's up to one common factor. s = 0 leaves them unchanged; s = inf makes every direction's scale
+    the same (no whitening). The one shrinkage of every whitening in selconv: PCAWhitening, the clamped
+    whitening of the codebook embeddings and RotationNormalizer(whiten=True).
+    """
+    if np.isinf(shrinkage):
+        return np.ones_like(eigenvalues)
+    if mean is None:
+        mean = np.clip(eigenvalues, 0.0, None).mean()
+    return eigenvalues + shrinkage * mean

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import warnings
 
 
@@ -32,3 +33,9 @@ class SelconvPickleMixin:
                 stacklevel=2,
             )
         super().__setstate__(state)
+        # Persisted models (pickle, skops) written before a parameter existed: it takes its default, which
+        # every added parameter chooses to keep the earlier behaviour (e.g. shrinkage=0.0), so that
+        # get_params, repr and clone work on them.
+        for name, parameter in inspect.signature(type(self).__init__).parameters.items():
+            if parameter.default is not inspect.Parameter.empty and name not in self.__dict__:
+                setattr(self, name, parameter.default)

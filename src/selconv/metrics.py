@@ -14,7 +14,9 @@ import warnings
 from dataclasses import dataclass
 
 import numpy as np
+from sklearn.base import clone
 
+from selconv.reranking import AlphaQueryExpansion, check_reranking_options
 from selconv.search import average_query_expansion, rank, resolve_metric, similarities
 
 # Bound on the elements of a (queries-chunk x database) work array.
@@ -343,7 +345,15 @@ class RetrievalResult:
     queries_without_positives: np.ndarray
 
 
-def evaluate(query_descriptors, database_descriptors, ground_truth, *, metric="auto", query_expansion=0):
+def evaluate(
+    query_descriptors,
+    database_descriptors,
+    ground_truth,
+    *,
+    metric="auto",
+    query_expansion=0,
+    database_augmentation=None,
+):
     """Rank the database for each query and compute the Oxford AP / mAP (tie-aware).
 
     AP is :func:`tie_aware_average_precisions` of the similarity scores: images with equal scores
@@ -360,24 +370,30 @@ def evaluate(query_descriptors, database_descriptors, ground_truth, *, metric="a
         (an index beyond it is a ``ValueError``; so are NaN or infinite descriptors).
     metric : {"auto", "ip", "hamming"}, default="auto"
         "auto": Hamming distance for uint8 codes, inner product otherwise.
-    query_expansion : int, default=0
-        If > 0, average query expansion with that many top images, then rank again (the authors use 5;
-        real-valued descriptors only).
+    query_expansion : int or :class:`~selconv.reranking.AlphaQueryExpansion`, default=0
+        An int > 0: average query expansion with that many top images (:func:`~selconv.search.average_query_expansion`
+        of the first ranking; the authors use 5). An AlphaQueryExpansion: alpha-QE against the (augmented)
+        database. Then rank again. Real-valued descriptors only.
+    database_augmentation : :class:`~selconv.reranking.DatabaseAugmentation` or None, default=None
+        Augment the database (DBA) before ranking; query expansion then uses the augmented database
+        (Radenovic et al.'s "DBA + alpha-QE"). Real-valued descriptors only.
 
     Returns
     -------
     result : RetrievalResult
     """
     metric = resolve_metric(metric, query_descriptors, database_descriptors)
-    if not isinstance(query_expansion, numbers.Integral) or query_expansion < 0:
-        raise ValueError(f"query_expansion must be a non-negative integer; got {query_expansion!r}.")
+    check_reranking_options(query_expansion, database_augmentation, metric)
+    if database_augmentation is not None:
+        database_descriptors = clone(database_augmentation).fit_transform(database_descriptors)
     rankings = rank(query_descriptors, database_descriptors, metric=metric)
-    if query_expansion:
-        if metric == "hamming":
-            raise ValueError("query_expansion applies to real-valued descriptors, not to Hamming ranking of codes.")
+    if isinstance(query_expansion, AlphaQueryExpansion):
+        query_descriptors = clone(query_expansion).fit(database_descriptors).transform(query_descriptors)
+    elif query_expansion:
         query_descriptors = average_query_expansion(
             query_descriptors, database_descriptors, rankings, top=query_expansion
         )
+    if isinstance(query_expansion, AlphaQueryExpansion) or query_expansion:
         rankings = rank(query_descriptors, database_descriptors, metric="ip")
     aps = tie_aware_average_precisions(
         similarities(query_descriptors, database_descriptors, metric=metric), ground_truth

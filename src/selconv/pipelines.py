@@ -146,6 +146,7 @@ def make_paper_pipeline(
     random_state=0,
     fit_on: str = "training",
     undetermined: str = "raise",
+    shrinkage=0.0,
 ) -> Pipeline:
     """The paper's framework M + Temb + democratic pooling (+ ITQ) with the Table 4 setting for ``dim``.
 
@@ -194,6 +195,11 @@ def make_paper_pipeline(
         than d |C|): raise a ValueError, keep only the determined directions, or skip the rotation
         (see :class:`~selconv.postprocessing.RotationNormalizer`; :func:`rotation_settings` picks
         settings for a given number of learning images).
+    shrinkage : float >= 0 or "ledoit-wolf", default=0.0
+        Covariance shrinkage of the learned whitenings, passed to the Temb whitening
+        (``encode__embedding__shrinkage``) and to ``rotate`` (``rotate__shrinkage``, which acts only with
+        ``rotate__whiten=True``). 0 is the paper; "ledoit-wolf" chooses it on the learning set, for small or
+        off-domain learning sets (docs/how-it-works.md, "Shrinkage").
 
     Returns
     -------
@@ -209,25 +215,25 @@ def make_paper_pipeline(
     >>> pipeline.get_params()["encode__embedding__n_clusters"]
     20
     """
-    # Long only by its docstring (nine parameters and the step names that grid searches address); the
+    # Long only by its docstring (ten parameters and the step names that grid searches address); the
     # steps are built by _local_feature_steps and _vector_steps.
     n_components, n_clusters = _settings(dim)
     n_dropped = _resolve_n_dropped(n_dropped, fit_on)
-    steps = _local_feature_steps(mask, n_components, n_clusters, random_state)
+    steps = _local_feature_steps(mask, n_components, n_clusters, random_state, shrinkage)
     if extractor is not None and extractor is not False:
         steps.insert(0, ("extract", _resolve_extractor(extractor, mask=mask)))
-    steps += _vector_steps(n_dropped, undetermined, alpha, n_bits, random_state)
+    steps += _vector_steps(n_dropped, undetermined, alpha, n_bits, random_state, shrinkage)
     return Pipeline(steps)
 
 
-def _local_feature_steps(mask: str, n_components: int, n_clusters: int, random_state) -> list:
+def _local_feature_steps(mask: str, n_components: int, n_clusters: int, random_state, shrinkage=0.0) -> list:
     """Conv maps -> one vector per image: mask, LocalPCA, then Temb and democratic pooling fused (EncodeAggregate)."""
     from selconv.aggregation import DemocraticAggregator
     from selconv.embedding import TriangulationEmbedding
     from selconv.encoding import EncodeAggregate
     from selconv.local_pca import LocalPCA
 
-    embedding = TriangulationEmbedding(n_clusters, random_state=random_state)
+    embedding = TriangulationEmbedding(n_clusters, shrinkage=shrinkage, random_state=random_state)
     return [
         ("mask", make_mask(mask)),
         ("pca", LocalPCA(n_components, random_state=random_state)),
@@ -235,12 +241,12 @@ def _local_feature_steps(mask: str, n_components: int, n_clusters: int, random_s
     ]
 
 
-def _vector_steps(n_dropped: int, undetermined: str, alpha: float, n_bits, random_state) -> list:
+def _vector_steps(n_dropped: int, undetermined: str, alpha: float, n_bits, random_state, shrinkage=0.0) -> list:
     """Image vectors -> descriptors: rotation (RN), power law (PN) and, with ``n_bits``, ITQ codes."""
     from selconv.postprocessing import PowerNormalizer, RotationNormalizer
 
     steps = [
-        ("rotate", RotationNormalizer(n_dropped=n_dropped, undetermined=undetermined)),
+        ("rotate", RotationNormalizer(n_dropped=n_dropped, undetermined=undetermined, shrinkage=shrinkage)),
         ("power", PowerNormalizer(alpha=alpha)),
     ]
     if n_bits is not None:

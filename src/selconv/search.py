@@ -1,4 +1,4 @@
-"""Ranking of a whole database for evaluation, and average query expansion.
+"""Ranking of a whole database for evaluation, and average query expansion (:mod:`selconv.reranking`).
 
 Searching goes through faiss, the same code path as :class:`selconv.index.ImageIndex` (whose conventions hold:
 :mod:`selconv.index._faiss`): inner product on real descriptors, Hamming distance on packed uint8 codes
@@ -13,8 +13,8 @@ import numbers
 
 import numpy as np
 
-from selconv._linalg import l2_normalize_rows
 from selconv.index import _faiss
+from selconv.reranking import expand
 
 
 def is_binary_codes(array) -> bool:
@@ -120,6 +120,9 @@ def average_query_expansion(query, database, ranking, top: int = 5) -> np.ndarra
     """Average query expansion: each query plus its ``top`` first database vectors, summed and l2-normalised.
 
     The authors use ``top=5`` (docs/how-it-works.md, "Evaluation"). Rank again with the returned queries.
+    The query itself counts once, with the ``top`` database vectors of ``ranking`` (which may include the
+    query's own database entry). :class:`selconv.reranking.AlphaQueryExpansion` with ``alpha=0`` computes the
+    same from the database alone; this function takes the neighbours given by ``ranking``.
 
     Parameters
     ----------
@@ -156,5 +159,4 @@ def average_query_expansion(query, database, ranking, top: int = 5) -> np.ndarra
         raise ValueError(
             f"ranking must hold database indices in 0..{len(db) - 1}; got values {used.min()}..{used.max()}."
         )
-    expanded = queries + db[ranking[:, :top]].sum(axis=1)
-    return l2_normalize_rows(expanded, out=expanded)
+    return expand(queries, db[used], np.ones(used.shape, dtype=np.float32), alpha=0.0)

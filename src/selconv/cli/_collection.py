@@ -22,7 +22,8 @@ Killed at any moment, rerun the same command: it resumes from the shards kept in
 
 _SEARCH_EXAMPLES = """examples:
   selconv search photos.index query.jpg
-  selconv search photos.index query.jpg --box 120 40 560 400 -k 50 --html results.html"""
+  selconv search photos.index query.jpg --box 120 40 560 400 -k 50 --html results.html
+  selconv search photos.index query.jpg --query-expansion 10 --alpha 3"""
 
 
 def add_collection_commands(commands) -> None:
@@ -123,6 +124,20 @@ def _add_search(sub) -> None:
         help="search with this region of the query only (pixels of the original photo)",
     )
     search.add_argument("-k", type=positive_int, default=20, help="results to show (default: %(default)s)")
+    search.add_argument(
+        "--query-expansion",
+        type=positive_int,
+        default=None,
+        metavar="K",
+        help="alpha-query expansion: add the query's K best matches, weighted by similarity ** ALPHA, and search "
+        "again (real-valued indexes; Radenovic et al. use 10; default: off)",
+    )
+    search.add_argument(
+        "--alpha",
+        type=float,
+        default=3.0,
+        help="exponent of the query expansion's weights; 0 is average query expansion (default: %(default)s)",
+    )
     search.add_argument(
         "--html",
         type=Path,
@@ -225,9 +240,10 @@ def search(args) -> int:
     if index.encoder is None:
         raise CommandError(f"the index {args.index} has no encoder (built from descriptors): it cannot encode a photo.")
     query = os.fspath(args.query) if args.box is None else BoxedImage(os.fspath(args.query), tuple(args.box))
+    expansion = _query_expansion(args, index)
     try:
         split_box(query)
-        result = index.search([query], k=args.k)
+        result = index.search([query], k=args.k, query_expansion=expansion)
     except ImageLoadError as error:
         raise CommandError(f"cannot read the query: {error}") from error
     except ValueError as error:  # a box that is no box, or a crop too small for the network
@@ -242,6 +258,19 @@ def search(args) -> int:
         page = write_search_page(args.html, args.query, scores, paths, box=args.box, notes=notes)
         print(f"Page: {page}")
     return 0
+
+
+def _query_expansion(args, index):
+    """The AlphaQueryExpansion that --query-expansion and --alpha ask for, or None."""
+    from selconv.reranking import AlphaQueryExpansion
+
+    if args.query_expansion is None:
+        return None
+    if not args.alpha >= 0:
+        raise CommandError(f"--alpha must be a number >= 0; got {args.alpha}.")
+    if index.metric == "hamming":
+        raise CommandError("--query-expansion needs real-valued descriptors; this index holds binary codes.")
+    return AlphaQueryExpansion(args.query_expansion, alpha=args.alpha)
 
 
 def _describe_metric(index) -> str:

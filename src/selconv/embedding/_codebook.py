@@ -4,6 +4,7 @@ codewords, the clamped PCA-whitening of embedded local features, and the chunked
 
 from __future__ import annotations
 
+import numbers
 import warnings
 
 import numpy as np
@@ -13,8 +14,15 @@ from sklearn.utils import check_random_state
 from sklearn.utils.random import sample_without_replacement
 from sklearn.utils.validation import check_is_fitted
 
-from selconv._compat import fit_context
-from selconv._linalg import eigenvalue_floor, l2_normalize_rows, mean_and_scatter, principal_axes
+from selconv._compat import Interval, StrOptions, fit_context
+from selconv._linalg import (
+    eigenvalue_floor,
+    l2_normalize_rows,
+    mean_and_scatter,
+    principal_axes,
+    resolve_shrinkage,
+    shrink_eigenvalues,
+)
 from selconv._pickling import SelconvPickleMixin
 from selconv._ragged import check_local_sets
 from selconv.exceptions import OVERFLOW_HINT, check_finite, check_fitted_finite
@@ -26,6 +34,12 @@ CHUNK_ROWS = 1024
 # Rows per chunk of the whitening fit's scatter-matrix pass: larger, so each float64 accumulation
 # of the D x D scatter is amortised over a big float32 GEMM.
 _FIT_CHUNK_ROWS = 8 * CHUNK_ROWS
+
+#: Parameter constraints of the whitening shared by Temb and F-FAemb.
+WHITENING_CONSTRAINTS: dict = {
+    "n_clamped": [Interval(numbers.Integral, 0, None, closed="left")],
+    "shrinkage": [Interval(numbers.Real, 0, None, closed="left"), StrOptions({"ledoit-wolf"})],
+}
 
 
 def sample_features(features: np.ndarray, max_samples: int, rng: np.random.RandomState) -> np.ndarray:
@@ -47,18 +61,19 @@ def check_enough_features(
 
 
 def check_whitening_fit(n_samples: int, dim: int, n_clamped: int, *, estimator, dim_formula: str) -> None:
-    """Error when ``n_clamped`` exceeds the embedding dimension; warning when the covariance is singular.
+    """Error when ``n_clamped`` exceeds the embedding dimension; warning when the covariance is singular and
+    not shrunk (``estimator.shrinkage`` 0).
 
     ``dim_formula`` spells out how the dimension comes about, e.g. ``"n_clusters * n_features = 20 * 32"``.
     """
     name = type(estimator).__name__
     if n_clamped > dim:
         raise ValueError(f"{name}: n_clamped={n_clamped} exceeds the embedding dimension {dim_formula} = {dim}.")
-    if n_samples <= dim:
+    if n_samples <= dim and estimator.shrinkage == 0:
         warnings.warn(
             f"{name}: {n_samples} training local features for a {dim}-dimensional embedding: the covariance "
             f"is singular and the whitening of its null space is arbitrary. Fit on more local features "
-            f"(typically many times {dim}).",
+            f"(typically many times {dim}), or shrink the covariance (shrinkage='ledoit-wolf').",
             UserWarning,
             stacklevel=3,
         )
@@ -84,7 +99,7 @@ def normalized_residuals(x: np.ndarray, centers: np.ndarray) -> np.ndarray:
     return residuals
 
 
-def learn_clamped_whitening(embed, features: np.ndarray, sample: np.ndarray, n_clamped: int):
+def learn_clamped_whitening(embed, features: np.ndarray, sample: np.ndarray, n_clamped: int, shrinkage=0.0):
     """Mean and whitening projection of ``embed(features)``, with the smallest eigenvalues clamped.
 
     Jegou & Zisserman's whitening of embedded local features, as the authors' code also does for
@@ -105,6 +120,8 @@ def learn_clamped_whitening(embed, features: np.ndarray, sample: np.ndarray, n_c
         A uniform random sample of them (the k-means sample), for the centre of the accumulation.
     n_clamped : int
         0 or 1 leaves the spectrum unchanged; at most D.
+    shrinkage : float >= 0 or "ledoit-wolf", default=0.0
+        The estimator's parameter (see :func:`whitening_of_moments`).
 
     Returns
     -------
@@ -113,11 +130,26 @@ def learn_clamped_whitening(embed, features: np.ndarray, sample: np.ndarray, n_c
         Decreasing, after clamping.
     projection : ndarray of shape (D, D), float32
         P; its rows are the whitened principal directions.
+    shrinkage : float
+        The eigenvalue shrinkage s used.
     """
     shift = whitening_shift(embed, sample)
-    chunks = (embed(features[start : start + _FIT_CHUNK_ROWS]) for start in range(0, len(features), _FIT_CHUNK_ROWS))
-    mean, scatter, n_samples = mean_and_scatter(chunks, shift)
-    return clamped_whitening(mean, scatter / n_samples, n_clamped)
+    mean, scatter, n_samples = mean_and_scatter(_embedded_chunks(embed, features), shift)
+    return whitening_of_moments(embed, features, mean, scatter / n_samples, n_clamped, shrinkage)
+
+
+def _embedded_chunks(embed, features: np.ndarray):
+    return (embed(features[start : start + _FIT_CHUNK_ROWS]) for start in range(0, len(features), _FIT_CHUNK_ROWS))
+
+
+def whitening_of_moments(embed, features, mean: np.ndarray, covariance: np.ndarray, n_clamped: int, shrinkage):
+    """``(mean, eigenvalues, projection, s)`` of :func:`learn_clamped_whitening` from the mean and covariance of
+    ``embed(features)``, the shrinkage parameter resolved into s (:func:`selconv._linalg.resolve_shrinkage`):
+    "ledoit-wolf" reads the embedded features once more, centred on ``mean`` in float64 (element-wise work,
+    no GEMM), to choose it on these training features alone."""
+    centred = (chunk - mean for chunk in _embedded_chunks(embed, features))
+    s = resolve_shrinkage(shrinkage, covariance, len(features), centred)
+    return (*clamped_whitening(mean, covariance, n_clamped, s), s)
 
 
 def whitening_shift(embed, sample: np.ndarray) -> np.ndarray:
@@ -128,9 +160,12 @@ def whitening_shift(embed, sample: np.ndarray) -> np.ndarray:
     return embed(sample[:_FIT_CHUNK_ROWS]).mean(axis=0, dtype=np.float64).astype(np.float32).astype(np.float64)
 
 
-def clamped_whitening(mean: np.ndarray, covariance: np.ndarray, n_clamped: int):
-    """``(mean, eigenvalues, projection)`` of :func:`learn_clamped_whitening` from the mean and covariance."""
+def clamped_whitening(mean: np.ndarray, covariance: np.ndarray, n_clamped: int, shrinkage: float = 0.0):
+    """``(mean, eigenvalues, projection)`` of :func:`learn_clamped_whitening` from the mean and covariance and
+    the eigenvalue shrinkage s: the eigenvalues are shrunk (:func:`selconv._linalg.shrink_eigenvalues`, which
+    commutes with the clamping), then clamped."""
     eigenvalues, eigenvectors = principal_axes(covariance)
+    eigenvalues = shrink_eigenvalues(eigenvalues, shrinkage)
     dim = len(eigenvalues)
     if n_clamped > 0:
         eigenvalues[dim - n_clamped :] = eigenvalues[dim - n_clamped]
@@ -273,6 +308,9 @@ class BaseWhitenedCodebookEmbedding(BaseCodebookEmbedding):
     """A :class:`BaseCodebookEmbedding` whose embedded local features are centred, whitened with the ``n_clamped``
     smallest eigenvalues clamped (:func:`learn_clamped_whitening`) and l2-normalised (Temb, F-FAemb).
 
+    Subclasses have the parameters ``n_clamped`` and ``shrinkage`` (validated by :data:`WHITENING_CONSTRAINTS`);
+    ``fit`` sets ``shrinkage_``.
+
     Subclasses also define ``_dimension_formula(n_features) -> (D, text)``: the embedding dimension that
     the parameters give, and how it comes about (for the error and warning of :func:`check_whitening_fit`).
     """
@@ -286,8 +324,8 @@ class BaseWhitenedCodebookEmbedding(BaseCodebookEmbedding):
         check_whitening_fit(len(features), dim, self.n_clamped, estimator=self, dim_formula=formula)
 
     def _learn_statistics(self, features, sample, device):
-        self.mean_, self.eigenvalues_, self.projection_ = learn_clamped_whitening(
-            self._embed, features, sample, self.n_clamped
+        self.mean_, self.eigenvalues_, self.projection_, self.shrinkage_ = learn_clamped_whitening(
+            self._embed, features, sample, self.n_clamped, self.shrinkage
         )
         self.n_samples_seen_ = len(features)
 

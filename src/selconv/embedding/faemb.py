@@ -27,7 +27,7 @@ import numbers
 import numpy as np
 
 from selconv._compat import Interval
-from selconv.embedding._codebook import BaseWhitenedCodebookEmbedding, normalized_residuals
+from selconv.embedding._codebook import WHITENING_CONSTRAINTS, BaseWhitenedCodebookEmbedding, normalized_residuals
 
 __all__ = ["FAembEmbedding"]
 
@@ -50,6 +50,10 @@ class FAembEmbedding(BaseWhitenedCodebookEmbedding):
     n_clamped : int, default=129
         Number of smallest covariance eigenvalues clamped to the ``n_clamped``-th smallest (the
         authors' code: ``eigval(end-128:end) = eigval(end-128)``). 0 or 1 leaves them unchanged.
+    shrinkage : float >= 0 or "ledoit-wolf", default=0.0
+        Eigenvalue shrinkage of the whitening, as for :class:`~selconv.embedding.TriangulationEmbedding`: 0 is
+        the authors' whitening; "ledoit-wolf" chooses it on the training local features (a deviation for small
+        or off-domain learning sets).
     max_samples : int, default=100_000
         Most local features used by k-means. The mean and covariance use every training local feature.
     kmeans_n_init : int, default=1
@@ -68,6 +72,8 @@ class FAembEmbedding(BaseWhitenedCodebookEmbedding):
         Covariance eigenvalues of phi in decreasing order, after clamping.
     projection_ : ndarray of shape (D, D), float32
         P = diag(eigenvalues_^-1/2) V^T.
+    shrinkage_ : float
+        The s used (inf when Ledoit-Wolf finds delta = 1: P is then a rotation, no whitening).
     n_samples_seen_ : int
         Number of training local features behind ``mean_`` and ``eigenvalues_``.
     n_features_in_ : int
@@ -91,18 +97,27 @@ class FAembEmbedding(BaseWhitenedCodebookEmbedding):
     _parameter_constraints: dict = {
         "n_clusters": [Interval(numbers.Integral, 1, None, closed="left")],
         "mu": [Interval(numbers.Real, 0, None, closed="neither")],
-        "n_clamped": [Interval(numbers.Integral, 0, None, closed="left")],
+        **WHITENING_CONSTRAINTS,
         "max_samples": [Interval(numbers.Integral, 1, None, closed="left")],
         "kmeans_n_init": [Interval(numbers.Integral, 1, None, closed="left")],
         "random_state": ["random_state"],
     }
 
     def __init__(
-        self, n_clusters=10, *, mu=1e-2, n_clamped=129, max_samples=100_000, kmeans_n_init=1, random_state=None
+        self,
+        n_clusters=10,
+        *,
+        mu=1e-2,
+        n_clamped=129,
+        shrinkage=0.0,
+        max_samples=100_000,
+        kmeans_n_init=1,
+        random_state=None,
     ):
         self.n_clusters = n_clusters
         self.mu = mu
         self.n_clamped = n_clamped
+        self.shrinkage = shrinkage
         self.max_samples = max_samples
         self.kmeans_n_init = kmeans_n_init
         self.random_state = random_state

@@ -15,9 +15,10 @@ import numpy as np
 
 from selconv._compat import Interval
 from selconv.embedding._codebook import (
+    WHITENING_CONSTRAINTS,
     BaseWhitenedCodebookEmbedding,
-    clamped_whitening,
     normalized_residuals,
+    whitening_of_moments,
     whitening_shift,
 )
 
@@ -43,6 +44,12 @@ class TriangulationEmbedding(BaseWhitenedCodebookEmbedding):
     n_clamped : int, default=33
         Number of smallest covariance eigenvalues clamped to the ``n_clamped``-th smallest (paper and
         Jegou & Zisserman: 33). 0 or 1 leaves the spectrum unchanged. At most |C| d.
+    shrinkage : float >= 0 or "ledoit-wolf", default=0.0
+        Eigenvalue shrinkage of the whitening, a deviation from the paper for small or off-domain learning sets
+        (docs/how-it-works.md, "Shrinkage"): P uses lambda_i + s * mean(lambda), the eigenvalues of the shrunk
+        covariance (1 - delta) C + delta mean(lambda) I up to a common factor, s = delta / (1 - delta), before
+        the clamping. 0 is the paper; "ledoit-wolf" chooses delta on the training local features alone (one
+        more element-wise pass over their embedding), as :class:`~selconv.postprocessing.PCAWhitening` does.
     max_samples : int, default=100_000
         Most local features used by k-means; bounds its time and memory. The mean and covariance
         always use every training local feature.
@@ -61,6 +68,8 @@ class TriangulationEmbedding(BaseWhitenedCodebookEmbedding):
         Covariance eigenvalues in decreasing order, after clamping.
     projection_ : ndarray of shape (n_clusters * n_features_in_, n_clusters * n_features_in_), float32
         P = diag(eigenvalues_^-1/2) V^T; its rows are the whitened principal directions.
+    shrinkage_ : float
+        The s used (inf when Ledoit-Wolf finds delta = 1: P is then a rotation, no whitening).
     n_samples_seen_ : int
         Number of training local features behind ``mean_`` and ``eigenvalues_``.
     n_features_in_ : int
@@ -79,15 +88,18 @@ class TriangulationEmbedding(BaseWhitenedCodebookEmbedding):
 
     _parameter_constraints: dict = {
         "n_clusters": [Interval(numbers.Integral, 1, None, closed="left")],
-        "n_clamped": [Interval(numbers.Integral, 0, None, closed="left")],
+        **WHITENING_CONSTRAINTS,
         "max_samples": [Interval(numbers.Integral, 1, None, closed="left")],
         "kmeans_n_init": [Interval(numbers.Integral, 1, None, closed="left")],
         "random_state": ["random_state"],
     }
 
-    def __init__(self, n_clusters=20, *, n_clamped=33, max_samples=100_000, kmeans_n_init=1, random_state=None):
+    def __init__(
+        self, n_clusters=20, *, n_clamped=33, shrinkage=0.0, max_samples=100_000, kmeans_n_init=1, random_state=None
+    ):
         self.n_clusters = n_clusters
         self.n_clamped = n_clamped
+        self.shrinkage = shrinkage
         self.max_samples = max_samples
         self.kmeans_n_init = kmeans_n_init
         self.random_state = random_state
@@ -121,7 +133,7 @@ class TriangulationEmbedding(BaseWhitenedCodebookEmbedding):
         n_samples = len(features)
         shifted_mean = shifted_sum.cpu().numpy() / n_samples
         scatter = scatter.cpu().numpy() - n_samples * np.outer(shifted_mean, shifted_mean)
-        self.mean_, self.eigenvalues_, self.projection_ = clamped_whitening(
-            shift + shifted_mean, scatter / n_samples, self.n_clamped
+        self.mean_, self.eigenvalues_, self.projection_, self.shrinkage_ = whitening_of_moments(
+            self._embed, features, shift + shifted_mean, scatter / n_samples, self.n_clamped, self.shrinkage
         )
         self.n_samples_seen_ = n_samples

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import numbers
+from contextlib import contextmanager
 
 import faiss
 import numpy as np
@@ -187,6 +188,39 @@ def stored_vectors(index) -> tuple[np.ndarray, np.ndarray]:
     return _structure(index).reconstruct_n(0, index.ntotal), ids
 
 
+@contextmanager
+def vector_lookup(index):
+    """Inside the block, a function mapping an int64 array of ids (any shape; -1 gives a zero row) to the stored
+    vectors, float32 of shape ``ids.shape + (D,)``, of a real-vector index.
+
+    Exact for flat, HNSW and inverted-file indexes; a product-quantised index gives its approximations.
+    """
+    if isinstance(index, faiss.IndexIDMap):
+        vectors, stored = stored_vectors(index)
+        order = np.argsort(stored, kind="stable")
+
+        def rows(present_ids):
+            return vectors[order[np.searchsorted(stored, present_ids, sorter=order)]]
+
+    else:  # an inverted file keeps its ids: looked up through a temporary id -> entry table
+        index.set_direct_map_type(faiss.DirectMap.Hashtable)
+
+        def rows(present_ids):
+            return index.reconstruct_batch(np.ascontiguousarray(present_ids))
+
+    def lookup(ids: np.ndarray) -> np.ndarray:
+        flat = ids.ravel()
+        out = np.zeros((len(flat), index.d), dtype=np.float32)
+        out[flat >= 0] = rows(flat[flat >= 0])
+        return out.reshape(*ids.shape, index.d)
+
+    try:
+        yield lookup
+    finally:
+        if not isinstance(index, faiss.IndexIDMap):
+            index.set_direct_map_type(faiss.DirectMap.NoMap)
+
+
 def remove_ids(index, kind: str, metric: str, dimension: int, params: dict, ids: np.ndarray):
     """Remove ``ids`` from ``index``; returns the index (a rebuilt one for HNSW, whose graphs cannot delete)."""
     if kind != "hnsw":
@@ -194,10 +228,19 @@ def remove_ids(index, kind: str, metric: str, dimension: int, params: dict, ids:
         return index
     vectors, stored = stored_vectors(index)
     keep = ~np.isin(stored, ids)
-    rebuilt = new_index(kind, metric, dimension, params)
-    if keep.any():
-        rebuilt.add_with_ids(np.ascontiguousarray(vectors[keep]), stored[keep])
-    return rebuilt
+    return replace_vectors(index, kind, metric, dimension, params, np.ascontiguousarray(vectors[keep]), stored[keep])
+
+
+def replace_vectors(index, kind: str, metric: str, dimension: int, params: dict, vectors: np.ndarray, ids: np.ndarray):
+    """An index of ``kind`` holding ``vectors`` with ``ids`` instead of what ``index`` held: ``index`` itself,
+    emptied, for an inverted file (it keeps its training), else a new one."""
+    if needs_training(kind):
+        index.reset()
+    else:
+        index = new_index(kind, metric, dimension, params)
+    if len(ids):
+        index.add_with_ids(vectors, ids)
+    return index
 
 
 def as_vectors(array, name: str, metric: str, *, dimension: int | None = None) -> np.ndarray:

@@ -326,7 +326,7 @@ class ImageIndex:
         return n_removed
 
     # ------------------------------------------------------------------ searching
-    def search(self, images, k: int = 10) -> SearchResult:
+    def search(self, images, k: int = 10, *, query_expansion=None) -> SearchResult:
         """Encode query images and return their k best matches (see :meth:`search_descriptors`).
 
         Parameters
@@ -334,11 +334,13 @@ class ImageIndex:
         images : list
             Inputs of the encoder; a query with a box is ``(path, (x1, y1, x2, y2))``.
         k : int, default=10
+        query_expansion : AlphaQueryExpansion or None, default=None
+            See :meth:`search_descriptors`.
         """
         k = _faiss.check_k(k)
-        return self.search_descriptors(self.encode(list(images)), k)
+        return self.search_descriptors(self.encode(list(images)), k, query_expansion=query_expansion)
 
-    def search_descriptors(self, queries, k: int = 10) -> SearchResult:
+    def search_descriptors(self, queries, k: int = 10, *, query_expansion=None) -> SearchResult:
         """The k stored items that best match each query descriptor.
 
         Parameters
@@ -346,6 +348,10 @@ class ImageIndex:
         queries : array-like of shape (n_queries, n_features) float or (n_queries, n_bytes) uint8
             One query per row (a 1-D array is one query).
         k : int, default=10
+        query_expansion : :class:`~selconv.reranking.AlphaQueryExpansion` or None, default=None
+            Expand each query with its ``n_neighbors`` best matches in this index first (found by this index's
+            own search, exact or approximate; a ``"pq"`` index adds its approximations of their vectors), then
+            search with the expanded queries. Real-valued indexes only; the estimator need not be fitted.
 
         Returns
         -------
@@ -354,8 +360,55 @@ class ImageIndex:
         """
         k = _faiss.check_k(k)
         queries = self._validate_queries(queries)
+        if query_expansion is not None:
+            queries = self._rerank(query_expansion, "AlphaQueryExpansion", queries)
         scores, ids = _faiss.search(self._index, queries, k)
         return SearchResult(scores=scores, ids=ids, paths=self._table.paths_of(ids))
+
+    def augment_database(self, augmentation) -> ImageIndex:
+        """Replace every stored vector by its database-side augmentation; returns self.
+
+        Each vector x becomes l2(x + sum of its ``n_neighbors`` nearest other stored vectors, weighted by
+        max(similarity, 0) ** alpha), the neighbours found by this index's own search (see
+        :class:`~selconv.reranking.DatabaseAugmentation`). The augmented vectors are what is stored, searched and
+        saved from then on; vectors added later are not augmented (augment again, from the original descriptors,
+        after the collection grew). Real-valued indexes only.
+
+        Parameters
+        ----------
+        augmentation : :class:`~selconv.reranking.DatabaseAugmentation`
+            Its ``n_neighbors`` and ``alpha`` are used; it need not be fitted.
+
+        Returns
+        -------
+        self : ImageIndex
+        """
+        if len(self):
+            vectors = self._rerank(augmentation, "DatabaseAugmentation", None)
+            self._index = _faiss.replace_vectors(
+                self._index, self.kind, self.metric, self.dimension, self.index_params, vectors, self._table.ids
+            )
+        return self
+
+    def _rerank(self, estimator, expected: str, queries):
+        """The queries expanded by an AlphaQueryExpansion, or (queries None) the stored vectors augmented by a
+        DatabaseAugmentation, with this index's neighbours."""
+        from selconv import reranking
+
+        if not isinstance(estimator, getattr(reranking, expected)):
+            raise TypeError(f"expected a selconv.reranking.{expected}; got {type(estimator).__name__}.")
+        estimator._validate_params()
+        if self.metric == "hamming":
+            raise TypeError(f"{expected} applies to real-valued descriptors; this index holds binary codes.")
+        if not len(self):
+            return queries
+        with _faiss.vector_lookup(self._index) as lookup:
+            if queries is not None:
+                return reranking.expand_against(queries, self._index, lookup, estimator.n_neighbors, estimator.alpha)
+            ids = self._table.ids
+            return reranking.expand_against(
+                lookup(ids), self._index, lookup, estimator.n_neighbors, estimator.alpha, exclude=ids
+            )
 
     # ------------------------------------------------------------------ persistence
     def save(self, folder) -> Path:

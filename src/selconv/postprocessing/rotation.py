@@ -9,7 +9,14 @@ from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, Transfo
 from sklearn.utils.validation import check_is_fitted
 
 from selconv._compat import Interval, StrOptions, fit_context, validate_data
-from selconv._linalg import determined_directions, l2_normalize_rows, principal_axes, whitening_scale
+from selconv._linalg import (
+    determined_directions,
+    l2_normalize_rows,
+    principal_axes,
+    resolve_shrinkage,
+    shrink_eigenvalues,
+    whitening_scale,
+)
 from selconv._pickling import SelconvPickleMixin
 from selconv.exceptions import check_finite, check_fitted_finite
 
@@ -59,6 +66,14 @@ class RotationNormalizer(SelconvPickleMixin, ClassNamePrefixFeaturesOutMixin, Tr
         then be 0). The last two deviate from the paper, which keeps a complete basis; they only
         arise with fewer training images than the paper uses. With a few dozen images "center"
         retrieves far better than "drop", whose output has fewer dimensions than images.
+    shrinkage : float >= 0 or "ledoit-wolf", default=0.0
+        Only with ``whiten=True`` (a rotation alone is the same for every shrinkage: shrinking the covariance
+        towards a multiple of the identity keeps its eigenvectors): each whitened coordinate is divided by
+        sqrt(lambda_i + s * mean(lambda)) instead of sqrt(lambda_i), the whitening of the shrunk covariance
+        (1 - delta) C + delta mean(lambda) I, s = delta / (1 - delta), as
+        :class:`~selconv.postprocessing.PCAWhitening` does. 0 is the paper (no shrinkage); "ledoit-wolf"
+        chooses delta from the TRAINING vectors by the Ledoit-Wolf formula.
+        A deviation from the paper for small or off-domain training sets (docs/how-it-works.md, "Shrinkage").
 
     Attributes
     ----------
@@ -73,6 +88,8 @@ class RotationNormalizer(SelconvPickleMixin, ClassNamePrefixFeaturesOutMixin, Tr
     n_determined_ : int
         Number of directions the training vectors determine: at most n_samples - 1, and only those
         with a variance above ``n_features * eps * largest variance``.
+    shrinkage_ : float
+        The s used (inf when Ledoit-Wolf finds delta = 1: the whitening is then a plain rotation).
     rotated_ : bool
         False when ``undetermined="center"`` skipped the rotation (too few training vectors).
     n_features_in_ : int
@@ -94,13 +111,15 @@ class RotationNormalizer(SelconvPickleMixin, ClassNamePrefixFeaturesOutMixin, Tr
         "whiten": ["boolean"],
         "normalize_input": ["boolean"],
         "undetermined": [StrOptions({"raise", "drop", "center"})],
+        "shrinkage": [Interval(numbers.Real, 0, None, closed="left"), StrOptions({"ledoit-wolf"})],
     }
 
-    def __init__(self, *, n_dropped=128, whiten=False, normalize_input=True, undetermined="raise"):
+    def __init__(self, *, n_dropped=128, whiten=False, normalize_input=True, undetermined="raise", shrinkage=0.0):
         self.n_dropped = n_dropped
         self.whiten = whiten
         self.normalize_input = normalize_input
         self.undetermined = undetermined
+        self.shrinkage = shrinkage
 
     def _prepare(self, X):
         return l2_normalize_rows(X) if self.normalize_input else X
@@ -128,6 +147,7 @@ class RotationNormalizer(SelconvPickleMixin, ClassNamePrefixFeaturesOutMixin, Tr
         covariance = centred.T @ centred / n_samples
         check_finite(covariance, estimator=self, what="the training covariance", hint=_UNNORMALIZED_HINT)
         eigenvalues, eigenvectors = principal_axes(covariance)
+        self.shrinkage_ = resolve_shrinkage(self.shrinkage, covariance, n_samples, [centred])
         self.n_determined_ = determined_directions(eigenvalues, n_samples)
         self.rotated_ = not (self.n_determined_ < n_features and self.undetermined == "center")
         if not self.rotated_:
@@ -158,7 +178,10 @@ class RotationNormalizer(SelconvPickleMixin, ClassNamePrefixFeaturesOutMixin, Tr
         self.explained_variance_ = np.clip(eigenvalues, 0.0, None)
         projection = self.components_[self.n_dropped :].T
         if self.whiten:
-            projection = projection / whitening_scale(self.explained_variance_[self.n_dropped :])
+            # Shrunk towards the mean variance of all n_features directions, whichever are kept.
+            mean_variance = np.trace(covariance) / n_features
+            variances = shrink_eigenvalues(self.explained_variance_, self.shrinkage_, mean=mean_variance)
+            projection = projection / whitening_scale(variances[self.n_dropped :])
         # float32 copies made once here, not at every transform of one image; keyed by dtype name (plain
         # strings, so that skops.io can store the fitted state).
         self._projection = {"float64": projection, "float32": projection.astype(np.float32)}

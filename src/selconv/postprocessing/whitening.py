@@ -16,11 +16,16 @@ import warnings
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin
-from sklearn.covariance import ledoit_wolf_shrinkage
 from sklearn.utils.validation import check_is_fitted
 
 from selconv._compat import Interval, StrOptions, fit_context, validate_data
-from selconv._linalg import eigenvalue_floor, l2_normalize_rows, principal_axes
+from selconv._linalg import (
+    eigenvalue_floor,
+    l2_normalize_rows,
+    principal_axes,
+    resolve_shrinkage,
+    shrink_eigenvalues,
+)
 from selconv._pickling import SelconvPickleMixin
 
 __all__ = ["PCAWhitening"]
@@ -48,7 +53,7 @@ class PCAWhitening(SelconvPickleMixin, ClassNamePrefixFeaturesOutMixin, Transfor
         training set has fewer vectors than dimensions (the null space gets the largest, common scale).
     shrinkage : float >= 0 or "ledoit-wolf", default="ledoit-wolf"
         s above. "ledoit-wolf" estimates delta from the TRAINING vectors only with the Ledoit-Wolf
-        formula (:func:`sklearn.covariance.ledoit_wolf_shrinkage`), which is large when the training
+        formula (as :func:`sklearn.covariance.ledoit_wolf_shrinkage` computes it), which is large when the training
         set is small relative to the dimension (where plain whitening overfits) and tends to 0 when it
         is large (where plain whitening is what the literature uses). Never choose it on test queries.
 
@@ -119,13 +124,7 @@ class PCAWhitening(SelconvPickleMixin, ClassNamePrefixFeaturesOutMixin, Transfor
         covariance = centred.T @ centred / n_samples
         eigenvalues, eigenvectors = principal_axes(covariance)
         eigenvalues = np.clip(eigenvalues, 0.0, None)
-        mean_eigenvalue = eigenvalues.mean()
-
-        if self.shrinkage == "ledoit-wolf":
-            delta = float(ledoit_wolf_shrinkage(centred, assume_centered=True)) if mean_eigenvalue > 0 else 1.0
-            self.shrinkage_ = np.inf if delta >= 1.0 else delta / (1.0 - delta)
-        else:
-            self.shrinkage_ = float(self.shrinkage)
+        self.shrinkage_ = resolve_shrinkage(self.shrinkage, covariance, n_samples, [centred])
         if self.shrinkage_ == 0 and n_samples <= n_features and (self.n_components or n_features) >= n_samples:
             warnings.warn(
                 f"PCAWhitening: {n_samples} training vectors in {n_features} dimensions and no shrinkage: "
@@ -136,11 +135,8 @@ class PCAWhitening(SelconvPickleMixin, ClassNamePrefixFeaturesOutMixin, Transfor
             )
 
         n_components = n_features if self.n_components is None else self.n_components
-        if np.isinf(self.shrinkage_):
-            scale = np.ones(n_components)
-        else:
-            denominators = eigenvalues[:n_components] + self.shrinkage_ * mean_eigenvalue
-            scale = 1.0 / np.sqrt(np.maximum(denominators, eigenvalue_floor(eigenvalues)))
+        variances = shrink_eigenvalues(eigenvalues, self.shrinkage_)[:n_components]
+        scale = 1.0 / np.sqrt(np.maximum(variances, eigenvalue_floor(eigenvalues)))
         self.components_ = eigenvectors[:, :n_components].T
         self.explained_variance_ = eigenvalues[:n_components]
         self.scale_ = scale
