@@ -28,8 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
-from selconv.conv_map import ConvMap
-from selconv.extraction.extractor import ConvFeatureExtractor, content_fingerprint
+from selconv import ConvFeatureExtractor, ConvMap
+from selconv.extraction.extractor import content_fingerprint
 from selconv.extraction.images import open_regular_file
 
 BLOCK = 64 * 1024

@@ -43,7 +43,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from selconv.extraction import ConvFeatureExtractor
+from selconv import ConvFeatureExtractor
 from selconv.extraction.images import load_image
 
 

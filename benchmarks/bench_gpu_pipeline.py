@@ -82,9 +82,7 @@ def main(argv=None) -> None:
     import sklearn
     import torch
 
-    from selconv.extraction import ConvFeatureExtractor
-    from selconv.masks import MaxMask
-    from selconv.pipelines import make_paper_pipeline
+    from selconv import ConvFeatureExtractor, MaxMask, make_paper_pipeline
     from selconv.torch_encoder import TorchEncoder, max_mask
 
     warnings.simplefilter("ignore")

@@ -46,10 +46,9 @@ def main():
     import sklearn
     from sklearn.model_selection import GridSearchCV
 
-    from selconv.datasets.shared_oxford import load_generic_training_images, load_shared_oxford_subset
-    from selconv.extraction import ConvFeatureExtractor
-    from selconv.masks import MaxMask, NoMask, SumMask
-    from selconv.metrics import DISTRACTOR_LABEL, map_scorer
+    from selconv import ConvFeatureExtractor, MaxMask, NoMask, SumMask, map_scorer
+    from selconv.datasets import load_generic_training_images, load_shared_oxford_subset
+    from selconv.metrics import DISTRACTOR_LABEL
     from selconv.model_selection import LEARNING_LABEL, RetrievalKFold
     from selconv.pipelines import make_paper_pipeline, rotation_settings
 

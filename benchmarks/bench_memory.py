@@ -65,7 +65,7 @@ def local_sets(n_images: int, n_local: int, d: int, seed: int = 0) -> list[np.nd
 
 def random_temb(d: int, n_clusters: int, seed: int = 0):
     """A TriangulationEmbedding with random fitted attributes of the paper's shapes (for memory only)."""
-    from selconv.embedding import TriangulationEmbedding
+    from selconv import TriangulationEmbedding
 
     rng = np.random.default_rng(seed)
     dim = d * n_clusters
@@ -81,9 +81,7 @@ def random_temb(d: int, n_clusters: int, seed: int = 0):
 
 def measure(call: str, mode: str, dim: int, n_images: int, n_local: int, working_memory: float) -> dict:
     """One measurement, in this process (run it in a fresh one)."""
-    from selconv.aggregation import DemocraticAggregator
-    from selconv.embedding import TriangulationEmbedding
-    from selconv.encoding import EncodeAggregate
+    from selconv import DemocraticAggregator, EncodeAggregate, TriangulationEmbedding
 
     warnings.simplefilter("ignore")
     d, n_clusters = SETTINGS[dim]

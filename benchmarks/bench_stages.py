@@ -43,17 +43,18 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 from threadpoolctl import threadpool_info, threadpool_limits  # noqa: E402
 
-from selconv.aggregation import DemocraticAggregator, EmptyImageWarning  # noqa: E402
-from selconv.embedding import TriangulationEmbedding  # noqa: E402
-from selconv.encoding import EncodeAggregate  # noqa: E402
-from selconv.local import LocalPCA  # noqa: E402
-from selconv.masks import MaxMask, NoMask  # noqa: E402
-from selconv.postprocessing import PowerNormalizer, RotationNormalizer  # noqa: E402
-
-try:
-    from selconv.hashing import ITQHasher
-except ImportError:  # written by another engineer; the benchmark runs without it
-    ITQHasher = None
+from selconv import (  # noqa: E402
+    DemocraticAggregator,
+    EncodeAggregate,
+    ITQHasher,
+    LocalPCA,
+    MaxMask,
+    NoMask,
+    PowerNormalizer,
+    RotationNormalizer,
+    TriangulationEmbedding,
+)
+from selconv.aggregation import EmptyImageWarning  # noqa: E402
 
 #: name, mask class, d, |C|, paper MATLAB ms per image (Fig. 7)
 CONFIGS = [
@@ -89,7 +90,7 @@ def synthetic_pool5_map(rng, shape=POOL5_SHAPE, zero_fraction=0.8, n_salient=260
 
 def real_pool5_maps(folder: Path, n_maps: int = 24) -> list[np.ndarray]:
     """VGG16 pool5 maps at 1024 px of ``n_maps`` JPEGs spread evenly over a folder (sorted by name)."""
-    from selconv.extraction import ConvFeatureExtractor
+    from selconv import ConvFeatureExtractor
 
     files = sorted(folder.glob("*.jpg"))
     if not files:
