@@ -1,7 +1,7 @@
 """Single-threaded time per image of every stage after the CNN, against the paper's MATLAB (paper Fig. 7).
 
-Stages: mask, LocalPCA, Temb, democratic pooling, RN, PN (and ITQ when selconv.hashing.ITQHasher
-exists), on conv maps shaped like VGG16 pool5 of a 1024-px image (K = 512 channels on a 32 x 24 grid).
+Stages: mask, LocalPCA, Temb, democratic pooling, RN, PN and ITQ, on conv maps shaped like VGG16 pool5 of a
+1024-px image (K = 512 channels on a 32 x 24 grid).
 Three configurations, as in the paper's figure: MAX-mask at 512-D (d=32, |C|=20) and 1024-D
 (d=64, |C|=18), and no mask at 512-D. The paper measured 7.8 / 11.2 / 15.8 ms per image on one
 3.4 GHz core (i7-6700), mask included, conv extraction excluded.
@@ -147,18 +147,51 @@ def gemm_rate(m: int, k: int, n: int, repeats: int) -> float:
 
 
 def fit_chain(config, source: MapSource, n_fit: int, batch: int, seed: int):
-    """Fit mask -> LocalPCA -> Temb -> democratic -> RN -> PN (-> ITQ) as Pipeline.fit would; time each stage.
+    """Fit mask -> LocalPCA -> Temb -> democratic -> RN -> PN -> ITQ as Pipeline.fit would; time each stage.
 
-    The training conv maps are produced batch by batch and never all held in memory. LocalPCA is
-    fitted on the first images holding at least its ``max_samples`` local features (it would sample
-    only that many from all images anyway), then transforms every training image.
+    The training conv maps are produced batch by batch and never all held in memory.
     """
     _, mask_class, d, n_clusters, _ = config
     mask = mask_class().fit(source(0, 1))
     pca = LocalPCA(d, random_state=seed)
-    times = dict.fromkeys(["mask", "LocalPCA", "Temb + democratic", "RN", "PN"], 0.0)
-    if ITQHasher is not None:
-        times["ITQ"] = 0.0
+    times = dict.fromkeys(["mask", "LocalPCA", "Temb + democratic", "RN", "PN", "ITQ"], 0.0)
+    reduced = fit_local_pca(mask, pca, source, n_fit, batch, times)
+    n_local = sum(len(s) for s in reduced)
+
+    def timed(name, function, *args):
+        began = time.thread_time()
+        out = function(*args)
+        times[name] = time.thread_time() - began
+        return out
+
+    # Embedded sets are |C| times larger than the reduced ones: EncodeAggregate streams them.
+    encode = EncodeAggregate(TriangulationEmbedding(n_clusters, random_state=seed), DemocraticAggregator())
+    aggregated = timed("Temb + democratic", encode.fit_transform, reduced)
+    rn = RotationNormalizer(n_dropped=N_DROPPED)
+    rotated = timed("RN", rn.fit_transform, aggregated)
+    pn = PowerNormalizer()
+    final = timed("PN", pn.fit_transform, rotated)
+    n_bits = min(N_BITS, len(final) // 8 * 8)  # ITQ's PCA needs n_bits training vectors
+    itq = timed("ITQ", ITQHasher(n_bits, random_state=seed).fit, final)
+    stages = {
+        "mask": mask,
+        "LocalPCA": pca,
+        "Temb": encode.embedding_,
+        "democratic": encode.aggregator_,
+        "RN": rn,
+        "PN": pn,
+        "ITQ": itq,
+    }
+    return stages, times, n_local
+
+
+def fit_local_pca(mask, pca, source: MapSource, n_fit: int, batch: int, times: dict) -> list:
+    """Masked and reduced local features of the ``n_fit`` training images, ``pca`` fitted on the way.
+
+    LocalPCA is fitted on the first images holding at least its ``max_samples`` local features (it would
+    sample only that many from all images anyway), then transforms every training image. The mask's and
+    LocalPCA's thread times are added to ``times``.
+    """
 
     def masked(start, stop):
         maps = source(start, stop)
@@ -184,36 +217,7 @@ def fit_chain(config, source: MapSource, n_fit: int, batch: int, seed: int):
         began = time.thread_time()
         reduced += pca.transform(sets)
         times["LocalPCA"] += time.thread_time() - began
-    n_local = sum(len(s) for s in reduced)
-
-    began = time.thread_time()
-    # Embedded sets are |C| times larger than the reduced ones: EncodeAggregate streams them.
-    encode = EncodeAggregate(TriangulationEmbedding(n_clusters, random_state=seed), DemocraticAggregator())
-    aggregated = encode.fit_transform(reduced)
-    times["Temb + democratic"] = time.thread_time() - began
-
-    began = time.thread_time()
-    rn = RotationNormalizer(n_dropped=N_DROPPED)
-    rotated = rn.fit_transform(aggregated)
-    times["RN"] = time.thread_time() - began
-    began = time.thread_time()
-    pn = PowerNormalizer()
-    final = pn.fit_transform(rotated)
-    times["PN"] = time.thread_time() - began
-    stages = {
-        "mask": mask,
-        "LocalPCA": pca,
-        "Temb": encode.embedding_,
-        "democratic": encode.aggregator_,
-        "RN": rn,
-        "PN": pn,
-    }
-    if ITQHasher is not None:
-        began = time.thread_time()
-        n_bits = min(N_BITS, len(final) // 8 * 8)  # ITQ's PCA needs n_bits training vectors
-        stages["ITQ"] = ITQHasher(n_bits, random_state=seed).fit(final)
-        times["ITQ"] = time.thread_time() - began
-    return stages, times, n_local
+    return reduced
 
 
 def time_online(stages: dict, maps: list, repeats: int, batch: int = 20):
@@ -322,9 +326,19 @@ def write_plot(path: Path, rows: list[dict]) -> None:
 
 
 def write_markdown(path: Path, args, info, peak, rows, wall) -> None:
-    ms = lambda seconds: f"{seconds * 1e3:.2f}"  # noqa: E731
-    stage_names = list(rows[0]["per_image"])
-    lines = [
+    lines = _setting_lines(args, info, peak, rows, wall)
+    lines += _online_lines(rows)
+    lines += _flop_rate_lines(rows, peak)
+    lines += _fit_lines(args, rows)
+    if args.note:
+        lines += ["", f"Note: {args.note}"]
+    lines += ["", "![stage timings](stages.png)", ""]
+    path.write_text("\n".join(lines))
+
+
+def _setting_lines(args, info, peak, rows, wall) -> list[str]:
+    """Title, command, machine and input of the results file."""
+    return [
         "# Stage timings: time per image after the CNN, one thread",
         "",
         f"Generated by `benchmarks/bench_stages.py` in {wall / 60:.1f} min. Rerun from the repository root:",
@@ -364,6 +378,13 @@ def write_markdown(path: Path, args, info, peak, rows, wall) -> None:
         " query, as in the paper); 'batched' times `transform` on 20 images at a time, divided by 20.",
         f"- MAX-mask keeps {rows[0]['kept']:.1%} of the cells ({rows[0]['n_local']:.0f} local features per image; "
         "paper ~30%, measured on real images 29%); no mask keeps all 768.",
+    ]
+
+
+def _online_lines(rows) -> list[str]:
+    ms = lambda seconds: f"{seconds * 1e3:.2f}"  # noqa: E731
+    stage_names = list(rows[0]["per_image"])
+    lines = [
         "",
         "## Online time per image (ms, one thread)",
         "",
@@ -384,8 +405,13 @@ def write_markdown(path: Path, args, info, peak, rows, wall) -> None:
         " it covers mask, local PCA, Temb, democratic pooling, RN and PN (no hashing). The paper's core"
         " (i7-6700, 3.4 GHz, AVX2) has a float32 peak of about 109 GFLOP/s, close to this machine's GEMM rate"
         " above. Repeating a call on the same image keeps its data in cache, as it is in an online query whose"
-        " conv map the CNN has just written; the batched calls stream 20 maps (30 MB), hence their slower mask."
-        + ("" if "ITQ" in stage_names else " ITQ: `selconv.hashing.ITQHasher` was not available, skipped."),
+        " conv map the CNN has just written; the batched calls stream 20 maps (30 MB), hence their slower mask.",
+    ]
+    return lines
+
+
+def _flop_rate_lines(rows, peak) -> list[str]:
+    lines = [
         "",
         "## FLOP rate of the dominant steps, as a fraction of this machine's single-thread GEMM rate",
         "",
@@ -407,7 +433,11 @@ def write_markdown(path: Path, args, info, peak, rows, wall) -> None:
             f"| {row['name']} | {row['dim']} | {fraction(row['temb_rate'])} | {fraction(row['temb_rate_single'])} | "
             f"{fraction(row['democratic_rate'])} | {fraction(row['gram_rate'])} |"
         )
-    lines += [
+    return lines
+
+
+def _fit_lines(args, rows) -> list[str]:
+    lines = [
         "",
         f"## Fit time on the local features of {args.n_fit_images} training images (s, one thread)",
         "",
@@ -433,13 +463,10 @@ def write_markdown(path: Path, args, info, peak, rows, wall) -> None:
             " Fit time grows linearly with the number of training local features, except LocalPCA's fit and"
             " Temb's k-means, which use samples of a fixed size (100,000 local features).",
         ]
-    if args.note:
-        lines += ["", f"Note: {args.note}"]
-    lines += ["", "![stage timings](stages.png)", ""]
-    path.write_text("\n".join(lines))
+    return lines
 
 
-def main(argv=None) -> None:
+def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "--maps",
@@ -458,8 +485,11 @@ def main(argv=None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out-dir", type=Path, default=RESULTS, help="where stages.md and stages.png go")
     parser.add_argument("--note", default="", help="a remark added to the results file")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
 
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
     started = time.perf_counter()
     limiter = threadpool_limits(limits=1)  # noqa: F841 - kept alive for the whole run
     try:
@@ -472,11 +502,8 @@ def main(argv=None) -> None:
     info = machine_info()
     print(f"CPU {info['cpu']}, BLAS {info['blas']}, load {info['load']}", flush=True)
 
-    source = MapSource(args.maps, args.seed)
-    fit_source = source
-    test_source = MapSource(args.maps, args.seed + 1)
-    test_maps = test_source(0, args.n_images)
-
+    fit_source = MapSource(args.maps, args.seed)
+    test_maps = MapSource(args.maps, args.seed + 1)(0, args.n_images)
     shapes = {
         "1024x640 @ 640x640": (1024, 640, 640),
         "1024x1152 @ 1152x1152": (1024, 1152, 1152),
@@ -484,53 +511,53 @@ def main(argv=None) -> None:
     }
     peak = {"shapes": {name: gemm_rate(*shape, repeats=args.repeats) for name, shape in shapes.items()}}
     print(f"GEMM: {peak['shapes']}", flush=True)
-
-    rows = []
-    for config in CONFIGS:
-        name, _, d, n_clusters, paper_ms = config
-        print(f"== {name}: fitting on {args.n_fit_images} images", flush=True)
-        stages, fit_times, n_fit_local = fit_chain(config, fit_source, args.n_fit_images, batch=250, seed=args.seed)
-        print(f"   fit times {fit_times}", flush=True)
-        dim = d * n_clusters
-        # The machine's rate can drift while other processes come and go: measure the GEMM of the
-        # Temb projection's own shape again next to this configuration's timings.
-        peak["shapes"][f"1024x{dim} @ {dim}x{dim}, before {name}"] = gemm_rate(1024, dim, dim, args.repeats)
-        per_image, batched, inputs = time_online(stages, test_maps, args.repeats)
-        peak["shapes"][f"1024x{dim} @ {dim}x{dim}, after {name}"] = gemm_rate(1024, dim, dim, args.repeats)
-        counts = np.array([len(s) for s in inputs["Temb"]])
-        temb_flops = 2.0 * counts.sum() * dim**2
-        gram_flops = float(np.sum(counts * (counts + 1))) * dim
-        n_images = len(test_maps)
-        rows.append(
-            {
-                "name": name,
-                "paper_ms": paper_ms,
-                "dim": dim,
-                "per_image": per_image,
-                "batched": batched,
-                "fit": fit_times,
-                "n_fit_local": n_fit_local,
-                "n_local": counts.mean(),
-                "kept": counts.mean() / np.prod(test_maps[0].shape[1:]),
-                "temb_rate": temb_flops / (batched["Temb"] * n_images) / 1e9,
-                "temb_rate_single": temb_flops / (per_image["Temb"] * n_images) / 1e9,
-                "democratic_rate": gram_flops / (batched["democratic"] * n_images) / 1e9,
-                "gram_rate": gram_rate(inputs["democratic"], args.repeats),
-            }
-        )
-        print("   per image (ms): " + ", ".join(f"{k} {v * 1e3:.2f}" for k, v in per_image.items()), flush=True)
-        print("   batched (ms):   " + ", ".join(f"{k} {v * 1e3:.2f}" for k, v in batched.items()), flush=True)
-        print(
-            f"   GFLOP/s: Temb {rows[-1]['temb_rate']:.1f}, democratic {rows[-1]['democratic_rate']:.1f}, "
-            f"Gram alone {rows[-1]['gram_rate']:.1f}",
-            flush=True,
-        )
-
+    rows = [measure(config, fit_source, test_maps, args, peak["shapes"]) for config in CONFIGS]
     peak["reference"] = max(peak["shapes"].values())
     args.out_dir.mkdir(parents=True, exist_ok=True)
     write_plot(args.out_dir / "stages.png", rows)
     write_markdown(args.out_dir / "stages.md", args, info, peak, rows, time.perf_counter() - started)
     print(f"wrote {args.out_dir / 'stages.md'}", flush=True)
+
+
+def measure(config, fit_source: MapSource, test_maps: list, args, gemm_rates: dict) -> dict:
+    """One configuration's fit and online timings and FLOP rates (a row of the results)."""
+    name, _, d, n_clusters, paper_ms = config
+    print(f"== {name}: fitting on {args.n_fit_images} images", flush=True)
+    stages, fit_times, n_fit_local = fit_chain(config, fit_source, args.n_fit_images, batch=250, seed=args.seed)
+    print(f"   fit times {fit_times}", flush=True)
+    dim = d * n_clusters
+    # The machine's rate can drift while other processes come and go: measure the GEMM of the
+    # Temb projection's own shape again next to this configuration's timings.
+    gemm_rates[f"1024x{dim} @ {dim}x{dim}, before {name}"] = gemm_rate(1024, dim, dim, args.repeats)
+    per_image, batched, inputs = time_online(stages, test_maps, args.repeats)
+    gemm_rates[f"1024x{dim} @ {dim}x{dim}, after {name}"] = gemm_rate(1024, dim, dim, args.repeats)
+    counts = np.array([len(s) for s in inputs["Temb"]])
+    temb_flops = 2.0 * counts.sum() * dim**2
+    gram_flops = float(np.sum(counts * (counts + 1))) * dim
+    n_images = len(test_maps)
+    row = {
+        "name": name,
+        "paper_ms": paper_ms,
+        "dim": dim,
+        "per_image": per_image,
+        "batched": batched,
+        "fit": fit_times,
+        "n_fit_local": n_fit_local,
+        "n_local": counts.mean(),
+        "kept": counts.mean() / np.prod(test_maps[0].shape[1:]),
+        "temb_rate": temb_flops / (batched["Temb"] * n_images) / 1e9,
+        "temb_rate_single": temb_flops / (per_image["Temb"] * n_images) / 1e9,
+        "democratic_rate": gram_flops / (batched["democratic"] * n_images) / 1e9,
+        "gram_rate": gram_rate(inputs["democratic"], args.repeats),
+    }
+    print("   per image (ms): " + ", ".join(f"{k} {v * 1e3:.2f}" for k, v in per_image.items()), flush=True)
+    print("   batched (ms):   " + ", ".join(f"{k} {v * 1e3:.2f}" for k, v in batched.items()), flush=True)
+    print(
+        f"   GFLOP/s: Temb {row['temb_rate']:.1f}, democratic {row['democratic_rate']:.1f}, "
+        f"Gram alone {row['gram_rate']:.1f}",
+        flush=True,
+    )
+    return row
 
 
 if __name__ == "__main__":
