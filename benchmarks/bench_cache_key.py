@@ -2,7 +2,7 @@
 (size + first and last 64 KiB) and a stat-only key.
 
 For every image of a folder (default: the shared Oxford subset) it times, per file: ``os.stat`` (the old
-key), the partial hash, :func:`selconv.extraction.extractor.content_fingerprint` (SHA-256 of the whole
+key), the partial hash, :func:`selconv.extraction._cache.content_fingerprint` (SHA-256 of the whole
 file, opened as the extractor does), BLAKE2b of the whole file, and, for scale, decoding the JPEG with
 OpenCV. Files are read once beforehand so that every method reads from the page cache (a warm run: what
 a rerun over a cached collection costs; a cold run adds the disk reads). It also times reading and
@@ -28,8 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
-from selconv import ConvFeatureExtractor, ConvMap
-from selconv.extraction.extractor import content_fingerprint
+from selconv import ConvMap
+from selconv.extraction._cache import MapCache, content_fingerprint
 from selconv.extraction.images import open_regular_file
 
 BLOCK = 64 * 1024
@@ -90,17 +90,16 @@ def best_time(function, paths, repeats):
 
 def cache_hit_time(repeats):
     """Reading and verifying one entry of a VGG16 pool5 map of a 1024 x 768 image (512 x 24 x 32 float32)."""
-    extractor = ConvFeatureExtractor(dtype="float32")
-    extractor.keypoints = None
+    cache = MapCache(tempfile.gettempdir(), "", dtype="float32", keypoints=None)
     features = np.random.default_rng(0).random((512, 24, 32), dtype=np.float32)
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / ("0" * 64 + ".map")
-        problem = ConvFeatureExtractor._write_cache(path, ConvMap(features, image_size=(1024, 768)))
+        problem = MapCache.write(path, ConvMap(features, image_size=(1024, 768)))
         assert problem is None, problem
         best = float("inf")
         for _ in range(repeats):
             start = time.perf_counter()
-            conv_map, reason = extractor._read_cache(path, "x.jpg")
+            conv_map, reason = cache.read(path, "x.jpg")
             best = min(best, time.perf_counter() - start)
             assert conv_map is not None and reason is None
         return best, path.stat().st_size if path.exists() else 0

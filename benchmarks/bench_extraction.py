@@ -194,9 +194,9 @@ def decoding_alone(copies, args):
     """(images/s, {resized (H, W): count}, threads) of decoding and resizing alone: the CPU side's ceiling."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from selconv.extraction.extractor import _default_workers
+    from selconv.extraction._batching import default_workers
 
-    workers = args.workers or _default_workers()
+    workers = args.workers or default_workers()
     start = time.perf_counter()
     with ThreadPoolExecutor(workers) as pool:
         decoded = list(

@@ -67,11 +67,10 @@ def main(argv=None):
 
 def learning_and_labelled_images(args):
     """(image paths, labels, counts): the generic photos, the labelled images and seeded distractors."""
-    from selconv.datasets import load_generic_training_images, load_shared_oxford_subset
-    from selconv.metrics import DISTRACTOR_LABEL
-    from selconv.model_selection import LEARNING_LABEL
+    from selconv.datasets import load_generic_training_images, load_oxford5k_subset
+    from selconv.model_selection import DISTRACTOR_LABEL, LEARNING_LABEL
 
-    dataset = load_shared_oxford_subset(args.data_dir / "oxford5k-subset", "loo-landmark", training_root=None)
+    dataset = load_oxford5k_subset(args.data_dir / "oxford5k-subset", "loo-landmark", training_root=None)
     learning = load_generic_training_images(args.data_dir)
     # loo-landmark queries are database images; one is good for two landmarks ("a|b"): it joins the first.
     position = {str(path): i for i, path in enumerate(dataset.database)}

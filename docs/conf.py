@@ -103,7 +103,7 @@ myst_dmath_double_inline = True
 
 # -- sphinx-gallery ----------------------------------------------------------------------------------
 # One conv-map cache for every example, so the CNN runs once per image and a rebuild takes seconds.
-os.environ.setdefault("SELCONV_EXAMPLE_CACHE", str(DOCS / "_build" / "example-cache"))
+os.environ.setdefault("SELCONV_CACHE_DIR", str(DOCS / "_build" / "example-cache"))
 # Where the examples write files; the HTML report is published beside its gallery page (setup below).
 EXAMPLE_OUTPUT = Path(os.environ.setdefault("SELCONV_EXAMPLE_OUTPUT", str(DOCS / "_build" / "example-output")))
 

@@ -10,7 +10,8 @@ it has training images, and the bundled sample has 40, so this example uses 32 b
 image) and plots 8 to 32 bits. With your own training set (thousands of images), pass n_bits=64,
 128, 256 or 512.
 
-Run: ``python examples/plot_binary_search_index.py`` (conv maps cached in ``selconv-example-cache/``).
+Run: ``python examples/plot_binary_search_index.py`` (conv maps cached in
+``selconv-output/cache/``, shared with ``selconv demo``).
 """
 
 # %%
@@ -22,6 +23,7 @@ import warnings
 import matplotlib.pyplot as plt
 
 from selconv.datasets import load_sample
+from selconv.evaluation import default_cache_dir
 from selconv.extraction import ConvFeatureExtractor
 from selconv.hashing import ITQHasher
 from selconv.index import ImageIndex, load_index
@@ -29,7 +31,7 @@ from selconv.metrics import evaluate
 from selconv.pipelines import make_paper_pipeline, rotation_settings
 
 MAX_SIZE = 192 if os.environ.get("SELCONV_EXAMPLE_FAST") == "1" else 384
-CACHE_DIR = os.environ.get("SELCONV_EXAMPLE_CACHE", "selconv-example-cache")
+CACHE_DIR = default_cache_dir()  # $SELCONV_CACHE_DIR or selconv-output/cache: shared with `selconv demo`
 
 dataset = load_sample()
 extractor = ConvFeatureExtractor(max_size=MAX_SIZE, cache_dir=CACHE_DIR).fit()

@@ -9,7 +9,8 @@ learns on the images labelled ``LEARNING_LABEL`` (here the sample's 40 generic p
 landmarks of the other folds, and scores whole landmarks (each photo a query against the others and
 the distractors). Conv maps are extracted once and every candidate reuses them.
 
-Run: ``python examples/plot_grid_search.py`` (conv maps cached in ``selconv-example-cache/``).
+Run: ``python examples/plot_grid_search.py`` (conv maps cached in
+``selconv-output/cache/``, shared with ``selconv demo``).
 """
 
 # %%
@@ -21,14 +22,14 @@ import numpy as np
 from sklearn.model_selection import GridSearchCV
 
 from selconv.datasets import load_sample
+from selconv.evaluation import default_cache_dir
 from selconv.extraction import ConvFeatureExtractor
 from selconv.masks import MaxMask, NoMask, SumMask
-from selconv.metrics import map_scorer
-from selconv.model_selection import LEARNING_LABEL, RetrievalKFold
+from selconv.model_selection import LEARNING_LABEL, RetrievalKFold, map_scorer
 from selconv.pipelines import make_paper_pipeline, rotation_settings
 
 MAX_SIZE = 192 if os.environ.get("SELCONV_EXAMPLE_FAST") == "1" else 384
-CACHE_DIR = os.environ.get("SELCONV_EXAMPLE_CACHE", "selconv-example-cache")
+CACHE_DIR = default_cache_dir()  # $SELCONV_CACHE_DIR or selconv-output/cache: shared with `selconv demo`
 
 dataset = load_sample()
 extractor = ConvFeatureExtractor(max_size=MAX_SIZE, cache_dir=CACHE_DIR).fit()

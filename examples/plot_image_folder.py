@@ -25,13 +25,14 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from selconv.datasets import SAMPLE_ROOT, load_image_folder
+from selconv.evaluation import default_cache_dir
 from selconv.extraction import ConvFeatureExtractor
 from selconv.metrics import evaluate
 from selconv.pipelines import make_paper_pipeline, rotation_settings
 from selconv.report import interpolated_precision_recall
 
 MAX_SIZE = 192 if os.environ.get("SELCONV_EXAMPLE_FAST") == "1" else 384
-CACHE_DIR = os.environ.get("SELCONV_EXAMPLE_CACHE", "selconv-example-cache")
+CACHE_DIR = default_cache_dir()  # $SELCONV_CACHE_DIR or selconv-output/cache: shared with `selconv demo`
 OUTPUT = Path(os.environ.get("SELCONV_EXAMPLE_OUTPUT", "selconv-output/examples"))
 
 photos = SAMPLE_ROOT / "images"  # your folder of photos

@@ -23,12 +23,13 @@ import matplotlib.pyplot as plt
 from PIL import Image
 
 from selconv.datasets import load_sample
+from selconv.evaluation import default_cache_dir
 from selconv.extraction import ConvFeatureExtractor
 from selconv.metrics import evaluate
 from selconv.pipelines import make_paper_pipeline, rotation_settings
 
 MAX_SIZE = 192 if os.environ.get("SELCONV_EXAMPLE_FAST") == "1" else 384
-CACHE_DIR = os.environ.get("SELCONV_EXAMPLE_CACHE", "selconv-example-cache")
+CACHE_DIR = default_cache_dir()  # $SELCONV_CACHE_DIR or selconv-output/cache: shared with `selconv demo`
 
 dataset = load_sample()
 print(dataset.summary())

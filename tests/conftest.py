@@ -51,6 +51,12 @@ def make_conv_maps(
     return maps
 
 
+@pytest.fixture(autouse=True)
+def _private_conv_map_cache(tmp_path_factory, monkeypatch):
+    """The command line's default conv-map cache (selconv-output/cache) goes to a temporary folder, not the cwd."""
+    monkeypatch.setenv("SELCONV_CACHE_DIR", str(tmp_path_factory.mktemp("conv-map-cache")))
+
+
 @pytest.fixture
 def local_sets():
     return make_local_sets()

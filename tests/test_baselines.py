@@ -1,4 +1,4 @@
-"""Tests for selconv.baselines: SPoC, MAC, R-MAC, CroW, GeM pooling, PCAWhitening and make_baseline."""
+"""Tests for the baselines: selconv.pooling (SPoC, MAC, R-MAC, CroW, GeM), PCAWhitening and make_baseline."""
 
 from __future__ import annotations
 
@@ -10,8 +10,10 @@ from hypothesis import strategies as st
 from sklearn.pipeline import Pipeline
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
-from selconv.baselines import MAC, RMAC, CroW, GeM, PCAWhitening, SPoC, make_baseline, rmac_regions
+from selconv.baselines import make_baseline
 from selconv.conv_map import ConvMap
+from selconv.pooling import MAC, RMAC, CroW, GeM, SPoC, rmac_regions
+from selconv.postprocessing import PCAWhitening
 from selconv.utils.estimator_checks import check_data_free, check_fit_transform
 
 POOLINGS = [SPoC(), SPoC(center_prior=True), MAC(), RMAC(), RMAC(region_whitening=False), CroW(), GeM(), GeM(p=1.5)]

@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 
 from selconv import cli
+from selconv.cli import _benchmark as benchmark_command
+from selconv.evaluation import format_table
 from selconv.report import interpolated_precision_recall, render_report, write_report
 
 # ------------------------------------------------------------------------------------------ arguments
@@ -55,14 +57,13 @@ def test_parser_defaults():
         (["--dataset", "sample", "--train-dir", "{missing}"], "--train-dir"),
         (["--dataset", "sample", "--train-data-dir", "{dir}"], "goes with --train-dataset"),
         (["--dataset", "sample", "--bits", "12"], "multiples of 8"),
-        (["--dataset", "sample", "--bits", "64"], "ITQ learns fewer bits than it has training images (40)"),
         (["--dataset", "sample", "--train-dir", "{sample_images}"], "learning images are also searched"),
     ],
 )
 def test_user_errors_are_clear_and_nonzero(argv, message, tmp_path, capsys, monkeypatch):
     (tmp_path / "afile").write_text("x")
     # Errors must come before any conv map is computed: make extraction impossible.
-    monkeypatch.setattr(cli, "run_benchmark", _refuse_benchmark)
+    monkeypatch.setattr(benchmark_command, "run_benchmark", _refuse_benchmark)
     from selconv.datasets import SAMPLE_ROOT
 
     argv = [
@@ -86,6 +87,93 @@ def test_dataset_loader_errors_are_reported(tmp_path, capsys):
     status = cli.main(["evaluate", "--dataset", "oxford5k", "--data-dir", str(tmp_path / "oxford")])
     assert status == 2
     assert "selconv: error:" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------ exit codes
+
+
+@pytest.mark.parametrize(
+    ("raised", "status", "message"),
+    [
+        (None, 0, ""),
+        (ValueError("bad data in x.csv"), 2, "selconv: error: bad data in x.csv"),
+        (KeyboardInterrupt(), 130, "interrupted"),
+        (ZeroDivisionError("a bug"), 1, "internal error"),
+    ],
+)
+def test_exit_status_of_each_path_is_the_documented_one(raised, status, message, tmp_path, monkeypatch, capsys):
+    """0 success, 2 user error, 130 interrupted, 1 internal error (with its traceback): docs/usage.md and --help."""
+
+    def job(*args, **kwargs):
+        if raised is not None:
+            raise raised
+
+    monkeypatch.setattr(benchmark_command, "run_benchmark", job)
+    assert cli.main(["demo", "--out", str(tmp_path)]) == status
+    err = capsys.readouterr().err
+    assert message in err
+    assert ("Traceback" in err) == (status == 1)
+    help_text = " ".join(cli.build_parser().format_help().split())
+    assert "0 success, 1 internal error (a bug), 2 user error, 130 interrupted" in help_text
+
+
+# ---------------------------------------------------------------- your own folders, baselines: arguments
+
+
+def _capture(monkeypatch):
+    seen = {}
+
+    def capture(dataset, **kwargs):
+        seen.update(kwargs, dataset=dataset)
+
+    monkeypatch.setattr(benchmark_command, "run_benchmark", capture)
+    return seen
+
+
+def test_evaluate_labels_from_sub_folder_names(tmp_path, monkeypatch):
+    from selconv.datasets import SAMPLE_ROOT
+
+    for label in ("cat", "dog"):
+        for i in range(2):
+            (tmp_path / "photos" / label).mkdir(parents=True, exist_ok=True)
+            (tmp_path / "photos" / label / f"{i}.jpg").write_bytes(b"x")
+    seen = _capture(monkeypatch)
+    argv = ["evaluate", "--dataset", "subfolders", "--data-dir", str(tmp_path / "photos")]
+    train = ["--train-dir", str(SAMPLE_ROOT / "training"), "--out", str(tmp_path / "out")]
+    assert cli.main([*argv, *train, "--baselines", "gem,RMAC", "--no-baseline-whitening"]) == 0
+    assert len(seen["dataset"].queries) == 4 and seen["dataset"].query_labels == ["cat", "cat", "dog", "dog"]
+    assert seen["baselines"] == ["gem", "rmac"] and seen["baseline_whitening"] is False
+    assert len(seen["training"]) == 40
+
+
+def test_evaluate_separate_query_and_database_folders(tmp_path, monkeypatch):
+    from selconv.datasets import SAMPLE_ROOT
+
+    for folder, names in (("q/cat", ["q0"]), ("db/cat", ["d0", "d1"]), ("db/dog", ["d2"])):
+        (tmp_path / folder).mkdir(parents=True)
+        for name in names:
+            (tmp_path / folder / f"{name}.jpg").write_bytes(b"x")
+    seen = _capture(monkeypatch)
+    argv = ["evaluate", "--queries", str(tmp_path / "q"), "--database", str(tmp_path / "db")]
+    assert cli.main([*argv, "--train-dir", str(SAMPLE_ROOT / "training"), "--out", str(tmp_path / "out")]) == 0
+    assert seen["dataset"].ground_truth[0]["positives"].tolist() == [0, 1] and seen["baselines"] == []
+    assert seen["baseline_whitening"] is True
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--dataset", "sample", "--baselines", "gem,vlad"], "baselines must be among spoc, mac, rmac, crow, gem"),
+        (["--dataset", "sample", "--queries", "{dir}"], "--queries does not apply to dataset sample"),
+        (["--queries", "{dir}"], "query-folders' needs --database"),
+        (["--dataset", "subfolders", "--data-dir", "{dir}", "--ground-truth", "x.csv"], "--ground-truth does not"),
+    ],
+)
+def test_own_folder_and_baseline_errors(argv, message, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(benchmark_command, "run_benchmark", _refuse_benchmark)
+    argv = [a.format(dir=tmp_path) for a in argv]
+    assert cli.main(["evaluate", "--out", str(tmp_path / "out"), *argv]) == 2
+    assert message in capsys.readouterr().err
 
 
 # ----------------------------------------------------------------------------- the job on tiny data
@@ -148,8 +236,13 @@ def test_evaluate_runs_end_to_end_on_a_user_folder(folder_dataset, tmp_path, mon
         "max,none",
         "--bits",
         "8",
+        "512",
+        "--baselines",
+        "gem,mac",
         "--out",
         str(out),
+        "--cache-dir",
+        str(tmp_path / "cache"),
         "--device",
         "cpu",
     ]
@@ -165,6 +258,10 @@ def test_evaluate_runs_end_to_end_on_a_user_folder(folder_dataset, tmp_path, mon
         "longest side of 96 px",
         f"images under {folder_dataset / 'training'}",
         "52 images",
+        "Loading the alexnet network and its ImageNet weights",
+        "GeM + PCA-whitening",
+        "MAC + PCA-whitening",
+        "skipped: ITQ at 512 bits",  # the same behaviour as the demo: a note, not an error
     ):
         assert expected in printed, expected
     results = json.loads((out / "results.json").read_text())
@@ -172,12 +269,35 @@ def test_evaluate_runs_end_to_end_on_a_user_folder(folder_dataset, tmp_path, mon
     assert {row["queries"] for row in results["rows"]} == {6}
     assert results["rows"][0]["dims"] == 8 * 6 - 4
     assert all(0.0 <= row["mAP"] <= 1.0 for row in results["rows"])
+    assert [row["kind"] for row in results["rows"]] == ["real", "real", "baseline", "baseline", "binary", "random"]
+    assert any("skipped: ITQ at 512 bits" in w for w in results["warnings"])
     # Near-duplicates must be found far better than chance, even with random CNN weights.
     assert rows["MAX-mask"]["mAP"] > rows["random"]["mAP"] + 0.3
     # The cache makes a rerun skip extraction.
-    assert any((out / "cache").rglob("*.map"))
+    assert any((tmp_path / "cache").rglob("*.map"))
     report = (out / "report.html").read_text()
     assert "data:image/png;base64," in report and report.count("data:image/jpeg;base64,") >= 6 * 9
+
+
+def test_extraction_announces_its_expected_time():
+    import time
+
+    from selconv.evaluation._steps import extract_announced
+
+    class SlowExtractor:
+        calls = []
+
+        def transform(self, items):
+            if not self.calls:
+                time.sleep(0.6)
+            self.calls.append(list(items))
+            return [f"map of {i}" for i in items]
+
+    lines = []
+    maps = extract_announced(SlowExtractor(), [0, 1, 2, 3], "training images", lines.append)
+    assert maps == ["map of 0", "map of 1", "map of 2", "map of 3"] and SlowExtractor.calls == [[0], [1, 2, 3]]
+    assert lines[0] == "Conv maps of the 4 training images:"
+    assert re.fullmatch(r"  the first image took 0\.\d s: about 2 s for the other 3 on this machine .*", lines[1])
 
 
 def cli_settings():
@@ -191,7 +311,7 @@ def test_format_table_aligns_columns():
         {"kind": "real", "descriptor": "MAX-mask", "size": "512-D float32", "mAP": 0.81234, "queries": 5, "kept": 0.3},
         {"kind": "random", "descriptor": "random ranking", "size": "-", "mAP": 0.1, "queries": 5},
     ]
-    lines = cli.format_table(rows).splitlines()
+    lines = format_table(rows).splitlines()
     assert lines[0].split() == ["descriptor", "size", "mAP", "queries", "features", "kept"]
     assert "0.8123" in lines[2] and "30%" in lines[2]
     assert lines[2].index("0.8123") == lines[3].index("0.1000")

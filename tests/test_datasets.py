@@ -33,11 +33,13 @@ from selconv.datasets import (
     load_generic_training_images,
     load_holidays,
     load_image_folder,
+    load_labelled_folder,
     load_oxford5k,
+    load_oxford5k_subset,
     load_paris6k,
+    load_query_database_folders,
     load_revisited,
     load_sample,
-    load_shared_oxford_subset,
     load_ukbench,
     read_rotation_list,
 )
@@ -717,9 +719,9 @@ def test_bundled_sample_provenance_lists_every_file():
 
 
 @pytest.mark.shared_data
-def test_shared_oxford_official_10_counts():
+def test_oxford5k_subset_official_10_counts():
     root = require_shared_data("oxford5k-subset")
-    ds = load_shared_oxford_subset(root, "official-10")
+    ds = load_oxford5k_subset(root, "official-10")
     assert len(ds.database) == 1008 and len(ds.queries) == 10 and len(ds.training) == 1000
     assert [q.stem for q in ds.queries][:2] == ["oxford_002985", "ashmolean_000305"]
     assert ds.query_labels == [
@@ -742,9 +744,9 @@ def test_shared_oxford_official_10_counts():
 
 
 @pytest.mark.shared_data
-def test_shared_oxford_loo_landmark_counts():
+def test_oxford5k_subset_loo_landmark_counts():
     root = require_shared_data("oxford5k-subset")
-    ds = load_shared_oxford_subset(root, "loo-landmark", training_root=None)
+    ds = load_oxford5k_subset(root, "loo-landmark", training_root=None)
     assert len(ds.queries) == 113 and ds.training == [] and ds.n_queries_without_positives == 0
     for q, gt in zip(ds.queries, ds.ground_truth):
         qi = ds.database.index(q)
@@ -765,3 +767,78 @@ def test_generic_training_images():
     images = load_generic_training_images(root)
     assert len(images) == 1000 and len({p.name for p in images}) == 1000
     assert len(load_generic_training_images(root, sources=("bsds500",))) == 500
+
+
+# ------------------------------------------------------------------ labels from sub-folder names, the registry
+
+
+def test_labelled_folder_every_image_queries_the_rest(tmp_path):
+    touch_images(tmp_path / "cat", ["a", "b", "c"])
+    touch_images(tmp_path / "dog", ["a", "b"])
+    touch_images(tmp_path / "owl", ["alone"])  # alone in its label: no positive, so not a query
+    touch_images(tmp_path, ["stray"])  # directly in the folder: a distractor
+    touch_images(tmp_path / "train", ["t0", "t1"])
+    ds = load_labelled_folder(tmp_path, training="train")
+    names = [p.relative_to(tmp_path).as_posix() for p in ds.database]
+    assert names == ["cat/a.jpg", "cat/b.jpg", "cat/c.jpg", "dog/a.jpg", "dog/b.jpg", "owl/alone.jpg", "stray.jpg"]
+    assert [p.relative_to(tmp_path).as_posix() for p in ds.queries] == names[:5]
+    assert ds.query_labels == ["cat", "cat", "cat", "dog", "dog"]
+    assert ds.database_labels[-2:] == ["owl", None]
+    assert names_of(ds, ds.ground_truth[0]["positives"]) == ["b", "c"]
+    assert ds.ground_truth[0]["junk"].tolist() == [0]
+    assert ds.ground_truth[3]["positives"].tolist() == [4] and ds.ground_truth[3]["junk"].tolist() == [3]
+    assert [p.name for p in ds.training] == ["t0.jpg", "t1.jpg"] and ds.info["single_images"] == 1
+
+
+def test_labelled_folder_without_any_pair_is_an_error(tmp_path):
+    touch_images(tmp_path / "cat", ["a"])
+    touch_images(tmp_path, ["b", "c"])
+    with pytest.raises(GroundTruthError, match="no sub-folder holds two images"):
+        load_labelled_folder(tmp_path)
+
+
+def test_query_and_database_folders_match_labels(tmp_path):
+    touch_images(tmp_path / "q" / "cat", ["q1", "q2"])
+    touch_images(tmp_path / "q" / "fox", ["q3"])  # a label the database lacks: a query without positives
+    touch_images(tmp_path / "db" / "cat", ["d1", "d2"])
+    touch_images(tmp_path / "db" / "dog", ["d3"])
+    touch_images(tmp_path / "db", ["noise"])
+    ds = load_query_database_folders(tmp_path / "q", tmp_path / "db")
+    assert [p.name for p in ds.queries] == ["q1.jpg", "q2.jpg", "q3.jpg"]
+    assert [p.name for p in ds.database] == ["d1.jpg", "d2.jpg", "d3.jpg", "noise.jpg"]
+    assert [names_of(ds, gt["positives"]) for gt in ds.ground_truth] == [["d1", "d2"], ["d1", "d2"], []]
+    assert all(gt["junk"].size == 0 for gt in ds.ground_truth) and ds.n_queries_without_positives == 1
+
+
+@pytest.mark.parametrize(
+    ("layout", "message"),
+    [({"q": ["loose"], "db/cat": ["d1"]}, "not in a label sub-folder"), ({"q/fox": ["q"], "db/cat": ["d"]}, "match")],
+)
+def test_query_and_database_folder_errors(tmp_path, layout, message):
+    for folder, names in layout.items():
+        touch_images(tmp_path / folder, names)
+    with pytest.raises(GroundTruthError, match=message):
+        load_query_database_folders(tmp_path / "q", tmp_path / "db")
+
+
+def test_registry_checks_options_once_and_fills_default_protocols(revisited_root, tmp_path):
+    from selconv.datasets import DATASETS, load_dataset
+
+    assert load_dataset("roxford5k", data_dir=revisited_root).info["protocol"] == "medium"
+    assert load_dataset("roxford5k", data_dir=revisited_root, protocol="hard").name == "roxford5k-hard"
+    assert DATASETS["ukbench"].scores == ("mAP", "N-S") and DATASETS["sample"].scores == ("mAP",)
+    with pytest.raises(ValueError, match="--protocol does not apply to dataset oxford5k"):
+        load_dataset("oxford5k", data_dir=tmp_path, protocol="hard")
+    with pytest.raises(ValueError, match="not valid for roxford5k; choose one of easy, medium, hard"):
+        load_dataset("roxford5k", data_dir=revisited_root, protocol="loo-landmark")
+    with pytest.raises(ValueError, match="needs --queries and --database"):
+        load_dataset("query-folders")
+    with pytest.raises(ValueError, match="--rotations .* is not a file"):
+        load_dataset("holidays", data_dir=tmp_path, rotations=tmp_path)
+    with pytest.raises(ValueError, match="unknown dataset"):
+        load_dataset("imagenet")
+
+
+def test_ukbench_reports_the_ns_score(tmp_path):
+    touch_images(tmp_path / "full", [f"ukbench{i:05d}" for i in range(8)])
+    assert load_ukbench(tmp_path).scores == ("mAP", "N-S")

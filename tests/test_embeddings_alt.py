@@ -158,7 +158,7 @@ def test_faemb_embedding_dimension_and_structure(sets):
     # The paper's final dimension (|C| - 2) d (d + 1) / 2 once d (d + 1) components are dropped.
     assert len(faemb.mean_) - D_IN * (D_IN + 1) == (3 - 2) * D_IN * (D_IN + 1) // 2
     x = sets[2][:5]
-    raw = faemb._second_order(x).reshape(5, 3, -1)
+    raw = faemb._embed(x).reshape(5, 3, -1)
     gamma = faemb.coefficients(x)
     r = x - faemb.cluster_centers_[1]
     r /= np.linalg.norm(r, axis=1, keepdims=True)

@@ -59,7 +59,7 @@ def run_example(path: Path, cache: Path, out: Path) -> subprocess.CompletedProce
     env = dict(
         os.environ,
         SELCONV_EXAMPLE_FAST="1",
-        SELCONV_EXAMPLE_CACHE=str(cache),
+        SELCONV_CACHE_DIR=str(cache),
         SELCONV_EXAMPLE_OUTPUT=str(out),
         MPLBACKEND="Agg",
         OMP_NUM_THREADS="1",

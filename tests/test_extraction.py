@@ -21,7 +21,7 @@ from sklearn.utils._param_validation import InvalidParameterError
 
 from selconv import ConvMap
 from selconv._safe_pickle import safe_load_pickle
-from selconv.extraction import BoxedImage, ConvFeatureExtractor, ImageLoadError
+from selconv.extraction import BoxedImage, CacheRepairedWarning, ConvFeatureExtractor, ImageLoadError
 from selconv.extraction import extractor as extractor_module
 from selconv.utils.estimator_checks import check_data_free
 
@@ -273,12 +273,12 @@ def test_cache_dir_reuses_results(image_files, tmp_path, monkeypatch):
 
     calls = []
 
-    def counting_load_image(item, index, **kwargs):
-        calls.append(index)
-        return real_load_image(item, index, **kwargs)
+    def counting_load_item(item, **kwargs):
+        calls.append(item.position)
+        return real_load_item(item, **kwargs)
 
-    real_load_image = extractor_module.load_image
-    monkeypatch.setattr(extractor_module, "load_image", counting_load_image)
+    real_load_item = extractor_module.load_item
+    monkeypatch.setattr(extractor_module, "load_item", counting_load_item)
     second = extractor.transform(inputs)
     assert calls == [4]  # only the array was decoded again
     for a, b in zip(first, second):
@@ -291,9 +291,9 @@ def test_cache_dir_reuses_results(image_files, tmp_path, monkeypatch):
     # a damaged cache file is recomputed, not trusted, and reported
     stored[0].write_bytes(b"garbage")
     calls.clear()
-    with pytest.warns(extractor_module.CacheRepairedWarning, match="1 cache entries"):
-        extractor.transform(inputs)
-    assert len(calls) == 2 and len(extractor.cache_repaired_) == 1
+    with pytest.warns(CacheRepairedWarning, match="1 cache entries"):
+        extraction = extractor.extract(inputs)
+    assert len(calls) == 2 and len(extraction.cache_repaired) == 1
 
 
 @pytest.mark.shared_data

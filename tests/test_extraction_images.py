@@ -177,8 +177,9 @@ def test_extractor_raises_or_skips_and_reports(bad_files, tmp_path):
     with pytest.warns(ImageSkippedWarning, match="5 of 7 images"):
         maps = lenient.transform(inputs)
     assert [m.source for m in maps] == [str(good), str(good)]
-    assert [index for index, _, _ in lenient.skipped_] == [1, 2, 3, 4, 5]
-    assert [name for _, name, _ in lenient.skipped_] == list(bad_files.values())
+    extraction = lenient.extract(inputs)
+    assert extraction.kept == [0, 6] and [skip.position for skip in extraction.skipped] == [1, 2, 3, 4, 5]
+    assert [skip.name for skip in extraction.skipped] == list(bad_files.values())
 
 
 def test_worker_threads_leave_the_process_warning_state_alone(tmp_path, monkeypatch):

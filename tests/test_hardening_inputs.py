@@ -15,13 +15,14 @@ from conftest import make_local_sets
 
 from selconv import cli
 from selconv.aggregation import DemocraticAggregator, GeneralizedMaxPooling, SumPooling
-from selconv.baselines import CroW
 from selconv.conv_map import ConvMap
 from selconv.exceptions import NonFiniteError
+from selconv.extraction import SkippedInput
 from selconv.index import ImageIndex
-from selconv.local import LocalPCA
+from selconv.local_pca import LocalPCA
 from selconv.masks import NoMask, SiftMask
 from selconv.metrics import average_precisions, evaluate
+from selconv.pooling import CroW
 from selconv.postprocessing import PowerNormalizer
 from selconv.search import rank
 
@@ -128,11 +129,12 @@ def test_non_finite_descriptors_are_an_error_not_a_silent_map(where, value):
 def test_run_benchmark_refuses_descriptor_counts_that_do_not_match_the_dataset():
     descriptors = {"max": np.zeros((4, 3)), "sum": np.zeros((5, 3))}
 
-    class Skipping:
-        skipped_ = [(2, "db/broken.jpg", "truncated file")]
+    from selconv.evaluation import EvaluationError
+    from selconv.evaluation._steps import _check_all_described
 
-    with pytest.raises(cli.CommandError, match=r"1 of the 5 database images.*db/broken.jpg: truncated file"):
-        cli._check_all_described(descriptors, 5, "database images", Skipping())
+    skipped = [SkippedInput(2, "db/broken.jpg", "truncated file")]
+    with pytest.raises(EvaluationError, match=r"1 of the 5 database images.*db/broken.jpg: truncated file"):
+        _check_all_described(descriptors, 5, "database images", skipped)
 
 
 # -------------------------------------------------------------- item 14: clear errors where inputs enter
@@ -200,7 +202,7 @@ def test_cli_folder_training_images_are_not_database_distractors(folder_with_tra
     def capture(dataset, *, training, **kwargs):
         seen.update(database=dataset.database, training=training)
 
-    monkeypatch.setattr(cli, "run_benchmark", capture)
+    monkeypatch.setattr(cli._benchmark, "run_benchmark", capture)
     data = folder_with_training_inside
     argv = [
         "evaluate",
@@ -238,7 +240,7 @@ def _run_cli(argv, monkeypatch, capsys):
     def refuse(*args, **kwargs):
         raise AssertionError("run_benchmark must not be reached")
 
-    monkeypatch.setattr(cli, "run_benchmark", refuse)
+    monkeypatch.setattr(cli._benchmark, "run_benchmark", refuse)
     status = cli.main(argv)
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "Traceback" not in err, err
@@ -260,7 +262,7 @@ def test_cli_file_valued_output_folders_are_one_line_errors(option, shape, tmp_p
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["--dataset", "sample", "--protocol", "hard"], "--protocol does not apply to --dataset sample"),
+        (["--dataset", "sample", "--protocol", "hard"], "--protocol does not apply to dataset sample"),
         (["--dataset", "oxford5k", "--data-dir", ".", "--protocol", "hard"], "--protocol does not apply"),
         (["--dataset", "sample", "--data-dir", "."], "--data-dir does not apply"),
         (["--dataset", "sample", "--fit-on", "database", "--max-train", "3"], "--max-train"),
@@ -275,7 +277,7 @@ def test_cli_os_errors_from_deep_inside_are_one_line_with_status_2(tmp_path, mon
     def disk_full(*args, **kwargs):
         raise OSError(28, "No space left on device", str(tmp_path / "out" / "results.json"))
 
-    monkeypatch.setattr(cli, "run_benchmark", disk_full)
+    monkeypatch.setattr(cli._benchmark, "run_benchmark", disk_full)
     status = cli.main(["evaluate", "--dataset", "sample", "--out", str(tmp_path / "out")])
     err = capsys.readouterr().err
     assert status == 2 and err.count("\n") == 1

@@ -7,9 +7,9 @@ import pytest
 from sklearn.base import BaseEstimator, TransformerMixin, clone
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
-from selconv.hashing import ITQHasher, KMeansHasher, RelaxedBinaryAutoencoder, pack_bits, unpack_bits
+from selconv.hashing import ITQHasher, KMeansHasher, RBAHasher, pack_bits, unpack_bits
 from selconv.hashing.kmh import affinity_preserving_kmeans, allocate_dimensions
-from selconv.metrics import map_scorer
+from selconv.model_selection import map_scorer
 from selconv.utils.estimator_checks import check_data_free, check_fit_transform
 
 
@@ -18,7 +18,7 @@ def fast_hashers(n_bits=8):
     return [
         ITQHasher(n_bits, n_iter=10, random_state=0),
         KMeansHasher(n_bits, n_iter=10),
-        RelaxedBinaryAutoencoder(n_bits, n_iter=3, max_lbfgs_iter=20, random_state=0),
+        RBAHasher(n_bits, n_iter=3, max_lbfgs_iter=20, random_state=0),
     ]
 
 
@@ -129,7 +129,7 @@ def test_packing_round_trip_and_bit_order(hasher):
     np.testing.assert_array_equal(codes[:, 1] & 1, bits[:, 15])
 
 
-@pytest.mark.parametrize("cls", [ITQHasher, KMeansHasher, RelaxedBinaryAutoencoder])
+@pytest.mark.parametrize("cls", [ITQHasher, KMeansHasher, RBAHasher])
 def test_n_bits_errors(cls):
     X = np.random.default_rng(0).standard_normal((30, 12))
     with pytest.raises(ValueError, match="multiple of 8"):
@@ -210,14 +210,14 @@ class TestKMH:
 class TestRBA:
     def test_alternating_optimisation_decreases_objective(self):
         X, _ = clustered(n_features=20)
-        rba = RelaxedBinaryAutoencoder(16, n_iter=4, max_lbfgs_iter=30, random_state=0).fit(X)
+        rba = RBAHasher(16, n_iter=4, max_lbfgs_iter=30, random_state=0).fit(X)
         assert rba.objective_.shape == (5,)
         assert np.all(np.diff(rba.objective_) <= 1e-9 * rba.objective_[0])
         assert rba.objective_[-1] < rba.objective_[0]
 
     def test_relaxed_codes_close_to_binary_and_reconstruct(self):
         X, _ = clustered(n_features=20)
-        rba = RelaxedBinaryAutoencoder(16, n_iter=4, max_lbfgs_iter=30, random_state=0).fit(X)
+        rba = RBAHasher(16, n_iter=4, max_lbfgs_iter=30, random_state=0).fit(X)
         Y = (X - rba.mean_) @ rba.encoder_weights_ + rba.encoder_bias_
         assert np.mean(np.abs(np.abs(Y) - 1)) < 0.5
         reconstruction = Y @ rba.decoder_weights_ + rba.decoder_bias_ + rba.mean_

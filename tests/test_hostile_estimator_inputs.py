@@ -32,15 +32,15 @@ from selconv.aggregation import (
     MaxPooling,
     SumPooling,
 )
-from selconv.baselines import MAC, RMAC, CroW, GeM, PCAWhitening, SPoC
 from selconv.conv_map import ConvMap
 from selconv.embedding import FAembEmbedding, FisherVectorEmbedding, TriangulationEmbedding, VLADEmbedding
-from selconv.hashing import ITQHasher, KMeansHasher, RelaxedBinaryAutoencoder
+from selconv.hashing import ITQHasher, KMeansHasher, RBAHasher
 from selconv.index import ImageIndex
-from selconv.local import LocalPCA
+from selconv.local_pca import LocalPCA
 from selconv.masks import MaxMask, NoMask, SiftMask, SumMask
 from selconv.metrics import average_precisions, evaluate
-from selconv.postprocessing import PowerNormalizer, RotationNormalizer
+from selconv.pooling import MAC, RMAC, CroW, GeM, SPoC
+from selconv.postprocessing import PCAWhitening, PowerNormalizer, RotationNormalizer
 from selconv.search import average_query_expansion, rank
 
 #: Seconds a single case may take before it counts as a hang.
@@ -288,8 +288,8 @@ TWO_D_ESTIMATORS = {
     "PCAWhitening(shrinkage=1e300)": lambda: PCAWhitening(shrinkage=1e300),
     "ITQ": lambda: ITQHasher(n_bits=8, n_iter=5, random_state=0),
     "KMH": lambda: KMeansHasher(n_bits=8, bits_per_subspace=2, n_iter=1),
-    "RBA": lambda: RelaxedBinaryAutoencoder(n_bits=8, n_iter=2, max_lbfgs_iter=5, random_state=0),
-    "RBA(penalties=1e300)": lambda: RelaxedBinaryAutoencoder(
+    "RBA": lambda: RBAHasher(n_bits=8, n_iter=2, max_lbfgs_iter=5, random_state=0),
+    "RBA(penalties=1e300)": lambda: RBAHasher(
         n_bits=8, n_iter=2, max_lbfgs_iter=5, independence_penalty=1e300, binary_penalty=1e300, random_state=0
     ),
 }
@@ -512,7 +512,7 @@ CLI_CASES = {  # name: the command line (split on spaces)
     "unknown_mask": "evaluate --dataset sample --mask max,median",
     "zero_bits": "evaluate --dataset sample --bits 0",
     "odd_bits": "evaluate --dataset sample --bits 12",
-    "too_many_bits": "evaluate --dataset sample --bits 64",
+    "bits_not_a_multiple_of_8": "evaluate --dataset sample --bits 12",
     "negative_max_size": "demo --max-size -3",
     "text_max_size": "demo --max-size big",
     "unknown_option": "evaluate --dataset sample --colour red",
@@ -552,7 +552,7 @@ CLI_CASES = {  # name: the command line (split on spaces)
 
 @pytest.mark.parametrize("case", sorted(CLI_CASES))
 def test_cli_errors_are_one_line_with_status_2(case, user_folder, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(cli, "run_benchmark", _refuse_benchmark)
+    monkeypatch.setattr(cli._benchmark, "run_benchmark", _refuse_benchmark)
     argv = [a.format(root=user_folder) for a in CLI_CASES[case].split()]
     if argv and "--out" not in argv:
         argv += ["--out", str(tmp_path / "out")]
@@ -568,15 +568,15 @@ def test_cli_errors_are_one_line_with_status_2(case, user_folder, tmp_path, monk
 def test_cli_unwritable_output_folder_is_one_line_with_status_2(where, tmp_path, monkeypatch, capsys):
     """As root, permissions cannot make a folder unwritable: the write probe is made to fail as it would."""
 
-    probe = cli.tempfile.TemporaryFile
+    probe = cli._common.tempfile.TemporaryFile
 
     def refuse(*args, dir=None, **kwargs):
         if dir == tmp_path / "x":
             raise PermissionError(13, "Permission denied", str(dir))
         return probe(*args, dir=dir, **kwargs)
 
-    monkeypatch.setattr(cli, "run_benchmark", _refuse_benchmark)
-    monkeypatch.setattr(cli.tempfile, "TemporaryFile", refuse)
+    monkeypatch.setattr(cli._benchmark, "run_benchmark", _refuse_benchmark)
+    monkeypatch.setattr(cli._common.tempfile, "TemporaryFile", refuse)
     status = cli.main(["evaluate", "--dataset", "sample", "--out", str(tmp_path / "out"), where, str(tmp_path / "x")])
     err = capsys.readouterr().err
     assert status == 2 and err.count("\n") == 1

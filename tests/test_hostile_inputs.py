@@ -25,7 +25,8 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from selconv.datasets.download import CorruptArchiveError, UnsafeArchiveError, extract
-from selconv.extraction import CacheRepairedWarning, ConvFeatureExtractor, ImageSkippedWarning
+from selconv.extraction import CacheRepairedWarning, ConvFeatureExtractor
+from selconv.extraction._cache import MapCache
 
 sys.path.insert(0, str(Path(__file__).parent))
 import hostile_pickles  # noqa: E402
@@ -93,16 +94,14 @@ def test_fuzzed_and_truncated_images_give_a_map_or_a_reported_skip(tmp_path):
     paths = fuzzed_images(tmp_path)
     assert len(paths) == N_IMAGE_SOURCES * N_MUTATIONS_PER_IMAGE == 300
     extractor = ConvFeatureExtractor(tiny_net, max_size=64, on_error="skip", n_workers=2, progress=False).fit()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ImageSkippedWarning)
-        maps = extractor.transform(paths)
-    skipped = {index for index, _, _ in extractor.skipped_}
+    extraction = extractor.extract(paths)
+    maps, skipped = extraction.maps, {index for index, _, _ in extraction.skipped}
     assert len(maps) + len(skipped) == len(paths)
     assert [m.source for m in maps] == [p for i, p in enumerate(paths) if i not in skipped]
     for conv_map in maps:
         assert conv_map.features.shape[0] == 4 and np.isfinite(conv_map.features).all()
         assert max(conv_map.image_size) == 64
-    for index, name, reason in extractor.skipped_:
+    for index, name, reason in extraction.skipped:
         assert name == paths[index] and reason.startswith(paths[index] + ":")
     assert 0 < len(skipped) < len(paths)  # both outcomes occur: the mutations are neither all fatal nor all benign
 
@@ -298,7 +297,8 @@ def test_cache_faults_are_recomputed_and_reported(cache_images, tmp_path, fault)
     cache = tmp_path / "cache"
     extractor = ConvFeatureExtractor(tiny_net, max_size=None, n_workers=0, cache_dir=str(cache)).fit()
     extractor.transform(paths)
-    entries = [extractor._cache_path(p, None, extractor._output_signature()) for p in paths]
+    cache_of = MapCache(cache, extractor._output_signature(), dtype=extractor.dtype, keypoints=extractor.keypoints)
+    entries = [cache_of.path_of(p, None) for p in paths]
     assert all(entry.is_file() for entry in entries)
     if fault == "entries swapped":  # valid entries under the wrong keys: the key is part of the checksum
         first, second = entries[0].read_bytes(), entries[1].read_bytes()
@@ -322,11 +322,12 @@ def test_cache_faults_are_recomputed_and_reported(cache_images, tmp_path, fault)
         expected = 1
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        maps = extractor.transform(paths)
-    for a, b in zip(fresh, maps):
+        extraction = extractor.extract(paths)
+    for a, b in zip(fresh, extraction.maps):
         np.testing.assert_allclose(b.features, a.features, rtol=1e-5, atol=1e-6)
         assert a.image_size == b.image_size
-    assert len({index for index, _, _ in extractor.cache_repaired_}) == expected, extractor.cache_repaired_
+    repaired = extraction.cache_repaired
+    assert len({index for index, _, _ in repaired}) == expected, repaired
     assert (CacheRepairedWarning in [w.category for w in caught]) == (expected > 0)
 
 

@@ -426,7 +426,7 @@ def test_missing_folder(tmp_path):
 
 # ---------------------------------------------------------------------------------------------- encoders in skops
 def _public_selconv_estimators():
-    from selconv.base import SelconvPickleMixin
+    from selconv._pickling import SelconvPickleMixin
 
     for module in pkgutil.walk_packages(selconv.__path__, "selconv."):
         if not module.name.endswith("__main__") and ".datasets.sample" not in module.name:
@@ -449,7 +449,7 @@ def test_every_selconv_estimator_is_trusted_and_nothing_else():
 
 def _fitted_estimators():
     """One small fitted instance of every selconv estimator (but the extractor) and the input it transforms."""
-    from selconv import aggregation, baselines, embedding, encoding, hashing, local, masks, postprocessing
+    from selconv import aggregation, embedding, encoding, hashing, local_pca, masks, pooling, postprocessing
 
     maps = make_conv_maps(n_images=8)
     sets = make_local_sets()
@@ -458,14 +458,14 @@ def _fitted_estimators():
         masks.MaxMask(),
         masks.SumMask(),
         masks.NoMask(),
-        baselines.SPoC(),
-        baselines.MAC(),
-        baselines.RMAC(),
-        baselines.CroW(),
-        baselines.GeM(),
+        pooling.SPoC(),
+        pooling.MAC(),
+        pooling.RMAC(),
+        pooling.CroW(),
+        pooling.GeM(),
     ]
     on_sets = [
-        local.LocalPCA(4, random_state=0),
+        local_pca.LocalPCA(4, random_state=0),
         embedding.TriangulationEmbedding(3, n_clamped=3, random_state=0),
         embedding.VLADEmbedding(3, random_state=0),
         embedding.FisherVectorEmbedding(2, random_state=0),
@@ -480,10 +480,10 @@ def _fitted_estimators():
     on_vectors = [
         postprocessing.RotationNormalizer(n_dropped=2),
         postprocessing.PowerNormalizer(),
-        baselines.PCAWhitening(4),
+        postprocessing.PCAWhitening(4),
         hashing.ITQHasher(8, random_state=0),
         hashing.KMeansHasher(8),
-        hashing.RelaxedBinaryAutoencoder(8, n_iter=2, random_state=0),
+        hashing.RBAHasher(8, n_iter=2, random_state=0),
     ]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)

@@ -130,6 +130,17 @@ def test_encoder_fingerprint_follows_the_fitted_state_not_runtime_settings(photo
         encoder_fingerprint(encoder[1:])
 
 
+def test_image_index_add_gives_ids_and_paths_to_the_images_kept(photos, encoder, monkeypatch):
+    """An encoder whose extractor skips: ImageIndex.add aligns the given ids and the paths with the images kept."""
+    monkeypatch.setattr(encoder.steps[0][1], "on_error", "skip")  # the module's encoder, restored after the test
+    images = [str(path) for path in sorted((photos / "a").glob("*.png"))[:3]]
+    broken = str(photos / "b" / "broken.jpg")
+    index = ImageIndex(encoder)
+    ids = index.add([images[0], broken, images[1], images[2]], ids=[10, 11, 12, 13])
+    assert ids.tolist() == [10, 12, 13] and index.paths == images
+    assert index.search_descriptors(encoder.transform(images[1:]), k=1).ids[:, 0].tolist() == [12, 13]
+
+
 # ----------------------------------------------------------------------------------------------- fitting
 
 
@@ -413,9 +424,9 @@ def test_a_chunk_cancelled_every_time_fails_the_run(
 ):
     from distributed.client import FutureCancelledError
 
-    from selconv.index import build
+    from selconv.index import _cluster
 
-    monkeypatch.setattr(build, "CLUSTER_RETRIES", 1)
+    monkeypatch.setattr(_cluster, "CLUSTER_RETRIES", 1)
     _cancelling_submit(dask_client, monkeypatch, how_many=10**6)
     with pytest.raises(FutureCancelledError):
         index_folder(photos, encoder, tmp_path / "dask", chunk_size=3, client=dask_client, progress=False)

@@ -12,17 +12,15 @@ from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.model_selection import GridSearchCV, KFold
 
 from selconv.metrics import (
-    DISTRACTOR_LABEL,
     NoPositiveWarning,
     average_precision,
     average_precisions,
     evaluate,
-    make_map_scorer,
-    map_scorer,
     mean_average_precision,
     ns_score,
     tie_aware_average_precisions,
 )
+from selconv.model_selection import DISTRACTOR_LABEL, make_map_scorer, map_scorer
 
 
 def reference_ap(ranking, positives, junk):

@@ -10,8 +10,7 @@ from test_pipelines import make_retrieval_maps, small_pipeline
 from threadpoolctl import threadpool_limits
 
 from selconv.masks import MaxMask, SumMask
-from selconv.metrics import DISTRACTOR_LABEL, map_scorer
-from selconv.model_selection import LEARNING_LABEL, LearningSetSplit, RetrievalKFold
+from selconv.model_selection import DISTRACTOR_LABEL, LEARNING_LABEL, LearningSetSplit, RetrievalKFold, map_scorer
 
 
 @pytest.fixture(scope="module")

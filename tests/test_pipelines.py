@@ -16,7 +16,7 @@ from sklearn.pipeline import Pipeline
 
 import selconv
 from selconv.masks import MaxMask, NoMask, SiftMask, SumMask
-from selconv.metrics import map_scorer
+from selconv.model_selection import map_scorer
 from selconv.pipelines import PAPER_SETTINGS, make_mask, make_paper_pipeline, paper_dimension
 
 N_CHANNELS = 16

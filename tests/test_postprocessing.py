@@ -158,3 +158,27 @@ def test_undetermined_center_only_centres_and_keeps_every_dimension():
     rotated = RotationNormalizer(n_dropped=2, undetermined="center").fit(X)
     assert rotated.rotated_
     np.testing.assert_array_equal(rotated.transform(X), RotationNormalizer(n_dropped=2).fit(X).transform(X))
+
+
+def test_one_eigenvalue_floor_for_every_whitening():
+    """Every whitening raises a variance to eps * the largest (1 when none is positive) before dividing by it."""
+    import warnings
+
+    from selconv._linalg import eigenvalue_floor, whitening_scale
+    from selconv.embedding._codebook import clamped_whitening
+    from selconv.postprocessing import PCAWhitening
+
+    eps = np.finfo(np.float64).eps
+    assert eigenvalue_floor(np.array([4.0, 1.0, 0.0])) == 4.0 * eps
+    assert eigenvalue_floor(np.zeros(3)) == 1.0
+    np.testing.assert_array_equal(whitening_scale(np.array([4.0, 0.0])), np.sqrt([4.0, 4.0 * eps]))
+    covariance = np.diag([9.0, 1.0, 0.0])
+    _, eigenvalues, _ = clamped_whitening(np.zeros(3), covariance, 0)
+    np.testing.assert_array_equal(eigenvalues, [9.0, 1.0, 9.0 * eps])
+    # Rank-deficient training vectors (5 in 8-D) and no shrinkage: the null directions get the floor.
+    X = np.random.default_rng(0).standard_normal((5, 8))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        whitening = PCAWhitening(shrinkage=0.0).fit(X)
+    floor = eigenvalue_floor(whitening.explained_variance_)
+    np.testing.assert_allclose(whitening.scale_[-1], 1.0 / np.sqrt(floor))

@@ -26,6 +26,7 @@ import torch
 from PIL import Image
 from sklearn.utils._param_validation import InvalidParameterError
 
+from selconv import _atomic as atomic_module
 from selconv import _safe_pickle as safe_pickle_module
 from selconv._safe_pickle import MAX_BUILT_BYTES, UnsafePickleError, safe_load_pickle
 from selconv.datasets import load_revisited
@@ -38,7 +39,7 @@ from selconv.extraction import (
     ImageSkippedWarning,
     WeightsNotFoundError,
 )
-from selconv.extraction import extractor as extractor_module
+from selconv.extraction import _cache as cache_module
 from selconv.extraction.weights import resolve_weights
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
@@ -231,20 +232,20 @@ def test_damaged_cache_entry_is_recomputed_and_reported(cached, damage, on_error
     damage(entries[0])
     extractor.set_params(on_error=on_error)
     with pytest.warns(CacheRepairedWarning, match="1 cache entries"):
-        maps = extractor.transform(images)
-    for a, b in zip(fresh, maps):  # recomputed alone instead of in a batch of two: equal to float rounding
+        extraction = extractor.extract(images)
+    for a, b in zip(fresh, extraction.maps):  # recomputed alone instead of in a batch of two: equal to float rounding
         np.testing.assert_allclose(a.features, b.features, rtol=1e-5, atol=1e-6)
-    assert len(extractor.cache_repaired_) == 1 and str(entries[0]) in extractor.cache_repaired_[0][2]
-    extractor.transform(images)  # the entry was rewritten: no warning now
-    assert extractor.cache_repaired_ == []
+    repaired = extraction.cache_repaired
+    assert len(repaired) == 1 and str(entries[0]) in repaired[0].reason and extraction.kept == [0, 1]
+    assert extractor.extract(images).cache_repaired == []  # the entry was rewritten
 
 
 def test_cache_writes_are_fsynced_before_the_rename(cached, monkeypatch):
     extractor, images, _, entries = cached
     events = []
     real_fsync, real_replace = os.fsync, os.replace
-    monkeypatch.setattr(extractor_module.os, "fsync", lambda fd: (events.append("fsync"), real_fsync(fd)))
-    monkeypatch.setattr(extractor_module.os, "replace", lambda a, b: (events.append("replace"), real_replace(a, b)))
+    monkeypatch.setattr(atomic_module.os, "fsync", lambda fd: (events.append("fsync"), real_fsync(fd)))
+    monkeypatch.setattr(atomic_module.os, "replace", lambda a, b: (events.append("replace"), real_replace(a, b)))
     entries[0].unlink()
     extractor.set_params(n_workers=0).transform(images)
     assert events == ["fsync", "replace"]  # the data is on disk before the rename makes the entry visible
@@ -264,9 +265,9 @@ def test_cache_reads_do_not_parse_python_literals(cached, monkeypatch):
     monkeypatch.setattr(ast, "literal_eval", broken)
     with warnings.catch_warnings():
         warnings.simplefilter("error", CacheRepairedWarning)
-        maps = extractor.transform(images)
-    assert extractor.cache_repaired_ == []
-    for a, b in zip(fresh, maps):
+        extraction = extractor.extract(images)
+    assert extraction.cache_repaired == []
+    for a, b in zip(fresh, extraction.maps):
         np.testing.assert_array_equal(a.features, b.features)
         assert a.image_size == b.image_size
 
@@ -285,16 +286,40 @@ def test_cache_reads_do_not_parse_python_literals(cached, monkeypatch):
 )
 def test_cache_payload_parser_refuses_anything_but_plain_arrays(header, tail):
     with pytest.raises(ValueError, match="cannot be read"):
-        extractor_module._unpack_arrays(len(header).to_bytes(4, "little") + header + tail)
+        cache_module.unpack_arrays(len(header).to_bytes(4, "little") + header + tail)
 
 
 def test_cache_payload_round_trips():
     arrays = {"features": np.arange(24, dtype=np.float32).reshape(2, 3, 4), "image_size": np.array([5, 7])}
-    back = extractor_module._unpack_arrays(extractor_module._pack_arrays(arrays))
+    back = cache_module.unpack_arrays(cache_module.pack_arrays(arrays))
     assert list(back) == list(arrays)
     for name, value in arrays.items():
         np.testing.assert_array_equal(back[name], value)
         assert back[name].dtype == value.dtype and back[name].flags.writeable
+
+
+def test_cache_entry_bytes_follow_the_documented_layout(tmp_path):
+    """Format 2, written by hand: magic, SHA-256 of (file stem + payload), payload = 4-byte little-endian header
+    length, JSON header [name, dtype, shape], raw C-order arrays. Existing caches must keep loading."""
+    import json
+
+    from selconv.conv_map import ConvMap
+
+    features = np.arange(24, dtype=np.float32).reshape(2, 3, 4)
+    keypoints = np.array([[1.5, 2.5]], dtype=np.float32)
+    header = json.dumps([["features", "<f4", [2, 3, 4]], ["image_size", "<i8", [2]], ["keypoints", "<f4", [1, 2]]])
+    size = np.array([40, 30], dtype=np.int64)
+    payload = len(header).to_bytes(4, "little") + header.encode() + features.tobytes() + size.tobytes()
+    payload += keypoints.tobytes()
+    path = tmp_path / "ab" / ("ab" + "0" * 62 + ".map")
+    entry = b"selconv-map2\x00" + hashlib.sha256(path.stem.encode() + payload).digest() + payload
+    cache = cache_module.MapCache(tmp_path, "signature", dtype="float32", keypoints="sift")
+    assert cache.write(path, ConvMap(features, image_size=(40, 30), keypoints=keypoints, source="x.jpg")) is None
+    assert path.read_bytes() == entry
+    conv_map, problem = cache.read(path, "x.jpg")
+    assert problem is None and conv_map.image_size == (40, 30) and conv_map.source == "x.jpg"
+    np.testing.assert_array_equal(conv_map.features, features)
+    np.testing.assert_array_equal(conv_map.keypoints, keypoints)
 
 
 def test_cache_notices_a_same_size_same_mtime_replacement(tmp_path):
@@ -337,6 +362,7 @@ def test_fifo_device_and_folder_are_skipped_without_hanging(tmp_path, cached):
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             outcome["maps"] = extractor.transform(inputs)
+            outcome["extraction"] = extractor.extract(inputs)
         outcome["warnings"] = [w.category for w in caught]
 
     worker = threading.Thread(target=run, daemon=True)
@@ -347,7 +373,8 @@ def test_fifo_device_and_folder_are_skipped_without_hanging(tmp_path, cached):
         worker.join(timeout=10)
         pytest.fail("transform blocked on a FIFO")
     assert [m.source for m in outcome["maps"]] == [good, good] and ImageSkippedWarning in outcome["warnings"]
-    reasons = {index: reason for index, _, reason in extractor.skipped_}
+    assert outcome["extraction"].kept == [0, 4]
+    reasons = {index: reason for index, _, reason in outcome["extraction"].skipped}
     assert sorted(reasons) == [1, 2, 3]
     assert "FIFO" in reasons[1] and "folder" in reasons[2] and "device" in reasons[3]
 
@@ -370,8 +397,9 @@ def test_images_too_small_for_the_network_are_skipped(tmp_path):
     lenient = clone_without_cache(strict).set_params(on_error="skip", n_workers=2, batch_size=2)
     with pytest.warns(ImageSkippedWarning, match="3 of 5 images"):
         maps = lenient.transform(inputs)
-    assert len(maps) == 2 and [index for index, _, _ in lenient.skipped_] == [1, 2, 3]
-    assert all("too small" in reason for _, _, reason in lenient.skipped_)
+    extraction = lenient.extract(inputs)
+    assert len(maps) == 2 and extraction.kept == [0, 4] and [s.position for s in extraction.skipped] == [1, 2, 3]
+    assert all("too small" in skip.reason for skip in extraction.skipped)
 
 
 # ---------------------------------------------------------------- item 14: late parameters, skipped inputs
@@ -392,8 +420,67 @@ def test_skipped_inputs_are_recorded_and_warned(tmp_path):
     extractor = ConvFeatureExtractor(tiny_net, max_size=None, n_workers=0, on_error="skip").fit()
     with pytest.warns(ImageSkippedWarning, match=r"1 of 3 images.*bad\.jpg"):
         maps = extractor.transform([good, str(bad), good])
-    assert len(maps) == 2 and extractor.skipped_ == [(1, str(bad), extractor.skipped_[0][2])]
-    assert "not an image" in extractor.skipped_[0][2]
+    assert len(maps) == 2
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ImageSkippedWarning)  # extract reports in its result, not in a warning
+        extraction = extractor.extract([good, str(bad), good])
+    assert extraction.kept == [0, 2] and extraction.skipped == [(1, str(bad), extraction.skipped[0].reason)]
+    assert "not an image" in extraction.skipped[0].reason
+    for a, b in zip(maps, extraction.maps):
+        np.testing.assert_array_equal(a.features, b.features)
+
+
+def test_extraction_calls_leave_the_estimator_unchanged(tmp_path):
+    """transform, iter_transform, extract and iter_extract store nothing on the extractor, skips and cache repairs
+    included: what a call skipped is in what it returns."""
+    good = _image(tmp_path / "good.png", 0)
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"not an image")
+    inputs = [good, str(bad), good]
+    extractor = ConvFeatureExtractor(
+        tiny_net, max_size=None, n_workers=2, on_error="skip", cache_dir=str(tmp_path / "cache")
+    ).fit()
+    before = dict(vars(extractor))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ImageSkippedWarning)
+        extractor.transform(inputs)
+        for entry in (tmp_path / "cache").rglob("*.map"):
+            entry.write_bytes(b"damaged")
+        with pytest.warns(CacheRepairedWarning):
+            extraction = extractor.extract(inputs)
+        list(extractor.iter_transform(inputs))
+        stream = extractor.iter_extract(inputs)
+        list(stream)
+    assert extraction.skipped and extraction.cache_repaired and stream.skipped == extraction.skipped
+    assert vars(extractor).keys() == before.keys()
+    for name, value in before.items():
+        assert vars(extractor)[name] is value, name
+
+
+def test_extract_reports_the_positions_of_unequal_inputs(tmp_path):
+    """Images of several shapes (batched apart), a box, an array, an unreadable and a missing file: every map
+    is the map of the input at its kept position, and every other input is reported at its position."""
+    sizes = [(48, 40), (40, 48), (48, 40), (64, 32), (40, 48)]
+    files = [_image(tmp_path / f"im{i}.png", i, size=size) for i, size in enumerate(sizes)]
+    bad, missing = tmp_path / "bad.jpg", str(tmp_path / "missing.png")
+    bad.write_bytes(b"\xff\xd8 not a jpeg")
+    array = np.random.default_rng(9).integers(0, 256, (30, 50, 3), dtype=np.uint8)
+    inputs = [files[0], str(bad), files[1], (files[2], (4, 4, 40, 36)), array, missing, files[3], files[4]]
+    extractor = ConvFeatureExtractor(tiny_net, max_size=None, n_workers=2, batch_size=2, on_error="skip").fit()
+    extraction = extractor.extract(inputs)
+    assert extraction.kept == [0, 2, 3, 4, 6, 7] and len(extraction.maps) == 6
+    assert [(skip.position, skip.name) for skip in extraction.skipped] == [(1, str(bad)), (5, missing)]
+    stream = extractor.iter_extract(iter(inputs))
+    assert [position for position, _ in stream] == extraction.kept and stream.skipped == extraction.skipped
+    extractor.set_params(batch_size=1, n_workers=0)
+    for position, conv_map in zip(extraction.kept, extraction.maps):
+        alone = extractor.transform([inputs[position]])[0]
+        np.testing.assert_allclose(conv_map.features, alone.features, rtol=1e-5, atol=1e-6)
+        assert conv_map.image_size == alone.image_size
+    extractor.set_params(on_error="raise")
+    with pytest.raises(ImageLoadError, match="bad.jpg"):
+        extractor.extract(inputs)
+    assert extractor.extract([files[0], files[3]]).kept == [0, 1]
 
 
 # ---------------------------------------------------------------- item 10: download resume

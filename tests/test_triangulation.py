@@ -9,7 +9,6 @@ import pytest
 from conftest import make_local_sets
 from sklearn.utils._param_validation import InvalidParameterError
 
-import selconv.embedding.triangulation as triangulation
 from selconv.embedding import TriangulationEmbedding
 from selconv.utils.estimator_checks import check_data_free, check_fit_transform
 
@@ -67,7 +66,7 @@ def test_matches_the_definition_in_float64(fitted):
 def test_chunks_do_not_change_the_result(fitted, monkeypatch):
     temb, sets = fitted
     whole = temb.transform(sets)
-    monkeypatch.setattr(triangulation, "_CHUNK_ROWS", 7)  # chunk borders fall inside images
+    monkeypatch.setattr(TriangulationEmbedding, "_chunk_rows", 7)  # chunk borders fall inside images
     chunked = temb.transform(sets)
     one_by_one = [temb.transform([x])[0] for x in sets]
     for a, b, c in zip(whole, chunked, one_by_one):
@@ -78,7 +77,7 @@ def test_chunks_do_not_change_the_result(fitted, monkeypatch):
 def test_whitened_training_embeddings_have_identity_covariance(fitted):
     temb, sets = fitted
     x = np.concatenate(sets)
-    z = (temb._triangulate(x).astype(np.float64) - temb.mean_) @ temb.projection_.astype(np.float64).T
+    z = (temb._embed(x).astype(np.float64) - temb.mean_) @ temb.projection_.astype(np.float64).T
     covariance = z.T @ z / len(z)
     dim, n_clamped = covariance.shape[0], temb.n_clamped
     kept = dim - n_clamped + 1  # the n_clamped-th smallest eigenvalue itself is unchanged
@@ -93,7 +92,7 @@ def test_whitened_training_embeddings_have_identity_covariance(fitted):
 
 def test_phi_blocks_are_unit_residual_directions(fitted):
     temb, sets = fitted
-    phi = temb._triangulate(sets[0]).reshape(len(sets[0]), 5, 4)
+    phi = temb._embed(sets[0]).reshape(len(sets[0]), 5, 4)
     np.testing.assert_allclose(np.linalg.norm(phi, axis=2), 1.0, rtol=1e-5)
     direction = sets[0][3] - temb.cluster_centers_[2]
     np.testing.assert_allclose(phi[3, 2], direction / np.linalg.norm(direction), rtol=1e-5)
@@ -121,7 +120,7 @@ def test_reproducible_and_seed_dependent():
 def test_no_clamping_whitens_everything():
     sets = _training_sets()
     temb = TriangulationEmbedding(5, n_clamped=0, random_state=0).fit(sets)
-    phi = temb._triangulate(np.concatenate(sets)).astype(np.float64)
+    phi = temb._embed(np.concatenate(sets)).astype(np.float64)
     z = (phi - temb.mean_) @ temb.projection_.T.astype(np.float64)
     np.testing.assert_allclose(z.T @ z / len(z), np.eye(20), atol=1e-3)
 

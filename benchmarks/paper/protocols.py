@@ -19,11 +19,11 @@ class Data:
     """Paths and ground truth of both protocols, with the database (and training set) optionally limited."""
 
     def __init__(self, args):
-        from selconv.datasets import load_generic_training_images, load_shared_oxford_subset
+        from selconv.datasets import load_generic_training_images, load_oxford5k_subset
 
         root = args.data_dir / "oxford5k-subset"
-        official = load_shared_oxford_subset(root, "official-10", training_root=None)
-        loo = load_shared_oxford_subset(root, "loo-landmark", training_root=None)
+        official = load_oxford5k_subset(root, "official-10", training_root=None)
+        loo = load_oxford5k_subset(root, "loo-landmark", training_root=None)
         if [str(p) for p in official.database] != [str(p) for p in loo.database]:
             raise RuntimeError("the two protocols of the Oxford subset disagree on the database order")
         training = load_generic_training_images(args.data_dir)

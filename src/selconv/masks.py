@@ -16,8 +16,8 @@ from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
 from selconv._compat import Interval, StrOptions, fit_context
+from selconv._pickling import SelconvPickleMixin
 from selconv._ragged import check_conv_maps
-from selconv.base import SelconvPickleMixin
 from selconv.conv_map import ConvMap
 
 __all__ = ["NoMask", "MaxMask", "SumMask", "SiftMask"]

@@ -1,4 +1,4 @@
-"""Retrieval evaluation: Oxford/Paris average precision with junk, mAP, UKBench N-S score, a GridSearchCV scorer.
+"""Retrieval evaluation: Oxford/Paris average precision with junk, mAP, UKBench N-S score, :func:`evaluate`.
 
 Ground truth (shared with every dataset loader): a list with one dict per query,
 ``{"positives": int array of database indices, "junk": int array of database indices}``
@@ -16,10 +16,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from selconv.search import average_query_expansion, rank, resolve_metric, similarities
-
-DISTRACTOR_LABEL = -1
-"""Label of images that are only database members (never queries, never relevant) in :func:`map_scorer`.
-``None`` labels are distractors too."""
 
 # Bound on the elements of a (queries-chunk x database) work array.
 _WORK_ELEMENTS = 1 << 23
@@ -393,88 +389,3 @@ def evaluate(query_descriptors, database_descriptors, ground_truth, *, metric="a
         metric=metric,
         queries_without_positives=np.flatnonzero(np.isnan(aps)),
     )
-
-
-def _is_distractor(labels: np.ndarray, distractor_label) -> np.ndarray:
-    if labels.dtype == object:
-        return np.array([label is None or label == distractor_label for label in labels], dtype=bool)
-    if distractor_label is None:
-        return np.zeros(len(labels), dtype=bool)
-    return labels == distractor_label
-
-
-def _label_ids(labels: np.ndarray) -> np.ndarray:
-    """Integer id per distinct label (any hashable labels, also mixed types in an object array)."""
-    if labels.dtype != object:
-        return np.unique(labels, return_inverse=True)[1].ravel()
-    ids: dict = {}
-    return np.array([ids.setdefault(label, len(ids)) for label in labels], dtype=np.int64)
-
-
-class _MapScorer:
-    """mAP of a fitted estimator's descriptors where images sharing a label are relevant to each other.
-
-    A plain class (not a closure) so that it pickles for parallel GridSearchCV.
-    """
-
-    def __init__(self, distractor_label, metric):
-        self.distractor_label = distractor_label
-        self.metric = metric
-
-    def __repr__(self):
-        return f"make_map_scorer(distractor_label={self.distractor_label!r}, metric={self.metric!r})"
-
-    def __call__(self, estimator, X, y):
-        if y is None:
-            raise TypeError("map_scorer needs labels y: images sharing a label are relevant to each other.")
-        labels = np.asarray(y)
-        if labels.ndim != 1:
-            labels = np.asarray(list(y), dtype=object)
-        descriptors = estimator.transform(X)
-        if len(labels) != len(descriptors):
-            raise ValueError(f"y has {len(labels)} labels for {len(descriptors)} descriptors.")
-        member = ~_is_distractor(labels, self.distractor_label)
-        group = np.full(len(labels), -1, dtype=np.int64)
-        group[member] = _label_ids(labels[member])
-        sizes = np.bincount(group[member], minlength=1)
-        queries = np.flatnonzero(member & (sizes[np.maximum(group, 0)] >= 2))
-        if len(queries) == 0:
-            raise ValueError(
-                "map_scorer: no image shares its label with another non-distractor image, so there is no query "
-                "with a positive (check the labels and the cross-validation split)."
-            )
-        metric = resolve_metric(self.metric, descriptors)
-        scores = similarities(descriptors[queries], descriptors, metric=metric)
-        positive_mask = group[queries][:, None] == group[None, :]
-        positive_mask &= member[None, :]
-        positive_mask[np.arange(len(queries)), queries] = False
-        junk_mask = np.zeros_like(positive_mask)
-        junk_mask[np.arange(len(queries)), queries] = True
-        return float(np.mean(_tie_aware_average_precision_rows(scores, positive_mask, junk_mask)))
-
-
-def make_map_scorer(*, distractor_label=DISTRACTOR_LABEL, metric="auto"):
-    """A ``scoring=`` callable for GridSearchCV: mAP of ``estimator.transform(X)`` with labels y.
-
-    Each image whose label is shared by another image is a query; the images sharing its label are
-    its positives; the query itself is junk; images labelled ``distractor_label`` (or None) are only
-    database members. Every image is in the database. AP is tie-aware
-    (:func:`tie_aware_average_precisions`): equal scores are not ordered by index.
-
-    Parameters
-    ----------
-    distractor_label : object, default=DISTRACTOR_LABEL (-1)
-    metric : {"auto", "ip", "hamming"}, default="auto"
-        "auto": Hamming for uint8 codes, inner product otherwise.
-
-    Returns
-    -------
-    scorer : callable ``scorer(estimator, X, y) -> float`` (greater is better)
-    """
-    if metric not in ("auto", "ip", "hamming"):
-        raise ValueError(f"metric must be 'auto', 'ip' or 'hamming'; got {metric!r}.")
-    return _MapScorer(distractor_label, metric)
-
-
-map_scorer = make_map_scorer()
-"""``scorer(estimator, X, y)``: :func:`make_map_scorer` with its defaults."""

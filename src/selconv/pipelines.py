@@ -150,7 +150,7 @@ def make_paper_pipeline(
     """The paper's framework M + Temb + democratic pooling (+ ITQ) with the Table 4 setting for ``dim``.
 
     Steps (names usable in ``set_params`` and grid searches): ``extract`` (only when ``extractor`` is
-    given), ``mask``, ``pca`` (:class:`~selconv.local.LocalPCA`), ``encode``
+    given), ``mask``, ``pca`` (:class:`~selconv.local_pca.LocalPCA`), ``encode``
     (:class:`~selconv.encoding.EncodeAggregate`: its ``embedding``, a
     :class:`~selconv.embedding.TriangulationEmbedding`, and its ``aggregator``, a
     :class:`~selconv.aggregation.DemocraticAggregator`, applied a chunk of images at a time, so the
@@ -209,26 +209,37 @@ def make_paper_pipeline(
     >>> pipeline.get_params()["encode__embedding__n_clusters"]
     20
     """
+    # Long only by its docstring (nine parameters and the step names that grid searches address); the
+    # steps are built by _local_feature_steps and _vector_steps.
+    n_components, n_clusters = _settings(dim)
+    n_dropped = _resolve_n_dropped(n_dropped, fit_on)
+    steps = _local_feature_steps(mask, n_components, n_clusters, random_state)
+    if extractor is not None and extractor is not False:
+        steps.insert(0, ("extract", _resolve_extractor(extractor, mask=mask)))
+    steps += _vector_steps(n_dropped, undetermined, alpha, n_bits, random_state)
+    return Pipeline(steps)
+
+
+def _local_feature_steps(mask: str, n_components: int, n_clusters: int, random_state) -> list:
+    """Conv maps -> one vector per image: mask, LocalPCA, then Temb and democratic pooling fused (EncodeAggregate)."""
     from selconv.aggregation import DemocraticAggregator
     from selconv.embedding import TriangulationEmbedding
     from selconv.encoding import EncodeAggregate
-    from selconv.local import LocalPCA
+    from selconv.local_pca import LocalPCA
+
+    embedding = TriangulationEmbedding(n_clusters, random_state=random_state)
+    return [
+        ("mask", make_mask(mask)),
+        ("pca", LocalPCA(n_components, random_state=random_state)),
+        ("encode", EncodeAggregate(embedding, DemocraticAggregator())),
+    ]
+
+
+def _vector_steps(n_dropped: int, undetermined: str, alpha: float, n_bits, random_state) -> list:
+    """Image vectors -> descriptors: rotation (RN), power law (PN) and, with ``n_bits``, ITQ codes."""
     from selconv.postprocessing import PowerNormalizer, RotationNormalizer
 
-    n_components, n_clusters = _settings(dim)
-    n_dropped = _resolve_n_dropped(n_dropped, fit_on)
-    mask_estimator = make_mask(mask)
-
-    steps = []
-    if extractor is not None and extractor is not False:
-        steps.append(("extract", _resolve_extractor(extractor, mask=mask)))
-    steps += [
-        ("mask", mask_estimator),
-        ("pca", LocalPCA(n_components, random_state=random_state)),
-        (
-            "encode",
-            EncodeAggregate(TriangulationEmbedding(n_clusters, random_state=random_state), DemocraticAggregator()),
-        ),
+    steps = [
         ("rotate", RotationNormalizer(n_dropped=n_dropped, undetermined=undetermined)),
         ("power", PowerNormalizer(alpha=alpha)),
     ]
@@ -236,7 +247,7 @@ def make_paper_pipeline(
         from selconv.hashing import ITQHasher
 
         steps.append(("itq", ITQHasher(n_bits, random_state=random_state)))
-    return Pipeline(steps)
+    return steps
 
 
 def _resolve_extractor(extractor, *, mask: str):

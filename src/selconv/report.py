@@ -17,7 +17,7 @@ import numpy as np
 
 from selconv.metrics import average_precisions
 
-__all__ = ["interpolated_precision_recall", "plot_precision_recall", "render_report", "write_report"]
+__all__ = ["interpolated_precision_recall", "page_head", "plot_precision_recall", "render_report", "write_report"]
 
 #: Recall levels at which precision is interpolated (and averaged over queries).
 RECALL_LEVELS = np.linspace(0.0, 1.0, 101)
@@ -142,6 +142,35 @@ def render_report(
     -------
     html : str
     """
+    checked, show = _check_inputs(queries, database, ground_truth, rankings, show)
+    png = plot_precision_recall({name: interpolated_precision_recall(r, ground_truth) for name, r in checked.items()})
+    parts = page_head(title, notes)
+    parts.append(_table_html(table))
+    parts.append(
+        "<h2>Precision-recall</h2>"
+        f"<img class='plot' alt='precision-recall curves' src='data:image/png;base64,{base64.b64encode(png).decode()}'>"
+    )
+    parts += _results_html(queries, database, ground_truth, checked[show], show, top_k, max_queries, thumbnail_size)
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def page_head(title: str, notes=(), *, extra_css: str = "") -> list[str]:
+    """The opening of a self-contained selconv page: doctype, title, style, heading and the notes list."""
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        f"<title>{html.escape(title)}</title>",
+        f"<style>{_CSS}{extra_css}</style></head><body>",
+        f"<h1>{html.escape(title)}</h1>",
+    ]
+    if notes:
+        parts.append("<ul class='notes'>" + "".join(f"<li>{html.escape(str(n))}</li>" for n in notes) + "</ul>")
+    return parts
+
+
+def _check_inputs(queries, database, ground_truth, rankings, show):
+    """The rankings checked against the queries and the database, and the run whose results are shown."""
     if not rankings:
         raise ValueError("rankings must name at least one run.")
     checked = {
@@ -152,38 +181,25 @@ def render_report(
     show = next(iter(checked)) if show is None else show
     if show not in checked:
         raise ValueError(f"show={show!r} is not one of the runs: {sorted(checked)}.")
+    return checked, show
 
-    png = plot_precision_recall({name: interpolated_precision_recall(r, ground_truth) for name, r in checked.items()})
+
+def _results_html(queries, database, ground_truth, ranking, show, top_k, max_queries, size) -> list[str]:
+    """The top-k results of run `show` for the first `max_queries` queries, with the colour legend."""
     parts = [
-        "<!DOCTYPE html>",
-        '<html lang="en"><head><meta charset="utf-8">',
-        f"<title>{html.escape(title)}</title>",
-        f"<style>{_CSS}</style></head><body>",
-        f"<h1>{html.escape(title)}</h1>",
-    ]
-    if notes:
-        parts.append("<ul class='notes'>" + "".join(f"<li>{html.escape(str(n))}</li>" for n in notes) + "</ul>")
-    parts.append(_table_html(table))
-    parts.append(
-        "<h2>Precision-recall</h2>"
-        f"<img class='plot' alt='precision-recall curves' src='data:image/png;base64,{base64.b64encode(png).decode()}'>"
-    )
-    parts.append(
         f"<h2>Top {top_k} results per query ({html.escape(show)})</h2>"
         "<p class='legend'><span style='border-color:{positive}'>positive</span>"
         "<span style='border-color:{junk}'>junk</span><span style='border-color:{negative}'>negative</span></p>".format(
             **_STATUS_COLOURS
         )
-    )
+    ]
     n_shown = len(queries) if max_queries is None else min(max_queries, len(queries))
-    ranking = checked[show]
     aps = average_precisions(ranking, ground_truth)
     for q in range(n_shown):
-        parts.append(_query_row(q, queries[q], database, ground_truth[q], ranking[q], aps[q], top_k, thumbnail_size))
+        parts.append(_query_row(q, queries[q], database, ground_truth[q], ranking[q], aps[q], top_k, size))
     if n_shown < len(queries):
         parts.append(f"<p>({len(queries) - n_shown} more queries not shown.)</p>")
-    parts.append("</body></html>")
-    return "\n".join(parts)
+    return parts
 
 
 def write_report(path, **kwargs) -> Path:

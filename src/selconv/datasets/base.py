@@ -43,6 +43,22 @@ def list_images(folder, *, exclude=None) -> list[Path]:
     return sorted(images, key=lambda p: p.relative_to(folder).as_posix())
 
 
+def training_folder_in(root: Path, training) -> Path | None:
+    """The training folder `training` (absolute, or relative to the dataset folder `root`), or None.
+
+    Refused when it contains `root`: every image of the dataset would then be a training image.
+    """
+    if training is None:
+        return None
+    folder = Path(training) if Path(training).is_absolute() else Path(root) / training
+    if Path(root).resolve().is_relative_to(folder.resolve()):
+        raise GroundTruthError(
+            f"training folder {folder} contains the dataset folder {root}: every image would be a training "
+            "image; give a folder of training images only"
+        )
+    return folder
+
+
 def shared_images(learning, searched) -> list[tuple[Path, Path]]:
     """Pairs (learning image, searched image) that are the same file or have identical bytes.
 
@@ -106,6 +122,15 @@ def index_names(names, index, *, missing="drop", context=""):
     return np.unique(np.asarray(found, dtype=np.int64))
 
 
+def group_members(labels) -> dict:
+    """``{label: [positions of that label, in order]}`` over `labels`; None (a distractor) is left out."""
+    members = {}
+    for i, label in enumerate(labels):
+        if label is not None:
+            members.setdefault(label, []).append(i)
+    return members
+
+
 def make_ground_truth(positives, junk=()):
     """One ground-truth entry, ``{"positives": int64 array, "junk": int64 array}``, sorted and unique."""
     return {
@@ -149,6 +174,9 @@ class RetrievalDataset:
         decoding, or write turned copies with :func:`apply_rotations`.
     info : dict
         Free-form facts about how the dataset was built (protocol, dropped entries, counts).
+    scores : tuple of str
+        The scores the benchmark reports: ``"mAP"`` always; UKBench adds ``"N-S"``
+        (:func:`selconv.metrics.ns_score`).
     """
 
     name: str
@@ -163,6 +191,7 @@ class RetrievalDataset:
     database_rotations: list | None = None
     query_rotations: list | None = None
     info: dict = field(default_factory=dict)
+    scores: tuple = ("mAP",)
 
     def __post_init__(self):
         self.root = Path(self.root)
@@ -215,8 +244,13 @@ class RetrievalDataset:
         """How many queries have no positive at all (their AP is undefined; metrics report them)."""
         return sum(len(gt["positives"]) == 0 for gt in self.ground_truth)
 
+    @property
+    def needs_rotation(self) -> bool:
+        """Whether some image must be turned upright first (see :func:`apply_rotations`)."""
+        return any(self.database_rotations or ()) or any(self.query_rotations or ())
+
     def _require_upright(self):
-        if any(self.database_rotations or ()) or any(self.query_rotations or ()):
+        if self.needs_rotation:
             raise ValueError(
                 f"{self.name}: some images must be rotated to be upright; call "
                 "selconv.datasets.apply_rotations(dataset, folder) first (or turn them when decoding)"

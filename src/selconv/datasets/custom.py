@@ -22,7 +22,14 @@ import csv
 import json
 from pathlib import Path, PurePosixPath
 
-from selconv.datasets.base import VALID_ROTATIONS, GroundTruthError, RetrievalDataset, list_images, make_ground_truth
+from selconv.datasets.base import (
+    VALID_ROTATIONS,
+    GroundTruthError,
+    RetrievalDataset,
+    list_images,
+    make_ground_truth,
+    training_folder_in,
+)
 
 DEFAULT_GROUND_TRUTH_NAMES = ("groundtruth.csv", "groundtruth.json")
 CSV_COLUMNS = ("image", "label", "query", "x1", "y1", "x2", "y2", "rotation")
@@ -180,15 +187,7 @@ def _from_csv(path, folder, database, queries_in_database, include_unlisted):
 
 
 def _from_json(path, folder, database, training, include_unlisted):
-    try:
-        spec = json.loads(Path(path).read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise GroundTruthError(f"{path}:{exc.lineno}: invalid JSON ({exc.msg})") from None
-    if not isinstance(spec, dict) or not isinstance(spec.get("queries"), list):
-        raise GroundTruthError(f"{path}: expected an object with a 'queries' list")
-    unknown = set(spec) - {"database", "queries", "training"}
-    if unknown:
-        raise GroundTruthError(f"{path}: unknown keys {sorted(unknown)} (allowed: database, queries, training)")
+    spec = _read_json(path)
     if "training" in spec:
         if training:
             raise GroundTruthError(f"{path}: lists 'training' images and a training folder was given too; use one")
@@ -203,53 +202,71 @@ def _from_json(path, folder, database, training, include_unlisted):
         in_training = {p.resolve() for p in training}
         database = [p for p in database if p.resolve() not in in_training]
     index = {p.resolve(): i for i, p in enumerate(database)}
-    queries, boxes, labels, rotations, ground_truth = [], [], [], [], []
-    for q, entry in enumerate(spec["queries"]):
-        where = f"{path}: queries[{q}]"
-        if not isinstance(entry, dict) or "image" not in entry:
-            raise GroundTruthError(
-                f"{where}: expected an object with 'image', 'positives' "
-                "and optional 'junk', 'bbox', 'rotation', 'label'"
-            )
-        unknown = set(entry) - {"image", "positives", "junk", "bbox", "rotation", "label"}
-        if unknown:
-            raise GroundTruthError(f"{where}: unknown keys {sorted(unknown)}")
-        image = folder.resolve(entry["image"], where)
-        indices = {}
-        for kind in ("positives", "junk"):
-            indices[kind] = []
-            for j, name in enumerate(entry.get(kind, [])):
-                i = index.get(folder.resolve(name, f"{where}.{kind}[{j}]").resolve())
-                if i is None:
-                    raise GroundTruthError(f"{where}.{kind}[{j}]: {name!r} is not a database image")
-                indices[kind].append(i)
-        if not indices["positives"]:
-            raise GroundTruthError(f"{where}: query {entry['image']!r} has no positives")
-        both = set(indices["positives"]) & set(indices["junk"])
-        if both:
-            raise GroundTruthError(
-                f"{where}: {[database[i].name for i in sorted(both)]} listed as both positive and junk"
-            )
-        # A query that is also a database image would otherwise rank first as a false positive.
-        self_index = index.get(image.resolve())
-        if self_index is not None and self_index not in indices["positives"]:
-            indices["junk"].append(self_index)
-        queries.append(image)
-        bbox = entry.get("bbox")
-        if bbox is not None and not isinstance(bbox, list):
-            raise GroundTruthError(f"{where}: 'bbox' must be a list [x1, y1, x2, y2], got {bbox!r}")
-        boxes.append(_box(bbox, where))
-        labels.append(entry.get("label"))
-        rotations.append(_rotation(entry.get("rotation", 0), where))
-        ground_truth.append(make_ground_truth(indices["positives"], indices["junk"]))
+    entries = [
+        _json_query(entry, f"{path}: queries[{q}]", folder, index, database) for q, entry in enumerate(spec["queries"])
+    ]
+    rotations = [e["rotation"] for e in entries]
     return dict(
         database=database,
-        queries=queries,
-        ground_truth=ground_truth,
-        query_boxes=boxes,
-        query_labels=labels,
+        queries=[e["image"] for e in entries],
+        ground_truth=[e["truth"] for e in entries],
+        query_boxes=[e["box"] for e in entries],
+        query_labels=[e["label"] for e in entries],
         query_rotations=rotations if any(rotations) else None,
     ), training
+
+
+def _read_json(path) -> dict:
+    """The JSON ground truth as a dict with a 'queries' list and no unknown key."""
+    try:
+        spec = json.loads(Path(path).read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise GroundTruthError(f"{path}:{exc.lineno}: invalid JSON ({exc.msg})") from None
+    if not isinstance(spec, dict) or not isinstance(spec.get("queries"), list):
+        raise GroundTruthError(f"{path}: expected an object with a 'queries' list")
+    unknown = set(spec) - {"database", "queries", "training"}
+    if unknown:
+        raise GroundTruthError(f"{path}: unknown keys {sorted(unknown)} (allowed: database, queries, training)")
+    return spec
+
+
+def _json_query(entry, where, folder, index, database) -> dict:
+    """One JSON query entry checked: its image, box, label, rotation and ground truth."""
+    if not isinstance(entry, dict) or "image" not in entry:
+        raise GroundTruthError(
+            f"{where}: expected an object with 'image', 'positives' and optional 'junk', 'bbox', 'rotation', 'label'"
+        )
+    unknown = set(entry) - {"image", "positives", "junk", "bbox", "rotation", "label"}
+    if unknown:
+        raise GroundTruthError(f"{where}: unknown keys {sorted(unknown)}")
+    image = folder.resolve(entry["image"], where)
+    indices = {}
+    for kind in ("positives", "junk"):
+        indices[kind] = []
+        for j, name in enumerate(entry.get(kind, [])):
+            i = index.get(folder.resolve(name, f"{where}.{kind}[{j}]").resolve())
+            if i is None:
+                raise GroundTruthError(f"{where}.{kind}[{j}]: {name!r} is not a database image")
+            indices[kind].append(i)
+    if not indices["positives"]:
+        raise GroundTruthError(f"{where}: query {entry['image']!r} has no positives")
+    both = set(indices["positives"]) & set(indices["junk"])
+    if both:
+        raise GroundTruthError(f"{where}: {[database[i].name for i in sorted(both)]} listed as both positive and junk")
+    # A query that is also a database image would otherwise rank first as a false positive.
+    self_index = index.get(image.resolve())
+    if self_index is not None and self_index not in indices["positives"]:
+        indices["junk"].append(self_index)
+    bbox = entry.get("bbox")
+    if bbox is not None and not isinstance(bbox, list):
+        raise GroundTruthError(f"{where}: 'bbox' must be a list [x1, y1, x2, y2], got {bbox!r}")
+    return {
+        "image": image,
+        "box": _box(bbox, where),
+        "label": entry.get("label"),
+        "rotation": _rotation(entry.get("rotation", 0), where),
+        "truth": make_ground_truth(indices["positives"], indices["junk"]),
+    }
 
 
 def _check_disjoint(database, training, where):
@@ -272,6 +289,18 @@ def _path_list(names, folder, where):
             raise GroundTruthError(f"{where}[{j}]: {names[j]!r} is listed twice (first at [{seen[p.resolve()]}])")
         seen[p.resolve()] = j
     return paths
+
+
+def _ground_truth_file(root: Path, ground_truth):
+    """The ground-truth file: as given (relative to `root` when it is there), else the default name in `root`."""
+    if ground_truth is None:
+        found = [root / n for n in DEFAULT_GROUND_TRUTH_NAMES if (root / n).is_file()]
+        if len(found) > 1:
+            raise GroundTruthError(f"{root}: both {DEFAULT_GROUND_TRUTH_NAMES} exist; pass ground_truth= to choose")
+        return found[0] if found else None
+    if not Path(ground_truth).is_absolute() and (root / ground_truth).exists():
+        return root / ground_truth
+    return ground_truth
 
 
 def load_image_folder(
@@ -308,25 +337,12 @@ def load_image_folder(
         column, a bad box or rotation, a query without label or without positives.
     """
     root = Path(root)
-    training_folder = None
-    if training is not None:
-        training_folder = Path(training) if Path(training).is_absolute() else root / training
-        if root.resolve().is_relative_to(training_folder.resolve()):
-            raise GroundTruthError(
-                f"training folder {training_folder} contains the dataset folder {root}: every "
-                "image would be a training image; give a folder of training images only"
-            )
+    training_folder = training_folder_in(root, training)
     training_images = list_images(training_folder) if training_folder is not None else []
     database = list_images(root, exclude=training_folder)
     folder = _Folder(root)
 
-    if ground_truth is None:
-        found = [root / n for n in DEFAULT_GROUND_TRUTH_NAMES if (root / n).is_file()]
-        if len(found) > 1:
-            raise GroundTruthError(f"{root}: both {DEFAULT_GROUND_TRUTH_NAMES} exist; pass ground_truth= to choose")
-        ground_truth = found[0] if found else None
-    elif not Path(ground_truth).is_absolute() and (root / ground_truth).exists():
-        ground_truth = root / ground_truth
+    ground_truth = _ground_truth_file(root, ground_truth)
     if ground_truth is None:
         fields = dict(database=database, queries=[], ground_truth=[])
     else:

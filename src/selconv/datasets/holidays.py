@@ -5,7 +5,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
-from selconv.datasets.base import VALID_ROTATIONS, GroundTruthError, RetrievalDataset, list_images, make_ground_truth
+from selconv.datasets.base import (
+    VALID_ROTATIONS,
+    GroundTruthError,
+    RetrievalDataset,
+    group_members,
+    list_images,
+    make_ground_truth,
+)
 
 
 def read_rotation_list(path) -> dict[str, int]:
@@ -34,6 +41,17 @@ def read_rotation_list(path) -> dict[str, int]:
             raise GroundTruthError(f"{path}:{number}: {fields[0]} is listed twice")
         rotations[name] = degrees
     return rotations
+
+
+def _rotations_of(database, rotations, image_folder) -> list[int]:
+    """Clockwise degrees per database image from a rotation list (file or mapping); unlisted images get 0."""
+    table = dict(rotations) if isinstance(rotations, Mapping) else read_rotation_list(rotations)
+    unknown = sorted(set(table) - {p.stem for p in database})
+    if unknown:
+        raise GroundTruthError(
+            f"rotation list names {len(unknown)} images that are not in {image_folder}: {unknown[:5]}"
+        )
+    return [int(table.get(p.stem, 0)) % 360 for p in database]
 
 
 def load_holidays(root, *, rotations=None, images=None, distractors=None) -> RetrievalDataset:
@@ -68,22 +86,11 @@ def load_holidays(root, *, rotations=None, images=None, distractors=None) -> Ret
         if not (path.stem.isdigit() and len(path.stem) == 6):
             raise GroundTruthError(f"{path}: Holidays image names are 6-digit ids (e.g. 100000.jpg)")
         groups.append(int(path.stem) // 100)
-    members = {}
-    for i, group in enumerate(groups):
-        members.setdefault(group, []).append(i)
+    members = group_members(groups)
     query_ids = [i for i, path in enumerate(database) if path.stem.endswith("00")]
     ground_truth = [make_ground_truth([j for j in members[groups[i]] if j != i], [i]) for i in query_ids]
 
-    database_rotations = None
-    if rotations is not None:
-        table = dict(rotations) if isinstance(rotations, Mapping) else read_rotation_list(rotations)
-        names = {p.stem for p in database}
-        unknown = sorted(set(table) - names)
-        if unknown:
-            raise GroundTruthError(
-                f"rotation list names {len(unknown)} images that are not in {image_folder}: {unknown[:5]}"
-            )
-        database_rotations = [int(table.get(p.stem, 0)) % 360 for p in database]
+    database_rotations = None if rotations is None else _rotations_of(database, rotations, image_folder)
     dataset = RetrievalDataset(
         name="holidays",
         root=root,

@@ -105,6 +105,29 @@ def database_index(images, *, where):
     return index
 
 
+def _queries(parsed, index, *, exclude, missing, gt_folder, where):
+    """``([(query, ground truth), ...], dropped query names)``: the parsed queries mapped to database positions."""
+    kept, dropped = [], []
+    for q in parsed:
+        if q.image in exclude:
+            continue
+        if q.image not in index:
+            if missing == "raise":
+                raise GroundTruthError(
+                    f"{gt_folder / (q.name + '_query.txt')}: query image {q.image!r} is not under {where}"
+                )
+            dropped.append(q.name)
+            continue
+        context = str(gt_folder / q.name)
+        listed = {kind: [n for n in getattr(q, kind) if n not in exclude] for kind in ("good", "ok", "junk")}
+        truth = make_ground_truth(
+            index_names(listed["good"] + listed["ok"], index, missing=missing, context=context),
+            index_names(listed["junk"], index, missing=missing, context=context),
+        )
+        kept.append((q, truth))
+    return kept, dropped
+
+
 def load_oxford_paris(root, *, name, images=None, groundtruth=None, exclude=(), distractors=None, missing="raise"):
     """Load Oxford5k, Paris6k or any dataset in their ground-truth format.
 
@@ -141,37 +164,15 @@ def load_oxford_paris(root, *, name, images=None, groundtruth=None, exclude=(), 
     index = database_index(db, where=str(image_folder))
     gt_folder = Path(groundtruth) if groundtruth is not None else _find_ground_truth_folder(root)
     parsed = read_oxford_ground_truth(gt_folder)
-    queries, boxes, labels, ground_truth = [], [], [], []
-    dropped = []
-    for q in parsed:
-        if q.image in exclude:
-            continue
-        if q.image not in index:
-            if missing == "raise":
-                raise GroundTruthError(
-                    f"{gt_folder / (q.name + '_query.txt')}: query image {q.image!r} is not under {image_folder}"
-                )
-            dropped.append(q.name)
-            continue
-        where = str(gt_folder / q.name)
-        listed = {kind: [n for n in getattr(q, kind) if n not in exclude] for kind in ("good", "ok", "junk")}
-        queries.append(db[index[q.image]])
-        boxes.append(q.box)
-        labels.append(q.landmark)
-        ground_truth.append(
-            make_ground_truth(
-                index_names(listed["good"] + listed["ok"], index, missing=missing, context=where),
-                index_names(listed["junk"], index, missing=missing, context=where),
-            )
-        )
+    kept, dropped = _queries(parsed, index, exclude=exclude, missing=missing, gt_folder=gt_folder, where=image_folder)
     dataset = RetrievalDataset(
         name=name,
         root=root,
         database=db,
-        queries=queries,
-        ground_truth=ground_truth,
-        query_boxes=boxes,
-        query_labels=labels,
+        queries=[db[index[q.image]] for q, _ in kept],
+        ground_truth=[truth for _, truth in kept],
+        query_boxes=[q.box for q, _ in kept],
+        query_labels=[q.landmark for q, _ in kept],
         info={"groundtruth": str(gt_folder), "dropped_queries": dropped, "excluded": sorted(exclude)},
     )
     if distractors is not None:

@@ -62,6 +62,18 @@ def _box(value, where):
     return tuple(float(v) for v in box)
 
 
+def _read_gnd(gnd_file) -> dict:
+    """The ground-truth pickle, read safely and checked: lists 'imlist', 'qimlist' and one 'gnd' per query."""
+    cfg = safe_load_pickle(gnd_file)
+    if not isinstance(cfg, dict) or not {"imlist", "qimlist", "gnd"} <= set(cfg):
+        raise GroundTruthError(f"{gnd_file}: expected a dict with 'imlist', 'qimlist' and 'gnd'")
+    if not all(isinstance(cfg[k], (list, tuple)) for k in ("imlist", "qimlist", "gnd")):
+        raise GroundTruthError(f"{gnd_file}: 'imlist', 'qimlist' and 'gnd' must be lists")
+    if len(cfg["gnd"]) != len(cfg["qimlist"]):
+        raise GroundTruthError(f"{gnd_file}: {len(cfg['gnd'])} 'gnd' entries for {len(cfg['qimlist'])} queries")
+    return cfg
+
+
 def load_revisited(
     root, name="roxford5k", protocol="medium", *, gnd_file=None, images=None, distractors=None
 ) -> RetrievalDataset:
@@ -98,13 +110,7 @@ def load_revisited(
     root = Path(root)
     gnd_file = Path(gnd_file) if gnd_file is not None else root / f"gnd_{name}.pkl"
     image_folder = Path(images) if images is not None else root / "jpg"
-    cfg = safe_load_pickle(gnd_file)
-    if not isinstance(cfg, dict) or not {"imlist", "qimlist", "gnd"} <= set(cfg):
-        raise GroundTruthError(f"{gnd_file}: expected a dict with 'imlist', 'qimlist' and 'gnd'")
-    if not all(isinstance(cfg[k], (list, tuple)) for k in ("imlist", "qimlist", "gnd")):
-        raise GroundTruthError(f"{gnd_file}: 'imlist', 'qimlist' and 'gnd' must be lists")
-    if len(cfg["gnd"]) != len(cfg["qimlist"]):
-        raise GroundTruthError(f"{gnd_file}: {len(cfg['gnd'])} 'gnd' entries for {len(cfg['qimlist'])} queries")
+    cfg = _read_gnd(gnd_file)
     database = [_image_path(image_folder, n, gnd_file) for n in cfg["imlist"]]
     queries = [_image_path(image_folder, n, gnd_file) for n in cfg["qimlist"]]
     missing = [str(p) for p in database + queries if not p.is_file()]

@@ -5,9 +5,12 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from selconv.datasets.base import GroundTruthError, RetrievalDataset, list_images, make_ground_truth
+from selconv.datasets.base import GroundTruthError, RetrievalDataset, group_members, list_images, make_ground_truth
 
 _NAME = re.compile(r"ukbench(\d{5})")
+
+#: UKBench reports N-S (mean number of the group's 4 images in the top 4, query included) beside mAP.
+SCORES = ("mAP", "N-S")
 
 
 def load_ukbench(root, *, images=None) -> RetrievalDataset:
@@ -33,9 +36,7 @@ def load_ukbench(root, *, images=None) -> RetrievalDataset:
         if match is None:
             raise GroundTruthError(f"{path}: UKBench image names are ukbenchNNNNN")
         groups.append(int(match.group(1)) // 4)
-    members = {}
-    for i, group in enumerate(groups):
-        members.setdefault(group, []).append(i)
+    members = group_members(groups)
     incomplete = [g for g, m in members.items() if len(m) != 4]
     if incomplete:
         raise GroundTruthError(
@@ -49,5 +50,5 @@ def load_ukbench(root, *, images=None) -> RetrievalDataset:
         ground_truth=[make_ground_truth(members[g]) for g in groups],
         database_labels=[str(g) for g in groups],
         query_labels=[str(g) for g in groups],
-        info={"score": "N-S: mean number of positives in the top 4 (query included)"},
+        scores=SCORES,
     )

@@ -1,5 +1,5 @@
-"""Learning and embedding steps shared by the codebook embeddings (Temb, VLAD, FV, F-FAemb): a bounded
-random sample of the training local features, a k-means codebook on it, normalised residuals to the
+"""The base classes of the codebook embeddings (Temb, VLAD, FV, F-FAemb) and the steps they share: a bounded
+random sample of the training local features, a codebook learned on it, normalised residuals to the
 codewords, the clamped PCA-whitening of embedded local features, and the chunked transform."""
 
 from __future__ import annotations
@@ -7,11 +7,17 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
+from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.cluster import KMeans
+from sklearn.utils import check_random_state
 from sklearn.utils.random import sample_without_replacement
+from sklearn.utils.validation import check_is_fitted
 
-from selconv._linalg import l2_normalize_rows, mean_and_scatter, principal_axes
-from selconv.exceptions import OVERFLOW_HINT, check_finite
+from selconv._compat import fit_context
+from selconv._linalg import eigenvalue_floor, l2_normalize_rows, mean_and_scatter, principal_axes
+from selconv._pickling import SelconvPickleMixin
+from selconv._ragged import check_local_sets
+from selconv.exceptions import OVERFLOW_HINT, check_finite, check_fitted_finite
 
 # Rows per chunk of the embedding: the (rows, |C| d) residual block and its product with P stay in
 # the CPU caches for the paper's Temb dimensions (1024 x 640 float32 = 2.5 MiB), which keeps the
@@ -129,7 +135,7 @@ def clamped_whitening(mean: np.ndarray, covariance: np.ndarray, n_clamped: int):
     if n_clamped > 0:
         eigenvalues[dim - n_clamped :] = eigenvalues[dim - n_clamped]
     # A singular covariance (too few features) would divide by zero; keep the scale finite.
-    eigenvalues = np.maximum(eigenvalues, np.finfo(np.float64).eps * eigenvalues[0] if eigenvalues[0] > 0 else 1.0)
+    eigenvalues = np.maximum(eigenvalues, eigenvalue_floor(eigenvalues))
     projection = (eigenvectors / np.sqrt(eigenvalues)).T.astype(np.float32)
     return mean, eigenvalues, projection
 
@@ -166,3 +172,127 @@ def embed_sets(
         l2_normalize_rows(out, out=out)
     check_finite(embedded, estimator=estimator, what="the embedded local features", hint=OVERFLOW_HINT)
     return np.split(embedded, np.cumsum([len(s) for s in sets])[:-1])
+
+
+class BaseCodebookEmbedding(SelconvPickleMixin, TransformerMixin, BaseEstimator):
+    """Base class of the codebook embeddings: ragged local feature sets in, ragged embedded sets out.
+
+    ``fit`` validates the sets, draws a uniform random sample of at most ``max_samples`` of the training
+    local features (seeded by ``random_state``), learns the codebook on it (``_learn_codebook``: k-means
+    here) and then whatever else the embedding learns over all of them (``_learn_statistics``);
+    ``transform`` embeds every image's local features in chunks of ``_chunk_rows`` rows (``_embed``).
+    Subclasses define ``_embed(x)`` ((n, d) float32 -> fresh (n, D) float32) and ``_embedding_dimension()``
+    (D, from the fitted state), and have the parameters ``max_samples``, ``random_state`` and the one named
+    by ``_codebook_param`` (plus ``kmeans_n_init`` for the default k-means codebook).
+    """
+
+    #: The parameter that sets the codebook size: there must be at least that many training local features.
+    _codebook_param = "n_clusters"
+    #: Rows per chunk of ``transform`` (see :data:`CHUNK_ROWS`).
+    _chunk_rows = CHUNK_ROWS
+
+    def _embed(self, x: np.ndarray) -> np.ndarray:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _embedding_dimension(self) -> int:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _check_features(self, features: np.ndarray, n_images: int) -> None:
+        n_codewords = getattr(self, self._codebook_param)
+        check_enough_features(len(features), n_codewords, estimator=self, n_images=n_images, param=self._codebook_param)
+
+    def _learn_codebook(self, sample: np.ndarray, rng: np.random.RandomState) -> None:
+        self.cluster_centers_ = kmeans_codebook(sample, self.n_clusters, n_init=self.kmeans_n_init, rng=rng)
+
+    def _learn_statistics(self, features: np.ndarray, sample: np.ndarray, device: str) -> None:
+        """What is learned over all training local features once the codebook exists: nothing here."""
+
+    def _whitening(self):
+        """``(mean, projection)`` applied to the embedded rows in ``transform``, or None."""
+        return None
+
+    @fit_context(prefer_skip_nested_validation=True)
+    def fit(self, X, y=None):
+        """Learn the codebook (and, for the whitened embeddings, the mean of phi and the whitening projection).
+
+        Parameters
+        ----------
+        X : list of array-like of shape (n_local_i, n_features)
+            Training local feature sets, one per image (typically LocalPCA output); ``n_local_i`` may
+            differ and may be 0.
+        y : None
+            Ignored.
+
+        Returns
+        -------
+        self : object
+        """
+        return self._fit(check_local_sets(X, estimator=self, reset=True))
+
+    def _fit(self, sets: list[np.ndarray], device: str = "cpu"):
+        """fit on validated sets; a torch ``device`` is for the embeddings that have a torch kernel (see
+        :class:`TriangulationEmbedding`, ``EncodeAggregate(device=...)``)."""
+        features = np.concatenate(sets)
+        self._check_features(features, len(sets))
+        rng = check_random_state(self.random_state)
+        sample = sample_features(features, self.max_samples, rng)
+        self._learn_codebook(sample, rng)
+        self._learn_statistics(features, sample, device)
+        check_fitted_finite(self)
+        return self
+
+    def transform(self, X):
+        """Embed (and, for the whitened embeddings, whiten and l2-normalise) every local feature of every image.
+
+        The images are concatenated and processed in chunks of rows, so the work is a few large array
+        operations whatever the number of local features per image.
+
+        Parameters
+        ----------
+        X : list of array-like of shape (n_local_i, n_features)
+            Local feature sets, one per image, with the ``n_features_in_`` seen in ``fit``.
+
+        Returns
+        -------
+        local_sets : list of ndarray of shape (n_local_i, n_embedded_features), float32
+            The embedded local features (the class docstring gives their dimension); same counts as ``X``.
+        """
+        check_is_fitted(self)
+        sets = check_local_sets(X, estimator=self, reset=False)
+        return embed_sets(
+            sets,
+            self._embed,
+            self._embedding_dimension(),
+            estimator=self,
+            chunk_rows=self._chunk_rows,
+            whitening=self._whitening(),
+        )
+
+
+class BaseWhitenedCodebookEmbedding(BaseCodebookEmbedding):
+    """A :class:`BaseCodebookEmbedding` whose embedded local features are centred, whitened with the ``n_clamped``
+    smallest eigenvalues clamped (:func:`learn_clamped_whitening`) and l2-normalised (Temb, F-FAemb).
+
+    Subclasses also define ``_dimension_formula(n_features) -> (D, text)``: the embedding dimension that
+    the parameters give, and how it comes about (for the error and warning of :func:`check_whitening_fit`).
+    """
+
+    def _dimension_formula(self, n_features: int) -> tuple[int, str]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _check_features(self, features, n_images):
+        super()._check_features(features, n_images)
+        dim, formula = self._dimension_formula(features.shape[1])
+        check_whitening_fit(len(features), dim, self.n_clamped, estimator=self, dim_formula=formula)
+
+    def _learn_statistics(self, features, sample, device):
+        self.mean_, self.eigenvalues_, self.projection_ = learn_clamped_whitening(
+            self._embed, features, sample, self.n_clamped
+        )
+        self.n_samples_seen_ = len(features)
+
+    def _embedding_dimension(self):
+        return len(self.mean_)
+
+    def _whitening(self):
+        return self.mean_, self.projection_

@@ -25,32 +25,14 @@ from __future__ import annotations
 import numbers
 
 import numpy as np
-from sklearn.base import BaseEstimator, TransformerMixin
-from sklearn.utils import check_random_state
-from sklearn.utils.validation import check_is_fitted
 
-from selconv._compat import Interval, fit_context
-from selconv._ragged import check_local_sets
-from selconv.base import SelconvPickleMixin
-from selconv.embedding._codebook import (
-    check_enough_features,
-    check_whitening_fit,
-    embed_sets,
-    kmeans_codebook,
-    learn_clamped_whitening,
-    normalized_residuals,
-    sample_features,
-)
-from selconv.exceptions import check_fitted_finite
+from selconv._compat import Interval
+from selconv.embedding._codebook import BaseWhitenedCodebookEmbedding, normalized_residuals
 
 __all__ = ["FAembEmbedding"]
 
-# Rows per chunk: the (rows, |C| d (d + 1) / 2) second-order block stays a few MiB at the paper's
-# d = 32, |C| = 10 (256 x 5280 float32 = 5.4 MiB).
-_CHUNK_ROWS = 256
 
-
-class FAembEmbedding(SelconvPickleMixin, TransformerMixin, BaseEstimator):
+class FAembEmbedding(BaseWhitenedCodebookEmbedding):
     """Embed every local feature with F-FAemb (paper Table 2: d = 32, |C| = 10).
 
     ``fit`` learns a k-means codebook on a uniform random sample of at most ``max_samples`` training
@@ -102,6 +84,10 @@ class FAembEmbedding(SelconvPickleMixin, TransformerMixin, BaseEstimator):
     [(200, 24), (0, 24)]
     """
 
+    # Rows per chunk: the (rows, |C| d (d + 1) / 2) second-order block stays a few MiB at the paper's
+    # d = 32, |C| = 10 (256 x 5280 float32 = 5.4 MiB).
+    _chunk_rows = 256
+
     _parameter_constraints: dict = {
         "n_clusters": [Interval(numbers.Integral, 1, None, closed="left")],
         "mu": [Interval(numbers.Real, 0, None, closed="neither")],
@@ -138,7 +124,7 @@ class FAembEmbedding(SelconvPickleMixin, TransformerMixin, BaseEstimator):
         lagrange = (m_vx @ ones_rotated - 1.0) / (m_one @ ones_rotated)
         return (m_vx - lagrange[:, None] * m_one) @ gram_vectors.T
 
-    def _second_order(self, x: np.ndarray) -> np.ndarray:
+    def _embed(self, x: np.ndarray) -> np.ndarray:
         """phi(x) before centring and whitening: (n, |C| d (d + 1) / 2) float32."""
         n_features = x.shape[1]
         gamma = self.coefficients(x).astype(np.float32)
@@ -148,64 +134,8 @@ class FAembEmbedding(SelconvPickleMixin, TransformerMixin, BaseEstimator):
         products *= gamma[:, :, None]
         return products.reshape(len(x), -1)
 
-    @fit_context(prefer_skip_nested_validation=True)
-    def fit(self, X, y=None):
-        """Learn the anchor points, the mean of phi and the whitening projection.
-
-        Parameters
-        ----------
-        X : list of array-like of shape (n_local_i, n_features)
-            Training local feature sets, one per image (typically LocalPCA output); counts may differ
-            and may be 0.
-        y : None
-            Ignored.
-
-        Returns
-        -------
-        self : object
-        """
-        sets = check_local_sets(X, estimator=self, reset=True)
-        features = np.concatenate(sets)
-        n_samples, n_features = features.shape
-        dim = self.n_clusters * n_features * (n_features + 1) // 2
-        check_enough_features(n_samples, self.n_clusters, estimator=self, n_images=len(sets))
-        check_whitening_fit(
-            n_samples,
-            dim,
-            self.n_clamped,
-            estimator=self,
-            dim_formula=f"n_clusters * d (d + 1) / 2 = {self.n_clusters} * {n_features} * {n_features + 1} / 2",
-        )
-        rng = check_random_state(self.random_state)
-        sample = sample_features(features, self.max_samples, rng)
-        self.cluster_centers_ = kmeans_codebook(sample, self.n_clusters, n_init=self.kmeans_n_init, rng=rng)
-        self.mean_, self.eigenvalues_, self.projection_ = learn_clamped_whitening(
-            self._second_order, features, sample, self.n_clamped
-        )
-        self.n_samples_seen_ = n_samples
-        check_fitted_finite(self)
-        return self
-
-    def transform(self, X):
-        """Embed, whiten and l2-normalise every local feature of every image.
-
-        Parameters
-        ----------
-        X : list of array-like of shape (n_local_i, n_features)
-            Local feature sets, one per image, with the ``n_features_in_`` seen in ``fit``.
-
-        Returns
-        -------
-        local_sets : list of ndarray of shape (n_local_i, n_clusters * d * (d + 1) // 2), float32
-            Unit-norm embedded local features (a row that whitening maps to 0 stays 0); same counts as ``X``.
-        """
-        check_is_fitted(self)
-        sets = check_local_sets(X, estimator=self, reset=False)
-        return embed_sets(
-            sets,
-            self._second_order,
-            len(self.mean_),
-            estimator=self,
-            chunk_rows=_CHUNK_ROWS,
-            whitening=(self.mean_, self.projection_),
+    def _dimension_formula(self, n_features):
+        return (
+            self.n_clusters * n_features * (n_features + 1) // 2,
+            f"n_clusters * d (d + 1) / 2 = {self.n_clusters} * {n_features} * {n_features + 1} / 2",
         )

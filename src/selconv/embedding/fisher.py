@@ -19,21 +19,15 @@ from __future__ import annotations
 import numbers
 
 import numpy as np
-from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.mixture import GaussianMixture
-from sklearn.utils import check_random_state
-from sklearn.utils.validation import check_is_fitted
 
-from selconv._compat import Interval, fit_context
-from selconv._ragged import check_local_sets
-from selconv.base import SelconvPickleMixin
-from selconv.embedding._codebook import check_enough_features, embed_sets, sample_features
-from selconv.exceptions import check_fitted_finite
+from selconv._compat import Interval
+from selconv.embedding._codebook import BaseCodebookEmbedding
 
 __all__ = ["FisherVectorEmbedding"]
 
 
-class FisherVectorEmbedding(SelconvPickleMixin, TransformerMixin, BaseEstimator):
+class FisherVectorEmbedding(BaseCodebookEmbedding):
     """Embed every local feature as its Fisher vector phi_FV (paper Table 2: d = 48, |C| = 44).
 
     ``fit`` learns a :class:`sklearn.mixture.GaussianMixture` with ``covariance_type="diag"`` on a
@@ -83,6 +77,8 @@ class FisherVectorEmbedding(SelconvPickleMixin, TransformerMixin, BaseEstimator)
     [(40, 24), (0, 24)]
     """
 
+    _codebook_param = "n_components"
+
     _parameter_constraints: dict = {
         "n_components": [Interval(numbers.Integral, 1, None, closed="left")],
         "max_samples": [Interval(numbers.Integral, 1, None, closed="left")],
@@ -112,28 +108,8 @@ class FisherVectorEmbedding(SelconvPickleMixin, TransformerMixin, BaseEstimator)
         self.n_init = n_init
         self.random_state = random_state
 
-    @fit_context(prefer_skip_nested_validation=True)
-    def fit(self, X, y=None):
-        """Learn the diagonal GMM.
-
-        Parameters
-        ----------
-        X : list of array-like of shape (n_local_i, n_features)
-            Training local feature sets, one per image; ``n_local_i`` may differ and may be 0.
-        y : None
-            Ignored.
-
-        Returns
-        -------
-        self : object
-        """
-        sets = check_local_sets(X, estimator=self, reset=True)
-        features = np.concatenate(sets)
-        check_enough_features(
-            len(features), self.n_components, estimator=self, n_images=len(sets), param="n_components"
-        )
-        rng = check_random_state(self.random_state)
-        sample = sample_features(features, self.max_samples, rng)
+    def _learn_codebook(self, sample, rng):
+        """The diagonal GMM, fitted on the sample."""
         gmm = GaussianMixture(
             n_components=self.n_components,
             covariance_type="diag",
@@ -147,8 +123,6 @@ class FisherVectorEmbedding(SelconvPickleMixin, TransformerMixin, BaseEstimator)
         self.means_ = gmm.means_
         self.variances_ = gmm.covariances_
         self.converged_ = gmm.converged_
-        check_fitted_finite(self)
-        return self
 
     def posteriors(self, x: np.ndarray) -> np.ndarray:
         """q_k(x) for the rows of ``x`` (n, d): (n, n_components) float64, rows summing to 1."""
@@ -175,19 +149,5 @@ class FisherVectorEmbedding(SelconvPickleMixin, TransformerMixin, BaseEstimator)
         variance_gradient = q[:, :, None] / (np.float32(np.sqrt(2.0)) * sqrt_weights) * (standardised**2 - 1.0)
         return np.concatenate([mean_gradient, variance_gradient], axis=2).reshape(len(x), -1)
 
-    def transform(self, X):
-        """Embed every local feature of every image.
-
-        Parameters
-        ----------
-        X : list of array-like of shape (n_local_i, n_features)
-            Local feature sets, one per image, with the ``n_features_in_`` seen in ``fit``.
-
-        Returns
-        -------
-        local_sets : list of ndarray of shape (n_local_i, 2 * n_components * n_features), float32
-            Per component k, [u_k, v_k]; same counts as ``X``.
-        """
-        check_is_fitted(self)
-        sets = check_local_sets(X, estimator=self, reset=False)
-        return embed_sets(sets, self._embed, 2 * self.means_.size, estimator=self)
+    def _embedding_dimension(self):
+        return 2 * self.means_.size

@@ -12,35 +12,23 @@ from __future__ import annotations
 import numbers
 
 import numpy as np
-from sklearn.base import BaseEstimator, TransformerMixin
-from sklearn.utils import check_random_state
-from sklearn.utils.validation import check_is_fitted
 
-from selconv._compat import Interval, fit_context
-from selconv._ragged import check_local_sets
-from selconv.base import SelconvPickleMixin
-from selconv.embedding._codebook import CHUNK_ROWS as _CHUNK_ROWS  # read at each transform (tests vary it)
+from selconv._compat import Interval
 from selconv.embedding._codebook import (
-    check_enough_features,
-    check_whitening_fit,
+    BaseWhitenedCodebookEmbedding,
     clamped_whitening,
-    embed_sets,
-    kmeans_codebook,
-    learn_clamped_whitening,
     normalized_residuals,
-    sample_features,
     whitening_shift,
 )
-from selconv.exceptions import check_fitted_finite
 
 __all__ = ["TriangulationEmbedding"]
 
 
-class TriangulationEmbedding(SelconvPickleMixin, TransformerMixin, BaseEstimator):
+class TriangulationEmbedding(BaseWhitenedCodebookEmbedding):
     """Embed every local feature with the triangulation embedding phi_Delta (paper section 4.1).
 
     ``fit`` learns, on the training local features (typically the output of
-    :class:`~selconv.local.LocalPCA`): a k-means codebook on a uniform random sample of at most
+    :class:`~selconv.local_pca.LocalPCA`): a k-means codebook on a uniform random sample of at most
     ``max_samples`` of them, then the mean ``phibar`` and the covariance (float64) of phi over ALL
     of them, whose eigen-decomposition gives the whitening projection
     P = diag(lambda^-1/2) V^T with the ``n_clamped`` smallest eigenvalues set to the
@@ -104,59 +92,26 @@ class TriangulationEmbedding(SelconvPickleMixin, TransformerMixin, BaseEstimator
         self.kmeans_n_init = kmeans_n_init
         self.random_state = random_state
 
-    def _triangulate(self, x: np.ndarray) -> np.ndarray:
+    def _embed(self, x: np.ndarray) -> np.ndarray:
         """phi(x) for a chunk of rows: (n, d) float32 -> (n, |C| d) float32, blocks ordered by codeword."""
         return normalized_residuals(x, self.cluster_centers_).reshape(len(x), self.cluster_centers_.size)
 
-    @fit_context(prefer_skip_nested_validation=True)
-    def fit(self, X, y=None):
-        """Learn the codebook, the mean of phi and the whitening projection.
+    def _dimension_formula(self, n_features):
+        return self.n_clusters * n_features, f"n_clusters * n_features = {self.n_clusters} * {n_features}"
 
-        Parameters
-        ----------
-        X : list of array-like of shape (n_local_i, n_features)
-            Training local feature sets, one per image; ``n_local_i`` may differ and may be 0.
-        y : None
-            Ignored.
-
-        Returns
-        -------
-        self : object
-        """
-        return self._fit(check_local_sets(X, estimator=self, reset=True))
-
-    def _fit(self, sets: list[np.ndarray], device: str = "cpu"):
-        """fit on validated sets; a torch ``device`` (see :mod:`selconv.torch_encoder`) runs the pass over
-        all local features that accumulates the covariance of phi there (``EncodeAggregate(device=...)``)."""
-        features = np.concatenate(sets)
-        n_samples, n_features = features.shape
-        check_enough_features(n_samples, self.n_clusters, estimator=self, n_images=len(sets))
-        check_whitening_fit(
-            n_samples,
-            self.n_clusters * n_features,
-            self.n_clamped,
-            estimator=self,
-            dim_formula=f"n_clusters * n_features = {self.n_clusters} * {n_features}",
-        )
-        rng = check_random_state(self.random_state)
-        sample = sample_features(features, self.max_samples, rng)
-        self.cluster_centers_ = kmeans_codebook(sample, self.n_clusters, n_init=self.kmeans_n_init, rng=rng)
+    def _learn_statistics(self, features, sample, device):
+        """The mean and clamped whitening of phi; on a torch ``device`` (see :mod:`selconv.torch_encoder`) the
+        pass over all local features that accumulates the covariance of phi runs there
+        (``EncodeAggregate(device=...)``)."""
         if device == "cpu":
-            whitening = learn_clamped_whitening(self._triangulate, features, sample, self.n_clamped)
-        else:
-            whitening = self._torch_whitening(features, sample, device)
-        self.mean_, self.eigenvalues_, self.projection_ = whitening
-        self.n_samples_seen_ = n_samples
-        check_fitted_finite(self)
-        return self
-
-    def _torch_whitening(self, features, sample, device):
+            super()._learn_statistics(features, sample, device)
+            return
         import torch
 
         from selconv.torch_encoder import resolve_device, whitening_scatter
 
         target = resolve_device(device)
-        shift = whitening_shift(self._triangulate, sample)
+        shift = whitening_shift(self._embed, sample)
         with torch.no_grad():
             shifted_sum, scatter = whitening_scatter(
                 torch.as_tensor(features, device=target),
@@ -166,31 +121,7 @@ class TriangulationEmbedding(SelconvPickleMixin, TransformerMixin, BaseEstimator
         n_samples = len(features)
         shifted_mean = shifted_sum.cpu().numpy() / n_samples
         scatter = scatter.cpu().numpy() - n_samples * np.outer(shifted_mean, shifted_mean)
-        return clamped_whitening(shift + shifted_mean, scatter / n_samples, self.n_clamped)
-
-    def transform(self, X):
-        """Embed and l2-normalise every local feature of every image.
-
-        The images are concatenated and processed in chunks of rows, so the work is a few large
-        GEMMs with ``projection_`` (the dominant cost) whatever the number of local features per image.
-
-        Parameters
-        ----------
-        X : list of array-like of shape (n_local_i, n_features)
-            Local feature sets, one per image, with the ``n_features_in_`` seen in ``fit``.
-
-        Returns
-        -------
-        local_sets : list of ndarray of shape (n_local_i, n_clusters * n_features), float32
-            Unit-norm embedded local features (a row that whitening maps to 0 stays 0); same counts as ``X``.
-        """
-        check_is_fitted(self)
-        sets = check_local_sets(X, estimator=self, reset=False)
-        return embed_sets(
-            sets,
-            self._triangulate,
-            len(self.mean_),
-            estimator=self,
-            chunk_rows=_CHUNK_ROWS,
-            whitening=(self.mean_, self.projection_),
+        self.mean_, self.eigenvalues_, self.projection_ = clamped_whitening(
+            shift + shifted_mean, scatter / n_samples, self.n_clamped
         )
+        self.n_samples_seen_ = n_samples

@@ -12,20 +12,14 @@ from __future__ import annotations
 import numbers
 
 import numpy as np
-from sklearn.base import BaseEstimator, TransformerMixin
-from sklearn.utils import check_random_state
-from sklearn.utils.validation import check_is_fitted
 
-from selconv._compat import Interval, fit_context
-from selconv._ragged import check_local_sets
-from selconv.base import SelconvPickleMixin
-from selconv.embedding._codebook import check_enough_features, embed_sets, kmeans_codebook, sample_features
-from selconv.exceptions import check_fitted_finite
+from selconv._compat import Interval
+from selconv.embedding._codebook import BaseCodebookEmbedding
 
 __all__ = ["VLADEmbedding"]
 
 
-class VLADEmbedding(SelconvPickleMixin, TransformerMixin, BaseEstimator):
+class VLADEmbedding(BaseCodebookEmbedding):
     """Embed every local feature as its VLAD residual phi_VLAD (paper Table 2: d = 64, |C| = 66).
 
     ``fit`` learns a k-means codebook on a uniform random sample of at most ``max_samples`` training
@@ -75,30 +69,6 @@ class VLADEmbedding(SelconvPickleMixin, TransformerMixin, BaseEstimator):
         self.kmeans_n_init = kmeans_n_init
         self.random_state = random_state
 
-    @fit_context(prefer_skip_nested_validation=True)
-    def fit(self, X, y=None):
-        """Learn the k-means codebook.
-
-        Parameters
-        ----------
-        X : list of array-like of shape (n_local_i, n_features)
-            Training local feature sets, one per image; ``n_local_i`` may differ and may be 0.
-        y : None
-            Ignored.
-
-        Returns
-        -------
-        self : object
-        """
-        sets = check_local_sets(X, estimator=self, reset=True)
-        features = np.concatenate(sets)
-        check_enough_features(len(features), self.n_clusters, estimator=self, n_images=len(sets))
-        rng = check_random_state(self.random_state)
-        sample = sample_features(features, self.max_samples, rng)
-        self.cluster_centers_ = kmeans_codebook(sample, self.n_clusters, n_init=self.kmeans_n_init, rng=rng)
-        check_fitted_finite(self)
-        return self
-
     def assign(self, x: np.ndarray) -> np.ndarray:
         """Index of the nearest codeword of each row of ``x`` (n, d): (n,) int64."""
         centers = self.cluster_centers_
@@ -113,19 +83,5 @@ class VLADEmbedding(SelconvPickleMixin, TransformerMixin, BaseEstimator):
         embedded[np.arange(len(x)), nearest] = x - self.cluster_centers_[nearest]
         return embedded.reshape(len(x), -1)
 
-    def transform(self, X):
-        """Embed every local feature of every image.
-
-        Parameters
-        ----------
-        X : list of array-like of shape (n_local_i, n_features)
-            Local feature sets, one per image, with the ``n_features_in_`` seen in ``fit``.
-
-        Returns
-        -------
-        local_sets : list of ndarray of shape (n_local_i, n_clusters * n_features), float32
-            Residuals in the block of the nearest codeword; same counts as ``X``.
-        """
-        check_is_fitted(self)
-        sets = check_local_sets(X, estimator=self, reset=False)
-        return embed_sets(sets, self._embed, self.cluster_centers_.size, estimator=self)
+    def _embedding_dimension(self):
+        return self.cluster_centers_.size

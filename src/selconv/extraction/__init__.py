@@ -1,6 +1,13 @@
 """Images -> conv maps: ConvFeatureExtractor, with its backbones, weight resolution and image loading."""
 
-from selconv.extraction.extractor import CacheRepairedWarning, ConvFeatureExtractor, ImageSkippedWarning
+from selconv.extraction._results import (
+    CacheRepairedWarning,
+    Extraction,
+    ExtractionStream,
+    ImageSkippedWarning,
+    SkippedInput,
+)
+from selconv.extraction.extractor import ConvFeatureExtractor
 from selconv.extraction.images import BoxedImage, ImageLoadError
 from selconv.extraction.weights import WeightsNotFoundError
 
@@ -8,7 +15,10 @@ __all__ = [
     "BoxedImage",
     "CacheRepairedWarning",
     "ConvFeatureExtractor",
+    "Extraction",
+    "ExtractionStream",
     "ImageLoadError",
     "ImageSkippedWarning",
+    "SkippedInput",
     "WeightsNotFoundError",
 ]

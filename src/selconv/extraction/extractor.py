@@ -1,193 +1,28 @@
-"""ConvFeatureExtractor: images (files, PIL images, arrays, optionally with boxes) -> one ConvMap per image."""
+"""ConvFeatureExtractor: images (files, PIL images, arrays, optionally with boxes) -> one ConvMap per image.
+
+The estimator only: image loading is in ``images``, the map cache in ``_cache``, batching and ordering in
+``_batching``, and what one call reports in ``_results``.
+"""
 
 from __future__ import annotations
 
-import hashlib
 import json
-import math
 import os
-import tempfile
 import warnings
-from collections import deque
-from concurrent.futures import ThreadPoolExecutor
 from numbers import Integral
-from pathlib import Path
 
-import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
 from selconv._compat import Interval, StrOptions, _fit_context
-from selconv.base import SelconvPickleMixin
-from selconv.conv_map import ConvMap
-from selconv.extraction.backbones import build_backbone, module_checksum
-from selconv.extraction.images import ImageLoadError, describe, load_image, open_regular_file, split_box
-from selconv.extraction.weights import state_dict_from_bytes, state_dict_to_bytes
-
-
-class ImageSkippedWarning(UserWarning):
-    """Some inputs could not be read and were skipped (``on_error="skip"``); the message names them."""
-
-
-class CacheRepairedWarning(UserWarning):
-    """Some entries of ``cache_dir`` were damaged (or could not be written) and were recomputed;
-    the message names them."""
-
-
-_CACHE_FORMAT = 2  # bump when the stored layout or the computation changes
-# A cache entry: this magic, the SHA-256 digest of its key and payload, then the payload (an .npz without
-# pickles). The key in the digest binds an entry to its file name: a copied or misplaced entry fails the check.
-# Entry layout: magic, SHA-256 of the payload, payload = 4-byte little-endian header length, a JSON header
-# listing each array's name, dtype and shape, then the arrays' raw C-order bytes. Not np.load: numpy parses
-# .npy headers with ast.literal_eval, whose recursion counter CPython < 3.11.8 / 3.12.1 shares between threads
-# (gh-106905), so concurrent reads of valid entries in the worker threads could fail with a SystemError and be
-# thrown away. Entries of the earlier npz layout (magic "selconv-map") are recomputed once.
-_CACHE_MAGIC = b"selconv-map2\x00"
-_CACHE_DIGEST_SIZE = 32
-_CACHE_DTYPE_KINDS = "fiu"  # plain numbers only: anything else in a header is a damaged or foreign entry
-
-
-def _pack_arrays(arrays: dict) -> bytes:
-    """Arrays as a cache payload: header length, JSON header (name, dtype, shape of each), raw bytes."""
-    arrays = {name: np.ascontiguousarray(a) for name, a in arrays.items()}
-    header = json.dumps([[name, a.dtype.str, list(a.shape)] for name, a in arrays.items()]).encode()
-    return b"".join([len(header).to_bytes(4, "little"), header, *(a.tobytes() for a in arrays.values())])
-
-
-def _unpack_arrays(payload: bytes) -> dict:
-    """Inverse of :func:`_pack_arrays` (copies, writable); a ValueError for anything else."""
-    try:
-        size = int.from_bytes(payload[:4], "little")
-        header = json.loads(payload[4 : 4 + size])
-        offset, arrays = 4 + size, {}
-        for name, dtype_str, shape in header:
-            dtype = np.dtype(dtype_str)
-            if dtype.kind not in _CACHE_DTYPE_KINDS or not all(isinstance(n, int) and n >= 0 for n in shape):
-                raise ValueError(f"array {name!r} of dtype {dtype_str} and shape {shape}")
-            count = math.prod(shape)
-            if count * dtype.itemsize > len(payload) - offset:
-                raise ValueError(f"array {name!r} of shape {shape} runs past the end of the entry")
-            arrays[str(name)] = np.frombuffer(payload, dtype, count, offset).reshape(shape).copy()
-            offset += count * dtype.itemsize
-        if offset != len(payload):
-            raise ValueError(f"{len(payload) - offset} bytes after the arrays")
-    except (ValueError, TypeError) as exc:  # json.JSONDecodeError is a ValueError
-        raise ValueError(f"cannot be read ({exc})") from None
-    return arrays
-
-
-def _entry_digest(path: Path, payload: bytes) -> bytes:
-    digest = hashlib.sha256(path.stem.encode())  # SHA-256: hardware-accelerated, faster than BLAKE2b here
-    digest.update(payload)
-    return digest.digest()
-
-
-def content_fingerprint(handle) -> str:
-    """SHA-256 of a whole file (an open binary file object), part of the cache key.
-
-    Catches a replacement that keeps the size and modification time (``cp -p``, ``rsync -a``), wherever
-    the bytes changed. Hashing the whole file rather than its first and last 64 KiB costs about 5% of
-    decoding it and, on the Oxford images, little more than the partial hash (measured:
-    benchmarks/results/cache_key.md), so nothing is left uncaught to save time.
-    """
-    return hashlib.file_digest(handle, "sha256").hexdigest()
-
-
-def _default_workers() -> int:
-    try:
-        available = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        available = os.cpu_count() or 1
-    return max(1, min(16, available))
-
-
-class _TooSmallError(ImageLoadError):
-    """Every image of a batch (they share one shape) is too small for the network."""
-
-
-class _BatchRunner:
-    """Runs batches of equally sized images through the module; on CUDA, overlaps batch k's GPU work and
-    copies with the host finishing batch k-1 (one batch in flight)."""
-
-    def __init__(self, module, device, precision, mean, std, out_dtype):
-        import torch
-
-        self.torch = torch
-        self.module = module
-        self.device = device
-        self.cuda = device.type == "cuda"
-        self.compute_dtype = {"float16": torch.float16, "bfloat16": torch.bfloat16}.get(precision, torch.float32)
-        self.out_dtype = torch.float16 if out_dtype == "float16" else torch.float32
-        # x / 255 then (x - mean) / std, folded into one subtract and one multiply on 0..255 values.
-        shift = torch.tensor([255.0 * m for m in mean]).view(1, 3, 1, 1)
-        scale = torch.tensor([1.0 / (255.0 * s) for s in std]).view(1, 3, 1, 1)
-        self.shift, self.scale = shift.to(device), scale.to(device)
-        self.in_flight = None
-
-    def _forward(self, images):
-        torch = self.torch
-        if self.cuda:
-            # uint8 over the bus (4x less than float), from pinned memory so the copy is asynchronous;
-            # the NHWC buffer viewed as NCHW is already channels_last, the layout fast GPU convs want.
-            x = torch.empty((len(images), *images[0].shape), dtype=torch.uint8, pin_memory=True)
-            staging = x.numpy()
-            for i, pixels in enumerate(images):
-                staging[i] = pixels
-            x = x.to(self.device, non_blocking=True)
-        else:
-            x = torch.from_numpy(np.stack(images))  # (B, H, W, 3) uint8
-        x = x.permute(0, 3, 1, 2).float()
-        x = ((x - self.shift) * self.scale).to(self.compute_dtype)
-        if not self.cuda:
-            x = x.contiguous()
-        out = self.module(x).to(self.out_dtype)
-        if self.cuda:
-            host = torch.empty(out.shape, dtype=out.dtype, pin_memory=True)
-            host.copy_(out, non_blocking=True)
-            event = torch.cuda.Event()
-            event.record()
-            return host, event
-        return out, None
-
-    def _finish(self, job):
-        batch, (out, event) = job
-        if event is not None:
-            event.synchronize()
-        features = out.numpy().copy()  # one copy out of pinned (or batch) memory; the maps are views of it
-        return [
-            (
-                index,
-                ConvMap(
-                    features[i],
-                    image_size=(img.pixels.shape[1], img.pixels.shape[0]),
-                    keypoints=img.keypoints,
-                    source=img.source,
-                ),
-                cache_path,
-            )
-            for i, (index, img, cache_path) in enumerate(batch)
-        ]
-
-    def submit(self, batch):
-        """Start a batch; return the finished results of the previous one (CUDA) or of this one (CPU)."""
-        try:
-            job = (batch, self._forward([img.pixels for _, img, _ in batch]))
-        except RuntimeError as error:
-            if "too small" not in str(error):
-                raise
-            height, width = batch[0][1].pixels.shape[:2]
-            raise _TooSmallError(
-                f"image too small for the requested layer: {width} x {height} px after resizing leaves no cell "
-                "in the feature map; raise max_size or crop larger boxes."
-            ) from error
-        if not self.cuda:
-            return self._finish(job)
-        previous, self.in_flight = self.in_flight, job
-        return self._finish(previous) if previous is not None else []
-
-    def drain(self):
-        previous, self.in_flight = self.in_flight, None
-        return self._finish(previous) if previous is not None else []
+from selconv._pickling import SelconvPickleMixin
+from selconv.extraction._batching import BatchRunner, OrderedExtraction, default_workers
+from selconv.extraction._cache import CACHE_FORMAT, MapCache
+from selconv.extraction._network import output_channels, place, rebuild, resolve_device
+from selconv.extraction._results import Extraction, ExtractionStream, ImageSkippedWarning, listing
+from selconv.extraction.backbones import build_backbone
+from selconv.extraction.images import ImageLoadError, load_item, parse_inputs
+from selconv.extraction.weights import state_dict_to_bytes
 
 
 class ConvFeatureExtractor(SelconvPickleMixin, TransformerMixin, BaseEstimator):
@@ -241,16 +76,18 @@ class ConvFeatureExtractor(SelconvPickleMixin, TransformerMixin, BaseEstimator):
     on_error : {"raise", "skip"}, default="raise"
         What an unusable input (missing, empty, corrupt, truncated, not an image, decompression bomb, not
         a regular file such as a FIFO or folder, too small for the network after resizing or cropping)
-        does: raise :class:`ImageLoadError` naming it, or be left out of the output with an
-        :class:`ImageSkippedWarning`; ``skipped_`` then lists ``(index, name, reason)``.
+        does: raise :class:`ImageLoadError` naming it, or be left out. Skipping makes the output shorter
+        than the input, so it is explicit: :meth:`extract` (and :meth:`iter_extract`) return the position of
+        every map and ``(position, name, reason)`` of every skipped input; :meth:`transform` returns the
+        maps alone and names the skipped inputs in an :class:`ImageSkippedWarning`.
     cache_dir : path-like or None, default=None
         Store each file's map there and reuse it on later runs: an interrupted run loses nothing already
         computed. The key is the file's absolute path, size, modification time and content (SHA-256 of the
         file), its box and every parameter that changes the output. An entry is
-        an ``.npz`` without pickles behind a checksum of it, written atomically (temporary file, fsync,
+        raw arrays (no pickles) behind a checksum of them, written atomically (temporary file, fsync,
         rename); a damaged entry is deleted, recomputed and reported (:class:`CacheRepairedWarning`,
-        ``cache_repaired_``). Only file inputs are cached. The device is not part of the key (CPU and GPU
-        agree to float rounding).
+        ``cache_repaired`` of :meth:`extract`). Only file inputs are cached. The device is not part of the
+        key (CPU and GPU agree to float rounding).
     progress : bool or None, default=None
         Show a progress bar; None shows one for 100 images or more.
     store_weights : bool, default=False
@@ -269,14 +106,12 @@ class ConvFeatureExtractor(SelconvPickleMixin, TransformerMixin, BaseEstimator):
         Where the weights came from.
     weights_checksum_ : str
         SHA-256 of the module's parameters and buffers.
-    skipped_ : list of tuple
-        ``(index, name, reason)`` of inputs skipped by the last ``transform``.
-    cache_repaired_ : list of tuple
-        ``(index, name, reason)`` of inputs whose cache entry was damaged (or could not be written) in the
-        last ``transform``; their maps were computed afresh.
 
     Notes
     -----
+    Calls to ``transform``, ``iter_transform``, ``extract`` and ``iter_extract`` store nothing on the
+    estimator: what a call skipped or repaired is in what it returns (:class:`Extraction`).
+
     Batching pads nothing. Zero-padding an image at the bottom/right is exact for the first convolution
     only: its output in the padded area is ReLU(bias), not zero, and the next convolution reads it near
     the border. Exact padding would need masks after every layer; instead images are grouped by resized
@@ -344,21 +179,6 @@ class ConvFeatureExtractor(SelconvPickleMixin, TransformerMixin, BaseEstimator):
         self.store_weights = store_weights
 
     # ------------------------------------------------------------------ fitting and the model
-    def _resolve_device(self) -> str:
-        import torch
-
-        if self.device == "auto":
-            return "cuda" if torch.cuda.is_available() else "cpu"
-        try:
-            device = torch.device(self.device)
-        except (RuntimeError, ValueError):
-            raise ValueError(
-                f"device={self.device!r} is not a torch device ('auto', 'cpu', 'cuda', 'cuda:1', ...)."
-            ) from None
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise ValueError(f"device={self.device!r} but CUDA is not available here; use device='auto' or 'cpu'.")
-        return str(device)
-
     @_fit_context(prefer_skip_nested_validation=True)
     def fit(self, X=None, y=None):
         """Resolve the device, the layers and the weights and build the network. X and y are ignored.
@@ -367,50 +187,23 @@ class ConvFeatureExtractor(SelconvPickleMixin, TransformerMixin, BaseEstimator):
         -------
         self : ConvFeatureExtractor
         """
-        import torch
-
         built = build_backbone(self.backbone, self.layers, self.weights)
-        # Shapes only, on the meta device (no arithmetic): bad hypercolumns fail here, not mid-run.
-        meta = {k: torch.empty_like(v, device="meta") for k, v in built.module.state_dict().items()}
-        probe = torch.func.functional_call(built.module, meta, (torch.zeros(1, 3, 224, 224, device="meta"),))
-        self.device_ = self._resolve_device()
+        n_channels = output_channels(built.module)
+        self.device_ = resolve_device(self.device)
         self.layers_ = list(built.layers)
-        self.n_channels_ = int(probe.shape[1])
+        self.n_channels_ = n_channels
         self.weights_source_ = built.weights_source
         self.weights_checksum_ = built.checksum
-        self.skipped_ = []
-        self.cache_repaired_ = []
-        self._model = self._place(built.module)
+        self._model = place(built.module, self.device_, self.precision)
         self._mean, self._std = built.mean, built.std
         return self
 
-    def _place(self, module):
-        import torch
-
-        device = torch.device(self.device_)
-        dtype = {"float16": torch.float16, "bfloat16": torch.bfloat16}.get(self.precision, torch.float32)
-        module = module.to(device=device, dtype=dtype)
-        if device.type == "cuda":
-            module = module.to(memory_format=torch.channels_last)
-        return module
-
     def _get_model(self):
         """The module on ``device_``; rebuilt (and checked against the checksum) after unpickling."""
-        if getattr(self, "_model", None) is not None:
-            return self._model
-        stored = getattr(self, "_weights_bytes", None)
-        built = build_backbone(self.backbone, self.layers, None if stored is not None else self.weights)
-        if stored is not None:
-            built.module.load_state_dict(state_dict_from_bytes(stored))
-            built.checksum = module_checksum(built.module)
-        if built.checksum != self.weights_checksum_:
-            raise ValueError(
-                f"The weights found now ({built.weights_source}) differ from those this extractor was fitted "
-                f"with ({self.weights_source_}): checksum {built.checksum[:12]} != {self.weights_checksum_[:12]}. "
-                "Refit, or pickle with store_weights=True."
-            )
-        self._model = self._place(built.module)
-        self._mean, self._std = built.mean, built.std
+        if getattr(self, "_model", None) is None:
+            built = rebuild(self)
+            self._model = place(built.module, self.device_, self.precision)
+            self._mean, self._std = built.mean, built.std
         return self._model
 
     def __getstate__(self):
@@ -456,7 +249,7 @@ class ConvFeatureExtractor(SelconvPickleMixin, TransformerMixin, BaseEstimator):
         )
         return json.dumps(
             {
-                "format": _CACHE_FORMAT,
+                "format": CACHE_FORMAT,
                 "backbone": backbone,
                 "layers": self.layers_,
                 "weights": self.weights_checksum_,
@@ -469,120 +262,98 @@ class ConvFeatureExtractor(SelconvPickleMixin, TransformerMixin, BaseEstimator):
             sort_keys=True,
         )
 
-    def _cache_path(self, image, box, signature) -> Path | None:
-        """Where the map of `image` is cached, or None when it is not. Opens the file (regular files only,
-        see open_regular_file) for the fingerprint, so a bad file raises ImageLoadError here."""
-        if self.cache_dir is None or not isinstance(image, (str, os.PathLike)):
-            return None
-        name = os.fspath(image)
-        handle, info = open_regular_file(name, name)
-        with handle:
-            fingerprint = content_fingerprint(handle)
-        key = json.dumps([os.path.abspath(name), info.st_size, info.st_mtime_ns, fingerprint, box, signature])
-        digest = hashlib.sha256(key.encode()).hexdigest()
-        return Path(self.cache_dir) / digest[:2] / f"{digest}.map"
-
-    def _read_cache(self, path: Path, source: str):
-        """``(map, None)`` for a valid entry, ``(None, None)`` for none, ``(None, reason)`` for a damaged one
-        (then deleted)."""
+    def _load_one(self, item, cache):
+        """Read the cached map of one input, or decode it (in a worker): ``(kind, payload, cache_path, problem)``."""
+        cache_path = problem = None
         try:
-            data = path.read_bytes()
-        except FileNotFoundError:
-            return None, None
-        except OSError as exc:
-            reason = f"unreadable ({exc.strerror or exc})"
-        else:
-            try:
-                return self._decode_entry(path, data, source), None
-            except ValueError as exc:
-                reason = str(exc)
-        try:
-            path.unlink()
-        except OSError:
-            pass  # e.g. a folder in its place: the write below reports it
-        return None, f"cache entry {path} {reason}"
-
-    def _decode_entry(self, path: Path, data: bytes, source: str) -> ConvMap:
-        start = len(_CACHE_MAGIC) + _CACHE_DIGEST_SIZE
-        if len(data) < start or not data.startswith(_CACHE_MAGIC):
-            raise ValueError("is truncated or not a selconv cache entry")
-        payload = data[start:]
-        if _entry_digest(path, payload) != data[len(_CACHE_MAGIC) : start]:
-            raise ValueError("failed its checksum (truncated or corrupted)")
-        stored = _unpack_arrays(payload)  # the checksum matched: only a writer of another layout fails here
-        if not {"features", "image_size"} <= set(stored) <= {"features", "image_size", "keypoints"}:
-            raise ValueError(f"cannot be read (holds arrays {sorted(stored)})")
-        features, image_size, keypoints = stored["features"], stored["image_size"], stored.get("keypoints")
-        if (
-            features.ndim != 3
-            or features.dtype != np.dtype(self.dtype)
-            or image_size.shape != (2,)
-            or (keypoints is None) != (self.keypoints is None)
-        ):
-            raise ValueError("does not hold a map of this extractor's layout")
-        return ConvMap(features, image_size=tuple(int(v) for v in image_size), keypoints=keypoints, source=source)
-
-    @staticmethod
-    def _write_cache(path: Path, conv_map: ConvMap) -> str | None:
-        """Store an entry atomically and durably; return why it failed (a cache failure never stops a run)."""
-        arrays = {"features": conv_map.features, "image_size": np.asarray(conv_map.image_size, dtype=np.int64)}
-        if conv_map.keypoints is not None:
-            arrays["keypoints"] = conv_map.keypoints
-        payload = _pack_arrays(arrays)
-        digest = _entry_digest(path, payload)
-        tmp = None
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            handle, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-            with os.fdopen(handle, "wb") as out:
-                out.write(_CACHE_MAGIC + digest + payload)
-                out.flush()
-                os.fsync(out.fileno())  # the data is on disk before the rename makes it visible
-            # Atomic: a reader sees the whole entry or none. The folder is not fsynced: a rename lost in a
-            # power cut only loses the entry (recomputed next time), and it would double the cost (~8 ms each).
-            os.replace(tmp, path)
-            tmp = None
-        except OSError as exc:
-            return f"cache entry {path} could not be written ({exc.strerror or exc})"
-        finally:
-            if tmp is not None:
-                Path(tmp).unlink(missing_ok=True)
-        return None
-
-    def _load_one(self, item, index, signature):
-        """Decode one input (or read its cached map) in a worker: ``(kind, payload, extra, cache_problem)``."""
-        image, box = split_box(item)
-        try:
-            cache_path = self._cache_path(image, box, signature)
+            if cache is not None and item.path is not None:
+                cache_path = cache.path_of(item.path, item.box)  # opens the file: may raise ImageLoadError
+                cached, problem = cache.read(cache_path, item.path)
+                if cached is not None:
+                    return "map", cached, None, None
+            loaded = load_item(item, max_size=self.max_size, upscale=self.upscale, keypoints=self.keypoints)
         except ImageLoadError as exc:
-            return "error", str(exc), describe(image, index), None
-        problem = None
-        if cache_path is not None:
-            cached, problem = self._read_cache(cache_path, os.fspath(image))
-            if cached is not None:
-                return "map", cached, None, None
-        try:
-            loaded = load_image(item, index, max_size=self.max_size, upscale=self.upscale, keypoints=self.keypoints)
-        except ImageLoadError as exc:
-            return "error", str(exc), describe(image, index), problem
+            return "error", str(exc), None, problem
         return "image", loaded, cache_path, problem
 
-    def _check_input(self, X) -> list:
-        if isinstance(X, (str, bytes, os.PathLike)) or (isinstance(X, np.ndarray) and X.ndim < 4 and X.dtype != object):
-            raise TypeError(
-                f"{type(self).__name__} expects a list of images (paths, PIL images or arrays); got a single "
-                f"{type(X).__name__}. Wrap it in a list: [image]."
+    def iter_extract(self, X) -> ExtractionStream:
+        """Stream the conv maps with the position of the input each comes from, in bounded memory.
+
+        Leaves the estimator unchanged. With ``on_error="skip"`` the stream's ``skipped`` lists what was left
+        out, complete once the stream is exhausted; with ``on_error="raise"`` every input has its map.
+
+        Parameters
+        ----------
+        X : iterable of images
+            As for :meth:`transform`.
+
+        Returns
+        -------
+        stream : ExtractionStream
+            Yields ``(position, ConvMap)`` in input order; ``skipped`` and ``cache_repaired`` as in :class:`Extraction`.
+        """
+        check_is_fitted(self, "weights_checksum_")
+        self._validate_params()  # set_params after fit is checked here, before any work
+        items = parse_inputs(X, type(self).__name__)
+        return ExtractionStream(lambda report: self._stream(items, report))
+
+    def _stream(self, items, report):
+        import torch
+        from tqdm.auto import tqdm
+
+        model = self._get_model()
+        runner = BatchRunner(model, torch.device(self.device_), self.precision, self._mean, self._std, self.dtype)
+        cache = None
+        if self.cache_dir is not None:
+            cache = MapCache(self.cache_dir, self._output_signature(), dtype=self.dtype, keypoints=self.keypoints)
+        show = len(items) >= 100 if self.progress is None else self.progress
+        with runner.running(), tqdm(total=len(items), disable=not show, unit="img", desc=type(self).__name__) as bar:
+            yield from OrderedExtraction(
+                items,
+                report,
+                load=lambda item: self._load_one(item, cache),
+                write=MapCache.write,
+                runner=runner,
+                batch_size=self.batch_size,
+                n_workers=default_workers() if self.n_workers is None else self.n_workers,
+                on_error=self.on_error,
+                bar=bar,
             )
-        try:
-            items = list(X)
-        except TypeError:
-            raise TypeError(f"{type(self).__name__} expects a list of images; got {type(X).__name__}.") from None
-        for item in items:
-            split_box(item)  # a malformed box is a programming error: raise now, whatever on_error says
-        return items
+        report.finish()
+
+    def extract(self, X) -> Extraction:
+        """Extract the conv maps and say which input each comes from and which inputs were skipped.
+
+        The method for callers that align maps with other per-input data (ids, labels, ground truth): with
+        ``on_error="skip"`` unreadable inputs are left out and reported, and ``kept`` gives the position of
+        every map. Leaves the estimator unchanged (nothing is stored on it), and issues no
+        :class:`ImageSkippedWarning`: the skipped inputs are in the result.
+
+        Parameters
+        ----------
+        X : list of images
+            As for :meth:`transform`.
+
+        Returns
+        -------
+        extraction : Extraction
+            ``maps``, ``kept`` (input position of each map), ``skipped`` and ``cache_repaired``
+            (``(position, name, reason)`` each).
+        """
+        stream = self.iter_extract(X)
+        pairs = list(stream)
+        return Extraction(
+            maps=[conv_map for _, conv_map in pairs],
+            kept=[position for position, _ in pairs],
+            skipped=stream.skipped,
+            cache_repaired=stream.cache_repaired,
+        )
 
     def iter_transform(self, X):
-        """Yield the conv maps one by one, in input order, with bounded memory (skipped inputs are left out).
+        """Yield the conv maps one by one, in input order, with bounded memory.
+
+        With ``on_error="skip"`` unreadable inputs are left out and an :class:`ImageSkippedWarning` names
+        them at the end; use :meth:`iter_extract` to know which input each map comes from.
 
         Parameters
         ----------
@@ -593,139 +364,25 @@ class ConvFeatureExtractor(SelconvPickleMixin, TransformerMixin, BaseEstimator):
         ------
         conv_map : ConvMap
         """
-        import torch
-        from tqdm.auto import tqdm
-
-        check_is_fitted(self, "weights_checksum_")
-        self._validate_params()  # set_params after fit is checked here, before any work
-        items = self._check_input(X)
-        model = self._get_model()
-        device = torch.device(self.device_)
-        runner = _BatchRunner(model, device, self.precision, self._mean, self._std, self.dtype)
-        signature = self._output_signature()
-        n_workers = _default_workers() if self.n_workers is None else self.n_workers
-        window = max(2 * self.batch_size, 4 * max(n_workers, 1))
-        max_waiting = max(2 * self.batch_size, 16)
-        self.skipped_, self.cache_repaired_ = [], []
-        show = len(items) >= 100 if self.progress is None else self.progress
-        pool = ThreadPoolExecutor(n_workers) if n_workers > 0 else None
-        done, buckets, next_out = {}, {}, 0
-        writes, queue = deque(), deque()
-
-        def start(index):
-            if pool is None:
-                return self._load_one(items[index], index, signature)
-            return pool.submit(self._load_one, items[index], index, signature)
-
-        def store(results):
-            for index, conv_map, cache_path in results:
-                done[index] = conv_map
-                if cache_path is not None:
-                    writes.append(
-                        (
-                            index,
-                            pool.submit(self._write_cache, cache_path, conv_map)
-                            if pool
-                            else self._write_cache(cache_path, conv_map),
-                        )
-                    )
-
-        def run(shape):
-            batch = buckets.pop(shape)
-            try:
-                results = runner.submit(batch)
-            except _TooSmallError as exc:  # all images of a batch share one shape
-                for index, _, _ in batch:
-                    name = describe(split_box(items[index])[0], index)
-                    if self.on_error == "raise":
-                        raise ImageLoadError(f"{name}: {exc}") from exc
-                    self.skipped_.append((index, name, f"{name}: {exc}"))
-                    done[index] = None
-                return
-            store(results)
-
-        completed = False
-        # No cuDNN autotuning: every new (batch size, shape) would pay a search, and on an H100/H200 the
-        # heuristics' choice for VGG16 was as fast as the tuned one (measured, benchmarks/).
-        cudnn = torch.backends.cudnn.flags(
-            enabled=True, benchmark=False, deterministic=False, allow_tf32=self.precision != "float32"
-        )
-        try:
-            with (
-                torch.inference_mode(),
-                cudnn,
-                tqdm(total=len(items), disable=not show, unit="img", desc=type(self).__name__) as bar,
-            ):
-                queue.extend(start(i) for i in range(min(window, len(items))))
-                for index in range(len(items)):
-                    job = queue.popleft()
-                    if index + window < len(items):
-                        queue.append(start(index + window))
-                    kind, payload, extra, problem = job.result() if pool is not None else job
-                    if problem is not None:
-                        self.cache_repaired_.append((index, describe(split_box(items[index])[0], index), problem))
-                    if kind == "map":
-                        done[index] = payload
-                    elif kind == "error":
-                        if self.on_error == "raise":
-                            raise ImageLoadError(payload)
-                        self.skipped_.append((index, extra, payload))
-                        done[index] = None
-                    else:
-                        shape = payload.pixels.shape
-                        buckets.setdefault(shape, []).append((index, payload, extra))
-                        if len(buckets[shape]) >= self.batch_size:
-                            run(shape)
-                        elif sum(map(len, buckets.values())) >= max_waiting:
-                            run(min(buckets, key=lambda s: buckets[s][0][0]))  # the oldest waiting image
-                    while next_out in done:
-                        result = done.pop(next_out)
-                        next_out += 1
-                        bar.update(1)
-                        if result is not None:
-                            yield result
-                while buckets:
-                    run(min(buckets, key=lambda s: buckets[s][0][0]))
-                store(runner.drain())
-                while next_out in done:
-                    result = done.pop(next_out)
-                    next_out += 1
-                    bar.update(1)
-                    if result is not None:
-                        yield result
-                for index, write in writes:
-                    problem = write.result() if pool is not None else write
-                    if problem is not None:
-                        self.cache_repaired_.append((index, describe(split_box(items[index])[0], index), problem))
-                completed = True
-        finally:
-            if pool is not None:
-                # On an error, an interrupt or an abandoned generator, return at once: decoding not yet
-                # started is dropped and running work finishes in the background (cache writes are atomic).
-                pool.shutdown(wait=completed, cancel_futures=not completed)
-        if self.cache_repaired_:
-            self.cache_repaired_.sort(key=lambda entry: entry[0])
-            listed = "; ".join(reason for _, _, reason in self.cache_repaired_[:3])
-            more = f" (and {len(self.cache_repaired_) - 3} more)" if len(self.cache_repaired_) > 3 else ""
+        stream = self.iter_extract(X)
+        n_kept = 0
+        for _, conv_map in stream:
+            n_kept += 1
+            yield conv_map
+        if stream.skipped:
             warnings.warn(
-                f"{len(self.cache_repaired_)} cache entries were damaged or could not be written; their maps were "
-                f"computed afresh: {listed}{more}. See cache_repaired_.",
-                CacheRepairedWarning,
-                stacklevel=3,
-            )
-        if self.skipped_:
-            self.skipped_.sort(key=lambda entry: entry[0])
-            listed = "; ".join(f"{name}: {reason}" for _, name, reason in self.skipped_[:5])
-            more = f" (and {len(self.skipped_) - 5} more)" if len(self.skipped_) > 5 else ""
-            warnings.warn(
-                f"{len(self.skipped_)} of {len(items)} images could not be read and were skipped: {listed}{more}. "
-                "See skipped_.",
+                f"{len(stream.skipped)} of {n_kept + len(stream.skipped)} images could not be read and were "
+                f"skipped: {listing(stream.skipped, 5)}. Use extract() or iter_extract() for the positions kept.",
                 ImageSkippedWarning,
                 stacklevel=3,
             )
 
     def transform(self, X):
         """Extract one conv map per image.
+
+        Leaves the estimator unchanged. With ``on_error="skip"`` this is not a one-row-per-input transform:
+        unreadable inputs are left out, with an :class:`ImageSkippedWarning` naming them. Callers that must
+        align the maps with other per-input data use :meth:`extract`, which returns the kept positions.
 
         Parameters
         ----------
@@ -739,6 +396,5 @@ class ConvFeatureExtractor(SelconvPickleMixin, TransformerMixin, BaseEstimator):
         maps : list of ConvMap
             ``features`` (K, H, W) in ``dtype``, ``image_size`` (width, height) of the resized (cropped)
             image, ``keypoints`` (n, 2) float32 when ``keypoints="sift"``, ``source`` = the file path or None.
-            With ``on_error="skip"``, unreadable inputs are left out (see ``skipped_``).
         """
         return list(self.iter_transform(X))

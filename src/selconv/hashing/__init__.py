@@ -7,6 +7,6 @@ in big-endian bit order (the layout of faiss binary indexes), ``transform_bits``
 from selconv.hashing._base import BaseHasher, pack_bits, unpack_bits
 from selconv.hashing.itq import ITQHasher
 from selconv.hashing.kmh import KMeansHasher
-from selconv.hashing.rba import RelaxedBinaryAutoencoder
+from selconv.hashing.rba import RBAHasher
 
-__all__ = ["BaseHasher", "ITQHasher", "KMeansHasher", "RelaxedBinaryAutoencoder", "pack_bits", "unpack_bits"]
+__all__ = ["BaseHasher", "ITQHasher", "KMeansHasher", "RBAHasher", "pack_bits", "unpack_bits"]

@@ -16,7 +16,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from selconv._compat import Interval, fit_context, validate_data
 from selconv._linalg import determined_directions, sign_columns
-from selconv.base import SelconvPickleMixin
+from selconv._pickling import SelconvPickleMixin
 from selconv.exceptions import check_fitted_finite
 
 # Rows encoded at once in transform: bounds the float work array (rows x n_bits) for millions of images.

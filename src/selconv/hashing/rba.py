@@ -55,8 +55,10 @@ def _unflatten(theta, shapes):
     return arrays
 
 
-class RelaxedBinaryAutoencoder(BaseHasher):
-    """Relaxed binary autoencoder (RBA): a linear autoencoder whose codes are pushed towards {-1, +1}.
+class RBAHasher(BaseHasher):
+    """RelaxedBinaryAutoencoder (RBA) hasher: a linear autoencoder whose codes are pushed towards {-1, +1}.
+
+    Named ``RelaxedBinaryAutoencoder`` in selconv 0.1.
 
     Do, Le, Hoang, Le, Nguyen & Cheung, "Simultaneous feature aggregating and hashing for large-scale
     image search", CVPR 2017. Encoder ``Y = W1^T x + c1`` (bits: ``Y > 0``), decoder

@@ -18,11 +18,15 @@ file is reported by name.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import shutil
 import tempfile
+import warnings
+import zipfile
 from pathlib import Path
+from typing import NamedTuple
 
 FORMAT = "selconv.ImageIndex"
 FORMAT_VERSION = 1
@@ -46,12 +50,6 @@ TRUSTED_SELCONV_TYPES = (
     "selconv.aggregation.GeneralizedMaxPooling",
     "selconv.aggregation.MaxPooling",
     "selconv.aggregation.SumPooling",
-    "selconv.baselines.CroW",
-    "selconv.baselines.GeM",
-    "selconv.baselines.MAC",
-    "selconv.baselines.PCAWhitening",
-    "selconv.baselines.RMAC",
-    "selconv.baselines.SPoC",
     "selconv.embedding.faemb.FAembEmbedding",
     "selconv.embedding.fisher.FisherVectorEmbedding",
     "selconv.embedding.triangulation.TriangulationEmbedding",
@@ -60,15 +58,39 @@ TRUSTED_SELCONV_TYPES = (
     "selconv.extraction.extractor.ConvFeatureExtractor",
     "selconv.hashing.itq.ITQHasher",
     "selconv.hashing.kmh.KMeansHasher",
-    "selconv.hashing.rba.RelaxedBinaryAutoencoder",
-    "selconv.local.LocalPCA",
+    "selconv.hashing.rba.RBAHasher",
+    "selconv.local_pca.LocalPCA",
     "selconv.masks.MaxMask",
     "selconv.masks.NoMask",
     "selconv.masks.SiftMask",
     "selconv.masks.SumMask",
-    "selconv.postprocessing.PowerNormalizer",
-    "selconv.postprocessing.RotationNormalizer",
+    "selconv.pooling.CroW",
+    "selconv.pooling.GeM",
+    "selconv.pooling.MAC",
+    "selconv.pooling.RMAC",
+    "selconv.pooling.SPoC",
+    "selconv.postprocessing.power.PowerNormalizer",
+    "selconv.postprocessing.rotation.RotationNormalizer",
+    "selconv.postprocessing.whitening.PCAWhitening",
 )
+
+#: Persisted-model compatibility (the one place old names are kept on purpose): the classes that selconv 0.1.0
+#: stored under another module or class name, old fully qualified name -> current one. An encoder.skops file
+#: names each class it holds; :func:`encoder_from_file` rewrites these names before checking and loading, so
+#: indexes and encoders saved by 0.1.0 still load (their fitted state is unchanged). Plain pickles of 0.1.0
+#: models are not covered: re-fit them.
+RENAMED_SELCONV_TYPES = {
+    "selconv.baselines.CroW": "selconv.pooling.CroW",
+    "selconv.baselines.GeM": "selconv.pooling.GeM",
+    "selconv.baselines.MAC": "selconv.pooling.MAC",
+    "selconv.baselines.RMAC": "selconv.pooling.RMAC",
+    "selconv.baselines.SPoC": "selconv.pooling.SPoC",
+    "selconv.baselines.PCAWhitening": "selconv.postprocessing.whitening.PCAWhitening",
+    "selconv.hashing.rba.RelaxedBinaryAutoencoder": "selconv.hashing.rba.RBAHasher",
+    "selconv.local.LocalPCA": "selconv.local_pca.LocalPCA",
+    "selconv.postprocessing.PowerNormalizer": "selconv.postprocessing.power.PowerNormalizer",
+    "selconv.postprocessing.RotationNormalizer": "selconv.postprocessing.rotation.RotationNormalizer",
+}
 
 
 def trusted_types() -> list[str]:
@@ -104,11 +126,43 @@ def encoder_to_bytes(encoder) -> bytes:
     return data
 
 
+def _renamed(data: bytes) -> bytes:
+    """The skops file ``data`` with the 0.1.0 class names of :data:`RENAMED_SELCONV_TYPES` replaced by the
+    current ones; ``data`` itself when it holds none."""
+    renamed = False
+
+    def rename(node):
+        nonlocal renamed
+        if isinstance(node, dict):
+            new = RENAMED_SELCONV_TYPES.get(f"{node.get('__module__')}.{node.get('__class__')}")
+            if new is not None:
+                node["__module__"], node["__class__"] = new.rsplit(".", 1)
+                renamed = True
+            for value in node.values():
+                rename(value)
+        elif isinstance(node, list):
+            for value in node:
+                rename(value)
+
+    with zipfile.ZipFile(io.BytesIO(data)) as source:
+        schema = json.loads(source.read("schema.json"))
+        rename(schema)
+        if not renamed:
+            return data
+        out = io.BytesIO()
+        with zipfile.ZipFile(out, "w") as target:
+            for info in source.infolist():  # each member keeps its own compression
+                content = json.dumps(schema).encode() if info.filename == "schema.json" else source.read(info)
+                target.writestr(info, content)
+    return out.getvalue()
+
+
 def encoder_from_file(path: Path):
     import skops.io as sio
 
     try:
-        untrusted = sio.get_untrusted_types(file=path)
+        data = _renamed(Path(path).read_bytes())
+        untrusted = sio.get_untrusted_types(data=data)
     except Exception as exc:
         raise IndexFormatError(f"{path}: not a readable skops file ({exc}).") from exc
     refused = _refused(untrusted)
@@ -117,7 +171,7 @@ def encoder_from_file(path: Path):
             f"{path}: holds types outside selconv's trusted list, refused without loading: {', '.join(refused)}."
         )
     try:
-        return sio.load(path, trusted=list(untrusted))
+        return sio.loads(data, trusted=list(untrusted))
     except Exception as exc:
         raise IndexFormatError(f"{path}: the encoder could not be rebuilt ({type(exc).__name__}: {exc}).") from exc
 
@@ -216,3 +270,114 @@ def read_manifest(folder) -> tuple[Path, dict]:
         if file_digest(file) != entry.get("sha256"):
             raise IndexFormatError(f"{file}: SHA-256 differs from the manifest; the file was changed or damaged.")
     return folder, manifest
+
+
+def write_index(folder, faiss_index, *, ids, paths, encoder, settings: dict) -> Path:
+    """Write an ImageIndex's files and manifest (``settings``: kind, structure, metric, dimension, parameters,
+    next id) atomically to ``folder`` (see :func:`write_folder`)."""
+    import faiss
+    import numpy as np
+
+    from selconv import __version__
+    from selconv.index import _faiss
+
+    writers = {
+        INDEX_FILE: lambda p: (faiss.write_index_binary if _faiss.is_binary(faiss_index) else faiss.write_index)(
+            faiss_index, str(p)
+        ),
+        IDS_FILE: lambda p: np.save(p, ids, allow_pickle=False),
+        PATHS_FILE: lambda p: p.write_text("".join(json.dumps(x) + "\n" for x in paths), encoding="utf-8"),
+    }
+    described = None
+    if encoder is not None:
+        blob = encoder_to_bytes(encoder)
+        writers[ENCODER_FILE] = lambda p: p.write_bytes(blob)
+        described = {"file": ENCODER_FILE, "class": type(encoder).__qualname__, "description": repr(encoder)}
+    manifest = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "selconv_version": __version__,
+        "faiss_version": faiss.__version__,
+        **settings,
+        "count": len(ids),
+        "encoder": described,
+    }
+    return write_folder(folder, writers, manifest)
+
+
+class StoredIndex(NamedTuple):
+    """What :func:`read_index` read: the empty index made from the manifest, and the data to put in it."""
+
+    index: object
+    metric: str
+    dimension: int
+    next_id: int
+    faiss_index: object
+    ids: object
+    paths: list
+    encoder: object
+
+
+def read_index(folder, make) -> StoredIndex:
+    """Read and check the files of an index folder; ``make(kind, metric, index_params)`` builds the empty index
+    (checking those values) before any data file is parsed."""
+    from selconv import __version__
+
+    folder, manifest = read_manifest(folder)
+    manifest_path = folder / MANIFEST
+    try:
+        metric, dimension = manifest["metric"], int(manifest["dimension"])
+        count, next_id = int(manifest["count"]), int(manifest["next_id"])
+        index = make(manifest["kind"], metric, manifest["index_params"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise IndexFormatError(f"{manifest_path}: bad or missing entry ({exc}).") from None
+    if manifest.get("selconv_version") != __version__:
+        warnings.warn(
+            f"{manifest_path}: written by selconv {manifest.get('selconv_version')}, loaded by {__version__}; "
+            "the encoder may behave differently. Rebuild the index to be safe.",
+            UserWarning,
+            stacklevel=3,
+        )
+    faiss_index = _read_faiss(folder / INDEX_FILE, metric, dimension, count, manifest_path)
+    ids = _read_ids(folder / IDS_FILE, count)
+    paths = _read_paths(folder / PATHS_FILE, count)
+    encoder = encoder_from_file(folder / ENCODER_FILE) if manifest.get("encoder") else None
+    return StoredIndex(index, metric, dimension, next_id, faiss_index, ids, paths, encoder)
+
+
+def _read_faiss(path: Path, metric: str, dimension: int, count: int, manifest_path: Path):
+    import faiss
+
+    try:
+        reader = faiss.read_index_binary if metric == "hamming" else faiss.read_index
+        faiss_index = reader(str(path))
+    except RuntimeError as exc:
+        raise IndexFormatError(f"{path}: not a faiss {metric} index ({str(exc).splitlines()[0]}).") from None
+    if faiss_index.d != dimension or faiss_index.ntotal != count:
+        raise IndexFormatError(
+            f"{path}: holds {faiss_index.ntotal} vectors of dimension {faiss_index.d}; "
+            f"{manifest_path} says {count} of dimension {dimension}."
+        )
+    return faiss_index
+
+
+def _read_ids(path: Path, count: int):
+    import numpy as np
+
+    try:
+        ids = np.load(path, allow_pickle=False)
+    except (ValueError, OSError) as exc:
+        raise IndexFormatError(f"{path}: not a numpy array file ({exc}).") from None
+    if ids.dtype != np.int64 or ids.shape != (count,):
+        raise IndexFormatError(f"{path}: expected {count} int64 ids; got {ids.dtype} of shape {ids.shape}.")
+    return ids
+
+
+def _read_paths(path: Path, count: int) -> list:
+    try:
+        paths = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise IndexFormatError(f"{path}: not one JSON string per line ({exc}).") from None
+    if len(paths) != count or not all(p is None or isinstance(p, str) for p in paths):
+        raise IndexFormatError(f"{path}: expected {count} lines each holding a JSON string or null.")
+    return paths

@@ -2,30 +2,15 @@
 
 from __future__ import annotations
 
-import json
 import os
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-import faiss
 import numpy as np
 
 from selconv.index import _faiss
-from selconv.index._persistence import (
-    ENCODER_FILE,
-    FORMAT,
-    FORMAT_VERSION,
-    IDS_FILE,
-    INDEX_FILE,
-    MANIFEST,
-    PATHS_FILE,
-    IndexFormatError,
-    encoder_from_file,
-    encoder_to_bytes,
-    read_manifest,
-    write_folder,
-)
+from selconv.index._ids import IdTable
+from selconv.index._persistence import read_index, write_index
 
 
 @dataclass(frozen=True)
@@ -132,14 +117,11 @@ class ImageIndex:
         self.index_params = _faiss.check_params(kind, index_params)
         self.dimension: int | None = None
         self._index = None
-        self._ids = np.zeros(0, dtype=np.int64)
-        self._paths: list[str | None] = []
-        self._next_id = 0
-        self._sorter: np.ndarray | None = None  # argsort of _ids, computed when needed
+        self._table = IdTable()
 
     # ------------------------------------------------------------------ state
     def __len__(self) -> int:
-        return len(self._ids)
+        return len(self._table)
 
     def __repr__(self) -> str:
         return (
@@ -150,12 +132,12 @@ class ImageIndex:
     @property
     def ids(self) -> np.ndarray:
         """Ids of the stored items, in the order they were added (a copy)."""
-        return self._ids.copy()
+        return self._table.ids.copy()
 
     @property
     def paths(self) -> list:
         """Paths of the stored items (None where none was given), aligned with :attr:`ids` (a copy)."""
-        return list(self._paths)
+        return list(self._table.paths)
 
     @property
     def is_trained(self) -> bool:
@@ -179,10 +161,14 @@ class ImageIndex:
         _faiss.check_kind_and_metric(self.kind, metric)
         self.metric, self.dimension = metric, dimension
 
+    def _metric_for(self, descriptors) -> str:
+        """The metric, or before the first data the one ``descriptors`` call for (Hamming for uint8 codes)."""
+        if self.metric != "auto":
+            return self.metric
+        return "hamming" if np.asarray(descriptors).dtype == np.uint8 else "ip"
+
     def _validate(self, descriptors, name: str) -> np.ndarray:
-        metric = self.metric
-        if metric == "auto":
-            metric = "hamming" if np.asarray(descriptors).dtype == np.uint8 else "ip"
+        metric = self._metric_for(descriptors)
         array = _faiss.as_vectors(descriptors, name, metric, dimension=self.dimension)
         if self.dimension is None:
             self._bind(metric, array.shape[1] * (8 if metric == "hamming" else 1))
@@ -207,21 +193,38 @@ class ImageIndex:
         descriptors : ndarray of shape (n_images, dimension) float32 or (n_images, dimension / 8) uint8
             Images the encoder skipped (``ConvFeatureExtractor(on_error="skip")``) have no row.
         """
+        return self._checked(self._encoder().transform(images))
+
+    def _encoder(self):
         if self.encoder is None:
             raise ValueError("this index has no encoder: use add_descriptors / search_descriptors, or pass encoder=.")
-        descriptors = np.asarray(self.encoder.transform(images))
-        metric = self.metric if self.metric != "auto" else ("hamming" if descriptors.dtype == np.uint8 else "ip")
+        return self.encoder
+
+    def _checked(self, descriptors) -> np.ndarray:
+        """The encoder's output as vectors of this index's metric and dimension."""
+        descriptors = np.asarray(descriptors)
         try:
+            metric = self._metric_for(descriptors)
             return _faiss.as_vectors(descriptors, "the encoder's output", metric, dimension=self.dimension)
         except (TypeError, ValueError) as exc:
             raise ValueError(f"encoder/index mismatch: {exc}") from None
 
-    def _kept(self, images) -> list[int]:
-        """Positions of ``images`` the encoder did not skip (its extractor's ``skipped_``)."""
-        steps = getattr(self.encoder, "steps", None)
-        first = steps[0][1] if steps else self.encoder
-        skipped = {index for index, *_ in getattr(first, "skipped_", [])}
-        return [i for i in range(len(images)) if i not in skipped]
+    def _encode_kept(self, images: list):
+        """Descriptors of ``images`` and the position of the image each comes from: an encoder starting with a
+        ConvFeatureExtractor runs through its ``extract`` (which says what it kept); others give one row an image."""
+        steps = getattr(self._encoder(), "steps", None)
+        # Duck-typed (a ConvFeatureExtractor, or any first step with its extract contract): importing the
+        # extractor's module to check the class would import torch for encoders of conv maps too.
+        if steps and len(steps) > 1 and callable(getattr(steps[0][1], "extract", None)):
+            extraction = steps[0][1].extract(images)
+            return self._checked(self.encoder[1:].transform(extraction.maps)), extraction.kept
+        descriptors = self._checked(self.encoder.transform(images))
+        if len(descriptors) != len(images):
+            raise ValueError(
+                f"the encoder returned {len(descriptors)} descriptors for {len(images)} images and did not say which "
+                "it skipped."
+            )
+        return descriptors, list(range(len(images)))
 
     # ------------------------------------------------------------------ building
     def train(self, descriptors) -> ImageIndex:
@@ -268,28 +271,11 @@ class ImageIndex:
         """
         images = list(images)
         if ids is not None:
-            ids = self._check_ids(ids, len(images))
-        descriptors = self.encode(images)
-        kept = list(range(len(images))) if len(descriptors) == len(images) else self._kept(images)
-        if len(kept) != len(descriptors):
-            raise ValueError(
-                f"the encoder returned {len(descriptors)} descriptors for {len(images)} images and did not say which "
-                "it skipped."
-            )
+            ids = IdTable.check(ids, len(images))
+        descriptors, kept = self._encode_kept(images)
         return self.add_descriptors(
             descriptors, ids=None if ids is None else ids[kept], paths=[_item_path(images[i]) for i in kept]
         )
-
-    def _check_ids(self, ids, n: int) -> np.ndarray:
-        ids = np.asarray(ids)
-        if ids.ndim != 1 or len(ids) != n or (ids.size and not np.issubdtype(ids.dtype, np.integer)):
-            raise ValueError(f"ids must be {n} integers (one per item); got {ids.dtype} of shape {ids.shape}.")
-        ids = ids.astype(np.int64)
-        if ids.size and ids.min() < 0:
-            raise ValueError(f"ids must be non-negative; got {ids.min()}.")
-        if len(np.unique(ids)) != len(ids):
-            raise ValueError("ids hold duplicates.")
-        return ids
 
     def add_descriptors(self, descriptors, *, ids=None, paths=None) -> np.ndarray:
         """Add descriptors (real vectors or packed codes), with optional ids and paths; returns their ids.
@@ -309,17 +295,14 @@ class ImageIndex:
         """
         descriptors = self._validate(descriptors, "descriptors")
         n = len(descriptors)
-        ids = np.arange(self._next_id, self._next_id + n, dtype=np.int64) if ids is None else self._check_ids(ids, n)
+        ids = self._table.next_ids(n) if ids is None else IdTable.check(ids, n)
         if paths is None:
             paths = [None] * n
         else:
             paths = [None if p is None else os.fspath(p) for p in paths]
             if len(paths) != n:
                 raise ValueError(f"paths has {len(paths)} entries for {n} descriptors.")
-        if n and len(self) and ids.min() <= self._ids.max():
-            present = np.isin(ids, self._ids)
-            if present.any():
-                raise ValueError(f"id {int(ids[present][0])} is already in the index; remove it first.")
+        self._table.refuse_stored(ids)
         if self._index is None:
             if _faiss.needs_training(self.kind):
                 raise ValueError(
@@ -329,22 +312,17 @@ class ImageIndex:
             self._index = _faiss.new_index(self.kind, self.metric, self.dimension, self.index_params)
         if n:
             self._index.add_with_ids(descriptors, ids)
-            self._sorter = None
-            self._ids = np.concatenate([self._ids, ids])
-            self._paths.extend(paths)
-            self._next_id = max(self._next_id, int(ids.max()) + 1)
+            self._table.append(ids, paths)
         return ids
 
     def remove(self, ids) -> int:
         """Remove the items with these ids (ids not in the index are ignored); returns how many were removed."""
         ids = np.unique(np.asarray(ids, dtype=np.int64).ravel())
-        present = np.isin(self._ids, ids)
+        present = np.isin(self._table.ids, ids)
         n_removed = int(present.sum())
         if n_removed:
             self._index = _faiss.remove_ids(self._index, self.kind, self.metric, self.dimension, self.index_params, ids)
-            self._ids = self._ids[~present]
-            self._paths = [p for p, gone in zip(self._paths, present) if not gone]
-            self._sorter = None
+            self._table.remove(present)
         return n_removed
 
     # ------------------------------------------------------------------ searching
@@ -377,28 +355,7 @@ class ImageIndex:
         k = _faiss.check_k(k)
         queries = self._validate_queries(queries)
         scores, ids = _faiss.search(self._index, queries, k)
-        return SearchResult(scores=scores, ids=ids, paths=self._paths_of(ids))
-
-    def _positions(self, ids: np.ndarray) -> np.ndarray:
-        """Positions in ``_ids`` of stored ids."""
-        if self._sorter is None:
-            # Consecutive ids (the usual case) are their own order: no argsort of a million ids.
-            increasing = bool(np.all(self._ids[1:] > self._ids[:-1]))
-            self._sorter = np.arange(0) if increasing else np.argsort(self._ids, kind="stable")
-        if len(self._sorter) == 0:
-            return np.searchsorted(self._ids, ids)
-        return self._sorter[np.searchsorted(self._ids, ids, sorter=self._sorter)]
-
-    def _paths_of(self, ids: np.ndarray) -> list:
-        found = ids >= 0
-        positions = np.zeros(ids.shape, dtype=np.int64)
-        if found.any():
-            positions[found] = self._positions(ids[found])
-        paths = self._paths
-        return [
-            [paths[p] if ok else None for p, ok in zip(row_positions.tolist(), row_found.tolist())]
-            for row_positions, row_found in zip(positions, found)
-        ]
+        return SearchResult(scores=scores, ids=ids, paths=self._table.paths_of(ids))
 
     # ------------------------------------------------------------------ persistence
     def save(self, folder) -> Path:
@@ -414,40 +371,21 @@ class ImageIndex:
             if _faiss.needs_training(self.kind):
                 raise ValueError(f"nothing to save: kind={self.kind!r} is not trained yet.")
             self._index = _faiss.new_index(self.kind, self.metric, self.dimension, self.index_params)
-        from selconv import __version__
-
-        index = self._index
-        writers = {
-            INDEX_FILE: lambda p: (faiss.write_index_binary if _faiss.is_binary(index) else faiss.write_index)(
-                index, str(p)
-            ),
-            IDS_FILE: lambda p: np.save(p, self._ids, allow_pickle=False),
-            PATHS_FILE: lambda p: p.write_text("".join(json.dumps(x) + "\n" for x in self._paths), encoding="utf-8"),
-        }
-        encoder = None
-        if self.encoder is not None:
-            blob = encoder_to_bytes(self.encoder)
-            writers[ENCODER_FILE] = lambda p: p.write_bytes(blob)
-            encoder = {
-                "file": ENCODER_FILE,
-                "class": type(self.encoder).__qualname__,
-                "description": repr(self.encoder),
-            }
-        manifest = {
-            "format": FORMAT,
-            "format_version": FORMAT_VERSION,
-            "selconv_version": __version__,
-            "faiss_version": faiss.__version__,
-            "kind": self.kind,
-            "structure": _faiss.describe(self.metric, self.kind),
-            "metric": self.metric,
-            "dimension": self.dimension,
-            "index_params": self.index_params,
-            "count": len(self),
-            "next_id": self._next_id,
-            "encoder": encoder,
-        }
-        return write_folder(folder, writers, manifest)
+        return write_index(
+            folder,
+            self._index,
+            ids=self._table.ids,
+            paths=self._table.paths,
+            encoder=self.encoder,
+            settings={
+                "kind": self.kind,
+                "structure": _faiss.describe(self.metric, self.kind),
+                "metric": self.metric,
+                "dimension": self.dimension,
+                "index_params": self.index_params,
+                "next_id": self._table.next_id,
+            },
+        )
 
     @classmethod
     def load(cls, folder) -> ImageIndex:
@@ -461,55 +399,12 @@ class ImageIndex:
         FileNotFoundError
             When ``folder`` does not exist.
         """
-        from selconv import __version__
-
-        folder, manifest = read_manifest(folder)
-        manifest_path = folder / MANIFEST
-        try:
-            kind, metric, dimension = manifest["kind"], manifest["metric"], int(manifest["dimension"])
-            count, next_id = int(manifest["count"]), int(manifest["next_id"])
-            index = cls(kind=kind, metric=metric, index_params=manifest["index_params"])
-        except (KeyError, TypeError, ValueError) as exc:
-            raise IndexFormatError(f"{manifest_path}: bad or missing entry ({exc}).") from None
-        if manifest.get("selconv_version") != __version__:
-            warnings.warn(
-                f"{manifest_path}: written by selconv {manifest.get('selconv_version')}, loaded by {__version__}; "
-                "the encoder may behave differently. Rebuild the index to be safe.",
-                UserWarning,
-                stacklevel=2,
-            )
-        path = folder / INDEX_FILE
-        try:
-            reader = faiss.read_index_binary if metric == "hamming" else faiss.read_index
-            faiss_index = reader(str(path))
-        except RuntimeError as exc:
-            raise IndexFormatError(f"{path}: not a faiss {metric} index ({str(exc).splitlines()[0]}).") from None
-        if faiss_index.d != dimension or faiss_index.ntotal != count:
-            raise IndexFormatError(
-                f"{path}: holds {faiss_index.ntotal} vectors of dimension {faiss_index.d}; "
-                f"{manifest_path} says {count} "
-                f"of dimension {dimension}."
-            )
-        path = folder / IDS_FILE
-        try:
-            ids = np.load(path, allow_pickle=False)
-        except (ValueError, OSError) as exc:
-            raise IndexFormatError(f"{path}: not a numpy array file ({exc}).") from None
-        if ids.dtype != np.int64 or ids.shape != (count,):
-            raise IndexFormatError(f"{path}: expected {count} int64 ids; got {ids.dtype} of shape {ids.shape}.")
-        path = folder / PATHS_FILE
-        try:
-            paths = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise IndexFormatError(f"{path}: not one JSON string per line ({exc}).") from None
-        if len(paths) != count or not all(p is None or isinstance(p, str) for p in paths):
-            raise IndexFormatError(f"{path}: expected {count} lines each holding a JSON string or null.")
-        if manifest.get("encoder"):
-            index.encoder = encoder_from_file(folder / ENCODER_FILE)
-        index._bind(metric, dimension)
-        _faiss.apply_search_params(faiss_index, kind, index.index_params)
-        index._index, index._ids, index._paths = faiss_index, ids, paths
-        index._next_id = next_id
+        stored = read_index(folder, lambda kind, metric, params: cls(kind=kind, metric=metric, index_params=params))
+        index = stored.index
+        index.encoder = stored.encoder
+        index._bind(stored.metric, stored.dimension)
+        _faiss.apply_search_params(stored.faiss_index, index.kind, index.index_params)
+        index._index, index._table = stored.faiss_index, IdTable(stored.ids, stored.paths, stored.next_id)
         return index
 
 

@@ -1,6 +1,8 @@
-"""The project's development benchmark: a 1,008-image Oxford5k subset with two protocols, and its training photos.
+"""The Oxford5k subset benchmark: 1,008 Oxford Buildings images with two protocols, and its generic training photos.
 
-The data live in ``shared/data`` (see its README); they are for tests and benchmarks only.
+A smaller Oxford5k for machines that cannot hold the full benchmark: the images listed in the
+subset's ``images.txt``, with the official ground truth intersected with them. The project's tests
+and benchmarks use the copy in ``shared/data`` (see its README); docs/datasets.md describes the layout.
 """
 
 from __future__ import annotations
@@ -34,13 +36,13 @@ def load_generic_training_images(root, *, sources=GENERIC_TRAINING_SOURCES) -> l
     return images
 
 
-def load_shared_oxford_subset(root, protocol="official-10", *, training_root="auto") -> RetrievalDataset:
-    """The Oxford5k subset under ``shared/data/oxford5k-subset`` with one of its two protocols.
+def load_oxford5k_subset(root, protocol="official-10", *, training_root="auto") -> RetrievalDataset:
+    """The Oxford5k subset under `root` (e.g. ``shared/data/oxford5k-subset``) with one of its two protocols.
 
     Parameters
     ----------
     root : path-like
-        The ``oxford5k-subset`` folder (``images.txt``, ``jpg/``, ``groundtruth/``).
+        The subset's folder (``images.txt``, ``jpg/``, ``groundtruth/``).
     protocol : {"official-10", "loo-landmark"}
         ``"official-10"``: the 10 official queries whose image is in the subset, cropped to their
         boxes; positives = good + ok present in the subset, junk = junk present.
@@ -60,46 +62,12 @@ def load_shared_oxford_subset(root, protocol="official-10", *, training_root="au
     if protocol not in PROTOCOLS:
         raise ValueError(f"protocol must be one of {PROTOCOLS}; got {protocol!r}")
     root = Path(root)
-    names = (root / "images.txt").read_text().split()
-    database = [root / "jpg" / f"{n}.jpg" for n in names]
-    missing = [str(p) for p in database if not p.is_file()]
-    if missing:
-        raise FileNotFoundError(
-            f"{root / 'images.txt'} lists {len(missing)} images that are not there, e.g. {missing[:3]}"
-        )
+    database = _listed_images(root)
     index = database_index(database, where=str(root / "images.txt"))
     parsed = read_oxford_ground_truth(root / "groundtruth")
-
-    def present(image_names):
-        return [index[n] for n in image_names if n in index]
-
-    queries, boxes, labels, ground_truth = [], [], [], []
-    if protocol == "official-10":
-        for q in parsed:
-            if q.image in index:
-                queries.append(database[index[q.image]])
-                boxes.append(q.box)
-                labels.append(q.landmark)
-                ground_truth.append(make_ground_truth(present(q.good + q.ok), present(q.junk)))
-    else:
-        positives, junk = defaultdict(set), defaultdict(set)
-        for q in parsed:
-            positives[q.landmark].update(present(q.good + q.ok))
-            junk[q.landmark].update(present(q.junk))
-        landmarks_of = defaultdict(list)
-        for landmark in sorted(positives):
-            for i in positives[landmark]:
-                landmarks_of[i].append(landmark)
-        for i in sorted(landmarks_of):
-            pos = set().union(*(positives[lm] for lm in landmarks_of[i]))
-            bad = set().union(*(junk[lm] for lm in landmarks_of[i]))
-            queries.append(database[i])
-            boxes.append(None)
-            labels.append("|".join(landmarks_of[i]))
-            ground_truth.append(make_ground_truth(sorted(pos - {i}), sorted((bad - pos) | {i})))
+    queries = (_official_queries if protocol == "official-10" else _landmark_queries)(parsed, index)
     if not queries:
         raise GroundTruthError(f"{root / 'groundtruth'}: no query of protocol {protocol!r} is among the images")
-
     if training_root == "auto":
         training_root = (
             root.parent if all((root.parent / s / "jpg").is_dir() for s in GENERIC_TRAINING_SOURCES) else None
@@ -109,10 +77,53 @@ def load_shared_oxford_subset(root, protocol="official-10", *, training_root="au
         name=f"oxford5k-subset-{protocol}",
         root=root,
         database=database,
-        queries=queries,
-        ground_truth=ground_truth,
-        query_boxes=boxes,
-        query_labels=labels,
+        queries=[database[i] for i, _, _, _ in queries],
+        ground_truth=[truth for _, _, _, truth in queries],
+        query_boxes=[box for _, box, _, _ in queries],
+        query_labels=[label for _, _, label, _ in queries],
         training=training,
         info={"protocol": protocol, "training": "bsds500+imagenet-sample-500" if training else None},
     )
+
+
+def _listed_images(root: Path) -> list[Path]:
+    names = (root / "images.txt").read_text().split()
+    database = [root / "jpg" / f"{n}.jpg" for n in names]
+    missing = [str(p) for p in database if not p.is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"{root / 'images.txt'} lists {len(missing)} images that are not there, e.g. {missing[:3]}"
+        )
+    return database
+
+
+def _present(index, image_names) -> list[int]:
+    return [index[n] for n in image_names if n in index]
+
+
+def _official_queries(parsed, index) -> list[tuple]:
+    """(database position, box, landmark, ground truth) of each official query whose image is present."""
+    return [
+        (index[q.image], q.box, q.landmark, make_ground_truth(_present(index, q.good + q.ok), _present(index, q.junk)))
+        for q in parsed
+        if q.image in index
+    ]
+
+
+def _landmark_queries(parsed, index) -> list[tuple]:
+    """(database position, None, landmarks, ground truth) of each image good/ok for a landmark (leave-one-out)."""
+    positives, junk = defaultdict(set), defaultdict(set)
+    for q in parsed:
+        positives[q.landmark].update(_present(index, q.good + q.ok))
+        junk[q.landmark].update(_present(index, q.junk))
+    landmarks_of = defaultdict(list)
+    for landmark in sorted(positives):
+        for i in positives[landmark]:
+            landmarks_of[i].append(landmark)
+    queries = []
+    for i in sorted(landmarks_of):
+        pos = set().union(*(positives[lm] for lm in landmarks_of[i]))
+        bad = set().union(*(junk[lm] for lm in landmarks_of[i]))
+        truth = make_ground_truth(sorted(pos - {i}), sorted((bad - pos) | {i}))
+        queries.append((i, None, "|".join(landmarks_of[i]), truth))
+    return queries

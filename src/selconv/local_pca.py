@@ -18,8 +18,8 @@ from sklearn.utils.validation import check_is_fitted
 
 from selconv._compat import Interval, fit_context
 from selconv._linalg import l2_normalize_rows, mean_and_scatter, principal_axes, whitening_scale
+from selconv._pickling import SelconvPickleMixin
 from selconv._ragged import check_local_sets, image_blocks
-from selconv.base import SelconvPickleMixin
 from selconv.exceptions import OVERFLOW_HINT, check_finite, check_fitted_finite
 
 __all__ = ["LocalPCA"]
@@ -68,7 +68,7 @@ class LocalPCA(SelconvPickleMixin, TransformerMixin, BaseEstimator):
     Examples
     --------
     >>> import numpy as np
-    >>> from selconv.local import LocalPCA
+    >>> from selconv.local_pca import LocalPCA
     >>> rng = np.random.default_rng(0)
     >>> sets = [rng.random((30, 8)), np.zeros((0, 8)), rng.random((7, 8))]
     >>> out = LocalPCA(n_components=4, random_state=0).fit_transform(sets)

@@ -10,8 +10,8 @@ from hypothesis import strategies as st
 from sklearn.decomposition import PCA
 from sklearn.pipeline import make_pipeline
 
-import selconv.local
-from selconv.local import LocalPCA
+import selconv.local_pca
+from selconv.local_pca import LocalPCA
 from selconv.masks import MaxMask
 from selconv.utils.estimator_checks import check_data_free, check_fit_transform
 
@@ -107,7 +107,7 @@ def test_sample_is_uniform_over_all_local_features():
 def test_blocked_computation_matches_one_block(local_sets, monkeypatch):
     pca = LocalPCA(n_components=4, max_samples=60, random_state=0).fit(local_sets)
     expected = pca.transform(local_sets)
-    monkeypatch.setattr(selconv.local, "_BLOCK_ROWS", 10)
+    monkeypatch.setattr(selconv.local_pca, "_BLOCK_ROWS", 10)
     blocked = LocalPCA(n_components=4, max_samples=60, random_state=0).fit(local_sets)
     np.testing.assert_allclose(blocked.mean_, pca.mean_, rtol=1e-12)
     np.testing.assert_allclose(blocked.components_, pca.components_, atol=1e-10)

@@ -1,0 +1,262 @@
+"""Batching for the extractor: decode in worker threads, batch equally sized images, run them, and release the
+maps in input order.
+
+Batching pads nothing (see ConvFeatureExtractor's Notes): images are grouped by resized shape. Batches are
+filled in input order; when too many images wait for a full batch, the batch holding the oldest one runs
+early, so memory stays bounded whatever the mix of shapes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from selconv.conv_map import ConvMap
+from selconv.extraction._results import SkippedInput
+from selconv.extraction.images import ImageLoadError
+
+
+def default_workers() -> int:
+    """Decoding threads when ``n_workers=None``: the available cores, at most 16."""
+    try:
+        available = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        available = os.cpu_count() or 1
+    return max(1, min(16, available))
+
+
+class _TooSmallError(ImageLoadError):
+    """Every image of a batch (they share one shape) is too small for the network."""
+
+
+class BatchRunner:
+    """Runs batches of equally sized images through the module; on CUDA, overlaps batch k's GPU work and
+    copies with the host finishing batch k-1 (one batch in flight).
+
+    A batch is a list of ``(position, LoadedImage, cache_path)``; a finished batch a list of
+    ``(position, ConvMap, cache_path)``.
+    """
+
+    def __init__(self, module, device, precision, mean, std, out_dtype):
+        import torch
+
+        self.torch = torch
+        self.module = module
+        self.device = device
+        self.cuda = device.type == "cuda"
+        self.allow_tf32 = precision != "float32"
+        self.compute_dtype = {"float16": torch.float16, "bfloat16": torch.bfloat16}.get(precision, torch.float32)
+        self.out_dtype = torch.float16 if out_dtype == "float16" else torch.float32
+        # x / 255 then (x - mean) / std, folded into one subtract and one multiply on 0..255 values.
+        shift = torch.tensor([255.0 * m for m in mean]).view(1, 3, 1, 1)
+        scale = torch.tensor([1.0 / (255.0 * s) for s in std]).view(1, 3, 1, 1)
+        self.shift, self.scale = shift.to(device), scale.to(device)
+        self.in_flight = None
+
+    @contextlib.contextmanager
+    def running(self):
+        """The context batches run in: inference mode; cuDNN without autotuning (every new (batch size, shape)
+        would pay a search, and on an H100/H200 the heuristics' choice for VGG16 was as fast as the tuned one,
+        measured in benchmarks/); TF32 only when ``precision`` allows it."""
+        cudnn = self.torch.backends.cudnn
+        flags = cudnn.flags(enabled=True, benchmark=False, deterministic=False, allow_tf32=self.allow_tf32)
+        with self.torch.inference_mode(), flags:
+            yield
+
+    def _forward(self, images):
+        torch = self.torch
+        if self.cuda:
+            # uint8 over the bus (4x less than float), from pinned memory so the copy is asynchronous;
+            # the NHWC buffer viewed as NCHW is already channels_last, the layout fast GPU convs want.
+            x = torch.empty((len(images), *images[0].shape), dtype=torch.uint8, pin_memory=True)
+            staging = x.numpy()
+            for i, pixels in enumerate(images):
+                staging[i] = pixels
+            x = x.to(self.device, non_blocking=True)
+        else:
+            x = torch.from_numpy(np.stack(images))  # (B, H, W, 3) uint8
+        x = x.permute(0, 3, 1, 2).float()
+        x = ((x - self.shift) * self.scale).to(self.compute_dtype)
+        if not self.cuda:
+            x = x.contiguous()
+        out = self.module(x).to(self.out_dtype)
+        if self.cuda:
+            host = torch.empty(out.shape, dtype=out.dtype, pin_memory=True)
+            host.copy_(out, non_blocking=True)
+            event = torch.cuda.Event()
+            event.record()
+            return host, event
+        return out, None
+
+    def _finish(self, job):
+        batch, (out, event) = job
+        if event is not None:
+            event.synchronize()
+        features = out.numpy().copy()  # one copy out of pinned (or batch) memory; the maps are views of it
+        return [
+            (
+                position,
+                ConvMap(
+                    features[i],
+                    image_size=(img.pixels.shape[1], img.pixels.shape[0]),
+                    keypoints=img.keypoints,
+                    source=img.source,
+                ),
+                cache_path,
+            )
+            for i, (position, img, cache_path) in enumerate(batch)
+        ]
+
+    def submit(self, batch):
+        """Start a batch; return the finished results of the previous one (CUDA) or of this one (CPU)."""
+        try:
+            job = (batch, self._forward([img.pixels for _, img, _ in batch]))
+        except RuntimeError as error:
+            if "too small" not in str(error):
+                raise
+            height, width = batch[0][1].pixels.shape[:2]
+            raise _TooSmallError(
+                f"image too small for the requested layer: {width} x {height} px after resizing leaves no cell "
+                "in the feature map; raise max_size or crop larger boxes."
+            ) from error
+        if not self.cuda:
+            return self._finish(job)
+        previous, self.in_flight = self.in_flight, job
+        return self._finish(previous) if previous is not None else []
+
+    def drain(self):
+        previous, self.in_flight = self.in_flight, None
+        return self._finish(previous) if previous is not None else []
+
+
+class _ShapeBuckets:
+    """Decoded images waiting for a batch, one bucket per shape, each in input order."""
+
+    def __init__(self, batch_size: int):
+        self.batch_size = batch_size
+        self.max_waiting = max(2 * batch_size, 16)
+        self.buckets: dict = {}
+
+    def add(self, entry) -> list:
+        """Add ``(position, LoadedImage, cache_path)``; return the batches to run now (none or one)."""
+        shape = entry[1].pixels.shape
+        bucket = self.buckets.setdefault(shape, [])
+        bucket.append(entry)
+        if len(bucket) >= self.batch_size:
+            return [self.buckets.pop(shape)]
+        if sum(map(len, self.buckets.values())) >= self.max_waiting:
+            return [self._pop_oldest()]
+        return []
+
+    def flush(self):
+        """Every batch still waiting, oldest first."""
+        while self.buckets:
+            yield self._pop_oldest()
+
+    def _pop_oldest(self) -> list:
+        return self.buckets.pop(min(self.buckets, key=lambda shape: self.buckets[shape][0][0]))
+
+
+class _Done:
+    """A result computed in the calling thread, with the interface of a Future (``n_workers=0``)."""
+
+    def __init__(self, value):
+        self.value = value
+
+    def result(self):
+        return self.value
+
+
+class OrderedExtraction:
+    """One extraction run: yields ``(position, ConvMap)`` of the readable ``items`` (parsed InputItems) in input order.
+
+    ``load(item)`` runs in the worker threads and returns ``(kind, payload, cache_path, cache_problem)``:
+    ``("map", ConvMap, ...)`` for a cached map, ``("image", LoadedImage, ...)`` to run, ``("error", message,
+    ...)`` for an unreadable input. ``write(cache_path, map)`` stores a computed map (returns a problem or
+    None). Unreadable inputs raise ImageLoadError (``on_error="raise"``) or go to ``report.skipped``; cache
+    problems go to ``report.cache_repaired``. ``bar.update(1)`` is called once per input.
+    """
+
+    def __init__(self, items, report, *, load, write, runner, batch_size, n_workers, on_error, bar):
+        self.items, self.report, self.load, self.write, self.runner = items, report, load, write, runner
+        self.on_error, self.bar, self.n_workers = on_error, bar, n_workers
+        self.window = max(2 * batch_size, 4 * max(n_workers, 1))  # inputs being decoded ahead
+        self.buckets = _ShapeBuckets(batch_size)
+        self.done: dict = {}  # position -> ConvMap, or None for a skipped input, until released in order
+        self.next_out = 0
+        self.writes: list = []  # (position, future of the cache write)
+
+    def __iter__(self):
+        pool = ThreadPoolExecutor(self.n_workers) if self.n_workers > 0 else None
+        self.submit = pool.submit if pool is not None else (lambda function, *args: _Done(function(*args)))
+        completed = False
+        try:
+            yield from self._run()
+            completed = True
+        finally:
+            if pool is not None:
+                # On an error, an interrupt or an abandoned generator, return at once: decoding not yet
+                # started is dropped and running work finishes in the background (cache writes are atomic).
+                pool.shutdown(wait=completed, cancel_futures=not completed)
+
+    def _run(self):
+        items = self.items
+        jobs = deque(self.submit(self.load, items[i]) for i in range(min(self.window, len(items))))
+        for position in range(len(items)):
+            job = jobs.popleft()
+            if position + self.window < len(items):
+                jobs.append(self.submit(self.load, items[position + self.window]))
+            kind, payload, cache_path, problem = job.result()
+            self._note_cache(position, problem)
+            if kind == "map":
+                self.done[position] = payload
+            elif kind == "error":
+                self._skip(position, payload)
+            else:
+                for batch in self.buckets.add((position, payload, cache_path)):
+                    self._run_batch(batch)
+            yield from self._ready()
+        for batch in self.buckets.flush():
+            self._run_batch(batch)
+        self._store(self.runner.drain())
+        yield from self._ready()
+        for position, future in self.writes:
+            self._note_cache(position, future.result())
+
+    def _run_batch(self, batch):
+        try:
+            finished = self.runner.submit(batch)
+        except _TooSmallError as exc:  # all images of a batch share one shape
+            for position, _, _ in batch:
+                self._skip(position, f"{self.items[position].name}: {exc}", exc)
+            return
+        self._store(finished)
+
+    def _store(self, finished):
+        for position, conv_map, cache_path in finished:
+            self.done[position] = conv_map
+            if cache_path is not None:
+                self.writes.append((position, self.submit(self.write, cache_path, conv_map)))
+
+    def _ready(self):
+        """Release the maps (and skips) that are next in input order."""
+        while self.next_out in self.done:
+            conv_map = self.done.pop(self.next_out)
+            self.next_out += 1
+            self.bar.update(1)
+            if conv_map is not None:
+                yield self.next_out - 1, conv_map
+
+    def _skip(self, position, reason, cause=None):
+        if self.on_error == "raise":
+            raise ImageLoadError(reason) from cause
+        self.report.skipped.append(SkippedInput(position, self.items[position].name, reason))
+        self.done[position] = None
+
+    def _note_cache(self, position, problem):
+        if problem is not None:
+            self.report.cache_repaired.append(SkippedInput(position, self.items[position].name, problem))

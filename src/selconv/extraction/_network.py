@@ -1,0 +1,61 @@
+"""The network of a fitted ConvFeatureExtractor: its device, its placement, its output channels, and its
+rebuilding (checked against the fitted checksum) after unpickling."""
+
+from __future__ import annotations
+
+from selconv.extraction.backbones import Backbone, build_backbone, module_checksum
+from selconv.extraction.weights import state_dict_from_bytes
+
+
+def resolve_device(device: str) -> str:
+    """``device`` (``"auto"``, ``"cpu"``, ``"cuda:1"``, ...) as the torch device to use; a ValueError if unusable."""
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise ValueError(f"device={device!r} is not a torch device ('auto', 'cpu', 'cuda', 'cuda:1', ...).") from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={device!r} but CUDA is not available here; use device='auto' or 'cpu'.")
+    return str(resolved)
+
+
+def output_channels(module) -> int:
+    """Channels of the module's output, from shapes only on the meta device (no arithmetic): bad hypercolumns
+    fail here, at fit, not mid-run."""
+    import torch
+
+    meta = {k: torch.empty_like(v, device="meta") for k, v in module.state_dict().items()}
+    probe = torch.func.functional_call(module, meta, (torch.zeros(1, 3, 224, 224, device="meta"),))
+    return int(probe.shape[1])
+
+
+def place(module, device: str, precision: str):
+    """The module on ``device`` in the dtype of ``precision`` (channels_last on CUDA)."""
+    import torch
+
+    device = torch.device(device)
+    dtype = {"float16": torch.float16, "bfloat16": torch.bfloat16}.get(precision, torch.float32)
+    module = module.to(device=device, dtype=dtype)
+    if device.type == "cuda":
+        module = module.to(memory_format=torch.channels_last)
+    return module
+
+
+def rebuild(extractor) -> Backbone:
+    """The backbone of an unpickled extractor, from its stored weights or its weights source again; a ValueError
+    when they are not the weights it was fitted with."""
+    stored = getattr(extractor, "_weights_bytes", None)
+    built = build_backbone(extractor.backbone, extractor.layers, None if stored is not None else extractor.weights)
+    if stored is not None:
+        built.module.load_state_dict(state_dict_from_bytes(stored))
+        built.checksum = module_checksum(built.module)
+    if built.checksum != extractor.weights_checksum_:
+        raise ValueError(
+            f"The weights found now ({built.weights_source}) differ from those this extractor was fitted "
+            f"with ({extractor.weights_source_}): checksum {built.checksum[:12]} != "
+            f"{extractor.weights_checksum_[:12]}. Refit, or pickle with store_weights=True."
+        )
+    return built

@@ -1,0 +1,131 @@
+"""The photos of a collection: listing and sampling a folder, and encoding image files in bounded memory."""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from selconv.index.encoders import CollectionError, split_encoder
+
+#: Conv maps passed at once through the stages after the extractor (bounds memory within a chunk).
+_MAPS_PER_BATCH = 32
+
+# Building a network is not thread-safe to do twice at once on one shared extractor (Dask worker threads).
+_MODEL_LOCK = threading.Lock()
+
+
+def list_photos(folder) -> list[str]:
+    """Absolute paths of every image file under ``folder`` (recursively), sorted.
+
+    Parameters
+    ----------
+    folder : path-like
+
+    Returns
+    -------
+    paths : list of str
+
+    Raises
+    ------
+    CollectionError
+        When ``folder`` is not a folder or holds no image file (extensions of
+        ``selconv.datasets.base.IMAGE_EXTENSIONS``).
+    """
+    from selconv.datasets.base import IMAGE_EXTENSIONS, list_images
+
+    folder = Path(folder)
+    if not folder.exists():
+        raise CollectionError(f"photo folder {folder} does not exist.")
+    if not folder.is_dir():
+        raise CollectionError(f"{folder} is not a folder.")
+    paths = [os.path.abspath(path) for path in list_images(folder)]
+    if not paths:
+        raise CollectionError(f"no images under {folder} (looked for {', '.join(IMAGE_EXTENSIONS)}).")
+    return paths
+
+
+def sample_photos(paths, n_images, *, random_state=0) -> list:
+    """A seeded random subset of ``n_images`` of ``paths``, in their original order (all when fewer)."""
+    paths = list(paths)
+    if n_images is None or n_images >= len(paths):
+        return paths
+    keep = np.sort(np.random.default_rng(random_state).choice(len(paths), n_images, replace=False))
+    return [paths[i] for i in keep]
+
+
+def lenient_reader(extractor, *, progress):
+    """A shallow copy of a fitted extractor that skips unreadable files (``on_error="skip"``) and shows a progress
+    bar or not; it shares the network, and leaves ``extractor`` (the encoder that is saved) as it is.
+
+    ``copy.copy`` would go through ``__getstate__``, which drops the network on purpose (pickles stay small),
+    and every chunk would then build it again.
+    """
+    with _MODEL_LOCK:
+        extractor._get_model()
+    copy = object.__new__(type(extractor))
+    copy.__dict__.update(extractor.__dict__)
+    copy.on_error, copy.progress = "skip", progress
+    return copy
+
+
+@dataclass
+class EncodedChunk:
+    """The outcome of encoding a list of image files.
+
+    Attributes
+    ----------
+    descriptors : ndarray of shape (n_read, D) float32, or (n_read, n_bytes) uint8 packed codes
+    paths : list of str
+        The files read, in input order (one per row of ``descriptors``).
+    skipped : list of (str, str)
+        ``(path, reason)`` of the files that could not be read.
+    """
+
+    descriptors: np.ndarray
+    paths: list
+    skipped: list = field(default_factory=list)
+
+
+def encode_images(encoder, paths, *, on_image=None) -> EncodedChunk:
+    """Encode image files with a fitted encoder in bounded memory, skipping unreadable files.
+
+    Conv maps are streamed from the extractor (:meth:`~selconv.extraction.ConvFeatureExtractor.iter_extract`)
+    and passed through the stages after it ``_MAPS_PER_BATCH`` at a time, so memory holds a few maps and the
+    descriptors, not every map.
+
+    Parameters
+    ----------
+    encoder : sklearn.pipeline.Pipeline
+        Fitted; its first step a :class:`~selconv.extraction.ConvFeatureExtractor`.
+    paths : list of str
+    on_image : callable or None
+        Called with no argument after each image is read or skipped (progress bars).
+
+    Returns
+    -------
+    EncodedChunk
+    """
+    extractor, rest = split_encoder(encoder)
+    paths = list(paths)
+    stream = lenient_reader(extractor, progress=False).iter_extract(paths)
+    parts, kept, batch = [], [], []
+    for position, conv_map in stream:
+        batch.append(conv_map)
+        kept.append(os.fspath(paths[position]))
+        if on_image is not None:
+            on_image()
+        if len(batch) == _MAPS_PER_BATCH:
+            parts.append(rest.transform(batch))
+            batch = []
+    if batch:
+        parts.append(rest.transform(batch))
+    skipped = [(skip.name, skip.reason) for skip in stream.skipped]
+    if on_image is not None:
+        for _ in skipped:
+            on_image()
+    descriptors = np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)  # (0, 0): nothing was readable
+    return EncodedChunk(descriptors=descriptors, paths=kept, skipped=skipped)
