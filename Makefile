@@ -26,7 +26,8 @@ demo: $(VENV)/.installed
 test: $(VENV)/.installed
 	$(PY) -m pytest -q -n 2
 
-# The inner loop: everything but the tests marked slow (real CNNs, subprocesses, Dask, the gallery).
+# The inner loop: everything but the tests marked slow (pretrained CNNs, subprocesses and process pools, Dask,
+# the browser, end-to-end runs; tests/test_markers.py keeps the marks honest). About a minute on 2 cores.
 test-fast: $(VENV)/.installed
 	$(PY) -m pytest -q -n 2 -m "not slow"
 

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from selconv.conv_map import ConvMap
+from selconv import ConvMap
 from selconv.extraction._cache import MapCache, content_fingerprint
 from selconv.extraction.images import open_regular_file
 
@@ -119,6 +119,24 @@ def main():
         Path(path).read_bytes()
     rows = [(name, best_time(function, paths, args.repeats), read) for name, (function, read) in METHODS.items()]
     hit, entry_size = cache_hit_time(args.repeats * 4)
+    text = report(args, paths, sizes, rows, hit, entry_size)
+    print(text)
+    if args.out is not None:
+        args.out.write_text(text)
+
+
+CHOICE = (
+    "The key hashes the whole file. The partial hash would miss a replacement that keeps the size and the "
+    "modification time and changes bytes only between the first and last 64 KiB of a file longer than "
+    "128 KiB (an in-place edit of the middle of the entropy-coded data with the timestamp restored, bit rot), "
+    "and on these images it saves little: most of each file is read either way. Hashing reads each byte "
+    "once with a few cycles of work; decoding reads the same bytes with far more, so the whole-file hash "
+    "stays a small fraction of a miss for any image size. On a cold disk both read the file (the partial "
+    "hash up to 128 KiB of it)."
+)
+
+
+def report(args, paths, sizes, rows, hit, entry_size) -> str:
     small = int((sizes <= 2 * BLOCK).sum())
     lines = [
         "# Cache key: cost of the content fingerprint",
@@ -159,18 +177,9 @@ def main():
         "",
         "## Choice",
         "",
-        "The key hashes the whole file. The partial hash would miss a replacement that keeps the size and the "
-        "modification time and changes bytes only between the first and last 64 KiB of a file longer than "
-        "128 KiB (an in-place edit of the middle of the entropy-coded data with the timestamp restored, bit rot), "
-        "and on these images it saves little: most of each file is read either way. Hashing reads each byte "
-        "once with a few cycles of work; decoding reads the same bytes with far more, so the whole-file hash "
-        "stays a small fraction of a miss for any image size. On a cold disk both read the file (the partial "
-        "hash up to 128 KiB of it).",
+        CHOICE,
     ]
-    report = "\n".join(lines) + "\n"
-    print(report)
-    if args.out is not None:
-        args.out.write_text(report)
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

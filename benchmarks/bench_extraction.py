@@ -43,7 +43,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from selconv.extraction import ConvFeatureExtractor
+from selconv import ConvFeatureExtractor
 from selconv.extraction.images import load_image
 
 
@@ -161,6 +161,7 @@ def bench_cuda(args):
     workdir = tempfile.mkdtemp(prefix="selconv-bench-")
     copies = replicate(files, args.replicate, workdir)
     log(f"{len(files)} distinct JPEGs replicated to {len(copies)} files in {workdir}")
+    decode_rate, shape_counts, workers = decoding_alone(copies, args)
     lines = [
         "# ConvFeatureExtractor on the GPU: VGG16 pool5, 1024 px, JPEG files",
         "",
@@ -173,8 +174,24 @@ def bench_cuda(args):
         "- network alone: the same module on batches of the same shapes already in GPU memory (normalised,",
         "  channels_last, in the compute precision), synchronised at the end",
         "",
+        f"Decoding and resizing alone ({workers} threads): **{decode_rate:.0f} images/s**. "
+        f"Resized shapes (H, W): {shape_counts}.",
+        "",
+        "| precision | end-to-end images/s | network alone images/s | ratio alone / end-to-end | target met |",
+        "| --- | --- | --- | --- | --- |",
     ]
-    # decoding alone (the CPU side's ceiling)
+    lines += [precision_row(precision, copies, shape_counts, args) for precision in args.precisions]
+    lines += [
+        "",
+        "Targets (issue): at least 400 images/s end to end on one H100, and end-to-end throughput within",
+        "1.5x of the network alone.",
+    ]
+    shutil.rmtree(workdir, ignore_errors=True)
+    return lines
+
+
+def decoding_alone(copies, args):
+    """(images/s, {resized (H, W): count}, threads) of decoding and resizing alone: the CPU side's ceiling."""
     from concurrent.futures import ThreadPoolExecutor
 
     from selconv.extraction._batching import default_workers
@@ -192,49 +209,38 @@ def bench_cuda(args):
     for shape in decoded:
         shape_counts[shape[:2]] = shape_counts.get(shape[:2], 0) + 1
     log(f"decoding alone: {decode_rate:.0f} images/s with {workers} threads; shapes {shape_counts}")
-    lines += [
-        f"Decoding and resizing alone ({workers} threads): **{decode_rate:.0f} images/s**. "
-        f"Resized shapes (H, W): {shape_counts}.",
-        "",
-        "| precision | end-to-end images/s | network alone images/s | ratio alone / end-to-end | target met |",
-        "| --- | --- | --- | --- | --- |",
-    ]
-    for precision in args.precisions:
-        try:
-            extractor = ConvFeatureExtractor(
-                max_size=args.max_size,
-                weights=args.weights or "imagenet",
-                device="cuda",
-                precision=precision,
-                batch_size=args.batch_size,
-                n_workers=args.workers,
-                progress=False,
-            ).fit()
-            extractor.transform(copies[: 4 * args.batch_size])  # warm-up: CUDA context, cuDNN handles, workers
-            torch.cuda.synchronize()
-            start = time.perf_counter()
-            maps = extractor.transform(copies)
-            e2e = len(copies) / (time.perf_counter() - start)
-            assert len(maps) == len(copies) and all(
-                np.isfinite(m.features).all() for m in maps[:: max(1, len(maps) // 20)]
-            )
-            del maps
-            alone = network_alone(extractor, shape_counts, args.batch_size, precision)
-            ratio = alone / e2e
-            met = "yes" if e2e >= 400 and ratio <= 1.5 else "no"
-            log(f"{precision}: end-to-end {e2e:.0f} images/s, network alone {alone:.0f} images/s, ratio {ratio:.2f}")
-            lines.append(f"| {precision} | {e2e:.0f} | {alone:.0f} | {ratio:.2f} | {met} |")
-        except Exception as exc:  # one precision failing must not lose the others' numbers
-            traceback.print_exc()
-            lines.append(f"| {precision} | failed: {type(exc).__name__}: {exc} | | | |")
-        torch.cuda.empty_cache()
-    lines += [
-        "",
-        "Targets (issue): at least 400 images/s end to end on one H100, and end-to-end throughput within",
-        "1.5x of the network alone.",
-    ]
-    shutil.rmtree(workdir, ignore_errors=True)
-    return lines
+    return decode_rate, shape_counts, workers
+
+
+def precision_row(precision, copies, shape_counts, args) -> str:
+    """The table row of one CNN precision: end-to-end and network-alone rates (or why it failed)."""
+    try:
+        extractor = ConvFeatureExtractor(
+            max_size=args.max_size,
+            weights=args.weights or "imagenet",
+            device="cuda",
+            precision=precision,
+            batch_size=args.batch_size,
+            n_workers=args.workers,
+            progress=False,
+        ).fit()
+        extractor.transform(copies[: 4 * args.batch_size])  # warm-up: CUDA context, cuDNN handles, workers
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        maps = extractor.transform(copies)
+        e2e = len(copies) / (time.perf_counter() - start)
+        assert len(maps) == len(copies) and all(np.isfinite(m.features).all() for m in maps[:: max(1, len(maps) // 20)])
+        del maps
+        alone = network_alone(extractor, shape_counts, args.batch_size, precision)
+        ratio = alone / e2e
+        met = "yes" if e2e >= 400 and ratio <= 1.5 else "no"
+        log(f"{precision}: end-to-end {e2e:.0f} images/s, network alone {alone:.0f} images/s, ratio {ratio:.2f}")
+        row = f"| {precision} | {e2e:.0f} | {alone:.0f} | {ratio:.2f} | {met} |"
+    except Exception as exc:  # one precision failing must not lose the others' numbers
+        traceback.print_exc()
+        row = f"| {precision} | failed: {type(exc).__name__}: {exc} | | | |"
+    torch.cuda.empty_cache()
+    return row
 
 
 def network_alone(extractor, shape_counts, batch_size, precision):

@@ -63,7 +63,7 @@ def encode_flops(counts: np.ndarray, n_channels: int, d: int, n_clusters: int, n
     return float(per_image.sum())
 
 
-def main(argv=None) -> None:
+def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=Path, required=True, help="folder of JPEGs")
     parser.add_argument("--weights", default="imagenet", help="VGG16 weights (file or 'imagenet')")
@@ -78,15 +78,15 @@ def main(argv=None) -> None:
     parser.add_argument("--max-images", type=int, default=None, help="use only the first N JPEGs")
     parser.add_argument("--note", default="")
     args = parser.parse_args(argv)
+    args.torch_device = "cpu" if args.device == "torch" else args.device
+    return args
 
+
+def main(argv=None) -> None:
     import sklearn
     import torch
 
-    from selconv.extraction import ConvFeatureExtractor
-    from selconv.masks import MaxMask
-    from selconv.pipelines import make_paper_pipeline
-    from selconv.torch_encoder import TorchEncoder, max_mask
-
+    args = parse_args(argv)
     warnings.simplefilter("ignore")
     started = time.perf_counter()
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
@@ -95,18 +95,31 @@ def main(argv=None) -> None:
         f"numpy {np.__version__}, scikit-learn {sklearn.__version__}, Python {platform.python_version()}"
     )
     print(info, flush=True)
-    lines_out: list[str] = []
-    say = lambda text="": (print(text, flush=True), lines_out.append(text))  # noqa: E731
+    data = extract_maps(args)
+    fits = fit_on_devices(args, data["maps"])
+    pipeline = fits[args.device][0]
+    agreement = compare_torch_with_numpy(args, pipeline, data["maps"])
+    throughput = encoding_throughput(args, data, agreement["encoder"], agreement["real_encoder"])
+    end_to_end = jpeg_to_codes(args, data, agreement["encoder"])
+    measured = {"info": info, "minutes": (time.perf_counter() - started) / 60, "fits": fits}
+    text = report(args, data, agreement, throughput, end_to_end, measured)
+    print(text, flush=True)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(text + "\n")
+    print(f"wrote {args.out}")
 
-    # ---------------------------------------------------------------- real pool5 maps, JPEG -> maps rate
+
+def extract_maps(args) -> dict:
+    """Real pool5 maps of the JPEGs (after a warm-up), the JPEG -> maps time and the grids' counts."""
+    from selconv import ConvFeatureExtractor
+
     paths = sorted(str(p) for p in args.images.glob("*.jpg"))[: args.max_images]
-    torch_device = "cpu" if args.device == "torch" else args.device
     weights = None if args.weights == "none" else args.weights
     extractor = ConvFeatureExtractor(
         "vgg16",
         weights=weights,
         max_size=1024,
-        device=torch_device,
+        device=args.torch_device,
         precision=args.precision,
         batch_size=16,
         progress=False,
@@ -120,10 +133,22 @@ def main(argv=None) -> None:
     grids = {}
     for m in maps:
         grids[m.features.shape] = grids.get(m.features.shape, 0) + 1
-    shape = max(grids, key=grids.get)
     print(f"{len(maps)} maps in {extract_s:.1f} s; grids {grids}", flush=True)
+    shape = max(grids, key=grids.get)
+    return {
+        "paths": paths,
+        "extractor": extractor,
+        "maps": maps,
+        "extract_s": extract_s,
+        "grids": grids,
+        "shape": shape,
+    }
 
-    # ---------------------------------------------------------------- fit, GPU and CPU
+
+def fit_on_devices(args, maps) -> dict:
+    """{device: (fitted pipeline, seconds per step, local features)} of the 512-D preset + ITQ on the GPU and CPU."""
+    from selconv import make_paper_pipeline
+
     train = [maps[i % len(maps)] for i in range(args.n_fit)]
     fits = {}
     for device in [args.device] + ([] if args.skip_cpu_fit else ["cpu"]):
@@ -146,9 +171,16 @@ def main(argv=None) -> None:
                 n_local = sum(len(s) for s in data)
         fits[device] = (pipeline, times, n_local)
         print(f"fit on {device}: {times}", flush=True)
-    pipeline = fits[args.device][0]
+    return fits
 
-    # ---------------------------------------------------------------- agreement on real maps
+
+def compare_torch_with_numpy(args, pipeline, maps) -> dict:
+    """The torch encoders (codes, 512-D) and their agreement with the numpy pipeline on the real maps."""
+    import torch
+
+    from selconv import MaxMask
+    from selconv.torch_encoder import TorchEncoder, max_mask
+
     reference = pipeline.set_params(encode__device="cpu")[:-1].transform(maps)
     codes_reference = pipeline.transform(maps)
     encoder = TorchEncoder(pipeline, device=args.device)
@@ -156,21 +188,35 @@ def main(argv=None) -> None:
     ours = real_encoder.transform(maps)
     codes = encoder.transform(maps)
     relative = np.abs(ours - reference).max(axis=1) / np.abs(reference).max(axis=1)
-    bit_mismatch = np.unpackbits(codes ^ codes_reference).mean()
     mask_equal = all(
         np.array_equal(
-            max_mask(torch.as_tensor(m.features[None]).to(torch_device)).cpu().numpy()[0],
+            max_mask(torch.as_tensor(m.features[None]).to(args.torch_device)).cpu().numpy()[0],
             MaxMask().get_selected_locations([m.features])[0].ravel(),
         )
         for m in maps
     )
+    return {
+        "encoder": encoder,
+        "real_encoder": real_encoder,
+        "relative": relative,
+        "bit_mismatch": np.unpackbits(codes ^ codes_reference).mean(),
+        "mask_equal": mask_equal,
+    }
 
-    # ---------------------------------------------------------------- throughput from maps on the GPU
-    same_grid = [m.features for m in maps if m.features.shape == shape]
+
+def encoding_throughput(args, data, encoder, real_encoder) -> dict:
+    """Images/s and TFLOP/s of both encoders on batches of same-grid maps already on the device."""
+    import torch
+
+    from selconv import MaxMask
+
+    shape = data["shape"]
+    same_grid = [m.features for m in data["maps"] if m.features.shape == shape]
     counts_grid = np.array([len(s) for s in MaxMask().fit_transform(same_grid)])
-    throughput = []
+    rows = []
     for batch_size in args.batch_sizes:
-        batch = torch.as_tensor(np.stack([same_grid[i % len(same_grid)] for i in range(batch_size)])).to(torch_device)
+        stacked = np.stack([same_grid[i % len(same_grid)] for i in range(batch_size)])
+        batch = torch.as_tensor(stacked).to(args.torch_device)
         counts = counts_grid[np.arange(batch_size) % len(same_grid)]
         for name, enc, n_bits in (
             ("512-D float32", real_encoder, None),
@@ -179,13 +225,19 @@ def main(argv=None) -> None:
             enc.transform(batch)  # warm-up
             seconds = best_of(lambda enc=enc, batch=batch: enc.transform(batch), args.repeats)
             flops = encode_flops(counts, shape[0], 32, 20, n_bits)
-            throughput.append((batch_size, name, batch_size / seconds, flops / seconds / 1e12, flops / batch_size))
-            print(throughput[-1], flush=True)
+            rows.append((batch_size, name, batch_size / seconds, flops / seconds / 1e12, flops / batch_size))
+            print(rows[-1], flush=True)
         del batch
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
+    return {"rows": rows, "n_same_grid": len(same_grid), "mean_count": counts_grid.mean()}
 
-    # ---------------------------------------------------------------- JPEG -> codes end to end
+
+def jpeg_to_codes(args, data, encoder) -> dict:
+    """JPEG files -> codes end to end, and the network alone on batches of already-decoded images."""
+    import torch
+
+    extractor, paths, shape = data["extractor"], data["paths"], data["shape"]
     extractor.transform(paths[:16])
     synchronize()
     t0 = time.perf_counter()
@@ -195,7 +247,7 @@ def main(argv=None) -> None:
     assert end_codes.shape == (len(paths), args.n_bits // 8)
     # Network alone: the model on batches of 16 already-decoded 768 x 1024 images.
     model = extractor._get_model()
-    x = torch.randint(0, 255, (16, 3, shape[1] * 32, shape[2] * 32), dtype=torch.uint8, device=torch_device)
+    x = torch.randint(0, 255, (16, 3, shape[1] * 32, shape[2] * 32), dtype=torch.uint8, device=args.torch_device)
     dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(args.precision, torch.float32)
 
     def network():
@@ -203,90 +255,104 @@ def main(argv=None) -> None:
             model(x.to(dtype).contiguous(memory_format=torch.channels_last))
 
     network()
-    network_rate = 16 / best_of(network, args.repeats)
+    return {"seconds": end_to_end_s, "network_rate": 16 / best_of(network, args.repeats)}
 
-    # ---------------------------------------------------------------- report
-    total_min = (time.perf_counter() - started) / 60
-    say("# The post-CNN stages on the GPU: torch vs numpy, throughput, fit, JPEG -> codes")
-    say()
-    say(
-        f"Generated by `benchmarks/bench_gpu_pipeline.py` in {total_min:.1f} min. Machine: {info}. Command "
-        "(repository root):"
-    )
-    say()
-    say("```")
-    say("python " + " ".join(shlex.quote(a) for a in [Path(sys.argv[0]).as_posix(), *sys.argv[1:]]))
-    say("```")
-    say()
-    say(
+
+def report(args, data, agreement, throughput, end_to_end, measured) -> str:
+    """The markdown results: set-up, then one section per measurement."""
+    maps, grids = data["maps"], data["grids"]
+    grid_counts = ", ".join(f"{s[2]}x{s[1]}: {n}" for s, n in sorted(grids.items(), key=lambda kv: -kv[1]))
+    lines = [
+        "# The post-CNN stages on the GPU: torch vs numpy, throughput, fit, JPEG -> codes",
+        "",
+        f"Generated by `benchmarks/bench_gpu_pipeline.py` in {measured['minutes']:.1f} min. Machine: "
+        f"{measured['info']}. Command (repository root):",
+        "",
+        "```",
+        "python " + " ".join(shlex.quote(a) for a in [Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
+        "```",
+        "",
         f"Input: VGG16 pool5 maps at 1024 px ({args.precision} network, float32 maps) of {len(maps)} Oxford-subset "
-        f"JPEGs; grids {', '.join(f'{s[2]}x{s[1]}: {n}' for s, n in sorted(grids.items(), key=lambda kv: -kv[1]))}. "
-        f"Weights: {extractor.weights_source_}."
-    )
+        f"JPEGs; grids {grid_counts}. Weights: {data['extractor'].weights_source_}.",
+    ]
     if args.note:
-        say()
-        say(f"Note: {args.note}")
-    say()
-    say("## 1. torch (GPU) vs numpy on these real maps")
-    say()
-    say(f"- MAX-mask cells identical on all {len(maps)} maps: **{mask_equal}**")
-    say(
+        lines += ["", f"Note: {args.note}"]
+    lines += _agreement_lines(args, maps, agreement)
+    lines += _throughput_lines(args, data["shape"], throughput)
+    lines += _fit_lines(args, maps, measured["fits"])
+    lines += _end_to_end_lines(args, data, end_to_end)
+    return "\n".join(lines)
+
+
+def _agreement_lines(args, maps, agreement) -> list[str]:
+    relative = agreement["relative"]
+    return [
+        "",
+        "## 1. torch (GPU) vs numpy on these real maps",
+        "",
+        f"- MAX-mask cells identical on all {len(maps)} maps: **{agreement['mask_equal']}**",
         f"- 512-D descriptors (MAX, fitted as in section 3): max over images of max|torch - numpy| / max|numpy| ="
-        f" **{relative.max():.2e}** (median {np.median(relative):.2e})"
-    )
-    say(
-        f"- {args.n_bits}-bit ITQ codes: {bit_mismatch:.2e} of the bits differ (coordinates within float32 rounding "
-        "of 0)"
-    )
-    say()
-    say("## 2. Post-CNN encoding throughput, MAX mask, 512-D, pool5 maps already on the GPU")
-    say()
-    say(
-        f"Batches of the {len(same_grid)} maps of the {shape[2]} x {shape[1]} grid, cycled; MAX keeps "
-        f"{counts_grid.mean():.0f} local features per image on average. Best of {args.repeats}. FLOPs counted as in "
-        "`encode_flops` (local PCA, Temb residuals and projection, democratic Gram and Sinkhorn, RN, ITQ), strict "
-        "float32 (TF32 off), so the reference is the H200's float32 rate (about 60 TFLOP/s without tensor cores)."
-    )
-    say()
-    say("| batch | output | images/s | TFLOP/s | GFLOP per image |")
-    say("|---|---|---|---|---|")
-    for batch_size, name, rate, tflops, per_image in throughput:
-        say(f"| {batch_size} | {name} | **{rate:,.0f}** | {tflops:.1f} | {per_image / 1e9:.3f} |")
-    say()
-    say(f"## 3. Fit of the 512-D preset + {args.n_bits}-bit ITQ on {args.n_fit:,} images (s)")
-    say()
-    say(
+        f" **{relative.max():.2e}** (median {np.median(relative):.2e})",
+        f"- {args.n_bits}-bit ITQ codes: {agreement['bit_mismatch']:.2e} of the bits differ (coordinates within "
+        "float32 rounding of 0)",
+    ]
+
+
+def _throughput_lines(args, shape, throughput) -> list[str]:
+    lines = [
+        "",
+        "## 2. Post-CNN encoding throughput, MAX mask, 512-D, pool5 maps already on the GPU",
+        "",
+        f"Batches of the {throughput['n_same_grid']} maps of the {shape[2]} x {shape[1]} grid, cycled; MAX keeps "
+        f"{throughput['mean_count']:.0f} local features per image on average. Best of {args.repeats}. FLOPs counted "
+        "as in `encode_flops` (local PCA, Temb residuals and projection, democratic Gram and Sinkhorn, RN, ITQ), "
+        "strict float32 (TF32 off), so the reference is the H200's float32 rate (about 60 TFLOP/s without tensor "
+        "cores).",
+        "",
+        "| batch | output | images/s | TFLOP/s | GFLOP per image |",
+        "|---|---|---|---|---|",
+    ]
+    for batch_size, name, rate, tflops, per_image in throughput["rows"]:
+        lines.append(f"| {batch_size} | {name} | **{rate:,.0f}** | {tflops:.1f} | {per_image / 1e9:.3f} |")
+    return lines
+
+
+def _fit_lines(args, maps, fits) -> list[str]:
+    names = [name for name, _ in fits[args.device][0].steps]
+    lines = [
+        "",
+        f"## 3. Fit of the 512-D preset + {args.n_bits}-bit ITQ on {args.n_fit:,} images (s)",
+        "",
         f"The {len(maps)} maps cycled to {args.n_fit:,} training images. Each step's `fit_transform` as "
         "`Pipeline.fit` runs it. `encode` on cuda: k-means (scikit-learn, 100,000-feature sample) on the CPU, the "
-        "covariance pass of Temb and the embedding + democratic pooling of all training images on the GPU."
-    )
-    say()
-    names = [name for name, _ in fits[args.device][0].steps]
-    say("| encode device | local features | " + " | ".join(names) + " | total | total after the mask |")
-    say("|---" * (len(names) + 4) + "|")
+        "covariance pass of Temb and the embedding + democratic pooling of all training images on the GPU.",
+        "",
+        "| encode device | local features | " + " | ".join(names) + " | total | total after the mask |",
+        "|---" * (len(names) + 4) + "|",
+    ]
     for device, (_, times, n_local) in fits.items():
-        say(
+        lines.append(
             f"| {device} | {n_local:,} | "
             + " | ".join(f"{times[n]:.2f}" for n in names)
             + f" | **{sum(times.values()):.1f}** | **{sum(times.values()) - times['mask']:.1f}** |"
         )
-    say()
-    say("## 4. JPEG files -> codes end to end")
-    say()
-    say(
-        f"- {len(paths)} JPEGs -> {args.n_bits}-bit codes (extractor: decoding and resizing on {os.cpu_count()} CPU "
-        f"threads, VGG16 {args.precision}, batch 16; then `TorchEncoder`): {end_to_end_s:.2f} s = "
-        f"**{len(paths) / end_to_end_s:.0f} images/s**"
-    )
-    say(
+    return lines
+
+
+def _end_to_end_lines(args, data, end_to_end) -> list[str]:
+    n_paths, shape, seconds = len(data["paths"]), data["shape"], end_to_end["seconds"]
+    return [
+        "",
+        "## 4. JPEG files -> codes end to end",
+        "",
+        f"- {n_paths} JPEGs -> {args.n_bits}-bit codes (extractor: decoding and resizing on {os.cpu_count()} CPU "
+        f"threads, VGG16 {args.precision}, batch 16; then `TorchEncoder`): {seconds:.2f} s = "
+        f"**{n_paths / seconds:.0f} images/s**",
         f"- network alone ({args.precision}, batch 16, {shape[2] * 32} x {shape[1] * 32}, channels_last): "
-        f"**{network_rate:.0f} images/s**"
-    )
-    say(f"- JPEG -> pool5 maps alone (first pass above): {len(maps) / extract_s:.0f} images/s")
-    say()
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text("\n".join(lines_out) + "\n")
-    print(f"wrote {args.out}")
+        f"**{end_to_end['network_rate']:.0f} images/s**",
+        f"- JPEG -> pool5 maps alone (first pass above): {len(data['maps']) / data['extract_s']:.0f} images/s",
+        "",
+    ]
 
 
 if __name__ == "__main__":

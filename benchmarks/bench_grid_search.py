@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 
-def main():
+def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", type=Path, default=Path("../shared/data"), help="the shared data folder")
     parser.add_argument("--max-size", type=int, default=384, help="longest image side for the CNN (paper: 1024)")
@@ -41,18 +41,35 @@ def main():
     parser.add_argument("--cache-dir", default="selconv-output/grid-search-cache")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=None, help="write the markdown results here")
-    args = parser.parse_args()
+    return parser.parse_args(argv)
 
-    import sklearn
-    from sklearn.model_selection import GridSearchCV
 
-    from selconv.datasets.oxford5k_subset import load_generic_training_images, load_oxford5k_subset
-    from selconv.extraction import ConvFeatureExtractor
-    from selconv.masks import MaxMask, NoMask, SumMask
-    from selconv.model_selection import DISTRACTOR_LABEL, LEARNING_LABEL, RetrievalKFold, map_scorer
-    from selconv.pipelines import make_paper_pipeline, rotation_settings
+def main(argv=None):
+    from selconv import ConvFeatureExtractor
 
+    args = parse_args(argv)
     started = time.perf_counter()
+    images, y, counts = learning_and_labelled_images(args)
+    print(
+        f"{counts['learning']} learning photos, {counts['labelled']} labelled images of {counts['landmarks']} "
+        f"landmarks, {counts['distractors']} distractors",
+        flush=True,
+    )
+    extractor = ConvFeatureExtractor(max_size=args.max_size, cache_dir=args.cache_dir).fit()
+    maps = extractor.transform(images)
+    counts["extract_s"] = time.perf_counter() - started
+    search, settings = grid_search(maps, y, args, counts)
+    text = report(search, args, counts, settings)
+    print(text)
+    if args.out:
+        args.out.write_text(text)
+
+
+def learning_and_labelled_images(args):
+    """(image paths, labels, counts): the generic photos, the labelled images and seeded distractors."""
+    from selconv.datasets import load_generic_training_images, load_oxford5k_subset
+    from selconv.model_selection import DISTRACTOR_LABEL, LEARNING_LABEL
+
     dataset = load_oxford5k_subset(args.data_dir / "oxford5k-subset", "loo-landmark", training_root=None)
     learning = load_generic_training_images(args.data_dir)
     # loo-landmark queries are database images; one is good for two landmarks ("a|b"): it joins the first.
@@ -70,17 +87,24 @@ def main():
         + [DISTRACTOR_LABEL] * len(distractors)
     )
     images = [str(p) for p in learning] + [str(dataset.database[i]) for i in labelled + distractors]
-    print(
-        f"{len(learning)} learning photos, {len(labelled)} labelled images of {len(landmarks)} landmarks, "
-        f"{len(distractors)} distractors",
-        flush=True,
-    )
+    counts = {
+        "learning": len(learning),
+        "labelled": len(labelled),
+        "landmarks": len(landmarks),
+        "distractors": len(distractors),
+    }
+    return images, y, counts
 
-    extractor = ConvFeatureExtractor(max_size=args.max_size, cache_dir=args.cache_dir).fit()
-    maps = extractor.transform(images)
-    extract_s = time.perf_counter() - started
 
-    n_learning_per_fold = len(learning) + len(labelled) * (args.folds - 1) // args.folds
+def grid_search(maps, y, args, counts):
+    """The fitted GridSearchCV (no refit) and the settings the report quotes (rotation, warnings, time)."""
+    from sklearn.model_selection import GridSearchCV
+
+    from selconv import MaxMask, NoMask, SumMask, make_paper_pipeline, map_scorer
+    from selconv.model_selection import RetrievalKFold
+    from selconv.pipelines import rotation_settings
+
+    n_learning_per_fold = counts["learning"] + counts["labelled"] * (args.folds - 1) // args.folds
     rotation, note = rotation_settings(n_learning_per_fold, 512)
     grid = {
         "mask": [MaxMask(), SumMask(), NoMask()],
@@ -99,31 +123,31 @@ def main():
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         search.fit(maps, y)
-    search_s = time.perf_counter() - started
+    settings = {
+        "n_learning_per_fold": n_learning_per_fold,
+        "rotation": f"rotation settings: {rotation}" if note is None else note,
+        "search_s": time.perf_counter() - started,
+        "warnings": Counter(f"{w.category.__name__}: {str(w.message).splitlines()[0][:160]}" for w in caught),
+    }
+    return search, settings
+
+
+def describe(params) -> str:
+    return (
+        f"{type(params['mask']).__name__}, n_clusters={params['encode__embedding__n_clusters']}, "
+        f"alpha={params['power__alpha']}"
+    )
+
+
+def report(search, args, counts, settings) -> str:
+    """The markdown results: set-up, every candidate by rank with its folds, best against runner-up."""
+    import sklearn
 
     results = search.cv_results_
     folds = np.array([results[f"split{k}_test_score"] for k in range(search.n_splits_)])  # (folds, candidates)
     standard_errors = folds.std(axis=0, ddof=1) / np.sqrt(len(folds))
     order = np.argsort(-results["mean_test_score"], kind="stable")
-
-    def describe(i):
-        params = results["params"][i]
-        return (
-            f"{type(params['mask']).__name__}, n_clusters={params['encode__embedding__n_clusters']}, "
-            f"alpha={params['power__alpha']}"
-        )
-
-    best, second = order[0], order[1]
-    differences = folds[:, best] - folds[:, second]
-    difference_se = differences.std(ddof=1) / np.sqrt(len(differences))
-    beats = differences.mean() > 2 * difference_se
-    verdict = (
-        f"**{describe(best)}** beats the runner-up {describe(second)}"
-        if beats
-        else f"**{describe(best)}** and the runner-up {describe(second)} tie"
-    )
-    warning_counts = Counter(f"{w.category.__name__}: {str(w.message).splitlines()[0][:160]}" for w in caught)
-
+    warning_counts = settings["warnings"]
     lines = [
         "# Grid search with `RetrievalKFold` on the Oxford subset",
         "",
@@ -131,16 +155,16 @@ def main():
         "",
         f"- Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores; Python "
         f"{platform.python_version()}, numpy {np.__version__}, scikit-learn {sklearn.__version__}",
-        f"- Learning: {len(learning)} generic photos (BSDS500 + ImageNet sample, `LEARNING_LABEL`) plus, in each "
-        f"fold, the other folds' images: about {n_learning_per_fold} images for the 512-D preset's 640-D rotation "
-        f"({'rotation settings: ' + str(rotation) if note is None else note}).",
-        f"- Scored: {len(labelled)} labelled images of {len(landmarks)} landmarks (the loo-landmark protocol's "
-        f"queries) in {args.folds} folds, each landmark in one fold, each image a query against the rest of its "
-        f"fold and {len(distractors)} distractors (seeded sample of the database images in no ground-truth "
-        "list). Conv maps: VGG16 pool5 at "
-        f"{args.max_size} px (the paper uses 1024), ready in {extract_s:.0f} s (extracted, or read from "
+        f"- Learning: {counts['learning']} generic photos (BSDS500 + ImageNet sample, `LEARNING_LABEL`) plus, in "
+        f"each fold, the other folds' images: about {settings['n_learning_per_fold']} images for the 512-D "
+        f"preset's 640-D rotation ({settings['rotation']}).",
+        f"- Scored: {counts['labelled']} labelled images of {counts['landmarks']} landmarks (the loo-landmark "
+        f"protocol's queries) in {args.folds} folds, each landmark in one fold, each image a query against the rest "
+        f"of its fold and {counts['distractors']} distractors (seeded sample of the database images in no "
+        "ground-truth list). Conv maps: VGG16 pool5 at "
+        f"{args.max_size} px (the paper uses 1024), ready in {counts['extract_s']:.0f} s (extracted, or read from "
         f"`--cache-dir` when rerun); search ({len(order)} "
-        f"candidates x {args.folds} folds, n_jobs={args.n_jobs}) in {search_s:.0f} s.",
+        f"candidates x {args.folds} folds, n_jobs={args.n_jobs}) in {settings['search_s']:.0f} s.",
         "- Warnings raised during the search (none suppressed): "
         + ("none" if not warning_counts else "; ".join(f"{n} x {m}" for m, n in warning_counts.items())),
         "",
@@ -150,20 +174,29 @@ def main():
         "|---|---|---|---|" + "---|" * len(folds),
     ]
     for rank, i in enumerate(order, start=1):
-        paper = " (paper preset)" if describe(i) == "MaxMask, n_clusters=20, alpha=0.5" else ""
+        paper = " (paper preset)" if describe(results["params"][i]) == "MaxMask, n_clusters=20, alpha=0.5" else ""
         lines.append(
-            f"| {rank} | {describe(i)}{paper} | {results['mean_test_score'][i]:.4f} | "
+            f"| {rank} | {describe(results['params'][i])}{paper} | {results['mean_test_score'][i]:.4f} | "
             f"{standard_errors[i]:.4f} | " + " | ".join(f"{v:.4f}" for v in folds[:, i]) + " |"
         )
-    lines += [
-        "",
+    return "\n".join([*lines, "", best_against_runner_up(results, folds, order)]) + "\n"
+
+
+def best_against_runner_up(results, folds, order) -> str:
+    """The best 'beats' the runner-up when the fold-by-fold mean difference exceeds two standard errors."""
+    best, second = order[0], order[1]
+    differences = folds[:, best] - folds[:, second]
+    difference_se = differences.std(ddof=1) / np.sqrt(len(differences))
+    best_name, second_name = describe(results["params"][best]), describe(results["params"][second])
+    verdict = (
+        f"**{best_name}** beats the runner-up {second_name}"
+        if differences.mean() > 2 * difference_se
+        else f"**{best_name}** and the runner-up {second_name} tie"
+    )
+    return (
         f"{verdict}: mean difference {differences.mean():+.4f}, standard error of the fold-by-fold difference "
-        f"{difference_se:.4f} (the best must exceed two standard errors to count).",
-    ]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.out:
-        args.out.write_text(text)
+        f"{difference_se:.4f} (the best must exceed two standard errors to count)."
+    )
 
 
 if __name__ == "__main__":

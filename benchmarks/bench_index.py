@@ -58,7 +58,7 @@ def cnn_alone(encoder, files, max_size, repeats):
     return len(files) / best, best
 
 
-def main():
+def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", default="../shared/data/oxford5k-subset/jpg", help="folder of JPEG files")
     parser.add_argument("--n-images", type=int, default=32, help="images indexed (the first N by name)")
@@ -68,94 +68,118 @@ def main():
     parser.add_argument("--device", default="auto", help="torch device of the encoder: auto, cpu, cuda, ...")
     parser.add_argument("--no-cluster", action="store_true", help="skip the 2-worker LocalCluster comparison")
     parser.add_argument("--out", default=None, help="write the markdown results here")
-    args = parser.parse_args()
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-
     import torch
-    from bench_extraction import environment
 
-    from selconv.datasets import load_sample
-    from selconv.index.build import fit_encoder, index_folder, save_encoder
+    from selconv.index.build import index_folder
 
     load_before = os.getloadavg()
     work = Path(tempfile.mkdtemp(prefix="selconv-bench-index-"))
+    photos, files = copy_photos(args, work)
+    fit, fit_seconds = learn_encoder(args, work)
+    encoder = fit.encoder
+    measured = {"fit": fit, "fit_seconds": fit_seconds}
+    measured["cnn_rate"], measured["cnn_seconds"] = cnn_alone(encoder, files, args.max_size, args.repeats)
+    log(f"CNN alone: {measured['cnn_rate']:.2f} images/s")
+    measured["cli_rate"], measured["wall"] = command_line_rate(photos, work, args.chunk_size)
+    started = time.perf_counter()
+    single = index_folder(photos, encoder, work / "single.index", chunk_size=args.chunk_size, progress=False)
+    measured["single_seconds"] = time.perf_counter() - started
+    log(f"one process ({torch.get_num_threads()} torch threads): {measured['single_seconds']:.1f} s")
+    cluster = ([], []) if args.no_cluster else cluster_comparison(photos, encoder, work, args, single, measured)
+    measured["load"] = (load_before[0], os.getloadavg()[0])
+    text = report(args, len(files), encoder.steps[0][1].device_, measured, cluster)
+    print(text)
+    if args.out:
+        Path(args.out).write_text(text)
+    shutil.rmtree(work, ignore_errors=True)
+
+
+def copy_photos(args, work: Path):
+    """The first ``--n-images`` JPEGs copied into ``work/photos``: (the folder, its files)."""
     photos = work / "photos"
     photos.mkdir()
     files = sorted(p for p in Path(args.images).iterdir() if p.suffix.lower() in (".jpg", ".jpeg"))[: args.n_images]
     for path in files:
         shutil.copyfile(path, photos / path.name)
-    files = sorted(str(p) for p in photos.iterdir())
     log(f"{len(files)} images copied to {photos}")
+    return photos, sorted(str(p) for p in photos.iterdir())
+
+
+def learn_encoder(args, work: Path):
+    """(fit report, seconds) of the 512-D preset learned on the bundled sample's training photos, saved to
+    ``work/encoder``."""
+    from selconv.datasets import load_sample
+    from selconv.index.build import fit_encoder, save_encoder
 
     started = time.perf_counter()
-    training = load_sample().training
-    fit = fit_encoder(training, max_size=args.max_size, device=args.device, progress=False)
-    fit_seconds = time.perf_counter() - started
-    encoder = fit.encoder
-    device = encoder.steps[0][1].device_
-    save_encoder(encoder, work / "encoder")
-    log(f"encoder learned on {fit.n_images} images in {fit_seconds:.0f} s")
+    fit = fit_encoder(load_sample().training, max_size=args.max_size, device=args.device, progress=False)
+    seconds = time.perf_counter() - started
+    save_encoder(fit.encoder, work / "encoder")
+    log(f"encoder learned on {fit.n_images} images in {seconds:.0f} s")
+    return fit, seconds
 
-    cnn_rate, cnn_seconds = cnn_alone(encoder, files, args.max_size, args.repeats)
-    log(f"CNN alone: {cnn_rate:.2f} images/s")
 
-    command = [
-        sys.executable,
-        "-m",
-        "selconv",
-        "index",
-        str(photos),
-        "--encoder",
-        str(work / "encoder"),
-        "--out",
-        str(work / "cli.index"),
-        "--chunk-size",
-        str(args.chunk_size),
-    ]
+def command_line_rate(photos: Path, work: Path, chunk_size: int):
+    """(images/s the ``selconv index`` command reports, its wall time) of a run as a subprocess."""
+    command = [sys.executable, "-m", "selconv", "index", str(photos), "--encoder", str(work / "encoder")]
+    command += ["--out", str(work / "cli.index"), "--chunk-size", str(chunk_size)]
     started = time.perf_counter()
     run = subprocess.run(command, capture_output=True, text=True, env={**os.environ})
     wall = time.perf_counter() - started
     if run.returncode:
         sys.exit(run.stderr)
     match = re.search(r"took (\d+) s \(([\d.]+) images/s\)", run.stdout)
-    cli_rate = float(match.group(2))
     log(run.stdout.strip())
+    return float(match.group(2)), wall
+
+
+def cluster_comparison(photos, encoder, work, args, single, measured):
+    """(table rows, lines) of index_folder on a 2-worker LocalCluster against the one-process index."""
+    from dask.distributed import Client, LocalCluster
+
+    from selconv.index.build import index_folder
 
     started = time.perf_counter()
-    single = index_folder(photos, encoder, work / "single.index", chunk_size=args.chunk_size, progress=False)
-    single_seconds = time.perf_counter() - started
-    log(f"one process ({torch.get_num_threads()} torch threads): {single_seconds:.1f} s")
-
-    cluster_rows, cluster_lines = [], []
-    if not args.no_cluster:
-        from dask.distributed import Client, LocalCluster
-
+    with (
+        LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster,
+        Client(cluster) as client,
+    ):
+        startup = time.perf_counter() - started
         started = time.perf_counter()
-        with (
-            LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster,
-            Client(cluster) as client,
-        ):
-            startup = time.perf_counter() - started
-            started = time.perf_counter()
-            remote = index_folder(
-                photos, encoder, work / "dask.index", chunk_size=args.chunk_size, client=client, progress=False
-            )
-            dask_seconds = time.perf_counter() - started
-        log(f"2-worker LocalCluster: {dask_seconds:.1f} s (cluster start {startup:.1f} s)")
-        identical = all(
-            (single.path / name).read_bytes() == (remote.path / name).read_bytes()
-            for name in ("index.faiss", "ids.npy", "paths.jsonl")
+        remote = index_folder(
+            photos, encoder, work / "dask.index", chunk_size=args.chunk_size, client=client, progress=False
         )
-        cluster_rows = [
-            f"| `index_folder`, 2-worker `LocalCluster` (1 thread each; cluster start {startup:.1f} s "
-            f"not counted) | {dask_seconds:.1f} | {len(files) / dask_seconds:.2f} |"
-        ]
-        cluster_lines = [
-            f"Dask index byte-identical to the one-process index: **{'yes' if identical else 'NO'}**; "
-            f"2 workers / one process: **{single_seconds / dask_seconds:.2f}x**."
-        ]
-    load_after = os.getloadavg()
-    n = len(files)
+        dask_seconds = time.perf_counter() - started
+    log(f"2-worker LocalCluster: {dask_seconds:.1f} s (cluster start {startup:.1f} s)")
+    identical = all(
+        (single.path / name).read_bytes() == (remote.path / name).read_bytes()
+        for name in ("index.faiss", "ids.npy", "paths.jsonl")
+    )
+    n_images = len(list(photos.iterdir()))
+    rows = [
+        f"| `index_folder`, 2-worker `LocalCluster` (1 thread each; cluster start {startup:.1f} s "
+        f"not counted) | {dask_seconds:.1f} | {n_images / dask_seconds:.2f} |"
+    ]
+    lines = [
+        f"Dask index byte-identical to the one-process index: **{'yes' if identical else 'NO'}**; "
+        f"2 workers / one process: **{measured['single_seconds'] / dask_seconds:.2f}x**."
+    ]
+    return rows, lines
+
+
+def report(args, n, device, measured, cluster) -> str:
+    import torch
+    from bench_extraction import environment
+
+    fit, cnn_rate, cli_rate = measured["fit"], measured["cnn_rate"], measured["cli_rate"]
+    wall, single_seconds = measured["wall"], measured["single_seconds"]
+    cluster_rows, cluster_lines = cluster
     where = f"the GPU ({torch.cuda.get_device_name(0)})" if device.startswith("cuda") else "this CPU"
     lines = [
         f"# `selconv index` throughput on {where}",
@@ -163,17 +187,17 @@ def main():
         f"Command: `PYTHONPATH=src python {' '.join(sys.argv)}`",
         "",
         *environment("cuda" if device.startswith("cuda") else "cpu"),
-        f"- {os.cpu_count()} CPU cores visible; load average {load_before[0]:.1f} before, {load_after[0]:.1f} after "
-        "(on a shared machine absolute numbers vary from run to run)",
+        f"- {os.cpu_count()} CPU cores visible; load average {measured['load'][0]:.1f} before, "
+        f"{measured['load'][1]:.1f} after (on a shared machine absolute numbers vary from run to run)",
         f"- {n} JPEGs (`{args.images}`, first {n} by name), resized to a longest side of {args.max_size} px; "
         f"chunks of {args.chunk_size} images; encoder on `{device}`",
         f"- encoder: the paper's 512-D MAX-mask preset (VGG16 pool5), learned on the bundled sample's "
-        f"{fit.n_images} training photos in {fit_seconds:.0f} s",
+        f"{fit.n_images} training photos in {measured['fit_seconds']:.0f} s",
         "",
         "| what | seconds | images/s |",
         "| --- | --- | --- |",
         f"| CNN alone (VGG16 forward on pre-decoded tensors, best of {args.repeats}) "
-        f"| {cnn_seconds:.1f} | {cnn_rate:.2f} |",
+        f"| {measured['cnn_seconds']:.1f} | {cnn_rate:.2f} |",
         f"| `selconv index` end to end, as the command reports it | {n / cli_rate:.1f} | {cli_rate:.2f} |",
         f"| `selconv index` command wall time (Python start, imports, weights included) "
         f"| {wall:.1f} | {n / wall:.2f} |",
@@ -183,11 +207,7 @@ def main():
         f"End to end / CNN alone: **{cli_rate / cnn_rate:.2f}** of the CNN's rate.",
         *cluster_lines,
     ]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text)
-    shutil.rmtree(work, ignore_errors=True)
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

@@ -109,33 +109,38 @@ def recall_at_k(found_ids, exact_ids):
 
 def bench_one(name, database, queries, args, old_search, work):
     """All measurements for one data type (``name`` is "vectors" or "codes")."""
-    import faiss
+    from selconv.index import ImageIndex
 
-    from selconv.index import ImageIndex, load_index
-
-    binary = database.dtype == np.uint8
-    n, k = len(database), args.k
+    n = len(database)
     paths = [f"photos/{i // 1000:04d}/{i:07d}.jpg" for i in range(n)]
-    row = {"n": n, "k": k, "n_queries": len(queries)}
-
+    row = {"n": n, "k": args.k, "n_queries": len(queries)}
     index = ImageIndex()
     row["add_s"], _ = best_time(lambda: index.add_descriptors(database, paths=paths), 1)
-    if binary:
-        raw = faiss.IndexBinaryFlat(database.shape[1] * 8)
-    else:
-        raw = faiss.IndexFlatIP(database.shape[1])
-    raw.add(database)
     log(f"[{name}] flat index built in {row['add_s']:.1f} s")
+    exact = exact_search(name, index, database, queries, args, row)
+    if old_search is not None and args.old_queries:
+        old_numpy_search(name, old_search, database, queries, exact, args, row)
+    save_and_load(name, index, database, queries, exact, work, row)
+    index = None  # free its memory before the approximate indexes
+    row["approximate"] = approximate_searches(name, database, queries, exact.ids, args, row["index_qps"])
+    return row
 
+
+def exact_search(name, index, database, queries, args, row):
+    """ImageIndex's exact search against raw faiss on the same data, alternated; its result."""
+    import faiss
+
+    binary = database.dtype == np.uint8
+    raw = faiss.IndexBinaryFlat(database.shape[1] * 8) if binary else faiss.IndexFlatIP(database.shape[1])
+    raw.add(database)
     index_times, raw_times = [], []
     for _ in range(args.repeats):  # alternate, so that load changes hit both alike
         start = time.perf_counter()
-        result = index.search_descriptors(queries, k)
+        result = index.search_descriptors(queries, args.k)
         index_times.append(time.perf_counter() - start)
         start = time.perf_counter()
-        raw_distances, raw_ids = raw.search(queries, k)
+        raw_distances, raw_ids = raw.search(queries, args.k)
         raw_times.append(time.perf_counter() - start)
-    exact = result.ids
     row["index_qps"] = len(queries) / min(index_times)
     row["faiss_qps"] = len(queries) / min(raw_times)
     row["index_vs_faiss"] = row["index_qps"] / row["faiss_qps"]
@@ -146,32 +151,49 @@ def bench_one(name, database, queries, args, old_search, work):
         f"[{name}] exact: ImageIndex {row['index_qps']:.0f} q/s, raw faiss {row['faiss_qps']:.0f} q/s "
         f"({row['index_vs_faiss']:.2f}x); same scores: {row['same_scores_as_faiss']}"
     )
+    return result
 
-    if old_search is not None and args.old_queries:
-        old = (old_search.BinaryIndex() if binary else old_search.FlatIndex()).add(database)
-        subset = queries[: args.old_queries]
-        seconds, (old_scores, _) = best_time(lambda: old.search(subset, k), 1)
-        row["old_qps"] = len(subset) / seconds
-        row["old_queries"] = len(subset)
-        expected = -result.scores[: len(subset)] if binary else result.scores[: len(subset)]
-        row["old_same_scores"] = bool(np.allclose(old_scores, expected, rtol=0, atol=1e-5))
-        log(f"[{name}] old numpy search: {row['old_qps']:.1f} q/s on {len(subset)} queries")
-        del old
 
+def old_numpy_search(name, old_search, database, queries, exact, args, row):
+    """selconv 0.1.0's numpy search on the first ``--old-queries`` queries: rate and agreement."""
+    binary = database.dtype == np.uint8
+    old = (old_search.BinaryIndex() if binary else old_search.FlatIndex()).add(database)
+    subset = queries[: args.old_queries]
+    seconds, (old_scores, _) = best_time(lambda: old.search(subset, args.k), 1)
+    row["old_qps"] = len(subset) / seconds
+    row["old_queries"] = len(subset)
+    expected = -exact.scores[: len(subset)] if binary else exact.scores[: len(subset)]
+    row["old_same_scores"] = bool(np.allclose(old_scores, expected, rtol=0, atol=1e-5))
+    log(f"[{name}] old numpy search: {row['old_qps']:.1f} q/s on {len(subset)} queries")
+
+
+def save_and_load(name, index, database, queries, exact, work, row):
+    """Memory and disk per image, save and load times, and the loaded index's agreement."""
+    from selconv.index import load_index
+
+    binary = database.dtype == np.uint8
     row["ram_bytes_per_image"] = (database.shape[1] if binary else 4 * database.shape[1]) + 8  # storage + id
     folder = work / f"{name}.index"
     row["save_s"], _ = best_time(lambda: index.save(folder), 1)
-    row["disk_bytes_per_image"] = folder_bytes(folder) / n
+    row["disk_bytes_per_image"] = folder_bytes(folder) / len(database)
     row["load_s"], loaded = best_time(lambda: load_index(folder), 1)
-    row["loaded_identical"] = bool(np.array_equal(loaded.search_descriptors(queries[:50], k).ids, exact[:50]))
-    loaded = index = raw = None  # free their memory before the approximate indexes
+    row["loaded_identical"] = bool(
+        np.array_equal(loaded.search_descriptors(queries[:50], row["k"]).ids, exact.ids[:50])
+    )
     shutil.rmtree(folder)
     log(
         f"[{name}] save {row['save_s']:.1f} s, load {row['load_s']:.1f} s, "
         f"{row['disk_bytes_per_image']:.0f} bytes/image on disk"
     )
 
-    row["approximate"] = []
+
+def approximate_searches(name, database, queries, exact_ids, args, exact_qps) -> list[dict]:
+    """Train, add, search rate, recall and speed-up of every ``--approx`` kind (no PQ on codes)."""
+    from selconv.index import ImageIndex
+
+    binary = database.dtype == np.uint8
+    n, k = len(database), args.k
+    entries = []
     sample = database[np.sort(np.random.default_rng(1).choice(n, min(n, args.train_size), replace=False))]
     for kind in args.approx:
         if binary and kind == "pq":
@@ -190,15 +212,15 @@ def bench_one(name, database, queries, args, old_search, work):
             "train_s": train_s,
             "add_s": add_s,
             "qps": len(queries) / seconds,
-            "recall": recall_at_k(found.ids, exact),
+            "recall": recall_at_k(found.ids, exact_ids),
         }
-        entry["speedup"] = entry["qps"] / row["index_qps"]
-        row["approximate"].append(entry)
+        entry["speedup"] = entry["qps"] / exact_qps
+        entries.append(entry)
         log(
             f"[{name}] {kind} {entry['params']}: train {train_s:.1f} s, add {add_s:.1f} s, {entry['qps']:.0f} q/s "
             f"({entry['speedup']:.1f}x exact), recall@{k} {entry['recall']:.3f}"
         )
-    return row
+    return entries
 
 
 def machine_lines():

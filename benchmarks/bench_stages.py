@@ -1,7 +1,7 @@
 """Single-threaded time per image of every stage after the CNN, against the paper's MATLAB (paper Fig. 7).
 
-Stages: mask, LocalPCA, Temb, democratic pooling, RN, PN (and ITQ when selconv.hashing.ITQHasher
-exists), on conv maps shaped like VGG16 pool5 of a 1024-px image (K = 512 channels on a 32 x 24 grid).
+Stages: mask, LocalPCA, Temb, democratic pooling, RN, PN and ITQ, on conv maps shaped like VGG16 pool5 of a
+1024-px image (K = 512 channels on a 32 x 24 grid).
 Three configurations, as in the paper's figure: MAX-mask at 512-D (d=32, |C|=20) and 1024-D
 (d=64, |C|=18), and no mask at 512-D. The paper measured 7.8 / 11.2 / 15.8 ms per image on one
 3.4 GHz core (i7-6700), mask included, conv extraction excluded.
@@ -34,7 +34,6 @@ for _variable in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", 
 
 import argparse  # noqa: E402
 import platform  # noqa: E402
-import shlex  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 import warnings  # noqa: E402
@@ -43,17 +42,21 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 from threadpoolctl import threadpool_info, threadpool_limits  # noqa: E402
 
-from selconv.aggregation import DemocraticAggregator, EmptyImageWarning  # noqa: E402
-from selconv.embedding import TriangulationEmbedding  # noqa: E402
-from selconv.encoding import EncodeAggregate  # noqa: E402
-from selconv.local_pca import LocalPCA  # noqa: E402
-from selconv.masks import MaxMask, NoMask  # noqa: E402
-from selconv.postprocessing import PowerNormalizer, RotationNormalizer  # noqa: E402
+from selconv import (  # noqa: E402
+    DemocraticAggregator,
+    EncodeAggregate,
+    ITQHasher,
+    LocalPCA,
+    MaxMask,
+    NoMask,
+    PowerNormalizer,
+    RotationNormalizer,
+    TriangulationEmbedding,
+)
+from selconv.aggregation import EmptyImageWarning  # noqa: E402
 
-try:
-    from selconv.hashing import ITQHasher
-except ImportError:  # written by another engineer; the benchmark runs without it
-    ITQHasher = None
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _stages_report import DEFAULT_N_FIT_IMAGES, write_markdown, write_plot  # noqa: E402  (beside this script)
 
 #: name, mask class, d, |C|, paper MATLAB ms per image (Fig. 7)
 CONFIGS = [
@@ -63,7 +66,6 @@ CONFIGS = [
 ]
 N_DROPPED = 128  # leading rotated components dropped after Temb (paper section 5.2.1; docs/how-it-works.md, section 6)
 N_BITS = 256  # ITQ code length for the timing (paper: 64..512 bits from the 512-D vector)
-DEFAULT_N_FIT_IMAGES = 5000  # the paper learns on 5,000-6,400 training images
 POOL5_SHAPE = (512, 24, 32)  # K x H x W of VGG16 pool5 for a 1024 x 768 image
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -89,7 +91,7 @@ def synthetic_pool5_map(rng, shape=POOL5_SHAPE, zero_fraction=0.8, n_salient=260
 
 def real_pool5_maps(folder: Path, n_maps: int = 24) -> list[np.ndarray]:
     """VGG16 pool5 maps at 1024 px of ``n_maps`` JPEGs spread evenly over a folder (sorted by name)."""
-    from selconv.extraction import ConvFeatureExtractor
+    from selconv import ConvFeatureExtractor
 
     files = sorted(folder.glob("*.jpg"))
     if not files:
@@ -146,18 +148,51 @@ def gemm_rate(m: int, k: int, n: int, repeats: int) -> float:
 
 
 def fit_chain(config, source: MapSource, n_fit: int, batch: int, seed: int):
-    """Fit mask -> LocalPCA -> Temb -> democratic -> RN -> PN (-> ITQ) as Pipeline.fit would; time each stage.
+    """Fit mask -> LocalPCA -> Temb -> democratic -> RN -> PN -> ITQ as Pipeline.fit would; time each stage.
 
-    The training conv maps are produced batch by batch and never all held in memory. LocalPCA is
-    fitted on the first images holding at least its ``max_samples`` local features (it would sample
-    only that many from all images anyway), then transforms every training image.
+    The training conv maps are produced batch by batch and never all held in memory.
     """
     _, mask_class, d, n_clusters, _ = config
     mask = mask_class().fit(source(0, 1))
     pca = LocalPCA(d, random_state=seed)
-    times = dict.fromkeys(["mask", "LocalPCA", "Temb + democratic", "RN", "PN"], 0.0)
-    if ITQHasher is not None:
-        times["ITQ"] = 0.0
+    times = dict.fromkeys(["mask", "LocalPCA", "Temb + democratic", "RN", "PN", "ITQ"], 0.0)
+    reduced = fit_local_pca(mask, pca, source, n_fit, batch, times)
+    n_local = sum(len(s) for s in reduced)
+
+    def timed(name, function, *args):
+        began = time.thread_time()
+        out = function(*args)
+        times[name] = time.thread_time() - began
+        return out
+
+    # Embedded sets are |C| times larger than the reduced ones: EncodeAggregate streams them.
+    encode = EncodeAggregate(TriangulationEmbedding(n_clusters, random_state=seed), DemocraticAggregator())
+    aggregated = timed("Temb + democratic", encode.fit_transform, reduced)
+    rn = RotationNormalizer(n_dropped=N_DROPPED)
+    rotated = timed("RN", rn.fit_transform, aggregated)
+    pn = PowerNormalizer()
+    final = timed("PN", pn.fit_transform, rotated)
+    n_bits = min(N_BITS, len(final) // 8 * 8)  # ITQ's PCA needs n_bits training vectors
+    itq = timed("ITQ", ITQHasher(n_bits, random_state=seed).fit, final)
+    stages = {
+        "mask": mask,
+        "LocalPCA": pca,
+        "Temb": encode.embedding_,
+        "democratic": encode.aggregator_,
+        "RN": rn,
+        "PN": pn,
+        "ITQ": itq,
+    }
+    return stages, times, n_local
+
+
+def fit_local_pca(mask, pca, source: MapSource, n_fit: int, batch: int, times: dict) -> list:
+    """Masked and reduced local features of the ``n_fit`` training images, ``pca`` fitted on the way.
+
+    LocalPCA is fitted on the first images holding at least its ``max_samples`` local features (it would
+    sample only that many from all images anyway), then transforms every training image. The mask's and
+    LocalPCA's thread times are added to ``times``.
+    """
 
     def masked(start, stop):
         maps = source(start, stop)
@@ -183,36 +218,7 @@ def fit_chain(config, source: MapSource, n_fit: int, batch: int, seed: int):
         began = time.thread_time()
         reduced += pca.transform(sets)
         times["LocalPCA"] += time.thread_time() - began
-    n_local = sum(len(s) for s in reduced)
-
-    began = time.thread_time()
-    # Embedded sets are |C| times larger than the reduced ones: EncodeAggregate streams them.
-    encode = EncodeAggregate(TriangulationEmbedding(n_clusters, random_state=seed), DemocraticAggregator())
-    aggregated = encode.fit_transform(reduced)
-    times["Temb + democratic"] = time.thread_time() - began
-
-    began = time.thread_time()
-    rn = RotationNormalizer(n_dropped=N_DROPPED)
-    rotated = rn.fit_transform(aggregated)
-    times["RN"] = time.thread_time() - began
-    began = time.thread_time()
-    pn = PowerNormalizer()
-    final = pn.fit_transform(rotated)
-    times["PN"] = time.thread_time() - began
-    stages = {
-        "mask": mask,
-        "LocalPCA": pca,
-        "Temb": encode.embedding_,
-        "democratic": encode.aggregator_,
-        "RN": rn,
-        "PN": pn,
-    }
-    if ITQHasher is not None:
-        began = time.thread_time()
-        n_bits = min(N_BITS, len(final) // 8 * 8)  # ITQ's PCA needs n_bits training vectors
-        stages["ITQ"] = ITQHasher(n_bits, random_state=seed).fit(final)
-        times["ITQ"] = time.thread_time() - began
-    return stages, times, n_local
+    return reduced
 
 
 def time_online(stages: dict, maps: list, repeats: int, batch: int = 20):
@@ -279,166 +285,7 @@ def machine_info() -> dict:
     }
 
 
-def write_plot(path: Path, rows: list[dict]) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    stage_names = list(rows[0]["per_image"])
-    colors = plt.get_cmap("tab10").colors
-    fig, ax = plt.subplots(figsize=(9, 4.8))
-    width = 0.26
-    for index, row in enumerate(rows):
-        for offset, key in [(-width, "per_image"), (0.0, "batched")]:
-            bottom = 0.0
-            for s, stage in enumerate(stage_names):
-                value = row[key][stage] * 1e3
-                ax.bar(
-                    index + offset,
-                    value,
-                    width,
-                    bottom=bottom,
-                    color=colors[s],
-                    label=stage if index == 0 and key == "per_image" else None,
-                    hatch=None if key == "per_image" else "//",
-                    edgecolor="white",
-                )
-                bottom += value
-        paper_label = "paper (MATLAB, i7-6700 core)" if index == 0 else None
-        ax.bar(index + width, row["paper_ms"], width, color="0.6", label=paper_label)
-    ax.set_xticks(range(len(rows)))
-    ax.set_xticklabels([r["name"] for r in rows])
-    ax.set_xlabel(
-        "per configuration: one image per call (plain) | batched (hatched) | paper's MATLAB (grey)", fontsize=8
-    )
-    ax.set_ylabel("ms per image, 1 thread")
-    ax.set_title("Online time per image after the CNN, per stage")
-    ax.legend(fontsize=8, ncol=2)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
-def write_markdown(path: Path, args, info, peak, rows, wall) -> None:
-    ms = lambda seconds: f"{seconds * 1e3:.2f}"  # noqa: E731
-    stage_names = list(rows[0]["per_image"])
-    lines = [
-        "# Stage timings: time per image after the CNN, one thread",
-        "",
-        f"Generated by `benchmarks/bench_stages.py` in {wall / 60:.1f} min. Rerun from the repository root:",
-        "",
-        "```",
-        "python " + " ".join(shlex.quote(a) for a in [Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
-        "```",
-        "",
-        "## Machine",
-        "",
-        f"- CPU: {info['cpu']} ({info['cores']} logical cores visible; ONE thread used: threadpoolctl limit 1, "
-        f"OMP/OPENBLAS/MKL_NUM_THREADS=1, torch.set_num_threads(1))",
-        f"- numpy {info['numpy']}, BLAS: {info['blas']}; Python {info['python']}",
-        f"- load average at start (1/5/15 min): {', '.join(f'{v:.1f}' for v in info['load'] or []) or 'n/a'}"
-        " (other processes share the cores). Every time below is the CPU time of the one working thread"
-        " (`time.thread_time`: on an idle machine the wall time; here it leaves out the slices other processes"
-        " take), best of the repeats; shared caches and memory bandwidth still feel the other processes.",
-        "- single-thread float32 GEMM rate (numpy matmul, best of repeats), measured in the same run: "
-        + "; ".join(f"{shape}: {rate:.1f} GFLOP/s" for shape, rate in peak["shapes"].items())
-        + f". Reference peak used below = **{peak['reference']:.1f} GFLOP/s**, the best of these (so the ratios"
-        " are conservative).",
-        "",
-        "## Input",
-        "",
-        (
-            "- conv maps: "
-            + (
-                f"real maps from `{args.maps}`"
-                if args.maps
-                else "synthetic VGG16-pool5-like maps (K=512, 24 x 32 grid = 1024 x 768 image; 80% zeros; "
-                "channel maxima on "
-                "260 salient cells, see `synthetic_pool5_map`)"
-            )
-        ),
-        f"- online timing: {args.n_images} test images (not the training ones); every call repeated {args.repeats}"
-        " times, the best kept; 'one image per call' times every stage's `transform([x])` per image (an online"
-        " query, as in the paper); 'batched' times `transform` on 20 images at a time, divided by 20.",
-        f"- MAX-mask keeps {rows[0]['kept']:.1%} of the cells ({rows[0]['n_local']:.0f} local features per image; "
-        "paper ~30%, measured on real images 29%); no mask keeps all 768.",
-        "",
-        "## Online time per image (ms, one thread)",
-        "",
-        "| configuration | " + " | ".join(stage_names) + " | total w/o ITQ | paper MATLAB | ratio to paper |",
-        "|---" * (len(stage_names) + 4) + "|",
-    ]
-    for row in rows:
-        for key, label in [("per_image", "one image per call"), ("batched", "batched")]:
-            total = sum(v for k, v in row[key].items() if k != "ITQ")
-            lines.append(
-                f"| {row['name']}, {label} | "
-                + " | ".join(ms(row[key][s]) for s in stage_names)
-                + f" | **{ms(total)}** | {row['paper_ms']} | {total * 1e3 / row['paper_ms']:.2f} |"
-            )
-    lines += [
-        "",
-        "The paper's time includes computing and applying the mask and excludes conv-map extraction, as here;"
-        " it covers mask, local PCA, Temb, democratic pooling, RN and PN (no hashing). The paper's core"
-        " (i7-6700, 3.4 GHz, AVX2) has a float32 peak of about 109 GFLOP/s, close to this machine's GEMM rate"
-        " above. Repeating a call on the same image keeps its data in cache, as it is in an online query whose"
-        " conv map the CNN has just written; the batched calls stream 20 maps (30 MB), hence their slower mask."
-        + ("" if "ITQ" in stage_names else " ITQ: `selconv.hashing.ITQHasher` was not available, skipped."),
-        "",
-        "## FLOP rate of the dominant steps, as a fraction of this machine's single-thread GEMM rate",
-        "",
-        "Stage rate = the step's arithmetic / the WHOLE stage's time (element-wise work, validation and Python"
-        " overhead included): a lower bound on the rate of the GEMM inside it. Temb: 2 n D^2 (the projection"
-        " GEMM, n local features, D = |C| d); democratic: n (n + 1) D per image (the symmetric Gram matrix,"
-        " the flops BLAS syrk performs; a GEMM-equivalent count 2 n^2 D would double these). 'Gram alone' times"
-        " `Y @ Y.T` by itself on the same embedded test images. Target: >= 0.5. With MAX-mask an image has"
-        " about 223 local features, so its Gram matrix is only about 32 MFLOP (under half a millisecond) and"
-        " the rest of the stage (l2-normalisation, 10 Sinkhorn steps, validation) weighs more.",
-        "",
-        "| configuration | D | Temb stage, batched | Temb stage, one image per call | democratic stage, batched "
-        "| Gram alone |",
-        "|---|---|---|---|---|---|",
-    ]
-    fraction = lambda rate: f"{rate:.1f} GFLOP/s = **{rate / peak['reference']:.2f}**"  # noqa: E731
-    for row in rows:
-        lines.append(
-            f"| {row['name']} | {row['dim']} | {fraction(row['temb_rate'])} | {fraction(row['temb_rate_single'])} | "
-            f"{fraction(row['democratic_rate'])} | {fraction(row['gram_rate'])} |"
-        )
-    lines += [
-        "",
-        f"## Fit time on the local features of {args.n_fit_images} training images (s, one thread)",
-        "",
-        "As `Pipeline.fit` spends it: each stage's fit plus the transform of the training set for the next stage"
-        " (LocalPCA fits on the first images holding its max_samples=100,000 local features, Temb's k-means on"
-        " 100,000 sampled ones, its mean and covariance on all). CPU time of the one thread, measured once;"
-        " map generation is not counted.",
-        "",
-        "| configuration | training local features | " + " | ".join(rows[0]["fit"]) + " | total |",
-        "|---" * (len(rows[0]["fit"]) + 3) + "|",
-    ]
-    for row in rows:
-        lines.append(
-            f"| {row['name']} | {row['n_fit_local']:,} | "
-            + " | ".join(f"{v:.1f}" for v in row["fit"].values())
-            + f" | **{sum(row['fit'].values()):.1f}** |"
-        )
-    if args.n_fit_images < DEFAULT_N_FIT_IMAGES:
-        lines += [
-            "",
-            f"Note: the fit was measured on {args.n_fit_images:,} training images rather than the default"
-            f" {DEFAULT_N_FIT_IMAGES:,}, because the full run takes well over 5 minutes on this shared machine."
-            " Fit time grows linearly with the number of training local features, except LocalPCA's fit and"
-            " Temb's k-means, which use samples of a fixed size (100,000 local features).",
-        ]
-    if args.note:
-        lines += ["", f"Note: {args.note}"]
-    lines += ["", "![stage timings](stages.png)", ""]
-    path.write_text("\n".join(lines))
-
-
-def main(argv=None) -> None:
+def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "--maps",
@@ -457,8 +304,11 @@ def main(argv=None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out-dir", type=Path, default=RESULTS, help="where stages.md and stages.png go")
     parser.add_argument("--note", default="", help="a remark added to the results file")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
 
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
     started = time.perf_counter()
     limiter = threadpool_limits(limits=1)  # noqa: F841 - kept alive for the whole run
     try:
@@ -471,11 +321,8 @@ def main(argv=None) -> None:
     info = machine_info()
     print(f"CPU {info['cpu']}, BLAS {info['blas']}, load {info['load']}", flush=True)
 
-    source = MapSource(args.maps, args.seed)
-    fit_source = source
-    test_source = MapSource(args.maps, args.seed + 1)
-    test_maps = test_source(0, args.n_images)
-
+    fit_source = MapSource(args.maps, args.seed)
+    test_maps = MapSource(args.maps, args.seed + 1)(0, args.n_images)
     shapes = {
         "1024x640 @ 640x640": (1024, 640, 640),
         "1024x1152 @ 1152x1152": (1024, 1152, 1152),
@@ -483,53 +330,53 @@ def main(argv=None) -> None:
     }
     peak = {"shapes": {name: gemm_rate(*shape, repeats=args.repeats) for name, shape in shapes.items()}}
     print(f"GEMM: {peak['shapes']}", flush=True)
-
-    rows = []
-    for config in CONFIGS:
-        name, _, d, n_clusters, paper_ms = config
-        print(f"== {name}: fitting on {args.n_fit_images} images", flush=True)
-        stages, fit_times, n_fit_local = fit_chain(config, fit_source, args.n_fit_images, batch=250, seed=args.seed)
-        print(f"   fit times {fit_times}", flush=True)
-        dim = d * n_clusters
-        # The machine's rate can drift while other processes come and go: measure the GEMM of the
-        # Temb projection's own shape again next to this configuration's timings.
-        peak["shapes"][f"1024x{dim} @ {dim}x{dim}, before {name}"] = gemm_rate(1024, dim, dim, args.repeats)
-        per_image, batched, inputs = time_online(stages, test_maps, args.repeats)
-        peak["shapes"][f"1024x{dim} @ {dim}x{dim}, after {name}"] = gemm_rate(1024, dim, dim, args.repeats)
-        counts = np.array([len(s) for s in inputs["Temb"]])
-        temb_flops = 2.0 * counts.sum() * dim**2
-        gram_flops = float(np.sum(counts * (counts + 1))) * dim
-        n_images = len(test_maps)
-        rows.append(
-            {
-                "name": name,
-                "paper_ms": paper_ms,
-                "dim": dim,
-                "per_image": per_image,
-                "batched": batched,
-                "fit": fit_times,
-                "n_fit_local": n_fit_local,
-                "n_local": counts.mean(),
-                "kept": counts.mean() / np.prod(test_maps[0].shape[1:]),
-                "temb_rate": temb_flops / (batched["Temb"] * n_images) / 1e9,
-                "temb_rate_single": temb_flops / (per_image["Temb"] * n_images) / 1e9,
-                "democratic_rate": gram_flops / (batched["democratic"] * n_images) / 1e9,
-                "gram_rate": gram_rate(inputs["democratic"], args.repeats),
-            }
-        )
-        print("   per image (ms): " + ", ".join(f"{k} {v * 1e3:.2f}" for k, v in per_image.items()), flush=True)
-        print("   batched (ms):   " + ", ".join(f"{k} {v * 1e3:.2f}" for k, v in batched.items()), flush=True)
-        print(
-            f"   GFLOP/s: Temb {rows[-1]['temb_rate']:.1f}, democratic {rows[-1]['democratic_rate']:.1f}, "
-            f"Gram alone {rows[-1]['gram_rate']:.1f}",
-            flush=True,
-        )
-
+    rows = [measure(config, fit_source, test_maps, args, peak["shapes"]) for config in CONFIGS]
     peak["reference"] = max(peak["shapes"].values())
     args.out_dir.mkdir(parents=True, exist_ok=True)
     write_plot(args.out_dir / "stages.png", rows)
     write_markdown(args.out_dir / "stages.md", args, info, peak, rows, time.perf_counter() - started)
     print(f"wrote {args.out_dir / 'stages.md'}", flush=True)
+
+
+def measure(config, fit_source: MapSource, test_maps: list, args, gemm_rates: dict) -> dict:
+    """One configuration's fit and online timings and FLOP rates (a row of the results)."""
+    name, _, d, n_clusters, paper_ms = config
+    print(f"== {name}: fitting on {args.n_fit_images} images", flush=True)
+    stages, fit_times, n_fit_local = fit_chain(config, fit_source, args.n_fit_images, batch=250, seed=args.seed)
+    print(f"   fit times {fit_times}", flush=True)
+    dim = d * n_clusters
+    # The machine's rate can drift while other processes come and go: measure the GEMM of the
+    # Temb projection's own shape again next to this configuration's timings.
+    gemm_rates[f"1024x{dim} @ {dim}x{dim}, before {name}"] = gemm_rate(1024, dim, dim, args.repeats)
+    per_image, batched, inputs = time_online(stages, test_maps, args.repeats)
+    gemm_rates[f"1024x{dim} @ {dim}x{dim}, after {name}"] = gemm_rate(1024, dim, dim, args.repeats)
+    counts = np.array([len(s) for s in inputs["Temb"]])
+    temb_flops = 2.0 * counts.sum() * dim**2
+    gram_flops = float(np.sum(counts * (counts + 1))) * dim
+    n_images = len(test_maps)
+    row = {
+        "name": name,
+        "paper_ms": paper_ms,
+        "dim": dim,
+        "per_image": per_image,
+        "batched": batched,
+        "fit": fit_times,
+        "n_fit_local": n_fit_local,
+        "n_local": counts.mean(),
+        "kept": counts.mean() / np.prod(test_maps[0].shape[1:]),
+        "temb_rate": temb_flops / (batched["Temb"] * n_images) / 1e9,
+        "temb_rate_single": temb_flops / (per_image["Temb"] * n_images) / 1e9,
+        "democratic_rate": gram_flops / (batched["democratic"] * n_images) / 1e9,
+        "gram_rate": gram_rate(inputs["democratic"], args.repeats),
+    }
+    print("   per image (ms): " + ", ".join(f"{k} {v * 1e3:.2f}" for k, v in per_image.items()), flush=True)
+    print("   batched (ms):   " + ", ".join(f"{k} {v * 1e3:.2f}" for k, v in batched.items()), flush=True)
+    print(
+        f"   GFLOP/s: Temb {row['temb_rate']:.1f}, democratic {row['democratic_rate']:.1f}, "
+        f"Gram alone {row['gram_rate']:.1f}",
+        flush=True,
+    )
+    return row
 
 
 if __name__ == "__main__":

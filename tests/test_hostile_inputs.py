@@ -125,6 +125,7 @@ def test_hostile_pickles_load_plain_data_or_are_refused(name):
     check()
 
 
+@pytest.mark.slow
 def test_hostile_pickle_corpus_cannot_crash_the_interpreter():
     """The same generators and the issue's repros in a fresh interpreter, where a segfault would show as a
     non-zero exit instead of killing the test run."""

@@ -1,5 +1,6 @@
 """The top-level package: lazy exports that keep `import selconv` light."""
 
+import re
 import subprocess
 import sys
 
@@ -8,9 +9,13 @@ import pytest
 import selconv
 
 
-def test_every_export_resolves():
+def test_every_export_resolves_to_the_object_of_that_name():
     for name in selconv.__all__:
-        assert getattr(selconv, name) is not None, name
+        exported = getattr(selconv, name)
+        if name == "__version__":
+            assert re.fullmatch(r"\d+\.\d+\.\d+\S*", exported), exported
+        else:  # a class or function of that name, or a callable object (map_scorer)
+            assert callable(exported) and getattr(exported, "__name__", name) == name, name
 
 
 @pytest.mark.slow

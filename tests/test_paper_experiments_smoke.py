@@ -1,4 +1,5 @@
-"""Smoke test of benchmarks/paper_experiments.py: every phase runs end to end on a tiny generated dataset.
+"""Smoke test of benchmarks/paper_experiments.py (the package benchmarks/paper/): every phase runs end to end
+on a tiny generated dataset.
 
 The dataset copies the shared layout (oxford5k-subset with official ground-truth files, bsds500,
 imagenet-sample-500) with a dozen small synthetic photos, so the test needs no shared data; the CNN is
@@ -17,10 +18,18 @@ import numpy as np
 import pytest
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+sys.path.insert(0, str(BENCHMARKS))
+
+from paper.experiments.framework import fit_head  # noqa: E402  (the benchmark's package, not selconv)
+from paper.main import PHASES  # noqa: E402
+from paper.options import parse_args  # noqa: E402
+from paper.protocols import Data  # noqa: E402
+from paper.run import Run  # noqa: E402
+from paper.settings import PHASE_NAMES  # noqa: E402
 
 
 def _load_script():
-    sys.path.insert(0, str(BENCHMARKS))
+    """The entry point ``benchmarks/paper_experiments.py`` itself, as the command line runs it."""
     spec = importlib.util.spec_from_file_location("paper_experiments", BENCHMARKS / "paper_experiments.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -198,13 +207,14 @@ def test_paper_experiments_runs_every_phase(tmp_path):
     assert sorted(p.name for p in merged_out.glob("*.png")) == ["fig4_alpha.png", "fig5_dimensions.png", "fig_itq.png"]
 
 
+def test_phase_table_matches_the_phase_names_the_command_line_lists():
+    assert tuple(PHASES) == PHASE_NAMES
+
+
 def test_database_limit_keeps_positives_and_remaps_ground_truth(tmp_path):
-    script = _load_script()
     data = make_tiny_shared_layout(tmp_path / "data")
-    args = script.parse_args(
-        ["--data-dir", str(data), "--out", str(tmp_path / "o"), "--limit-db", "6", "--limit-train", "3"]
-    )
-    loaded = script.Data(args)
+    args = parse_args(["--data-dir", str(data), "--out", str(tmp_path / "o"), "--limit-db", "6", "--limit-train", "3"])
+    loaded = Data(args)
     assert len(loaded.database) == 6 and len(loaded.training) == 3
     for gt in loaded.official_gt + loaded.loo_gt:
         assert len(gt["positives"]) > 0
@@ -216,9 +226,8 @@ def test_database_limit_keeps_positives_and_remaps_ground_truth(tmp_path):
 
 
 def test_unlabelled_images_are_in_no_ground_truth_list(tmp_path):
-    script = _load_script()
     data = make_tiny_shared_layout(tmp_path / "data")
-    loaded = script.Data(script.parse_args(["--data-dir", str(data), "--out", str(tmp_path / "o")]))
+    loaded = Data(parse_args(["--data-dir", str(data), "--out", str(tmp_path / "o")]))
     # Every abbey_/bridge_ image is a query, good, ok or junk; only the two distractors are unlabelled.
     assert [Path(loaded.database[i]).stem for i in loaded.unlabelled_rows] == ["other_000000", "other_000001"]
     assert loaded.summary()["n_unlabelled"] == 2 and loaded.summary()["n_groundtruth_queries"] == 2
@@ -226,10 +235,10 @@ def test_unlabelled_images_are_in_no_ground_truth_list(tmp_path):
 
 def test_merge_mode_needs_no_data_dir_and_reads_only_json(tmp_path):
     script = _load_script()
-    args = script.parse_args(["--merge-json", "a.json", "b.json", "--out", str(tmp_path)])
+    args = parse_args(["--merge-json", "a.json", "b.json", "--out", str(tmp_path)])
     assert args.data_dir is None and [p.name for p in args.merge_json] == ["a.json", "b.json"]
     with pytest.raises(SystemExit):
-        script.parse_args(["--out", str(tmp_path)])  # a computing run needs --data-dir
+        parse_args(["--out", str(tmp_path)])  # a computing run needs --data-dir
     with pytest.raises(SystemExit, match="cannot read"):
         script.main(["--merge-json", str(tmp_path / "missing.json"), "--out", str(tmp_path / "o")])
 
@@ -240,9 +249,8 @@ def test_parallel_fit_equals_pipeline_fit_transform(tmp_path):
 
     from selconv.pipelines import make_paper_pipeline
 
-    script = _load_script()
-    args = script.parse_args(["--data-dir", str(tmp_path), "--out", str(tmp_path / "o"), "--n-jobs", "2"])
-    run = script.Run(args)
+    args = parse_args(["--data-dir", str(tmp_path), "--out", str(tmp_path / "o"), "--n-jobs", "2"])
+    run = Run(args)
     # Several times more local features than the 640 embedding dimensions: a well-conditioned whitening.
     sets = make_local_sets(counts=(300, 0, 250, 120, 400, 1, 350, 280, 180, 270), n_features=48)
     # Images with content of their own (a per-image offset): with i.i.d. features every image would have
@@ -252,7 +260,7 @@ def test_parallel_fit_equals_pipeline_fit_transform(tmp_path):
     # 10 images determine 9 of the 640 rotated directions: the rotation keeps those (and drops none).
     reference = make_paper_pipeline(512, n_dropped=0, undetermined="drop")[1:-1].fit_transform(sets)
     head = make_paper_pipeline(512, n_dropped=0, undetermined="drop")[1:-1]
-    ours = script.fit_head(run, head, sets)
+    ours = fit_head(run, head, sets)
     # Chunked float32 GEMMs round differently from whole-array ones (~1e-7); a rotation learned from 10
     # vectors magnifies that along its weakest directions, hence an absolute tolerance of 5e-4.
     np.testing.assert_allclose(ours, reference, atol=5e-4)

@@ -177,6 +177,7 @@ def test_conv_maps_with_an_empty_selection(data):
     assert np.linalg.norm(out[0]) == pytest.approx(1.0, rel=1e-5)
 
 
+@pytest.mark.slow  # n_jobs=2: a process pool
 def test_grid_search_with_map_scorer(data):
     train, database, labels = data
     grid = {

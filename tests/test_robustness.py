@@ -117,6 +117,7 @@ def test_unpickler_refuses_every_non_plain_dtype(value, protocol):
         safe_load_pickle(pickle.dumps({"x": value}, protocol=protocol))
 
 
+@pytest.mark.slow
 def test_revisited_loader_refuses_the_exploit(tmp_path):
     """Run in a subprocess: the unpatched loader segfaults on it."""
     root = tmp_path / "roxford5k"

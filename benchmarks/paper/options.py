@@ -1,0 +1,133 @@
+"""The command line of ``benchmarks/paper_experiments.py``."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from .settings import PHASE_NAMES, TRAIN_SOURCES
+
+DESCRIPTION = (
+    "Reproduce the paper's findings on the shared Oxford subset: masks, dimensions, alpha, layers, baselines, ITQ."
+)
+
+# (flags, keyword arguments of add_argument), in the order --help lists them.
+OPTIONS = (
+    (
+        "--data-dir",
+        dict(
+            type=Path,
+            default=None,
+            help="folder with oxford5k-subset/, bsds500/ and imagenet-sample-500/ (shared layout); "
+            "required unless --merge-json",
+        ),
+    ),
+    ("--out", dict(type=Path, required=True, help="results folder (paper_results.md, json, PNGs)")),
+    (
+        "--weights",
+        dict(
+            default="imagenet", help="VGG16 weights file for ConvFeatureExtractor (default: its 'imagenet' resolution)"
+        ),
+    ),
+    (
+        "--cache-dir",
+        dict(
+            type=Path, default=None, help="conv-map cache (default: OUT/../selconv-paper-cache); re-runs resume from it"
+        ),
+    ),
+    ("--device", dict(default="auto", help="'auto', 'cpu', 'cuda', ...")),
+    (
+        "--max-size",
+        dict(
+            type=int,
+            default=1024,
+            help="longest image side fed to the CNN (paper: 1024; the official query crops need >= 512)",
+        ),
+    ),
+    ("--limit-train", dict(type=int, default=None, help="use this many training photos (smoke runs)")),
+    (
+        "--limit-db",
+        dict(type=int, default=None, help="use this many database images, labelled ones first (smoke runs)"),
+    ),
+    ("--batch-size", dict(type=int, default=16)),
+    (
+        "--num-workers",
+        dict(
+            type=int,
+            default=None,
+            help="image decoding / SIFT threads (default: the extractor's, available cores up to 16)",
+        ),
+    ),
+    (
+        "--precision",
+        dict(
+            default="float32",
+            choices=("float32", "tf32", "float16", "bfloat16"),
+            help="CNN arithmetic (default float32, the paper's; tf32 is faster on GPUs, ~1e-3 off)",
+        ),
+    ),
+    (
+        "--n-jobs",
+        dict(
+            type=int,
+            default=None,
+            help="threads transforming image chunks in parallel, one BLAS thread each (default: CPU count)",
+        ),
+    ),
+    (
+        "--budget-s",
+        dict(type=float, default=420.0, help="no new phase starts after this many seconds (results so far are kept)"),
+    ),
+    ("--skip", dict(default="", help="comma-separated phases to skip: " + ", ".join(PHASE_NAMES))),
+    (
+        "--sweep-dims",
+        dict(
+            default="2048,4096",
+            help="final dimensions beyond 512/1024 for the dimension sweep (paper Table 4 presets)",
+        ),
+    ),
+    (
+        "--table9",
+        dict(default="64,64", help="'d,|C|' of the Table 9 replica (paper: 64,64 = 4096-D, then PCA to 512)"),
+    ),
+    (
+        "--train-source",
+        dict(
+            default="generic",
+            choices=TRAIN_SOURCES,
+            help="learning set of the 'domain' phase: 'oxford-unlabelled' = the database images in no "
+            "ground-truth list of any of the 55 queries (same domain, held out from every query and "
+            "labelled image, but part of the database), 'both' = those plus the generic photos; "
+            "'generic' (default) skips the phase (every other phase learns on the generic photos)",
+        ),
+    ),
+    (
+        "--merge-json",
+        dict(
+            type=Path,
+            nargs="+",
+            default=None,
+            metavar="FILE",
+            help="no computation: merge these paper_results.json files of partial runs (later files win "
+            "on the same key) and write the complete report into --out",
+        ),
+    ),
+    ("--seed", dict(type=int, default=0)),
+)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=DESCRIPTION)
+    for flag, settings in OPTIONS:
+        parser.add_argument(flag, **settings)
+    args = parser.parse_args(argv)
+    if args.data_dir is None and args.merge_json is None:
+        parser.error("--data-dir is required (unless --merge-json)")
+    try:
+        args.sweep_dims = tuple(int(d) for d in args.sweep_dims.split(",") if d.strip())
+        args.table9 = tuple(int(v) for v in args.table9.split(","))
+    except ValueError:
+        parser.error("--sweep-dims and --table9 take comma-separated integers")
+    if len(args.table9) != 2:
+        parser.error("--table9 takes 'd,|C|'")
+    return args

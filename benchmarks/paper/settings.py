@@ -1,0 +1,73 @@
+"""The experiments' fixed settings: protocols, masks, sweeps, baselines, report order and the paper's numbers."""
+
+from __future__ import annotations
+
+PROTOCOLS = ("official-10", "loo-landmark")
+MASK_NAMES = ("max", "sum", "sift", "none")
+MASK_LABELS = {"max": "MAX", "sum": "SUM", "sift": "SIFT", "none": "no mask"}
+ALPHAS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+ITQ_BITS = (64, 128, 256, 512)
+BASELINES = ("spoc", "mac", "rmac", "crow", "gem")
+BASELINE_LABELS = {"spoc": "SPoC", "mac": "MAC", "rmac": "R-MAC", "crow": "CroW", "gem": "GeM (p=3)"}
+# Whitening settings the training-only proxy task chooses from (None: no whitening, l2 only).
+# Ledoit-Wolf first: ties (a saturated proxy) go to the library's default.
+SHRINKAGE_GRID = ("ledoit-wolf", None, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0)
+TRAIN_SOURCES = ("generic", "oxford-unlabelled", "both")
+TRAIN_SOURCE_LABELS = {
+    "oxford-unlabelled": "unlabelled Oxford-subset images",
+    "both": "generic photos + unlabelled Oxford-subset images",
+}
+HYPERCOLUMN_LAYERS = ["conv5_3", "conv5_2", "conv5_1"]
+HC_VARIANTS = {
+    # name: (channel slice over the [conv5_3, conv5_2, conv5_1] concatenation, 2x2 max-pool to the pool5 grid)
+    "conv5_3+conv5_2+conv5_1 (conv5 grid)": (slice(0, 1536), False),
+    "conv5_3+conv5_2+conv5_1 (2x2 max-pooled to the pool5 grid)": (slice(0, 1536), True),
+    "conv5_3 (conv5 grid)": (slice(0, 512), False),
+}
+PROXY_SIDE = 0.5  # side fraction of the two random windows of the proxy task (training-only whitening choice)
+PROTOCOL_MASKS = ("max", "sum")  # the framework rows of the learning-protocol phase
+# After extraction and masking, in order of importance (a phase that would start past --budget-s is skipped).
+PHASE_NAMES = (
+    "framework-training",
+    "baselines",
+    "framework-database",
+    "dimensions",
+    "hypercolumns",
+    "table9",
+    "domain",
+    "protocols",
+)
+SECTION_ORDER = (
+    "header",
+    "masks",
+    "framework",
+    "dimensions",
+    "alpha",
+    "hypercolumns",
+    "itq",
+    "baselines",
+    "table9",
+    "domain",
+    "protocols",
+    "discussion",
+    "timings",
+)
+
+# The paper's Oxford5k numbers (full 5,063-image Oxford5k, learned on Paris6k): for reference only.
+PAPER = {
+    "share_kept": {"sift": 75.0, "sum": 50.0, "max": 30.0, "none": 100.0},  # Fig. 3a, "about"
+    "mask_4224": {"max": 75.8, "sum": 75.7, "sift": 75.3, "none": 73.4},  # Table 3, Temb(64,68) + democratic
+    "mask_dim": {  # Table 8 (off-the-shelf VGG16, 1024 px)
+        ("sift", 512): 64.4,
+        ("sum", 512): 64.0,
+        ("max", 512): 65.7,
+        ("sift", 1024): 69.9,
+        ("sum", 1024): 70.8,
+        ("max", 1024): 72.2,
+    },
+    "hypercolumns": {512: 69.2, 1024: 74.8},  # Table 8 / Table 6 MMAX(conv5-3,2,1)
+    "table6": {"conv5_3": 72.2, "conv5_3+conv5_2": 73.3, "conv5_3+conv5_1": 74.2, "conv5_3+conv5_2+conv5_1": 74.8},
+    "baselines": {"spoc": (256, 53.1), "mac": (512, 56.4), "rmac": (512, 66.9), "crow": (512, 70.8), "gem": None},
+    "itq": {64: 18.3, 128: 31.6, 256: 45.0, 512: 57.3},  # Table 7 / 10, MMAX + Temb(32,20), real 512-D: 65.7
+    "table9": {"sum": 77.2, "max": 78.6},  # learned on the database, Temb(64,64) 4096 -> PCA 512
+}
