@@ -6,7 +6,8 @@ and the image's path, searches them exactly (faiss ``IndexFlatIP`` / ``IndexBina
 manifest (:meth:`ImageIndex.save`, :func:`load_index`).
 """
 
+from selconv.index._ids import SearchResult
 from selconv.index._persistence import IndexFormatError, trusted_types
-from selconv.index.image_index import ImageIndex, SearchResult, load_index
+from selconv.index.image_index import ImageIndex, load_index
 
 __all__ = ["ImageIndex", "SearchResult", "load_index", "IndexFormatError", "trusted_types"]

@@ -2,7 +2,40 @@
 
 from __future__ import annotations
 
+import os
+from dataclasses import dataclass
+
 import numpy as np
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    """Top-k results of a batch of queries, best first.
+
+    Attributes
+    ----------
+    scores : ndarray of shape (n_queries, k), float32
+        Larger is better: the inner product for real vectors (cosine similarity for the l2-normalised
+        descriptors selconv pipelines produce), the NEGATED Hamming distance for binary codes
+        (``distance = -score``). -inf where there is no result.
+    ids : ndarray of shape (n_queries, k), int64
+        Ids of the results; -1 where fewer than k were found. Equal scores are listed by increasing id.
+    paths : list of list of str or None
+        The path stored with each result (None for descriptors added without a path, and for missing results).
+    """
+
+    scores: np.ndarray
+    ids: np.ndarray
+    paths: list
+
+
+def item_path(item) -> str | None:
+    """The file an input item names: a path, the image of an ``(image, box)`` pair, or a ConvMap's source."""
+    image = item[0] if isinstance(item, tuple) and len(item) == 2 else item  # (image, box) or BoxedImage
+    if isinstance(image, (str, os.PathLike)):
+        return os.fspath(image)
+    source = getattr(image, "source", None)
+    return source if isinstance(source, str) else None
 
 
 class IdTable:

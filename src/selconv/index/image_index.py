@@ -3,44 +3,14 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from selconv.index import _faiss
-from selconv.index._ids import IdTable
+from selconv.index._ids import IdTable, SearchResult, item_path
 from selconv.index._persistence import read_index, write_index
-
-
-@dataclass(frozen=True)
-class SearchResult:
-    """Top-k results of a batch of queries, best first.
-
-    Attributes
-    ----------
-    scores : ndarray of shape (n_queries, k), float32
-        Larger is better: the inner product for real vectors (cosine similarity for the l2-normalised
-        descriptors selconv pipelines produce), the NEGATED Hamming distance for binary codes
-        (``distance = -score``). -inf where there is no result.
-    ids : ndarray of shape (n_queries, k), int64
-        Ids of the results; -1 where fewer than k were found. Equal scores are listed by increasing id.
-    paths : list of list of str or None
-        The path stored with each result (None for descriptors added without a path, and for missing results).
-    """
-
-    scores: np.ndarray
-    ids: np.ndarray
-    paths: list
-
-
-def _item_path(item) -> str | None:
-    """The file an input item names: a path, the image of an ``(image, box)`` pair, or a ConvMap's source."""
-    image = item[0] if isinstance(item, tuple) and len(item) == 2 else item  # (image, box) or BoxedImage
-    if isinstance(image, (str, os.PathLike)):
-        return os.fspath(image)
-    source = getattr(image, "source", None)
-    return source if isinstance(source, str) else None
+from selconv.index._rerank import rerank_with_index
 
 
 class ImageIndex:
@@ -274,7 +244,7 @@ class ImageIndex:
             ids = IdTable.check(ids, len(images))
         descriptors, kept = self._encode_kept(images)
         return self.add_descriptors(
-            descriptors, ids=None if ids is None else ids[kept], paths=[_item_path(images[i]) for i in kept]
+            descriptors, ids=None if ids is None else ids[kept], paths=[item_path(images[i]) for i in kept]
         )
 
     def add_descriptors(self, descriptors, *, ids=None, paths=None) -> np.ndarray:
@@ -361,7 +331,7 @@ class ImageIndex:
         k = _faiss.check_k(k)
         queries = self._validate_queries(queries)
         if query_expansion is not None:
-            queries = self._rerank(query_expansion, "AlphaQueryExpansion", queries)
+            queries = rerank_with_index(self, query_expansion, "AlphaQueryExpansion", queries)
         scores, ids = _faiss.search(self._index, queries, k)
         return SearchResult(scores=scores, ids=ids, paths=self._table.paths_of(ids))
 
@@ -384,31 +354,11 @@ class ImageIndex:
         self : ImageIndex
         """
         if len(self):
-            vectors = self._rerank(augmentation, "DatabaseAugmentation", None)
+            vectors = rerank_with_index(self, augmentation, "DatabaseAugmentation", None)
             self._index = _faiss.replace_vectors(
                 self._index, self.kind, self.metric, self.dimension, self.index_params, vectors, self._table.ids
             )
         return self
-
-    def _rerank(self, estimator, expected: str, queries):
-        """The queries expanded by an AlphaQueryExpansion, or (queries None) the stored vectors augmented by a
-        DatabaseAugmentation, with this index's neighbours."""
-        from selconv import reranking
-
-        if not isinstance(estimator, getattr(reranking, expected)):
-            raise TypeError(f"expected a selconv.reranking.{expected}; got {type(estimator).__name__}.")
-        estimator._validate_params()
-        if self.metric == "hamming":
-            raise TypeError(f"{expected} applies to real-valued descriptors; this index holds binary codes.")
-        if not len(self):
-            return queries
-        with _faiss.vector_lookup(self._index) as lookup:
-            if queries is not None:
-                return reranking.expand_against(queries, self._index, lookup, estimator.n_neighbors, estimator.alpha)
-            ids = self._table.ids
-            return reranking.expand_against(
-                lookup(ids), self._index, lookup, estimator.n_neighbors, estimator.alpha, exclude=ids
-            )
 
     # ------------------------------------------------------------------ persistence
     def save(self, folder) -> Path:
