@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import warnings
 
 
@@ -31,4 +32,9 @@ class SelconvPickleMixin:
                 UserWarning,
                 stacklevel=2,
             )
+        # A parameter added after the pickle was made (e.g. ``scales``, ``scale_pooling``) is missing from its
+        # state: it takes its default, the behaviour the pickled estimator had, so saved encoders keep loading.
+        for name, parameter in inspect.signature(type(self).__init__).parameters.items():
+            if name != "self" and parameter.default is not inspect.Parameter.empty:
+                state.setdefault(name, parameter.default)
         super().__setstate__(state)
