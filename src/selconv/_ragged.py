@@ -151,9 +151,7 @@ def _check_one_map(conv_map: ConvMap, what: str) -> None:
         raise ValueError(f"{what} contains NaN or infinity.")
     features = conv_map.features
     if features.dtype.itemsize > 4 and features.size and np.abs(features).max() > _FLOAT32_MAX:
-        raise ValueError(
-            f"{what} has values beyond the float32 range (3.4e38) that the masks and poolings compute in."
-        )
+        raise ValueError(f"{what} has values beyond the float32 range (3.4e38) that the masks and poolings compute in.")
 
 
 def batched(iterable, size: int):
