@@ -220,7 +220,7 @@ def _check_all_described(descriptors, expected: int, what: str, skipped) -> None
 
 
 def _describe(maps, methods: FittedMethods, *, chunk_size=64):
-    """Descriptors of `maps` (an iterable of ConvMap or MultiScaleConvMap) under every method, in chunks, and grid statistics.
+    """Descriptors of `maps` (ConvMap or MultiScaleConvMap each) under every method, in chunks, and grid statistics.
 
     Returns ``(descriptors, stats)``: ``descriptors[name]`` is an (n_images, D) array; ``stats`` holds
     ``kept[mask]``, the fraction of all grid cells each mask keeps, and the mean grid ``width``/``height``.
