@@ -237,3 +237,21 @@ def test_bad_scales_are_refused_naming_scales(scales, max_size, message):
     with pytest.raises(ValueError, match="scales") as error:
         extractor.fit()
     assert error.match(message)
+
+
+def test_evaluation_statistics_count_every_scale(multi_maps):
+    from sklearn.pipeline import Pipeline
+
+    from selconv.aggregation import SumPooling
+    from selconv.evaluation._steps import FittedMethods, _describe
+
+    maps = multi_maps[:2]
+    methods = FittedMethods(
+        pipelines={"max": Pipeline([("mask", MaxMask()), ("pool", SumPooling())]).fit(maps)}, masks=("max",)
+    )
+    described, stats = _describe(iter(maps), methods)
+    cells = sum(m.features[0].size for multi in maps for m in multi.maps)
+    kept = sum(len(s) for s in MaxMask().fit(maps).transform(maps))
+    assert stats["kept"]["max"] == kept / cells
+    assert stats["width"] == (7 + 4) / 2 and stats["height"] == (5 + 6) / 2  # the first scale's grid
+    assert described["max"].shape == (2, 6)
