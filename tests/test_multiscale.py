@@ -255,3 +255,16 @@ def test_evaluation_statistics_count_every_scale(multi_maps):
     assert stats["kept"]["max"] == kept / cells
     assert stats["width"] == (7 + 4) / 2 and stats["height"] == (5 + 6) / 2  # the first scale's grid
     assert described["max"].shape == (2, 6)
+
+
+def test_encoder_fingerprint_tells_scales_apart(photos):
+    from sklearn.pipeline import Pipeline
+
+    from selconv.index.encoders import encoder_fingerprint
+
+    fingerprints = []
+    for scales in [(1.0,), (1.0, 0.5), (1.0, 0.75)]:
+        extractor = ConvFeatureExtractor(tiny_net, max_size=48, scales=scales, n_workers=0).fit()
+        pooling = MAC().fit(extractor.transform(photos))
+        fingerprints.append(encoder_fingerprint(Pipeline([("extract", extractor), ("pool", pooling)])))
+    assert len(set(fingerprints)) == 3
