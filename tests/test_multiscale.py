@@ -268,3 +268,26 @@ def test_encoder_fingerprint_tells_scales_apart(photos):
         pooling = MAC().fit(extractor.transform(photos))
         fingerprints.append(encoder_fingerprint(Pipeline([("extract", extractor), ("pool", pooling)])))
     assert len(set(fingerprints)) == 3
+
+
+def test_multiscale_run_computes_only_the_scales_not_cached(photos, tmp_path, monkeypatch):
+    from selconv.extraction import extractor as extractor_module
+
+    cache = str(tmp_path / "cache")
+    single = ConvFeatureExtractor(tiny_net, max_size=64, n_workers=0, cache_dir=cache).fit().transform(photos)
+    calls = []
+    real_load_item = extractor_module.load_item
+
+    def counting_load_item(item, **kwargs):
+        calls.append(kwargs["max_sizes"])
+        return real_load_item(item, **kwargs)
+
+    monkeypatch.setattr(extractor_module, "load_item", counting_load_item)
+    multi = ConvFeatureExtractor(tiny_net, max_size=64, scales=(1.0, 0.5), n_workers=0, cache_dir=cache).fit()
+    maps = multi.transform(photos)
+    assert calls == [[32], [32]]  # each image decoded once, for the scale its cache lacks
+    for got, expected in zip(maps, single):
+        np.testing.assert_array_equal(got.maps[0].features, expected.features)
+    calls.clear()
+    multi.transform(photos)
+    assert calls == []

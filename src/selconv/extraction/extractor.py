@@ -256,14 +256,14 @@ class ConvFeatureExtractor(SelconvPickleMixin, TransformerMixin, BaseEstimator):
     def _scale_sizes(self) -> list:
         return scale_sizes(self.scales, self.max_size)
 
-    def _load_one(self, item, cache, sizes):
+    def _load_one(self, item, cache, sizes, signatures):
         """Read the cached map of each scale of one input, decoding it (once) for the others, in a worker:
         ``("parts", [ConvMap or (LoadedImage, cache_path) per scale], cache_problems)`` or ``("error", ...)``."""
         parts, paths, problems = [None] * len(sizes), [None] * len(sizes), []
         try:
             if cache is not None and item.path is not None:
                 # opens the file: may raise ImageLoadError
-                paths = cache.paths_of(item.path, item.box, [output_signature(self, size) for size in sizes])
+                paths = cache.paths_of(item.path, item.box, signatures)
                 for scale, path in enumerate(paths):
                     parts[scale], problem = cache.read(path, item.path)
                     if problem is not None:
@@ -308,6 +308,7 @@ class ConvFeatureExtractor(SelconvPickleMixin, TransformerMixin, BaseEstimator):
         model = self._get_model()
         runner = BatchRunner(model, torch.device(self.device_), self.precision, self._mean, self._std, self.dtype)
         sizes = self._scale_sizes()
+        signatures = [output_signature(self, size) for size in sizes]  # of each scale, for its cache entries
         cache = None
         if self.cache_dir is not None:
             cache = MapCache(self.cache_dir, self._output_signature(), dtype=self.dtype, keypoints=self.keypoints)
@@ -316,7 +317,7 @@ class ConvFeatureExtractor(SelconvPickleMixin, TransformerMixin, BaseEstimator):
             yield from OrderedExtraction(
                 items,
                 report,
-                load=lambda item: self._load_one(item, cache, sizes),
+                load=lambda item: self._load_one(item, cache, sizes, signatures),
                 assemble=lambda maps, item: assemble(maps, self.scales, item.path),
                 write=MapCache.write,
                 runner=runner,
