@@ -291,3 +291,18 @@ def test_multiscale_run_computes_only_the_scales_not_cached(photos, tmp_path, mo
     calls.clear()
     multi.transform(photos)
     assert calls == []
+
+
+def test_an_image_too_small_at_one_scale_is_skipped_whole(photos):
+    from selconv.extraction import ImageLoadError
+
+    extractor = ConvFeatureExtractor(tiny_net, max_size=16, scales=(1.0, 0.25), n_workers=0, on_error="skip").fit()
+    # The photos are 4 x 3 px at scale 0.25: no cell after the 4 x 4 pooling; a square image keeps one.
+    extraction = extractor.extract([*photos, np.zeros((64, 64, 3), np.uint8)])
+    assert extraction.kept == [2] and [s.position for s in extraction.skipped] == [0, 1]
+    assert [m.grid_size for m in extraction.maps[0].maps] == [(4, 4), (1, 1)]
+    assert "too small" in extraction.skipped[0].reason
+    fine = ConvFeatureExtractor(tiny_net, max_size=32, scales=(1.0, 0.25), n_workers=0, on_error="skip").fit()
+    assert fine.extract(photos).kept == [0, 1]
+    with pytest.raises(ImageLoadError, match="too small"):
+        extractor.set_params(on_error="raise").transform(photos)
