@@ -30,7 +30,7 @@ class _ConvMapPooling(SelconvPickleMixin, ClassNamePrefixFeaturesOutMixin, Trans
     """Shared machinery: subclasses define ``_pool(F) -> (K,)`` for one (K, H, W) float32 map.
 
     A :class:`~selconv.MultiScaleConvMap` is pooled scale by scale and the l2-normalised per-scale vectors
-    are combined as ``scale_pooling`` says (:func:`_combine_scales`).
+    are combined as ``scale_pooling`` says (``_combine_scales``).
     """
 
     _parameter_constraints: dict = {"scale_pooling": [StrOptions({"sum", "gem"})]}

@@ -59,8 +59,8 @@ class ConvFeatureExtractor(SelconvPickleMixin, TransformerMixin, BaseEstimator):
         None keeps the original size.
     upscale : bool, default=True
         Also enlarge images smaller than ``max_size`` (the authors' code does).
-    scales : tuple of float in (0, 1], default=(1.0,)
-        Image scales, relative to ``max_size``: the CNN runs on the image resized to a longest side of
+    scales : tuple of float, default=(1.0,)
+        Image scales in (0, 1], relative to ``max_size``: the CNN runs on the image resized to a longest side of
         ``round(max_size * s)`` for each s, exactly as an extractor with that ``max_size`` would (query boxes
         alike), and shares its cache entries. With more than one scale each image gives a
         :class:`~selconv.MultiScaleConvMap` (one ConvMap per scale, in this order), which the masks and
