@@ -10,6 +10,7 @@ import torch
 from conftest import make_local_sets
 
 from selconv.aggregation import DemocraticAggregator, EmptyImageWarning, SumPooling
+from selconv.conv_map import ConvMap, MultiScaleConvMap
 from selconv.embedding import TriangulationEmbedding
 from selconv.encoding import EncodeAggregate
 from selconv.masks import MaxMask, SumMask
@@ -101,6 +102,14 @@ def test_torch_encoder_equals_the_pipeline(mask, n_bits):
     else:
         mismatched = np.unpackbits(ours ^ reference).sum()
         assert mismatched <= 2, mismatched  # a bit of a coordinate within float32 rounding of 0 may flip
+    # Multi-scale maps: the numpy pipeline takes them (local features of both scales pooled together);
+    # the torch encoder takes one grid per image and says which parameter made them.
+    multi = [
+        MultiScaleConvMap((ConvMap(a, (16, 12)), ConvMap(b, (14, 10))), (1.0, 0.7)) for a, b in zip(test, test[6:])
+    ]
+    assert pipeline.transform(multi).shape == (3, reference.shape[1])
+    with pytest.raises(ValueError, match=r"TorchEncoder takes one conv map per image.*scales=\(1.0,\)"):
+        encoder.transform(multi)
 
 
 def test_torch_encoder_rejects_unsupported_pipelines():

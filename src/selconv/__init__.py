@@ -16,6 +16,7 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "ConvMap": "selconv.conv_map",
+    "MultiScaleConvMap": "selconv.conv_map",
     "ConvFeatureExtractor": "selconv.extraction",
     "NoMask": "selconv.masks",
     "MaxMask": "selconv.masks",

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from selconv.conv_map import ConvMap
+from selconv.conv_map import ConvMap, MultiScaleConvMap, scale_maps
 
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
 
@@ -99,18 +99,25 @@ def check_local_sets(X, *, estimator, reset: bool, dtype=np.float32) -> list[np.
     return sets
 
 
-def check_conv_maps(X, *, estimator, reset: bool) -> list[ConvMap]:
-    """Validate a list of conv maps (``ConvMap`` or 3-D arrays of shape (K, H, W)).
+def check_conv_maps(X, *, estimator, reset: bool, multiscale: bool = True) -> list:
+    """Validate a list of conv maps (``ConvMap``, ``MultiScaleConvMap`` or 3-D arrays of shape (K, H, W)).
 
     Plain arrays are wrapped in a ``ConvMap`` whose image size is the grid size (enough for every
-    mask except ``SiftMask``, which needs keypoints in image coordinates).
+    mask except ``SiftMask``, which needs keypoints in image coordinates). Every scale of a
+    ``MultiScaleConvMap`` is checked like a ``ConvMap``; ``multiscale=False`` refuses them (stages that
+    take one grid per image).
     """
     items = _as_list(X, what="conv map (ConvMap or (K, H, W) array)", estimator=estimator)
     name = type(estimator).__name__
     maps = []
     n_channels = None
     for index, item in enumerate(items):
-        if not isinstance(item, ConvMap):
+        if isinstance(item, MultiScaleConvMap) and not multiscale:
+            raise ValueError(
+                f"{name} takes one conv map per image; conv map {index} is a MultiScaleConvMap "
+                f"({len(item.maps)} scales). Extract with ConvFeatureExtractor(scales=(1.0,)) for {name}."
+            )
+        if not isinstance(item, (ConvMap, MultiScaleConvMap)):
             array = _as_array(item, f"{name}: conv map {index}")
             if array.ndim != 3:
                 raise ValueError(
@@ -118,27 +125,33 @@ def check_conv_maps(X, *, estimator, reset: bool) -> list[ConvMap]:
                 )
             # The grid stands in for the image; an empty grid (no local feature) still needs a valid size.
             item = ConvMap(array, image_size=(max(array.shape[2], 1), max(array.shape[1], 1)))
-        where = f" ({item.source})" if item.source else ""
-        if not np.issubdtype(item.features.dtype, np.floating):
-            raise TypeError(f"{name}: conv map {index}{where} has non-float dtype {item.features.dtype}.")
-        if item.n_channels == 0:
-            raise ValueError(f"{name}: conv map {index}{where} has 0 channels; a conv map needs at least one.")
-        if not np.isfinite(item.features).all():
-            raise ValueError(f"{name}: conv map {index}{where} contains NaN or infinity.")
-        if item.features.dtype.itemsize > 4 and item.features.size and np.abs(item.features).max() > _FLOAT32_MAX:
-            raise ValueError(
-                f"{name}: conv map {index}{where} has values beyond the float32 range (3.4e38) "
-                "that the masks and poolings compute in."
-            )
-        if n_channels is None:
-            n_channels = item.n_channels
-        elif item.n_channels != n_channels:
-            raise ValueError(
-                f"{name}: conv map {index}{where} has {item.n_channels} channels; earlier maps have {n_channels}."
-            )
+        for scale, conv_map in enumerate(scale_maps(item)):
+            where = f" ({item.source})" if item.source else ""
+            if isinstance(item, MultiScaleConvMap):
+                where += f" at scale {item.scales[scale]:g}"
+            _check_one_map(conv_map, f"{name}: conv map {index}{where}")
+            if n_channels is None:
+                n_channels = conv_map.n_channels
+            elif conv_map.n_channels != n_channels:
+                raise ValueError(
+                    f"{name}: conv map {index}{where} has {conv_map.n_channels} channels; "
+                    f"earlier maps have {n_channels}."
+                )
         maps.append(item)
     _set_or_check_n_features(estimator, n_channels, reset=reset)
     return maps
+
+
+def _check_one_map(conv_map: ConvMap, what: str) -> None:
+    if not np.issubdtype(conv_map.features.dtype, np.floating):
+        raise TypeError(f"{what} has non-float dtype {conv_map.features.dtype}.")
+    if conv_map.n_channels == 0:
+        raise ValueError(f"{what} has 0 channels; a conv map needs at least one.")
+    if not np.isfinite(conv_map.features).all():
+        raise ValueError(f"{what} contains NaN or infinity.")
+    features = conv_map.features
+    if features.dtype.itemsize > 4 and features.size and np.abs(features).max() > _FLOAT32_MAX:
+        raise ValueError(f"{what} has values beyond the float32 range (3.4e38) that the masks and poolings compute in.")
 
 
 def batched(iterable, size: int):

@@ -34,7 +34,8 @@ def make_baseline(name, *, n_components=None, whitening=True, shrinkage="ledoit-
     shrinkage : float >= 0 or "ledoit-wolf", default="ledoit-wolf"
         Eigenvalue shrinkage of every whitening in the pipeline; see :class:`~selconv.postprocessing.PCAWhitening`.
     **pooling_params
-        Passed to the pooling estimator (e.g. ``p=3.0`` for GeM, ``center_prior=True`` for SPoC).
+        Passed to the pooling estimator (e.g. ``p=3.0`` for GeM, ``center_prior=True`` for SPoC,
+        ``scale_pooling="gem"`` for how the scales of multi-scale conv maps combine).
 
     Returns
     -------

@@ -1,10 +1,12 @@
-"""The conv map of one image: what ConvFeatureExtractor produces and what masks consume."""
+"""The conv map of one image (at one or several scales): what ConvFeatureExtractor produces and masks consume."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import numpy as np
+
+__all__ = ["ConvMap", "MultiScaleConvMap"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -75,3 +77,56 @@ class ConvMap:
         """All H*W local features as an (H*W, K) array, row-major over (y, x)."""
         n_channels = self.features.shape[0]
         return self.features.reshape(n_channels, -1).T
+
+
+@dataclass(frozen=True, eq=False)
+class MultiScaleConvMap:
+    """Conv maps of one image at several image scales (``ConvFeatureExtractor(scales=...)``).
+
+    Masks keep each scale's local features by their own rule and concatenate them into the image's one
+    local feature set; global poolings pool each scale and combine the per-scale descriptors
+    (their ``scale_pooling`` parameter). See docs/how-it-works.md, "Multi-scale".
+
+    Parameters
+    ----------
+    maps : tuple of ConvMap
+        One map per scale, in the order of ``scales``; each has its own ``image_size`` (and keypoints,
+        when asked for) at that scale. All have the same number of channels.
+    scales : tuple of float
+        The relative scale of each map: its image's longest side is ``scale * max_size`` of the extractor.
+    source : str or None
+        Where the image came from (a file path, usually); used in error messages and reports.
+    """
+
+    maps: tuple
+    scales: tuple
+    source: str | None = None
+
+    def __post_init__(self):
+        where = f" for {self.source}" if self.source else ""
+        maps = tuple(self.maps)
+        if not maps or not all(isinstance(m, ConvMap) for m in maps):
+            raise ValueError(f"MultiScaleConvMap.maps must be a non-empty tuple of ConvMap{where}.")
+        try:
+            scales = tuple(float(s) for s in self.scales)
+        except (TypeError, ValueError):
+            raise ValueError(f"MultiScaleConvMap.scales must be numbers; got {self.scales!r}{where}") from None
+        if len(scales) != len(maps) or not all(np.isfinite(s) and s > 0 for s in scales):
+            raise ValueError(
+                f"MultiScaleConvMap.scales must be {len(maps)} positive numbers (one per map); "
+                f"got {self.scales!r}{where}"
+            )
+        channels = {m.n_channels for m in maps}
+        if len(channels) > 1:
+            raise ValueError(f"MultiScaleConvMap.maps have different numbers of channels {sorted(channels)}{where}.")
+        object.__setattr__(self, "maps", maps)
+        object.__setattr__(self, "scales", scales)
+
+    @property
+    def n_channels(self) -> int:
+        return self.maps[0].n_channels
+
+
+def scale_maps(conv_map) -> tuple:
+    """The single-scale maps of a ConvMap (itself) or of a MultiScaleConvMap (one per scale)."""
+    return conv_map.maps if isinstance(conv_map, MultiScaleConvMap) else (conv_map,)

@@ -18,7 +18,7 @@ from sklearn.utils.validation import check_is_fitted
 from selconv._compat import Interval, StrOptions, fit_context
 from selconv._pickling import SelconvPickleMixin
 from selconv._ragged import check_conv_maps
-from selconv.conv_map import ConvMap
+from selconv.conv_map import ConvMap, MultiScaleConvMap, scale_maps
 
 __all__ = ["NoMask", "MaxMask", "SumMask", "SiftMask"]
 
@@ -31,22 +31,25 @@ class _BaseMask(SelconvPickleMixin, TransformerMixin, BaseEstimator):
     def _select(self, conv_map: ConvMap) -> np.ndarray:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def _check_maps(self, maps: list[ConvMap]) -> None:
+    def _check_maps(self, maps: list) -> None:
         """Hook for mask-specific input requirements (SiftMask needs keypoints)."""
 
-    def _validate(self, X, *, reset: bool) -> list[ConvMap]:
+    def _validate(self, X, *, reset: bool) -> list:
         maps = check_conv_maps(X, estimator=self, reset=reset)
         self._check_maps(maps)
         return maps
 
-    def _selections(self, X) -> tuple[list[ConvMap], list[np.ndarray]]:
+    def _select_cells(self, conv_map: ConvMap) -> np.ndarray:
+        # A grid without cells (height or width 0) has nothing to select, whatever the mask.
+        if conv_map.features[0].size:
+            return self._select(conv_map)
+        return np.zeros(conv_map.features.shape[1:], dtype=bool)
+
+    def _selections(self, X) -> tuple[list, list[list[np.ndarray]]]:
+        """The maps and, per image, the selected cells of each of its scales (one for a ConvMap)."""
         self._validate_params()  # get_selected_locations may run before (or without) fit
         maps = self._validate(X, reset=False)
-        # A grid without cells (height or width 0) has nothing to select, whatever the mask.
-        return maps, [
-            self._select(conv_map) if conv_map.features[0].size else np.zeros(conv_map.features.shape[1:], dtype=bool)
-            for conv_map in maps
-        ]
+        return maps, [[self._select_cells(m) for m in scale_maps(item)] for item in maps]
 
     @fit_context(prefer_skip_nested_validation=True)
     def fit(self, X, y=None):
@@ -54,7 +57,7 @@ class _BaseMask(SelconvPickleMixin, TransformerMixin, BaseEstimator):
 
         Parameters
         ----------
-        X : list of ConvMap or list of ndarray of shape (n_channels, height, width)
+        X : list of ConvMap, MultiScaleConvMap or ndarray of shape (n_channels, height, width)
             One conv map per image; grid sizes may differ between images.
         y : None
             Ignored.
@@ -71,52 +74,66 @@ class _BaseMask(SelconvPickleMixin, TransformerMixin, BaseEstimator):
 
         Parameters
         ----------
-        X : list of ConvMap or list of ndarray of shape (n_channels, height, width)
-            One conv map per image, with the number of channels seen in ``fit``.
+        X : list of ConvMap, MultiScaleConvMap or ndarray of shape (n_channels, height, width)
+            One conv map per image, with the number of channels seen in ``fit``. A
+            :class:`~selconv.MultiScaleConvMap` is masked scale by scale, each by the mask's rule, and
+            its scales' local features are concatenated (in the order of its scales) into the image's set.
 
         Returns
         -------
         local_sets : list of ndarray of shape (n_selected_i, n_channels), float32
-            The selected local features of each image, rows in row-major (y, x) order;
-            ``n_selected_i`` may be 0.
+            The selected local features of each image, rows in row-major (y, x) order (scale after
+            scale for a multi-scale map); ``n_selected_i`` may be 0.
         """
         check_is_fitted(self)
         maps, selections = self._selections(X)
         local_sets = []
-        for conv_map, selected in zip(maps, selections):
-            n_channels = conv_map.n_channels
-            # Gather rows of the (H*W, K) view: one copy, already in row-major (y, x) order.
-            rows = conv_map.features.reshape(n_channels, -1).T[np.flatnonzero(selected)]
-            local_sets.append(np.ascontiguousarray(rows, dtype=np.float32))
+        for item, selected in zip(maps, selections):
+            # Gather rows of each (H*W, K) view: already in row-major (y, x) order.
+            rows = [
+                conv_map.features.reshape(conv_map.n_channels, -1).T[np.flatnonzero(cells)]
+                for conv_map, cells in zip(scale_maps(item), selected)
+            ]
+            local_sets.append(np.ascontiguousarray(rows[0] if len(rows) == 1 else np.concatenate(rows), np.float32))
         return local_sets
 
-    def get_selected_locations(self, X) -> list[np.ndarray]:
+    def get_selected_locations(self, X) -> list:
         """The selected grid cells of each image, for analysis and plots; does not need ``fit``.
 
         Parameters
         ----------
-        X : list of ConvMap or list of ndarray of shape (n_channels, height, width)
+        X : list of ConvMap, MultiScaleConvMap or ndarray of shape (n_channels, height, width)
 
         Returns
         -------
         selections : list of ndarray of shape (height_i, width_i), bool
-            True where the local feature is kept.
+            True where the local feature is kept; for a :class:`~selconv.MultiScaleConvMap`, a tuple of
+            such arrays, one per scale.
         """
-        return self._selections(X)[1]
+        maps, selections = self._selections(X)
+        return [
+            cells[0] if not isinstance(item, MultiScaleConvMap) else tuple(cells)
+            for item, cells in zip(maps, selections)
+        ]
 
     def selected_fraction(self, X) -> np.ndarray:
         """Share of each image's local features that the mask keeps (paper Fig. 3a); does not need ``fit``.
 
         Parameters
         ----------
-        X : list of ConvMap or list of ndarray of shape (n_channels, height, width)
+        X : list of ConvMap, MultiScaleConvMap or ndarray of shape (n_channels, height, width)
 
         Returns
         -------
         fractions : ndarray of shape (n_images,), float64
-            Number of selected cells divided by H*W, per image; ``fractions.mean()`` is the average share.
+            Number of selected cells divided by H*W (summed over the scales of a multi-scale map), per
+            image; ``fractions.mean()`` is the average share.
         """
-        return np.array([selected.mean() for selected in self.get_selected_locations(X)], dtype=np.float64)
+        fractions = []
+        for cells in self._selections(X)[1]:
+            n_cells = sum(c.size for c in cells)
+            fractions.append(sum(int(c.sum()) for c in cells) / n_cells if n_cells else np.nan)
+        return np.array(fractions, dtype=np.float64)
 
 
 class NoMask(_BaseMask):
@@ -236,9 +253,9 @@ class SiftMask(_BaseMask):
         self.cell_rule = cell_rule
 
     def _check_maps(self, maps):
-        for index, conv_map in enumerate(maps):
-            if conv_map.keypoints is None:
-                where = f" ({conv_map.source})" if conv_map.source else ""
+        for index, item in enumerate(maps):
+            if any(conv_map.keypoints is None for conv_map in scale_maps(item)):
+                where = f" ({item.source})" if item.source else ""
                 raise ValueError(
                     f"SiftMask needs SIFT keypoints, but conv map {index}{where} has keypoints=None "
                     f"(plain arrays never have them). Extract the conv maps with "

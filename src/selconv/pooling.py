@@ -19,87 +19,44 @@ from selconv._compat import Interval, StrOptions, fit_context
 from selconv._linalg import l2_normalize_rows
 from selconv._pickling import SelconvPickleMixin
 from selconv._ragged import check_conv_maps
+from selconv._rmac_grid import rmac_regions
+from selconv.conv_map import scale_maps
 from selconv.postprocessing import PCAWhitening
 
 __all__ = ["SPoC", "MAC", "RMAC", "CroW", "GeM", "rmac_regions"]
 
 
-def rmac_regions(height: int, width: int, *, levels: int = 3, overlap: float = 0.4) -> np.ndarray:
-    """The R-MAC region grid of Tolias, Sicre & Jegou (ICLR 2016) on a height x width map.
-
-    At level l = 1..``levels`` the square regions have side floor(2 min(H, W) / (l + 1)) and are
-    spread uniformly over the map, l regions along the short side and l + extra along the long side,
-    where the extra count (0 for a square map) makes consecutive regions on the long side overlap by
-    about ``overlap`` (the authors try 2..7 regions along the long side). Regions of side 0 are skipped.
-    Same grid as the authors' ``rmac_regions.m`` and cirtorch's ``rmac``.
-
-    Parameters
-    ----------
-    height, width : int
-        Grid size of the conv map.
-    levels : int, default=3
-        Number of scales L.
-    overlap : float, default=0.4
-        Desired overlap of neighbouring regions.
-
-    Returns
-    -------
-    regions : ndarray of shape (n_regions, 4), int64
-        ``(x, y, side, side)``: 0-based top-left corner in grid cells, then width and height.
-        A 24 x 32 map at L = 3 gives 2 + 6 + 12 = 20 regions, a square map 1 + 4 + 9 = 14.
-    """
-    short, long_ = min(height, width), max(height, width)
-    if short == 0:
-        return np.zeros((0, 4), dtype=np.int64)
-    steps = np.arange(2, 8)
-    step_overlap = 1.0 - (long_ - short) / (steps - 1) / short
-    extra = int(np.argmin(np.abs(step_overlap - overlap))) + 1
-    extra_w = extra if height < width else 0
-    extra_h = extra if height > width else 0
-    regions = []
-    for level in range(1, levels + 1):
-        side = int(np.floor(2 * short / (level + 1)))
-        if side == 0:
-            continue
-        half = np.floor(side / 2 - 1)
-        ys, xs = np.meshgrid(
-            _region_corners(level + extra_h, height, side, half),
-            _region_corners(level + extra_w, width, side, half),
-            indexing="ij",
-        )
-        block = np.stack([xs.ravel(), ys.ravel(), np.full(xs.size, side), np.full(xs.size, side)], axis=1)
-        regions.append(block)
-    return np.concatenate(regions) if regions else np.zeros((0, 4), dtype=np.int64)
-
-
-def _region_corners(count: int, size: int, side: int, half: float) -> np.ndarray:
-    """Top-left coordinates of ``count`` regions of ``side`` cells spread evenly over ``size`` cells."""
-    step = 0.0 if count == 1 else (size - side) / (count - 1)
-    return (np.floor(half + np.arange(count) * step) - half).astype(np.int64)
-
-
 class _ConvMapPooling(SelconvPickleMixin, ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
-    """Shared machinery: subclasses define ``_pool(F) -> (K,)`` for one (K, H, W) float32 map."""
+    """Shared machinery: subclasses define ``_pool(F) -> (K,)`` for one (K, H, W) float32 map.
 
-    _parameter_constraints: dict = {}
+    A :class:`~selconv.MultiScaleConvMap` is pooled scale by scale and the l2-normalised per-scale vectors
+    are combined as ``scale_pooling`` says (``_combine_scales``).
+    """
+
+    _parameter_constraints: dict = {"scale_pooling": [StrOptions({"sum", "gem"})]}
     #: Pooling needs non-negative activations (post-ReLU maps); checked with a clear error.
     _requires_nonnegative = False
 
     def _pool(self, features: np.ndarray) -> np.ndarray:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def _check_maps(self, X, *, reset: bool) -> list[np.ndarray]:
+    def _scale_power(self) -> float:
+        """The power of ``scale_pooling="gem"``: 3, Radenovic et al.'s fixed GeM power (GeM uses its own p)."""
+        return 3.0
+
+    def _check_maps(self, X, *, reset: bool) -> list[list[np.ndarray]]:
+        """Per image, the float32 features of each of its scales (one for a ConvMap)."""
         maps = check_conv_maps(X, estimator=self, reset=reset)
         arrays = []
-        for index, conv_map in enumerate(maps):
-            features = np.asarray(conv_map.features, dtype=np.float32)
-            if self._requires_nonnegative and features.size and features.min() < 0:
-                where = f" ({conv_map.source})" if conv_map.source else ""
+        for index, item in enumerate(maps):
+            scales = [np.asarray(conv_map.features, dtype=np.float32) for conv_map in scale_maps(item)]
+            if self._requires_nonnegative and any(f.size and f.min() < 0 for f in scales):
+                where = f" ({item.source})" if item.source else ""
                 raise ValueError(
                     f"{type(self).__name__}: conv map {index}{where} has negative activations; it is defined "
                     f"for non-negative (post-ReLU) conv maps."
                 )
-            arrays.append(features)
+            arrays.append(scales)
         return arrays
 
     @fit_context(prefer_skip_nested_validation=True)
@@ -108,7 +65,7 @@ class _ConvMapPooling(SelconvPickleMixin, ClassNamePrefixFeaturesOutMixin, Trans
 
         Parameters
         ----------
-        X : list of ConvMap or array-like of shape (n_channels, height, width)
+        X : list of ConvMap, MultiScaleConvMap or array-like of shape (n_channels, height, width)
             One conv map per image; grid sizes may differ.
         y : None
             Ignored.
@@ -126,8 +83,9 @@ class _ConvMapPooling(SelconvPickleMixin, ClassNamePrefixFeaturesOutMixin, Trans
 
         Parameters
         ----------
-        X : list of ConvMap or array-like of shape (n_channels, height, width)
-            One conv map per image, with the ``n_features_in_`` channels seen in ``fit``.
+        X : list of ConvMap, MultiScaleConvMap or array-like of shape (n_channels, height, width)
+            One conv map per image, with the ``n_features_in_`` channels seen in ``fit``. The scales of a
+            :class:`~selconv.MultiScaleConvMap` are pooled one by one and combined by ``scale_pooling``.
 
         Returns
         -------
@@ -139,10 +97,29 @@ class _ConvMapPooling(SelconvPickleMixin, ClassNamePrefixFeaturesOutMixin, Trans
         maps = self._check_maps(X, reset=False)
         # float64 until normalised: sums over a map of large float32 activations overflow float32.
         pooled = np.zeros((len(maps), self._n_features_out), dtype=np.float64)
-        for index, features in enumerate(maps):
-            if features.shape[1] * features.shape[2] > 0:
-                pooled[index] = self._pool(features)
+        for index, scales in enumerate(maps):
+            vectors = np.zeros((len(scales), self._n_features_out), dtype=np.float64)
+            for scale, features in enumerate(scales):
+                if features.shape[1] * features.shape[2] > 0:
+                    vectors[scale] = self._pool(features)
+            pooled[index] = vectors[0] if len(scales) == 1 else _combine_scales(vectors, self)
         return l2_normalize_rows(pooled).astype(np.float32)
+
+
+def _combine_scales(vectors: np.ndarray, pooling) -> np.ndarray:
+    """One image's descriptor from its per-scale pooled vectors (n_scales, D), before the final l2-normalisation.
+
+    Each scale's vector is l2-normalised (the pooling's own normalisation), then ``pooling.scale_pooling``
+    decides: "sum" adds them (Gordo et al.'s multi-scale R-MAC); "gem" takes their generalised mean
+    (mean_s v_s^p)^(1/p) with the pooling's power p (cirtorch's multi-scale GeM), as a signed power
+    sign(v)|v|^p so that whitened R-MAC vectors, which have negative entries, keep their sign.
+    """
+    unit = l2_normalize_rows(vectors)
+    if pooling.scale_pooling == "sum":
+        return unit.sum(axis=0)
+    power = pooling._scale_power()
+    mean = np.mean(np.sign(unit) * np.abs(unit) ** power, axis=0)
+    return np.sign(mean) * np.abs(mean) ** (1.0 / power)
 
 
 def _center_prior(height: int, width: int) -> np.ndarray:
@@ -165,12 +142,16 @@ class SPoC(_ConvMapPooling):
     ----------
     center_prior : bool, default=False
         Weight locations by the Gaussian centre prior.
+    scale_pooling : {"sum", "gem"}, default="sum"
+        How the scales of a :class:`~selconv.MultiScaleConvMap` combine: the sum of the l2-normalised
+        per-scale vectors, or their generalised mean with power 3 (docs/how-it-works.md, "Multi-scale").
     """
 
-    _parameter_constraints: dict = {"center_prior": ["boolean"]}
+    _parameter_constraints: dict = {**_ConvMapPooling._parameter_constraints, "center_prior": ["boolean"]}
 
-    def __init__(self, *, center_prior=False):
+    def __init__(self, *, center_prior=False, scale_pooling="sum"):
         self.center_prior = center_prior
+        self.scale_pooling = scale_pooling
 
     def _pool(self, features):
         if not self.center_prior:
@@ -180,7 +161,17 @@ class SPoC(_ConvMapPooling):
 
 
 class MAC(_ConvMapPooling):
-    """Maximum activation of convolutions, MAC (Tolias et al.; Razavian et al.): psi_k = max F_k, l2-normalised."""
+    """Maximum activation of convolutions, MAC (Tolias et al.; Razavian et al.): psi_k = max F_k, l2-normalised.
+
+    Parameters
+    ----------
+    scale_pooling : {"sum", "gem"}, default="sum"
+        How the scales of a :class:`~selconv.MultiScaleConvMap` combine: the sum of the l2-normalised
+        per-scale vectors, or their generalised mean with power 3 (docs/how-it-works.md, "Multi-scale").
+    """
+
+    def __init__(self, *, scale_pooling="sum"):
+        self.scale_pooling = scale_pooling
 
     def _pool(self, features):
         return features.max(axis=(1, 2))
@@ -197,13 +188,23 @@ class GeM(_ConvMapPooling):
     ----------
     p : float > 0, default=3.0
         The power (the value of Radenovic et al. for a fixed p).
+    scale_pooling : {"sum", "gem"}, default="sum"
+        How the scales of a :class:`~selconv.MultiScaleConvMap` combine: the sum of the l2-normalised
+        per-scale vectors, or their generalised mean with power p (docs/how-it-works.md, "Multi-scale").
     """
 
-    _parameter_constraints: dict = {"p": [Interval(numbers.Real, 0, None, closed="neither")]}
+    _parameter_constraints: dict = {
+        **_ConvMapPooling._parameter_constraints,
+        "p": [Interval(numbers.Real, 0, None, closed="neither")],
+    }
     _requires_nonnegative = True
 
-    def __init__(self, p=3.0):
+    def __init__(self, p=3.0, *, scale_pooling="sum"):
         self.p = p
+        self.scale_pooling = scale_pooling
+
+    def _scale_power(self):
+        return self.p
 
     def _pool(self, features):
         flat = features.reshape(features.shape[0], -1).astype(np.float64)
@@ -228,17 +229,22 @@ class CroW(_ConvMapPooling):
         Power of the spatial normalisation.
     b : float > 0, default=2
         Inverse power applied to the normalised spatial weights.
+    scale_pooling : {"sum", "gem"}, default="sum"
+        How the scales of a :class:`~selconv.MultiScaleConvMap` combine: the sum of the l2-normalised
+        per-scale vectors, or their generalised mean with power 3 (docs/how-it-works.md, "Multi-scale").
     """
 
     _parameter_constraints: dict = {
+        **_ConvMapPooling._parameter_constraints,
         "a": [Interval(numbers.Real, 0, None, closed="neither")],
         "b": [Interval(numbers.Real, 0, None, closed="neither")],
     }
     _requires_nonnegative = True
 
-    def __init__(self, *, a=2, b=2):
+    def __init__(self, *, a=2, b=2, scale_pooling="sum"):
         self.a = a
         self.b = b
+        self.scale_pooling = scale_pooling
 
     def _relative_spatial_weights(self, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(S' / max S')^(1/b) and S' / max S' for one map: S up to a per-image factor, in [0, 1]."""
@@ -297,6 +303,10 @@ class RMAC(_ConvMapPooling):
         ``region_whitening``.
     shrinkage : float >= 0 or "ledoit-wolf", default="ledoit-wolf"
         Eigenvalue shrinkage of the regional whitening; see :class:`~selconv.postprocessing.PCAWhitening`.
+    scale_pooling : {"sum", "gem"}, default="sum"
+        How the scales of a :class:`~selconv.MultiScaleConvMap` combine: the sum of the l2-normalised
+        per-scale vectors, or their generalised mean with power 3 (docs/how-it-works.md, "Multi-scale").
+        The regional whitening is learned on the regions of every scale.
 
     Attributes
     ----------
@@ -307,6 +317,7 @@ class RMAC(_ConvMapPooling):
     """
 
     _parameter_constraints: dict = {
+        **_ConvMapPooling._parameter_constraints,
         "levels": [Interval(numbers.Integral, 1, None, closed="left")],
         "overlap": [Interval(numbers.Real, 0, 1, closed="left")],
         "region_whitening": ["boolean"],
@@ -314,12 +325,22 @@ class RMAC(_ConvMapPooling):
         "shrinkage": [Interval(numbers.Real, 0, None, closed="left"), StrOptions({"ledoit-wolf"})],
     }
 
-    def __init__(self, *, levels=3, overlap=0.4, region_whitening=True, n_components=None, shrinkage="ledoit-wolf"):
+    def __init__(
+        self,
+        *,
+        levels=3,
+        overlap=0.4,
+        region_whitening=True,
+        n_components=None,
+        shrinkage="ledoit-wolf",
+        scale_pooling="sum",
+    ):
         self.levels = levels
         self.overlap = overlap
         self.region_whitening = region_whitening
         self.n_components = n_components
         self.shrinkage = shrinkage
+        self.scale_pooling = scale_pooling
 
     def _region_vectors(self, features: np.ndarray) -> np.ndarray:
         """l2-normalised MAC vectors of one map's regions: (n_regions, K) float32."""
@@ -359,7 +380,7 @@ class RMAC(_ConvMapPooling):
         self._n_features_out = self.n_features_in_
         if not self.region_whitening:
             return self
-        regions = np.concatenate([self._region_vectors(features) for features in maps])
+        regions = np.concatenate([self._region_vectors(features) for scales in maps for features in scales])
         # All-zero regions carry no direction; they would only pull the mean towards 0.
         regions = regions[np.any(regions != 0, axis=1)]
         if len(regions) < 2:

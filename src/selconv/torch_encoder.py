@@ -289,7 +289,8 @@ class TorchEncoder:
         ----------
         maps : torch.Tensor of shape (n_images, K, H, W), or list of ConvMap / ndarray (K, H_i, W_i)
             A tensor (any device; moved to ``device``) is one batch of equal grids; a list may mix grid
-            sizes (images are grouped by grid).
+            sizes (images are grouped by grid). Single-scale only: a :class:`~selconv.MultiScaleConvMap`
+            (``ConvFeatureExtractor(scales=...)``) raises a ValueError; use the numpy pipeline for those.
 
         Returns
         -------
@@ -305,7 +306,7 @@ class TorchEncoder:
                 return self._encode(maps.to(self.device, torch.float32))
         from selconv._ragged import check_conv_maps
 
-        checked = check_conv_maps(maps, estimator=self, reset=False)
+        checked = check_conv_maps(maps, estimator=self, reset=False, multiscale=False)
         groups: dict = {}
         for index, conv_map in enumerate(checked):
             groups.setdefault(conv_map.features.shape, []).append(index)

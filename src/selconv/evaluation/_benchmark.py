@@ -226,7 +226,8 @@ def _notes(dataset, extractor, methods, stats, training_name, fit_on, seconds, e
         f"Dataset: {dataset.summary()}; {n_cropped} of the {n_queries} queries cropped to their bounding box.",
         f"Backbone: {settings['backbone']} with ImageNet weights ({extractor.weights_source_}); layer "
         f"{', '.join(extractor.layers_)} (K = {extractor.n_channels_} channels); images resized to a longest side "
-        f"of {settings['max_size']} px.",
+        f"of {settings['max_size']} px"
+        + (f", described at scales {tuple(settings['scales'])} of it." if tuple(settings["scales"]) != (1.0,) else "."),
         f"Conv-map grid: {stats['width']:.1f} x {stats['height']:.1f} cells on average (database); "
         "the MAX-mask keeps at most "
         f"K = {extractor.n_channels_} cells per image, so it keeps a larger fraction of small grids (paper, 1024 px: "

@@ -220,12 +220,13 @@ def _check_all_described(descriptors, expected: int, what: str, skipped) -> None
 
 
 def _describe(maps, methods: FittedMethods, *, chunk_size=64):
-    """Descriptors of `maps` (an iterable of ConvMap) under every method, in chunks, and grid statistics.
+    """Descriptors of `maps` (ConvMap or MultiScaleConvMap each) under every method, in chunks, and grid statistics.
 
     Returns ``(descriptors, stats)``: ``descriptors[name]`` is an (n_images, D) array; ``stats`` holds
     ``kept[mask]``, the fraction of all grid cells each mask keeps, and the mean grid ``width``/``height``.
     """
     from selconv._ragged import batched
+    from selconv.conv_map import scale_maps
 
     parts = {name: [] for name in methods.pipelines}
     kept = dict.fromkeys(methods.masks, 0)
@@ -235,9 +236,10 @@ def _describe(maps, methods: FittedMethods, *, chunk_size=64):
             parts[name].append(pipeline.transform(chunk))
             if name in kept:
                 kept[name] += sum(len(s) for s in pipeline.named_steps["mask"].transform(chunk))
-        cells += sum(m.grid_size[0] * m.grid_size[1] for m in chunk)
-        widths += sum(m.grid_size[0] for m in chunk)
-        heights += sum(m.grid_size[1] for m in chunk)
+        # Cells of every scale (what a mask chooses from); the grid size is that of the first scale.
+        cells += sum(m.grid_size[0] * m.grid_size[1] for item in chunk for m in scale_maps(item))
+        widths += sum(scale_maps(item)[0].grid_size[0] for item in chunk)
+        heights += sum(scale_maps(item)[0].grid_size[1] for item in chunk)
         count += len(chunk)
     descriptors = {name: np.concatenate(p) if p else np.zeros((0, 0), np.float32) for name, p in parts.items()}
     stats = {

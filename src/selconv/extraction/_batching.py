@@ -37,8 +37,8 @@ class BatchRunner:
     """Runs batches of equally sized images through the module; on CUDA, overlaps batch k's GPU work and
     copies with the host finishing batch k-1 (one batch in flight).
 
-    A batch is a list of ``(position, LoadedImage, cache_path)``; a finished batch a list of
-    ``(position, ConvMap, cache_path)``.
+    A batch is a list of ``(key, LoadedImage, cache_path)``; a finished batch a list of
+    ``(key, ConvMap, cache_path)``; the key, ``(position, scale)``, is passed through.
     """
 
     def __init__(self, module, device, precision, mean, std, out_dtype):
@@ -99,7 +99,7 @@ class BatchRunner:
         features = out.numpy().copy()  # one copy out of pinned (or batch) memory; the maps are views of it
         return [
             (
-                position,
+                key,
                 ConvMap(
                     features[i],
                     image_size=(img.pixels.shape[1], img.pixels.shape[0]),
@@ -108,7 +108,7 @@ class BatchRunner:
                 ),
                 cache_path,
             )
-            for i, (position, img, cache_path) in enumerate(batch)
+            for i, (key, img, cache_path) in enumerate(batch)
         ]
 
     def submit(self, batch):
@@ -142,7 +142,7 @@ class _ShapeBuckets:
         self.buckets: dict = {}
 
     def add(self, entry) -> list:
-        """Add ``(position, LoadedImage, cache_path)``; return the batches to run now (none or one)."""
+        """Add ``((position, scale), LoadedImage, cache_path)``; return the batches to run now (none or one)."""
         shape = entry[1].pixels.shape
         bucket = self.buckets.setdefault(shape, [])
         bucket.append(entry)
@@ -172,21 +172,23 @@ class _Done:
 
 
 class OrderedExtraction:
-    """One extraction run: yields ``(position, ConvMap)`` of the readable ``items`` (parsed InputItems) in input order.
+    """One extraction run: yields ``(position, map)`` of the readable ``items`` (parsed InputItems) in input order.
 
-    ``load(item)`` runs in the worker threads and returns ``(kind, payload, cache_path, cache_problem)``:
-    ``("map", ConvMap, ...)`` for a cached map, ``("image", LoadedImage, ...)`` to run, ``("error", message,
-    ...)`` for an unreadable input. ``write(cache_path, map)`` stores a computed map (returns a problem or
-    None). Unreadable inputs raise ImageLoadError (``on_error="raise"``) or go to ``report.skipped``; cache
+    ``load(item)`` runs in the worker threads and returns ``(kind, payload, cache_problems)``: ``("parts",
+    parts, ...)`` with one part per scale, a cached ConvMap or ``(LoadedImage, cache_path)`` to run, or
+    ``("error", message, ...)`` for an unreadable input. ``assemble(maps, item)`` makes the input's map from
+    its scales' ConvMaps. ``write(cache_path, map)`` stores a computed map (returns a problem or None).
+    Unreadable inputs raise ImageLoadError (``on_error="raise"``) or go to ``report.skipped``; cache
     problems go to ``report.cache_repaired``. ``bar.update(1)`` is called once per input.
     """
 
-    def __init__(self, items, report, *, load, write, runner, batch_size, n_workers, on_error, bar):
+    def __init__(self, items, report, *, load, assemble, write, runner, batch_size, n_workers, on_error, bar):
         self.items, self.report, self.load, self.write, self.runner = items, report, load, write, runner
-        self.on_error, self.bar, self.n_workers = on_error, bar, n_workers
+        self.assemble, self.on_error, self.bar, self.n_workers = assemble, on_error, bar, n_workers
         self.window = max(2 * batch_size, 4 * max(n_workers, 1))  # inputs being decoded ahead
         self.buckets = _ShapeBuckets(batch_size)
-        self.done: dict = {}  # position -> ConvMap, or None for a skipped input, until released in order
+        self.pending: dict = {}  # position -> its scales' ConvMaps (None until computed)
+        self.done: dict = {}  # position -> map, or None for a skipped input, until released in order
         self.next_out = 0
         self.writes: list = []  # (position, future of the cache write)
 
@@ -210,15 +212,18 @@ class OrderedExtraction:
             job = jobs.popleft()
             if position + self.window < len(items):
                 jobs.append(self.submit(self.load, items[position + self.window]))
-            kind, payload, cache_path, problem = job.result()
-            self._note_cache(position, problem)
-            if kind == "map":
-                self.done[position] = payload
-            elif kind == "error":
+            kind, payload, problems = job.result()
+            for problem in problems:
+                self._note_cache(position, problem)
+            if kind == "error":
                 self._skip(position, payload)
             else:
-                for batch in self.buckets.add((position, payload, cache_path)):
-                    self._run_batch(batch)
+                self.pending[position] = [part if isinstance(part, ConvMap) else None for part in payload]
+                for scale, part in enumerate(payload):
+                    if not isinstance(part, ConvMap):
+                        for batch in self.buckets.add(((position, scale), *part)):
+                            self._run_batch(batch)
+                self._complete(position)
             yield from self._ready()
         for batch in self.buckets.flush():
             self._run_batch(batch)
@@ -231,16 +236,27 @@ class OrderedExtraction:
         try:
             finished = self.runner.submit(batch)
         except _TooSmallError as exc:  # all images of a batch share one shape
-            for position, _, _ in batch:
-                self._skip(position, f"{self.items[position].name}: {exc}", exc)
+            for (position, _), _, _ in batch:
+                if position in self.pending:  # not already skipped for another of its scales
+                    del self.pending[position]
+                    self._skip(position, f"{self.items[position].name}: {exc}", exc)
             return
         self._store(finished)
 
     def _store(self, finished):
-        for position, conv_map, cache_path in finished:
-            self.done[position] = conv_map
+        for (position, scale), conv_map, cache_path in finished:
             if cache_path is not None:
                 self.writes.append((position, self.submit(self.write, cache_path, conv_map)))
+            if position in self.pending:
+                self.pending[position][scale] = conv_map
+                self._complete(position)
+
+    def _complete(self, position):
+        """Assemble an input's map once every scale has its ConvMap (if it is still pending: not done or skipped)."""
+        maps = self.pending.get(position)
+        if maps is not None and all(conv_map is not None for conv_map in maps):
+            del self.pending[position]
+            self.done[position] = self.assemble(maps, self.items[position])
 
     def _ready(self):
         """Release the maps (and skips) that are next in input order."""

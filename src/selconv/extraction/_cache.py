@@ -75,9 +75,32 @@ def content_fingerprint(handle) -> str:
     return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
+def output_signature(extractor, max_size) -> str:
+    """Every output-affecting setting of a fitted extractor at one scale (``max_size``): part of the cache key.
+    A scale of a multi-scale extractor has the signature of a single-scale extractor of that size."""
+    backbone = extractor.backbone
+    if not isinstance(backbone, str):
+        backbone = f"{getattr(backbone, '__module__', '')}.{getattr(backbone, '__qualname__', repr(backbone))}"
+    return json.dumps(
+        {
+            "format": CACHE_FORMAT,
+            "backbone": backbone,
+            "layers": extractor.layers_,
+            "weights": extractor.weights_checksum_,
+            "max_size": max_size,
+            "upscale": extractor.upscale,
+            "keypoints": extractor.keypoints,
+            "dtype": extractor.dtype,
+            "precision": extractor.precision,
+        },
+        sort_keys=True,
+    )
+
+
 class MapCache:
     """The cache folder of one extractor's output settings (``signature``), maps of ``dtype`` with or without
-    keypoints. Every method runs in the extractor's worker threads; none raises for a damaged entry."""
+    keypoints. A multi-scale extractor looks up each scale under that scale's :func:`output_signature`
+    (:meth:`paths_of`). Every method runs in the extractor's worker threads; none raises for a damaged entry."""
 
     def __init__(self, folder, signature: str, *, dtype: str, keypoints: str | None):
         self.folder = Path(folder)
@@ -88,13 +111,20 @@ class MapCache:
     def path_of(self, file, box) -> Path:
         """Where the map of ``file`` (cropped to ``box``) is cached. Opens the file (regular files only, see
         open_regular_file) for its fingerprint, so a bad file raises ImageLoadError here."""
+        return self.paths_of(file, box, [self.signature])[0]
+
+    def paths_of(self, file, box, signatures: list) -> list[Path]:
+        """:meth:`path_of` under each of ``signatures`` (the scales of one extractor), the file read once."""
         name = os.fspath(file)
         handle, info = open_regular_file(name, name)
         with handle:
             fingerprint = content_fingerprint(handle)
-        key = json.dumps([os.path.abspath(name), info.st_size, info.st_mtime_ns, fingerprint, box, self.signature])
-        digest = hashlib.sha256(key.encode()).hexdigest()
-        return self.folder / digest[:2] / f"{digest}.map"
+        paths = []
+        for signature in signatures:
+            key = json.dumps([os.path.abspath(name), info.st_size, info.st_mtime_ns, fingerprint, box, signature])
+            digest = hashlib.sha256(key.encode()).hexdigest()
+            paths.append(self.folder / digest[:2] / f"{digest}.map")
+        return paths
 
     def read(self, path: Path, source: str):
         """``(map, None)`` for a valid entry, ``(None, None)`` for none, ``(None, reason)`` for a damaged one

@@ -6,7 +6,6 @@ The estimator only: image loading is in ``images``, the map cache in ``_cache``,
 
 from __future__ import annotations
 
-import json
 import os
 import warnings
 from numbers import Integral
@@ -17,9 +16,10 @@ from sklearn.utils.validation import check_is_fitted
 from selconv._compat import Interval, StrOptions, _fit_context
 from selconv._pickling import SelconvPickleMixin
 from selconv.extraction._batching import BatchRunner, OrderedExtraction, default_workers
-from selconv.extraction._cache import CACHE_FORMAT, MapCache
+from selconv.extraction._cache import MapCache, output_signature
 from selconv.extraction._network import output_channels, place, rebuild, resolve_device
 from selconv.extraction._results import Extraction, ExtractionStream, ImageSkippedWarning, listing
+from selconv.extraction._scales import assemble, scale_sizes
 from selconv.extraction.backbones import build_backbone
 from selconv.extraction.images import ImageLoadError, load_item, parse_inputs
 from selconv.extraction.weights import state_dict_to_bytes
@@ -59,6 +59,13 @@ class ConvFeatureExtractor(SelconvPickleMixin, TransformerMixin, BaseEstimator):
         None keeps the original size.
     upscale : bool, default=True
         Also enlarge images smaller than ``max_size`` (the authors' code does).
+    scales : tuple of float, default=(1.0,)
+        Image scales in (0, 1], relative to ``max_size``: the CNN runs on the image resized to a longest side of
+        ``round(max_size * s)`` for each s, exactly as an extractor with that ``max_size`` would (query boxes
+        alike), and shares its cache entries. With more than one scale each image gives a
+        :class:`~selconv.MultiScaleConvMap` (one ConvMap per scale, in this order), which the masks and
+        poolings combine (docs/how-it-works.md, "Multi-scale"); ``(1.0, 2**-0.5, 0.5)`` costs about 1.75 times
+        the CNN work of one scale. Needs an integer ``max_size``.
     keypoints : {"sift"} or None, default=None
         ``"sift"``: detect OpenCV SIFT keypoints on the grey resized image (what ``SiftMask`` uses).
     dtype : {"float32", "float16"}, default="float32"
@@ -131,6 +138,7 @@ class ConvFeatureExtractor(SelconvPickleMixin, TransformerMixin, BaseEstimator):
         "weights": [str, os.PathLike, None],
         "max_size": [Interval(Integral, 1, None, closed="left"), None],
         "upscale": ["boolean"],
+        "scales": [tuple, list],
         "keypoints": [StrOptions({"sift"}), None],
         "dtype": [StrOptions({"float32", "float16"})],
         "precision": [StrOptions({"float32", "tf32", "float16", "bfloat16"})],
@@ -151,6 +159,7 @@ class ConvFeatureExtractor(SelconvPickleMixin, TransformerMixin, BaseEstimator):
         weights="imagenet",
         max_size=1024,
         upscale=True,
+        scales=(1.0,),
         keypoints=None,
         dtype="float32",
         precision="float32",
@@ -167,6 +176,7 @@ class ConvFeatureExtractor(SelconvPickleMixin, TransformerMixin, BaseEstimator):
         self.weights = weights
         self.max_size = max_size
         self.upscale = upscale
+        self.scales = scales
         self.keypoints = keypoints
         self.dtype = dtype
         self.precision = precision
@@ -187,6 +197,7 @@ class ConvFeatureExtractor(SelconvPickleMixin, TransformerMixin, BaseEstimator):
         -------
         self : ConvFeatureExtractor
         """
+        self._scale_sizes()  # a bad ``scales`` fails before the network is built
         built = build_backbone(self.backbone, self.layers, self.weights)
         n_channels = output_channels(built.module)
         self.device_ = resolve_device(self.device)
@@ -239,42 +250,34 @@ class ConvFeatureExtractor(SelconvPickleMixin, TransformerMixin, BaseEstimator):
 
     # ------------------------------------------------------------------ transforming
     def _output_signature(self) -> str:
-        backbone = (
-            self.backbone
-            if isinstance(self.backbone, str)
-            else (
-                f"{getattr(self.backbone, '__module__', '')}."
-                f"{getattr(self.backbone, '__qualname__', repr(self.backbone))}"
-            )
-        )
-        return json.dumps(
-            {
-                "format": CACHE_FORMAT,
-                "backbone": backbone,
-                "layers": self.layers_,
-                "weights": self.weights_checksum_,
-                "max_size": self.max_size,
-                "upscale": self.upscale,
-                "keypoints": self.keypoints,
-                "dtype": self.dtype,
-                "precision": self.precision,
-            },
-            sort_keys=True,
-        )
+        """Every output-affecting setting: one scale's signature per line (one line for a single scale)."""
+        return "\n".join(output_signature(self, size) for size in self._scale_sizes())
 
-    def _load_one(self, item, cache):
-        """Read the cached map of one input, or decode it (in a worker): ``(kind, payload, cache_path, problem)``."""
-        cache_path = problem = None
+    def _scale_sizes(self) -> list:
+        return scale_sizes(self.scales, self.max_size)
+
+    def _load_one(self, item, cache, sizes, signatures):
+        """Read the cached map of each scale of one input, decoding it (once) for the others, in a worker:
+        ``("parts", [ConvMap or (LoadedImage, cache_path) per scale], cache_problems)`` or ``("error", ...)``."""
+        parts, paths, problems = [None] * len(sizes), [None] * len(sizes), []
         try:
             if cache is not None and item.path is not None:
-                cache_path = cache.path_of(item.path, item.box)  # opens the file: may raise ImageLoadError
-                cached, problem = cache.read(cache_path, item.path)
-                if cached is not None:
-                    return "map", cached, None, None
-            loaded = load_item(item, max_size=self.max_size, upscale=self.upscale, keypoints=self.keypoints)
+                # opens the file: may raise ImageLoadError
+                paths = cache.paths_of(item.path, item.box, signatures)
+                for scale, path in enumerate(paths):
+                    parts[scale], problem = cache.read(path, item.path)
+                    if problem is not None:
+                        problems.append(problem)
+            missing = [scale for scale, part in enumerate(parts) if part is None]
+            if missing:
+                loaded = load_item(
+                    item, max_sizes=[sizes[s] for s in missing], upscale=self.upscale, keypoints=self.keypoints
+                )
+                for scale, image in zip(missing, loaded):
+                    parts[scale] = (image, paths[scale])
         except ImageLoadError as exc:
-            return "error", str(exc), None, problem
-        return "image", loaded, cache_path, problem
+            return "error", str(exc), problems
+        return "parts", parts, problems
 
     def iter_extract(self, X) -> ExtractionStream:
         """Stream the conv maps with the position of the input each comes from, in bounded memory.
@@ -290,10 +293,11 @@ class ConvFeatureExtractor(SelconvPickleMixin, TransformerMixin, BaseEstimator):
         Returns
         -------
         stream : ExtractionStream
-            Yields ``(position, ConvMap)`` in input order; ``skipped`` and ``cache_repaired`` as in :class:`Extraction`.
+            Yields ``(position, map)`` in input order; ``skipped`` and ``cache_repaired`` as in :class:`Extraction`.
         """
         check_is_fitted(self, "weights_checksum_")
         self._validate_params()  # set_params after fit is checked here, before any work
+        self._scale_sizes()
         items = parse_inputs(X, type(self).__name__)
         return ExtractionStream(lambda report: self._stream(items, report))
 
@@ -303,6 +307,8 @@ class ConvFeatureExtractor(SelconvPickleMixin, TransformerMixin, BaseEstimator):
 
         model = self._get_model()
         runner = BatchRunner(model, torch.device(self.device_), self.precision, self._mean, self._std, self.dtype)
+        sizes = self._scale_sizes()
+        signatures = [output_signature(self, size) for size in sizes]  # of each scale, for its cache entries
         cache = None
         if self.cache_dir is not None:
             cache = MapCache(self.cache_dir, self._output_signature(), dtype=self.dtype, keypoints=self.keypoints)
@@ -311,7 +317,8 @@ class ConvFeatureExtractor(SelconvPickleMixin, TransformerMixin, BaseEstimator):
             yield from OrderedExtraction(
                 items,
                 report,
-                load=lambda item: self._load_one(item, cache),
+                load=lambda item: self._load_one(item, cache, sizes, signatures),
+                assemble=lambda maps, item: assemble(maps, self.scales, item.path),
                 write=MapCache.write,
                 runner=runner,
                 batch_size=self.batch_size,
@@ -362,7 +369,7 @@ class ConvFeatureExtractor(SelconvPickleMixin, TransformerMixin, BaseEstimator):
 
         Yields
         ------
-        conv_map : ConvMap
+        conv_map : ConvMap (or MultiScaleConvMap with several ``scales``)
         """
         stream = self.iter_extract(X)
         n_kept = 0
@@ -393,7 +400,7 @@ class ConvFeatureExtractor(SelconvPickleMixin, TransformerMixin, BaseEstimator):
 
         Returns
         -------
-        maps : list of ConvMap
+        maps : list of ConvMap (or MultiScaleConvMap with several ``scales``)
             ``features`` (K, H, W) in ``dtype``, ``image_size`` (width, height) of the resized (cropped)
             image, ``keypoints`` (n, 2) float32 when ``keypoints="sift"``, ``source`` = the file path or None.
         """

@@ -333,11 +333,15 @@ def load_image(item, index: int, *, max_size: int | None, upscale: bool, keypoin
     max_size, upscale, keypoints
         As in ``ConvFeatureExtractor``.
     """
-    return load_item(parse_item(item, index), max_size=max_size, upscale=upscale, keypoints=keypoints)
+    return load_item(parse_item(item, index), max_sizes=[max_size], upscale=upscale, keypoints=keypoints)[0]
 
 
-def load_item(item: InputItem, *, max_size: int | None, upscale: bool, keypoints: str | None) -> LoadedImage:
-    """:func:`load_image` of an input already parsed by :func:`parse_item`."""
+def load_item(item: InputItem, *, max_sizes: list, upscale: bool, keypoints: str | None) -> list[LoadedImage]:
+    """:func:`load_image` of an input already parsed by :func:`parse_item`, at each of ``max_sizes``.
+
+    The image is decoded once; each size is resized (and its keypoints detected) from the decoded image
+    exactly as a single call with that ``max_size`` would (the extractor's ``scales``).
+    """
     image, name = item.image, item.name
     try:
         if item.path is not None:
@@ -358,13 +362,17 @@ def load_item(item: InputItem, *, max_size: int | None, upscale: bool, keypoints
     if rgb.size == 0:
         raise ImageLoadError(f"{name}: the image has no pixels.")
     full_height, full_width = rgb.shape[:2]
-    scale, size = target_size(full_width, full_height, max_size, upscale)
-    if item.box is not None:
-        rgb = _crop(rgb, item.box, name)
-        # Scale the crop by the factor of the FULL image (docs/how-it-works.md, section 1), not to max_size.
-        size = (max(1, round(rgb.shape[1] * scale)), max(1, round(rgb.shape[0] * scale)))
-    if size != (rgb.shape[1], rgb.shape[0]):
-        rgb = np.asarray(Image.fromarray(rgb).resize(size, _RESAMPLE))
-    rgb = np.ascontiguousarray(rgb)
-    points = sift_keypoints(rgb) if keypoints == "sift" else None
-    return LoadedImage(pixels=rgb, keypoints=points, source=item.path)
+    cropped = _crop(rgb, item.box, name) if item.box is not None else rgb
+    loaded = []
+    for max_size in max_sizes:
+        scale, size = target_size(full_width, full_height, max_size, upscale)
+        if item.box is not None:
+            # Scale the crop by the factor of the FULL image (docs/how-it-works.md, section 1), not to max_size.
+            size = (max(1, round(cropped.shape[1] * scale)), max(1, round(cropped.shape[0] * scale)))
+        resized = cropped
+        if size != (cropped.shape[1], cropped.shape[0]):
+            resized = np.asarray(Image.fromarray(cropped).resize(size, _RESAMPLE))
+        resized = np.ascontiguousarray(resized)
+        points = sift_keypoints(resized) if keypoints == "sift" else None
+        loaded.append(LoadedImage(pixels=resized, keypoints=points, source=item.path))
+    return loaded
