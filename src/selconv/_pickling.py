@@ -32,15 +32,10 @@ class SelconvPickleMixin:
                 UserWarning,
                 stacklevel=2,
             )
-        # A parameter added after the pickle was made (e.g. ``scales``, ``scale_pooling``) is missing from its
-        # state: it takes its default, the behaviour the pickled estimator had, so saved encoders keep loading.
+        # Persisted models (pickle, skops) written before a parameter existed (e.g. ``scales``, ``shrinkage``) lack
+        # it: it takes its default, which every added parameter chooses to keep the earlier behaviour, so that
+        # saved encoders keep loading and get_params, repr and clone work on them.
         for name, parameter in inspect.signature(type(self).__init__).parameters.items():
             if name != "self" and parameter.default is not inspect.Parameter.empty:
                 state.setdefault(name, parameter.default)
         super().__setstate__(state)
-        # Persisted models (pickle, skops) written before a parameter existed: it takes its default, which
-        # every added parameter chooses to keep the earlier behaviour (e.g. shrinkage=0.0), so that
-        # get_params, repr and clone work on them.
-        for name, parameter in inspect.signature(type(self).__init__).parameters.items():
-            if parameter.default is not inspect.Parameter.empty and name not in self.__dict__:
-                setattr(self, name, parameter.default)
