@@ -118,5 +118,5 @@ def _pretrained_cnns_only_in_slow_tests(request, monkeypatch):
         return
     from selconv import ConvFeatureExtractor
 
-    for name in ("transform", "iter_transform"):
+    for name in ("transform", "iter_transform", "extract", "iter_extract"):
         monkeypatch.setattr(ConvFeatureExtractor, name, refuse_pretrained(getattr(ConvFeatureExtractor, name)))
