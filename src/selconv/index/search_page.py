@@ -40,7 +40,7 @@ def render_search_page(query, scores, paths, *, box=None, title=None, notes=(), 
     -------
     html : str
     """
-    from selconv.report import _CSS, _thumbnail_html
+    from selconv.report import _thumbnail_html, page_head
 
     if len(scores) != len(paths):
         raise ValueError(f"scores ({len(scores)}) and paths ({len(paths)}) must have the same length.")
@@ -60,15 +60,7 @@ def render_search_page(query, scores, paths, *, box=None, title=None, notes=(), 
             + f"<div class='caption' title='{html.escape(str(path))}'>#{rank} "
             f"<span class='score'>{float(score):.4f}</span><br>{html.escape(Path(str(path)).name)}</div></div>"
         )
-    parts = [
-        "<!DOCTYPE html>",
-        '<html lang="en"><head><meta charset="utf-8">',
-        f"<title>{html.escape(title)}</title>",
-        f"<style>{_CSS}{_PAGE_CSS}</style></head><body>",
-        f"<h1>{html.escape(title)}</h1>",
-    ]
-    if notes:
-        parts.append("<ul class='notes'>" + "".join(f"<li>{html.escape(str(n))}</li>" for n in notes) + "</ul>")
+    parts = page_head(title, notes, extra_css=_PAGE_CSS)
     parts.append("<div class='row'>" + "".join(cells) + "</div>")
     if not paths:
         parts.append("<p>No results: the index is empty.</p>")
