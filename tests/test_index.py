@@ -20,6 +20,7 @@ import selconv
 from selconv.index import ImageIndex, IndexFormatError, SearchResult, load_index, trusted_types
 from selconv.pipelines import make_paper_pipeline
 from selconv.search import rank
+from selconv.utils.estimator_checks import assert_same_output
 
 
 def unit_rows(n, d, seed=0):
@@ -492,15 +493,6 @@ def _fitted_estimators():
         yield from ((e.fit(vectors), vectors) for e in on_vectors)
 
 
-def _same_output(a, b):
-    if isinstance(a, list):
-        assert len(a) == len(b)
-        for x, y in zip(a, b):
-            np.testing.assert_array_equal(x, y)
-    else:
-        np.testing.assert_array_equal(a, b)
-
-
 def test_every_fitted_estimator_round_trips_through_skops(tmp_path):
     from selconv.index._persistence import encoder_from_file, encoder_to_bytes
 
@@ -514,7 +506,7 @@ def test_every_fitted_estimator_round_trips_through_skops(tmp_path):
         assert type(loaded) is type(estimator) and repr(loaded) == repr(estimator)
         # Compared with a pickle round trip: a fitted attribute that is a strided view (PCAWhitening.components_)
         # comes back contiguous from both, which can change the last bit of a BLAS product.
-        _same_output(loaded.transform(X), pickle.loads(pickle.dumps(estimator)).transform(X))
+        assert_same_output(loaded.transform(X), pickle.loads(pickle.dumps(estimator)).transform(X))
         covered.add(f"{type(estimator).__module__}.{type(estimator).__qualname__}")
     missing = (
         _public_selconv_estimators()

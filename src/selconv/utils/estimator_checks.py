@@ -52,10 +52,14 @@ def check_fit_transform(estimator, X, y=None) -> None:
         return
     out = estimator.transform(X)
     loaded = pickle.loads(pickle.dumps(estimator))
-    again = loaded.transform(X)
-    if isinstance(out, list):
-        assert len(out) == len(again)
-        for a, b in zip(out, again):
-            np.testing.assert_array_equal(a, b)
+    assert_same_output(out, loaded.transform(X))
+
+
+def assert_same_output(a, b) -> None:
+    """Assert two transform outputs are equal: 2-D arrays, or ragged lists of per-image arrays, element by element."""
+    if isinstance(a, list):
+        assert len(a) == len(b), f"{len(a)} per-image outputs against {len(b)}"
+        for x, y in zip(a, b):
+            np.testing.assert_array_equal(x, y)
     else:
-        np.testing.assert_array_equal(out, again)
+        np.testing.assert_array_equal(a, b)
