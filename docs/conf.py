@@ -88,7 +88,29 @@ intersphinx_mapping: dict = {}
 # -- autodoc / autosummary / numpydoc --------------------------------------------------------------
 autosummary_generate = True
 autosummary_imported_members = False
-autodoc_default_options = {"members": True, "inherited-members": False, "show-inheritance": True}
+
+
+def _foreign_bases() -> str:
+    """Every class outside selconv in the ancestry of the documented modules' classes (scikit-learn's mixins, builtin
+    exceptions, object): members inherited from them stay off the pages, while members a public class inherits
+    from a selconv base (``fit``/``transform`` of the masks, embeddings, aggregators, hashers, poolings) show."""
+    import importlib
+    import inspect
+
+    modules = re.findall(r"^\.\. module:: (\S+)$", (DOCS / "api.rst").read_text(), flags=re.M)
+    documented = [vars(importlib.import_module(module)).values() for module in modules]
+    foreign = {
+        base.__name__
+        for objects in documented
+        for cls in objects
+        if inspect.isclass(cls) and cls.__module__.startswith("selconv")
+        for base in cls.__mro__
+        if not base.__module__.startswith("selconv")
+    }
+    return ", ".join(sorted(foreign | {"object"}))
+
+
+autodoc_default_options = {"members": True, "inherited-members": _foreign_bases(), "show-inheritance": True}
 autodoc_typehints = "none"  # numpydoc's Parameters sections carry the types
 autodoc_mock_imports: list = []
 numpydoc_show_class_members = False  # the class template lists methods itself
@@ -233,8 +255,19 @@ _FITTED_IN_SHAPE = re.compile(r"(\b[A-Za-z][A-Za-z0-9_]*[A-Za-z0-9])_(?=[,)*]|\s
 
 
 def _public_bases(app, name, obj, options, bases):
-    """Show only public base classes ("Bases: BaseHasher", not a private helper class)."""
-    bases[:] = [base for base in bases if not getattr(base, "__name__", "").startswith("_")]
+    """Show only public base classes ("Bases: BaseHasher", not a private helper class such as the codebook
+    embeddings' base in ``selconv.embedding._codebook``): selconv bases must be exported by a package."""
+    bases[:] = [base for base in bases if _is_public_base(base)]
+
+
+def _is_public_base(base) -> bool:
+    if getattr(base, "__name__", "_").startswith("_"):
+        return False
+    module = getattr(base, "__module__", "")
+    if not module.startswith("selconv"):
+        return True
+    package = sys.modules.get(module.rpartition("._")[0] if "._" in module else module)
+    return package is not None and base.__name__ in getattr(package, "__all__", ())
 
 
 def _resolve_short_python_names(app, env, node, contnode):
