@@ -1,12 +1,12 @@
 """JPEG files decoded and resized on the extractor's device (``ConvFeatureExtractor(decode="device")``).
 
 torchvision's ``decode_jpeg`` runs nvJPEG on a CUDA device (libjpeg-turbo on the CPU), and the resize is
-``torch.nn.functional.interpolate`` (bicubic, antialiased: the Pillow filter the CPU path uses, computed in
-float and rounded to uint8). Only what the CPU path would send to OpenCV comes here: baseline or progressive
+``torch.nn.functional.interpolate`` (bicubic, antialiased: the Pillow filter the CPU path uses, in two
+passes rounded to uint8 as Pillow's). Only what the CPU path would send to OpenCV comes here: baseline or progressive
 JPEG files in RGB or grey with no EXIF rotation, without a box or keypoints; everything else (CMYK, EXIF
 orientation, other formats, files torchvision cannot decode) goes through the CPU path. The pixels differ from
-the CPU path's by the decoders' IDCT and chroma upsampling and by the resize's rounding (a few grey levels;
-measured in benchmarks/results/gpu_pipeline.md).
+the CPU path's by the GPU decoder's IDCT and chroma upsampling and by at most one grey level of resize
+arithmetic (measured in benchmarks/results/gpu_pipeline.md).
 """
 
 from __future__ import annotations
@@ -55,13 +55,22 @@ def decode_resize(raws: list, sizes: list, device) -> list:
         decoded = decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
     out = []
     for image, (width, height) in zip(decoded, sizes):
-        if image.shape[1:] != (height, width):
-            resized = torch.nn.functional.interpolate(
-                image[None].float(), size=(height, width), mode="bicubic", align_corners=False, antialias=True
-            )
-            image = resized[0].round_().clamp_(0, 255).to(torch.uint8)
-        out.append(image.permute(1, 2, 0))
+        out.append(resize(image, width, height).permute(1, 2, 0))
     return out
+
+
+def resize(image, width: int, height: int):
+    """(3, H, W) uint8 -> (3, height, width) uint8 as Pillow's bicubic resize: the horizontal pass, rounded to
+    uint8, then the vertical one (torch's antialiased filter is Pillow's; the rounding between passes is too)."""
+    import torch
+
+    for size in ((image.shape[1], width), (height, width)):
+        if tuple(image.shape[1:]) != size:
+            passed = torch.nn.functional.interpolate(
+                image[None].float(), size=size, mode="bicubic", align_corners=False, antialias=True
+            )
+            image = passed[0].round_().clamp_(0, 255).to(torch.uint8)
+    return image
 
 
 def load_on_device(item, max_size, upscale: bool, device) -> LoadedImage | None:
