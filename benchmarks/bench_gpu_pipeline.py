@@ -320,6 +320,15 @@ def agreement(args, data, report) -> dict:
 
 
 def decoding_parity(args, data, encoders, report) -> None:
+    from selconv.extraction._device_decode import decode_resize, read_plain_jpeg
+
+    try:  # the extractor falls back to the CPU silently: say here whether the device decoder works at all
+        raw, size = read_plain_jpeg(data["paths"][0], "probe")
+        decode_resize([raw], [size], args.torch_device)
+        decoder = "works"
+    except Exception as error:
+        decoder = f"FAILED ({type(error).__name__}: {error}); every file took the CPU path"
+    print(f"device JPEG decoder: {decoder}", flush=True)
     extractor = make_extractor(args, decode="device")
     extractor.transform(data["paths"][:32])
     maps, seconds = timed(lambda: extractor.transform(data["paths"]))
@@ -333,11 +342,18 @@ def decoding_parity(args, data, encoders, report) -> None:
     ap_gpu = mean_ap(encoder.transform(maps), data["queries"])
     report.add(
         "decoding",
-        {"relative": relative.tolist(), "mAP_cpu": ap_cpu, "mAP_device": ap_gpu, "extract_s": seconds},
+        {
+            "decoder": decoder,
+            "relative": relative.tolist(),
+            "mAP_cpu": ap_cpu,
+            "mAP_device": ap_gpu,
+            "extract_s": seconds,
+        },
         [
             "",
             '## 2. JPEG decoding on the GPU (`decode="device"`, nvJPEG + torch bicubic antialiased resize) vs CPU',
             "",
+            f"- torchvision's decode_jpeg on {args.torch_device}: {decoder}",
             f"- resized sizes identical: **{same_size}**; pool5 maps, max|gpu - cpu| / max|cpu| per image: max "
             f"**{relative.max():.2e}**, median {np.median(relative):.2e}",
             f"- mAP (torch float32 encoder, loo-landmark): CPU-decoded {ap_cpu:.2f}, GPU-decoded **{ap_gpu:.2f}** "
