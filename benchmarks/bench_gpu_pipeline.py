@@ -1,30 +1,36 @@
-"""The post-CNN stages on a GPU: torch vs numpy on real pool5 maps, encoding throughput, fit time, JPEG -> codes.
+"""The whole pipeline on one GPU: torch vs numpy vs float64, GPU JPEG decoding, network rate, JPEG -> codes.
 
-On real VGG16 pool5 maps (1024 px) of the JPEGs in ``--images``, this script measures:
+On the Oxford5k subset (``--data``/oxford5k-subset, 1,008 JPEGs, VGG16 pool5 at 1024 px), this script measures:
 
-1. agreement of the torch path (:class:`selconv.torch_encoder.TorchEncoder` on the GPU) with the fitted numpy
-   pipeline: MAX-mask cells, 512-D descriptors (relative difference), ITQ bits;
-2. post-CNN encoding throughput, MAX mask, 512-D, from pool5 maps already on the GPU (batches of maps of
-   the most common grid, cycled), with the FLOP rate of its arithmetic;
-3. the fit of the 512-D preset (+ ITQ) on the local features of ``--n-fit`` training images (the maps
-   cycled), stage by stage, with ``encode__device="cuda"`` and with the numpy path on all CPU threads;
-4. JPEG files -> 512-bit codes end to end (the extractor's JPEG decoding + CNN, then the torch encoder),
-   with the network-alone rate (the same batches of already-decoded images through the CNN).
+1. agreement of :class:`selconv.torch_encoder.TorchEncoder` (``projection_dtype`` float32 and float64) and of the
+   numpy pipeline with a float64 evaluation of the same fitted model: max-coordinate and l2 relative errors
+   per descriptor, and the mAP of each (protocol ``loo-landmark``: 113 full-image queries);
+2. GPU JPEG decoding (``decode="device"``, nvJPEG) against the CPU path: relative difference of the maps and mAP;
+3. post-CNN encoding throughput from pool5 maps already on the GPU (MAX mask, 512-D, both projection dtypes);
+4. the network alone (bf16 / fp16, batch sizes, channels_last, cuDNN autotuning, optionally torch.compile);
+5. JPEG files -> 512-bit codes end to end, the JPEGs cycled to ``--n-images``: through the extractor (host maps)
+   with either decoder, and a GPU-resident path (nvJPEG batches -> resize -> VGG16 -> TorchEncoder) where conv
+   maps never leave the GPU.
 
-Run from the repository root (GPU machine)::
+The markdown (``--out``) and a json beside it are rewritten after every section, so a killed run keeps what it
+measured. Run from the repository root (GPU machine)::
 
-    python benchmarks/bench_gpu_pipeline.py --images DIR --weights vgg16.npz
+    python benchmarks/bench_gpu_pipeline.py --data DATA --weights vgg16.npz --out results/gpu_pipeline.md
+
+``--device torch --n-images 64 --max-images 48 --max-size 256`` is a CPU dry run of every code path.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import shlex
 import sys
 import time
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -39,15 +45,16 @@ def synchronize():
         torch.cuda.synchronize()
 
 
+def timed(function):
+    synchronize()
+    started = time.perf_counter()
+    out = function()
+    synchronize()
+    return out, time.perf_counter() - started
+
+
 def best_of(function, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        synchronize()
-        started = time.perf_counter()
-        function()
-        synchronize()
-        times.append(time.perf_counter() - started)
-    return min(times)
+    return min(timed(function)[1] for _ in range(repeats))
 
 
 def encode_flops(counts: np.ndarray, n_channels: int, d: int, n_clusters: int, n_bits: int | None) -> float:
@@ -65,147 +72,301 @@ def encode_flops(counts: np.ndarray, n_channels: int, d: int, n_clusters: int, n
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--images", type=Path, required=True, help="folder of JPEGs")
+    parser.add_argument("--data", type=Path, required=True, help="folder holding oxford5k-subset/")
     parser.add_argument("--weights", default="imagenet", help="VGG16 weights (file or 'imagenet')")
-    parser.add_argument("--n-fit", type=int, default=5000)
     parser.add_argument("--n-bits", type=int, default=512)
-    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1024, 4096])
-    parser.add_argument("--precision", default="bfloat16")
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--skip-cpu-fit", action="store_true")
+    parser.add_argument("--n-images", type=int, default=3000, help="JPEGs (cycled) of the end-to-end runs")
+    parser.add_argument("--max-images", type=int, default=None, help="use only the first N database images")
+    parser.add_argument("--max-size", type=int, default=1024)
+    parser.add_argument("--encode-batches", type=int, nargs="+", default=[1024, 4096])
+    parser.add_argument("--network-batches", type=int, nargs="+", default=[16, 32, 64])
+    parser.add_argument("--batch-size", type=int, default=32, help="extractor batch size (end to end)")
+    parser.add_argument("--precisions", nargs="+", default=["bfloat16", "float16"], help="of sections 4 and 5")
+    parser.add_argument("--sections", type=int, nargs="+", default=[2, 3, 4, 5], help="besides set-up and 1")
+    parser.add_argument("--compile", action="store_true", help="also time torch.compile of the network")
+    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", type=Path, default=RESULTS / "gpu_pipeline.md")
-    parser.add_argument("--device", default="cuda", help="torch device of the encoder ('torch' = CPU, for a dry run)")
-    parser.add_argument("--max-images", type=int, default=None, help="use only the first N JPEGs")
+    parser.add_argument("--device", default="cuda", help="'cuda', or 'torch' (CPU, for a dry run)")
     parser.add_argument("--note", default="")
     args = parser.parse_args(argv)
     args.torch_device = "cpu" if args.device == "torch" else args.device
     return args
 
 
+class Report:
+    """The markdown and json results, rewritten after every section."""
+
+    def __init__(self, args, info):
+        self.args, self.results, self.started = args, {"info": info}, time.perf_counter()
+        command = "python " + " ".join(shlex.quote(a) for a in [Path(sys.argv[0]).as_posix(), *sys.argv[1:]])
+        self.lines = [
+            "# The pipeline on one GPU: torch vs numpy vs float64, GPU JPEG decoding, network rate, JPEG -> codes",
+            "",
+            f"Generated by `benchmarks/bench_gpu_pipeline.py`. Machine: {info}. Command (repository root):",
+            "",
+            "```",
+            command,
+            "```",
+        ] + (["", f"Note: {args.note}"] if args.note else [])
+
+    def add(self, key, value, lines):
+        self.results[key] = value
+        self.lines += lines
+        print("\n".join(lines), flush=True)
+        self.write()
+
+    def write(self):
+        minutes = (time.perf_counter() - self.started) / 60
+        self.args.out.parent.mkdir(parents=True, exist_ok=True)
+        text = "\n".join(self.lines) + f"\n\n(Sections above measured in {minutes:.1f} min.)\n"
+        self.args.out.write_text(text)
+        self.args.out.with_suffix(".json").write_text(json.dumps(self.results, indent=1, default=str))
+
+
 def main(argv=None) -> None:
     import sklearn
     import torch
+    import torchvision
 
     args = parse_args(argv)
     warnings.simplefilter("ignore")
-    started = time.perf_counter()
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
     info = (
         f"GPU {gpu}; {os.cpu_count()} CPU threads; torch {torch.__version__} (CUDA {torch.version.cuda}), "
-        f"numpy {np.__version__}, scikit-learn {sklearn.__version__}, Python {platform.python_version()}"
+        f"torchvision {torchvision.__version__}, numpy {np.__version__}, scikit-learn {sklearn.__version__}, "
+        f"Python {platform.python_version()}"
     )
     print(info, flush=True)
-    data = extract_maps(args)
-    fits = fit_on_devices(args, data["maps"])
-    pipeline = fits[args.device][0]
-    agreement = compare_torch_with_numpy(args, pipeline, data["maps"])
-    throughput = encoding_throughput(args, data, agreement["encoder"], agreement["real_encoder"])
-    end_to_end = jpeg_to_codes(args, data, agreement["encoder"])
-    measured = {"info": info, "minutes": (time.perf_counter() - started) / 60, "fits": fits}
-    text = report(args, data, agreement, throughput, end_to_end, measured)
-    print(text, flush=True)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text + "\n")
-    print(f"wrote {args.out}")
+    report = Report(args, info)
+    data = extract_database(args, report)
+    encoders = agreement(args, data, report)
+    if 2 in args.sections:
+        decoding_parity(args, data, encoders, report)
+    if 3 in args.sections:
+        encoding_throughput(args, data, encoders, report)
+    if 4 in args.sections:
+        network_alone(args, data, report)
+    if 5 in args.sections:
+        end_to_end(args, data, encoders, report)
+    print(f"wrote {args.out}", flush=True)
 
 
-def extract_maps(args) -> dict:
-    """Real pool5 maps of the JPEGs (after a warm-up), the JPEG -> maps time and the grids' counts."""
+# ------------------------------------------------------------------------------------------ set-up
+
+
+def make_extractor(args, decode="cpu", precision="bfloat16"):
     from selconv import ConvFeatureExtractor
 
-    paths = sorted(str(p) for p in args.images.glob("*.jpg"))[: args.max_images]
-    weights = None if args.weights == "none" else args.weights
-    extractor = ConvFeatureExtractor(
+    return ConvFeatureExtractor(
         "vgg16",
-        weights=weights,
-        max_size=1024,
+        weights=None if args.weights == "none" else args.weights,
+        max_size=args.max_size,
         device=args.torch_device,
-        precision=args.precision,
-        batch_size=16,
+        precision=precision,
+        decode=decode,
+        batch_size=args.batch_size,
         progress=False,
     ).fit()
-    extractor.transform(paths[:16])  # warm-up: cuDNN autotuning, worker start
-    synchronize()
-    t0 = time.perf_counter()
-    maps = extractor.transform(paths)
-    synchronize()
-    extract_s = time.perf_counter() - t0
-    grids = {}
+
+
+def extract_database(args, report) -> dict:
+    """The subset's database maps (CPU decoding), the fitted 512-D preset + ITQ, and the queries."""
+    from selconv import make_paper_pipeline
+    from selconv.datasets.oxford5k_subset import load_oxford5k_subset
+
+    dataset = load_oxford5k_subset(args.data / "oxford5k-subset", "loo-landmark", training_root=None)
+    paths = [str(p) for p in dataset.database][: args.max_images]
+    index = {p: i for i, p in enumerate(paths)}
+    queries = [  # with --max-images: the queries and ground truth within the images kept
+        (index[str(q)], {key: np.asarray(v)[np.asarray(v) < len(paths)] for key, v in gt.items()})
+        for q, gt in zip(dataset.queries, dataset.ground_truth)
+        if str(q) in index
+    ]
+    queries = [(i, gt) for i, gt in queries if len(gt["positives"])]
+    extractor = make_extractor(args)
+    extractor.transform(paths[:32])  # warm-up
+    maps, seconds = timed(lambda: extractor.transform(paths))
+    train = maps + augmented(maps, 700 - len(maps))  # RN needs more images than its 640 dimensions (dry runs)
+    pipeline = make_paper_pipeline(512, n_bits=args.n_bits).set_params(encode__device=args.device)
+    _, fit_s = timed(lambda: pipeline.fit(train))
+    grids: dict = {}
     for m in maps:
         grids[m.features.shape] = grids.get(m.features.shape, 0) + 1
-    print(f"{len(maps)} maps in {extract_s:.1f} s; grids {grids}", flush=True)
     shape = max(grids, key=grids.get)
+    report.add(
+        "setup",
+        {"n_images": len(paths), "extract_s": seconds, "fit_s": fit_s, "n_queries": len(queries)},
+        [
+            "",
+            "## Set-up",
+            "",
+            f"{len(paths)} database JPEGs of the Oxford5k subset -> VGG16 pool5 ({args.max_size} px, bfloat16 network, "
+            f"float32 maps, CPU decoding): {seconds:.1f} s ({len(paths) / seconds:.0f} images/s, start-up included). "
+            f"Weights: {extractor.weights_source_}. The 512-D preset + {args.n_bits}-bit ITQ fitted on these "
+            f"{len(train)} maps (encode on {args.device}): {fit_s:.1f} s. Most common grid {shape[2]} x {shape[1]} "
+            f"({grids[shape]} maps). mAP protocol `loo-landmark`: {len(queries)} full-image queries from the database.",
+        ],
+    )
+    return {"paths": paths, "maps": maps, "pipeline": pipeline, "queries": queries, "shape": shape}
+
+
+def augmented(maps, n):
+    """``n`` (or no) extra training maps for a dry run: the maps cycled, rescaled per cell at random and mirrored."""
+    from selconv import ConvMap
+
+    rng = np.random.default_rng(0)
+    out = []
+    for i in range(max(n, 0)):
+        features = maps[i % len(maps)].features
+        features = features * rng.uniform(0.5, 1.5, features.shape[1:]).astype(np.float32)
+        out.append(ConvMap(np.ascontiguousarray(features[:, :, ::-1]), maps[i % len(maps)].image_size))
+    return out
+
+
+def mean_ap(descriptors, queries) -> float:
+    from selconv.metrics import evaluate
+
+    rows = [i for i, _ in queries]
+    if not rows:
+        return float("nan")
+    return 100 * evaluate(descriptors[rows], descriptors, [gt for _, gt in queries]).map
+
+
+def relative_errors(ours, exact) -> dict:
+    """Max over images (and median) of max|a - b| / max|b| and of ||a - b|| / ||b||."""
+    difference = np.abs(ours.astype(np.float64) - exact)
+    by_coordinate = difference.max(axis=1) / np.abs(exact).max(axis=1)
+    by_norm = np.linalg.norm(difference, axis=1) / np.linalg.norm(exact, axis=1)
     return {
-        "paths": paths,
-        "extractor": extractor,
-        "maps": maps,
-        "extract_s": extract_s,
-        "grids": grids,
-        "shape": shape,
+        "max_coordinate": float(by_coordinate.max()),
+        "max_coordinate_median": float(np.median(by_coordinate)),
+        "l2": float(by_norm.max()),
+        "l2_median": float(np.median(by_norm)),
     }
 
 
-def fit_on_devices(args, maps) -> dict:
-    """{device: (fitted pipeline, seconds per step, local features)} of the 512-D preset + ITQ on the GPU and CPU."""
-    from selconv import make_paper_pipeline
-
-    train = [maps[i % len(maps)] for i in range(args.n_fit)]
-    fits = {}
-    for device in [args.device] + ([] if args.skip_cpu_fit else ["cpu"]):
-        pipeline = make_paper_pipeline(512, n_bits=args.n_bits).set_params(
-            encode__device=device, encode__working_memory=64 if device == "cpu" else 2048
-        )
-        times = {}
-        data = train
-        n_local = None
-        for name, step in pipeline.steps:
-            synchronize()
-            t0 = time.perf_counter()
-            if name == "itq":
-                step.fit(data)
-            else:
-                data = step.fit_transform(data)
-            synchronize()
-            times[name] = time.perf_counter() - t0
-            if name == "mask":
-                n_local = sum(len(s) for s in data)
-        fits[device] = (pipeline, times, n_local)
-        print(f"fit on {device}: {times}", flush=True)
-    return fits
+# --------------------------------------------------------------------------- 1. agreement, float64
 
 
-def compare_torch_with_numpy(args, pipeline, maps) -> dict:
-    """The torch encoders (codes, 512-D) and their agreement with the numpy pipeline on the real maps."""
+def float64_encoder(encoder):
+    """The same fitted model evaluated in float64 throughout (the reference of both float32 paths)."""
+    import copy
+
+    exact = copy.copy(encoder)
+    exact.pca = tuple(t.double() for t in encoder.pca)
+    exact.temb = tuple(t.double() for t in encoder.temb)
+    exact.rotation = (encoder.rotation[0].double(), encoder.rotation[1].double(), encoder.rotation[2])
+    return exact
+
+
+def exact_descriptors(encoder, maps) -> np.ndarray:
     import torch
 
-    from selconv import MaxMask
-    from selconv.torch_encoder import TorchEncoder, max_mask
+    exact = float64_encoder(encoder)
+    out = []
+    with torch.no_grad():
+        for m in maps:
+            out.append(exact._encode(torch.as_tensor(m.features[None]).to(encoder.device, torch.float64)).cpu().numpy())
+    return np.concatenate(out)
 
-    reference = pipeline.set_params(encode__device="cpu")[:-1].transform(maps)
-    codes_reference = pipeline.transform(maps)
-    encoder = TorchEncoder(pipeline, device=args.device)
-    real_encoder = TorchEncoder(pipeline[:-1], device=args.device)
-    ours = real_encoder.transform(maps)
-    codes = encoder.transform(maps)
-    relative = np.abs(ours - reference).max(axis=1) / np.abs(reference).max(axis=1)
-    mask_equal = all(
-        np.array_equal(
-            max_mask(torch.as_tensor(m.features[None]).to(args.torch_device)).cpu().numpy()[0],
-            MaxMask().get_selected_locations([m.features])[0].ravel(),
-        )
-        for m in maps
-    )
-    return {
-        "encoder": encoder,
-        "real_encoder": real_encoder,
-        "relative": relative,
-        "bit_mismatch": np.unpackbits(codes ^ codes_reference).mean(),
-        "mask_equal": mask_equal,
+
+def agreement(args, data, report) -> dict:
+    from selconv.torch_encoder import TorchEncoder
+
+    maps, pipeline, queries = data["maps"], data["pipeline"], data["queries"]
+    real = pipeline[:-1]
+    numpy_out = real.set_params(encode__device="cpu").transform(maps)
+    real.set_params(encode__device=args.device)
+    encoders = {
+        dtype: TorchEncoder(real, device=args.device, projection_dtype=dtype) for dtype in ("float32", "float64")
     }
+    exact = exact_descriptors(encoders["float32"], maps)
+    outputs = {"numpy": numpy_out, **{f"torch {d}": e.transform(maps) for d, e in encoders.items()}}
+    results = {name: relative_errors(out, exact) for name, out in outputs.items()}
+    results["torch float32 vs numpy"] = relative_errors(outputs["torch float32"], numpy_out.astype(np.float64))
+    results["torch float64 vs numpy"] = relative_errors(outputs["torch float64"], numpy_out.astype(np.float64))
+    maps_ap = {name: mean_ap(out, queries) for name, out in [*outputs.items(), ("float64", exact)]}
+    codes = {d: TorchEncoder(pipeline, device=args.device, projection_dtype=d).transform(maps) for d in encoders}
+    codes_numpy = pipeline.set_params(encode__device="cpu").transform(maps)
+    pipeline.set_params(encode__device=args.device)
+    bits = {d: float(np.unpackbits(c ^ codes_numpy).mean()) for d, c in codes.items()}
+    lines = [
+        "",
+        "## 1. Descriptors: numpy and torch against a float64 evaluation of the same fitted model",
+        "",
+        f"{len(maps)} maps, 512-D (MAX). Per descriptor: max|a - b| / max|b| and ||a - b|| / ||b||; max over images "
+        "(median). The float64 reference runs the torch kernels in float64 on the fitted parameters.",
+        "",
+        "| path | max-coordinate rel. | l2 rel. | mAP (loo-landmark) |",
+        "|---|---|---|---|",
+    ]
+    for name, r in results.items():
+        ap = maps_ap.get(name)
+        lines.append(
+            f"| {name} | {r['max_coordinate']:.2e} ({r['max_coordinate_median']:.1e}) | {r['l2']:.2e} "
+            f"({r['l2_median']:.1e}) | {'' if ap is None else f'{ap:.2f}'} |"
+        )
+    lines += [
+        f"| float64 reference | 0 | 0 | {maps_ap['float64']:.2f} |",
+        "",
+        f"{args.n_bits}-bit ITQ codes, fraction of bits differing from numpy's: "
+        + ", ".join(f"torch {d} {b:.2e}" for d, b in bits.items()),
+    ]
+    report.add("agreement", {"errors": results, "mAP": maps_ap, "bits": bits}, lines)
+    return {"real": encoders, "codes": TorchEncoder(pipeline, device=args.device)}
 
 
-def encoding_throughput(args, data, encoder, real_encoder) -> dict:
-    """Images/s and TFLOP/s of both encoders on batches of same-grid maps already on the device."""
+# ---------------------------------------------------------------------------- 2. GPU JPEG decoding
+
+
+def decoding_parity(args, data, encoders, report) -> None:
+    from selconv.extraction._device_decode import decode_resize, read_plain_jpeg
+
+    try:  # the extractor falls back to the CPU silently: say here whether the device decoder works at all
+        raw, size = read_plain_jpeg(data["paths"][0], "probe")
+        decode_resize([raw], [size], args.torch_device)
+        decoder = "works"
+    except Exception as error:
+        decoder = f"FAILED ({type(error).__name__}: {error}); every file took the CPU path"
+    print(f"device JPEG decoder: {decoder}", flush=True)
+    extractor = make_extractor(args, decode="device")
+    extractor.transform(data["paths"][:32])
+    maps, seconds = timed(lambda: extractor.transform(data["paths"]))
+    cpu_maps = data["maps"]
+    relative = np.array(
+        [np.abs(a.features - b.features).max() / np.abs(b.features).max() for a, b in zip(maps, cpu_maps)]
+    )
+    same_size = all(a.image_size == b.image_size for a, b in zip(maps, cpu_maps))
+    encoder = encoders["real"]["float32"]
+    ap_cpu = mean_ap(encoder.transform(cpu_maps), data["queries"])
+    ap_gpu = mean_ap(encoder.transform(maps), data["queries"])
+    report.add(
+        "decoding",
+        {
+            "decoder": decoder,
+            "relative": relative.tolist(),
+            "mAP_cpu": ap_cpu,
+            "mAP_device": ap_gpu,
+            "extract_s": seconds,
+        },
+        [
+            "",
+            '## 2. JPEG decoding on the GPU (`decode="device"`, nvJPEG + torch bicubic antialiased resize) vs CPU',
+            "",
+            f"- torchvision's decode_jpeg on {args.torch_device}: {decoder}",
+            f"- resized sizes identical: **{same_size}**; pool5 maps, max|gpu - cpu| / max|cpu| per image: max "
+            f"**{relative.max():.2e}**, median {np.median(relative):.2e}",
+            f"- mAP (torch float32 encoder, loo-landmark): CPU-decoded {ap_cpu:.2f}, GPU-decoded **{ap_gpu:.2f}** "
+            f"(difference {ap_gpu - ap_cpu:+.2f})",
+            f"- {len(maps)} JPEGs -> maps through the extractor with GPU decoding: {len(maps) / seconds:.0f} images/s",
+        ],
+    )
+
+
+# ---------------------------------------------------------------------------- 3. encoding throughput
+
+
+def encoding_throughput(args, data, encoders, report) -> None:
     import torch
 
     from selconv import MaxMask
@@ -214,145 +375,167 @@ def encoding_throughput(args, data, encoder, real_encoder) -> dict:
     same_grid = [m.features for m in data["maps"] if m.features.shape == shape]
     counts_grid = np.array([len(s) for s in MaxMask().fit_transform(same_grid)])
     rows = []
-    for batch_size in args.batch_sizes:
-        stacked = np.stack([same_grid[i % len(same_grid)] for i in range(batch_size)])
-        batch = torch.as_tensor(stacked).to(args.torch_device)
+    for batch_size in args.encode_batches:
+        batch = torch.as_tensor(np.stack([same_grid[i % len(same_grid)] for i in range(batch_size)]))
+        batch = batch.to(args.torch_device)
         counts = counts_grid[np.arange(batch_size) % len(same_grid)]
-        for name, enc, n_bits in (
-            ("512-D float32", real_encoder, None),
-            (f"{args.n_bits}-bit ITQ codes", encoder, args.n_bits),
+        for name, encoder, n_bits in (
+            ("512-D, projection float32", encoders["real"]["float32"], None),
+            ("512-D, projection float64", encoders["real"]["float64"], None),
+            (f"{args.n_bits}-bit codes, projection float32", encoders["codes"], args.n_bits),
         ):
-            enc.transform(batch)  # warm-up
-            seconds = best_of(lambda enc=enc, batch=batch: enc.transform(batch), args.repeats)
+            encoder.transform(batch)
+            seconds = best_of(lambda e=encoder, b=batch: e.transform(b), args.repeats)
             flops = encode_flops(counts, shape[0], 32, 20, n_bits)
-            rows.append((batch_size, name, batch_size / seconds, flops / seconds / 1e12, flops / batch_size))
+            rows.append([batch_size, name, batch_size / seconds, flops / seconds / 1e12])
             print(rows[-1], flush=True)
         del batch
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-    return {"rows": rows, "n_same_grid": len(same_grid), "mean_count": counts_grid.mean()}
+    lines = [
+        "",
+        "## 3. Post-CNN encoding throughput, MAX mask, pool5 maps already on the GPU",
+        "",
+        f"Batches of the {len(same_grid)} maps of the {shape[2]} x {shape[1]} grid, cycled ({counts_grid.mean():.0f} "
+        f"local features per image on average); best of {args.repeats}; TF32 off. FLOPs as in `encode_flops`.",
+        "",
+        "| batch | output | images/s | TFLOP/s |",
+        "|---|---|---|---|",
+    ] + [f"| {b} | {name} | **{rate:,.0f}** | {tflops:.1f} |" for b, name, rate, tflops in rows]
+    report.add("encoding", rows, lines)
 
 
-def jpeg_to_codes(args, data, encoder) -> dict:
-    """JPEG files -> codes end to end, and the network alone on batches of already-decoded images."""
+# ------------------------------------------------------------------------------- 4. network alone
+
+
+def network_alone(args, data, report) -> None:
     import torch
 
-    extractor, paths, shape = data["extractor"], data["paths"], data["shape"]
-    extractor.transform(paths[:16])
-    synchronize()
-    t0 = time.perf_counter()
-    end_codes = encoder.transform(extractor.transform(paths))
-    synchronize()
-    end_to_end_s = time.perf_counter() - t0
-    assert end_codes.shape == (len(paths), args.n_bits // 8)
-    # Network alone: the model on batches of 16 already-decoded 768 x 1024 images.
+    extractor = make_extractor(args)
     model = extractor._get_model()
-    x = torch.randint(0, 255, (16, 3, shape[1] * 32, shape[2] * 32), dtype=torch.uint8, device=args.torch_device)
-    dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(args.precision, torch.float32)
-
-    def network():
-        with torch.no_grad():
-            model(x.to(dtype).contiguous(memory_format=torch.channels_last))
-
-    network()
-    return {"seconds": end_to_end_s, "network_rate": 16 / best_of(network, args.repeats)}
-
-
-def report(args, data, agreement, throughput, end_to_end, measured) -> str:
-    """The markdown results: set-up, then one section per measurement."""
-    maps, grids = data["maps"], data["grids"]
-    grid_counts = ", ".join(f"{s[2]}x{s[1]}: {n}" for s, n in sorted(grids.items(), key=lambda kv: -kv[1]))
-    lines = [
-        "# The post-CNN stages on the GPU: torch vs numpy, throughput, fit, JPEG -> codes",
-        "",
-        f"Generated by `benchmarks/bench_gpu_pipeline.py` in {measured['minutes']:.1f} min. Machine: "
-        f"{measured['info']}. Command (repository root):",
-        "",
-        "```",
-        "python " + " ".join(shlex.quote(a) for a in [Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
-        "```",
-        "",
-        f"Input: VGG16 pool5 maps at 1024 px ({args.precision} network, float32 maps) of {len(maps)} Oxford-subset "
-        f"JPEGs; grids {grid_counts}. Weights: {data['extractor'].weights_source_}.",
-    ]
-    if args.note:
-        lines += ["", f"Note: {args.note}"]
-    lines += _agreement_lines(args, maps, agreement)
-    lines += _throughput_lines(args, data["shape"], throughput)
-    lines += _fit_lines(args, maps, measured["fits"])
-    lines += _end_to_end_lines(args, data, end_to_end)
-    return "\n".join(lines)
-
-
-def _agreement_lines(args, maps, agreement) -> list[str]:
-    relative = agreement["relative"]
-    return [
-        "",
-        "## 1. torch (GPU) vs numpy on these real maps",
-        "",
-        f"- MAX-mask cells identical on all {len(maps)} maps: **{agreement['mask_equal']}**",
-        f"- 512-D descriptors (MAX, fitted as in section 3): max over images of max|torch - numpy| / max|numpy| ="
-        f" **{relative.max():.2e}** (median {np.median(relative):.2e})",
-        f"- {args.n_bits}-bit ITQ codes: {agreement['bit_mismatch']:.2e} of the bits differ (coordinates within "
-        "float32 rounding of 0)",
-    ]
-
-
-def _throughput_lines(args, shape, throughput) -> list[str]:
+    shape = data["shape"]
+    height, width = shape[1] * 32, shape[2] * 32
+    rows = []
+    for precision in args.precisions:
+        dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16}[precision]
+        net = model.to(dtype)
+        for batch_size in args.network_batches:
+            x = torch.rand(batch_size, 3, height, width, device=args.torch_device).to(dtype)
+            for layout in ("channels_last", "contiguous"):
+                for autotune in (False, True):
+                    y = x.contiguous(memory_format=torch.channels_last) if layout == "channels_last" else x
+                    with torch.inference_mode(), torch.backends.cudnn.flags(enabled=True, benchmark=autotune):
+                        net(y)
+                        seconds = best_of(lambda n=net, y=y: n(y), args.repeats)
+                    rows.append([precision, batch_size, layout, autotune, "eager", batch_size / seconds])
+                    print(rows[-1], flush=True)
+            if args.compile and batch_size == args.batch_size:  # one compilation per precision
+                rows.append(
+                    [precision, batch_size, "channels_last", False, "torch.compile", compiled_rate(args, net, x)]
+                )
+                print(rows[-1], flush=True)
+            del x
     lines = [
         "",
-        "## 2. Post-CNN encoding throughput, MAX mask, 512-D, pool5 maps already on the GPU",
+        f"## 4. The network alone: VGG16 to pool5 on {width} x {height} inputs already on the GPU",
         "",
-        f"Batches of the {throughput['n_same_grid']} maps of the {shape[2]} x {shape[1]} grid, cycled; MAX keeps "
-        f"{throughput['mean_count']:.0f} local features per image on average. Best of {args.repeats}. FLOPs counted "
-        "as in `encode_flops` (local PCA, Temb residuals and projection, democratic Gram and Sinkhorn, RN, ITQ), "
-        "strict float32 (TF32 off), so the reference is the H200's float32 rate (about 60 TFLOP/s without tensor "
-        "cores).",
-        "",
-        "| batch | output | images/s | TFLOP/s | GFLOP per image |",
-        "|---|---|---|---|---|",
-    ]
-    for batch_size, name, rate, tflops, per_image in throughput["rows"]:
-        lines.append(f"| {batch_size} | {name} | **{rate:,.0f}** | {tflops:.1f} | {per_image / 1e9:.3f} |")
-    return lines
+        "| precision | batch | layout | cudnn.benchmark | mode | images/s |",
+        "|---|---|---|---|---|---|",
+    ] + [f"| {p} | {b} | {lay} | {a} | {m} | **{r:.0f}** |" for p, b, lay, a, m, r in rows]
+    report.add("network", rows, lines)
 
 
-def _fit_lines(args, maps, fits) -> list[str]:
-    names = [name for name, _ in fits[args.device][0].steps]
+def compiled_rate(args, net, x) -> float:
+    """Images/s of ``torch.compile(net)`` (default mode), or NaN (with the error printed) where it fails."""
+    import torch
+
+    try:
+        compiled = torch.compile(net)
+        y = x.contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode():
+            compiled(y)
+            return len(x) / best_of(lambda: compiled(y), args.repeats)
+    except Exception as error:  # a compiler missing or failing must not lose the other sections
+        print(f"torch.compile failed: {type(error).__name__}: {error}", flush=True)
+        return float("nan")
+
+
+# ------------------------------------------------------------------------------------ 5. end to end
+
+
+def cycled(paths, n):
+    return [paths[i % len(paths)] for i in range(n)]
+
+
+def gpu_resident_codes(args, extractor, encoder, paths, batch_size) -> int:
+    """JPEG bytes read on CPU threads -> nvJPEG batches -> resize -> VGG16 -> TorchEncoder, all on the device."""
+    import torch
+
+    from selconv.extraction._device_decode import decode_resize, read_plain_jpeg
+    from selconv.extraction.images import load_image, target_size
+
+    model = extractor._get_model()
+    dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16}[extractor.precision]
+    device = torch.device(args.torch_device)
+    shift = torch.tensor([255.0 * m for m in extractor._mean], device=device).view(1, 3, 1, 1)
+    scale = torch.tensor([1.0 / (255.0 * s) for s in extractor._std], device=device).view(1, 3, 1, 1)
+    n_codes = 0
+
+    def run(images):
+        x = torch.stack(images).permute(0, 3, 1, 2).float()
+        x = ((x - shift) * scale).to(dtype).contiguous(memory_format=torch.channels_last)
+        return encoder.transform(model(x).float()).shape[0]
+
+    with ThreadPoolExecutor(16) as pool, torch.inference_mode():
+        buckets: dict = {}
+        for start in range(0, len(paths), batch_size):
+            chunk = paths[start : start + batch_size]
+            read = list(pool.map(lambda p: read_plain_jpeg(p, p), chunk))
+            plain = [r for r in read if r is not None]
+            sizes = [target_size(w, h, args.max_size, True)[1] for _, (w, h) in plain]
+            images = decode_resize([raw for raw, _ in plain], sizes, device) if plain else []
+            for path in (p for p, r in zip(chunk, read) if r is None):  # the CPU path's decoding
+                pixels = load_image(path, 0, max_size=args.max_size, upscale=True, keypoints=None).pixels
+                images.append(torch.as_tensor(pixels, device=device))
+            for image in images:
+                bucket = buckets.setdefault(tuple(image.shape), [])
+                bucket.append(image)
+                if len(bucket) == batch_size:
+                    n_codes += run(buckets.pop(tuple(image.shape)))
+        for bucket in buckets.values():
+            n_codes += run(bucket)
+    return n_codes
+
+
+def end_to_end(args, data, encoders, report) -> None:
+    paths = cycled(data["paths"], args.n_images)
+    encoder = encoders["codes"]
+    rows = []
+    for precision in args.precisions:
+        for decode in ("cpu", "device"):
+            extractor = make_extractor(args, decode=decode, precision=precision)
+            extractor.transform(paths[:64])
+            codes, seconds = timed(lambda e=extractor: encoder.transform(e.transform(paths)))
+            assert codes.shape == (len(paths), args.n_bits // 8)
+            rows.append([precision, f"extractor decode={decode!r}, maps via host", len(paths) / seconds])
+            print(rows[-1], flush=True)
+        gpu_resident_codes(args, extractor, encoder, paths[:64], args.batch_size)
+        n_codes, seconds = timed(lambda e=extractor: gpu_resident_codes(args, e, encoder, paths, args.batch_size))
+        assert n_codes == len(paths)
+        rows.append([precision, "GPU-resident: nvJPEG batches -> resize -> VGG16 -> TorchEncoder", n_codes / seconds])
+        print(rows[-1], flush=True)
+        report.results["end_to_end"] = rows
+        report.write()
     lines = [
         "",
-        f"## 3. Fit of the 512-D preset + {args.n_bits}-bit ITQ on {args.n_fit:,} images (s)",
+        f"## 5. JPEG files -> {args.n_bits}-bit codes end to end",
         "",
-        f"The {len(maps)} maps cycled to {args.n_fit:,} training images. Each step's `fit_transform` as "
-        "`Pipeline.fit` runs it. `encode` on cuda: k-means (scikit-learn, 100,000-feature sample) on the CPU, the "
-        "covariance pass of Temb and the embedding + democratic pooling of all training images on the GPU.",
+        f"The {len(data['paths'])} JPEGs cycled to {len(paths):,} files (after a 64-file warm-up); batch "
+        f"{args.batch_size}; {os.cpu_count()} CPU threads; channels_last; TorchEncoder (projection float32) for the "
+        "codes. Target (issue 10): >= 800 images/s.",
         "",
-        "| encode device | local features | " + " | ".join(names) + " | total | total after the mask |",
-        "|---" * (len(names) + 4) + "|",
-    ]
-    for device, (_, times, n_local) in fits.items():
-        lines.append(
-            f"| {device} | {n_local:,} | "
-            + " | ".join(f"{times[n]:.2f}" for n in names)
-            + f" | **{sum(times.values()):.1f}** | **{sum(times.values()) - times['mask']:.1f}** |"
-        )
-    return lines
-
-
-def _end_to_end_lines(args, data, end_to_end) -> list[str]:
-    n_paths, shape, seconds = len(data["paths"]), data["shape"], end_to_end["seconds"]
-    return [
-        "",
-        "## 4. JPEG files -> codes end to end",
-        "",
-        f"- {n_paths} JPEGs -> {args.n_bits}-bit codes (extractor: decoding and resizing on {os.cpu_count()} CPU "
-        f"threads, VGG16 {args.precision}, batch 16; then `TorchEncoder`): {seconds:.2f} s = "
-        f"**{n_paths / seconds:.0f} images/s**",
-        f"- network alone ({args.precision}, batch 16, {shape[2] * 32} x {shape[1] * 32}, channels_last): "
-        f"**{end_to_end['network_rate']:.0f} images/s**",
-        f"- JPEG -> pool5 maps alone (first pass above): {len(data['maps']) / data['extract_s']:.0f} images/s",
-        "",
-    ]
+        "| precision | path | images/s |",
+        "|---|---|---|",
+    ] + [f"| {p} | {path} | **{rate:.0f}** |" for p, path, rate in rows]
+    report.add("end_to_end", rows, lines)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import warnings
 
 import numpy as np
@@ -115,3 +116,76 @@ def test_torch_encoder_equals_the_pipeline(mask, n_bits):
 def test_torch_encoder_rejects_unsupported_pipelines():
     with pytest.raises(ValueError, match="needs a paper pipeline"):
         TorchEncoder(make_paper_pipeline(512)[:2], device="torch")
+
+
+def exact_descriptors(encoder, maps):
+    """The encoder's fitted model computed in float64 throughout (the reference both float32 paths approximate)."""
+    exact = copy.copy(encoder)
+    exact.pca = tuple(t.double() for t in encoder.pca)
+    exact.temb = tuple(t.double() for t in encoder.temb)
+    exact.rotation = (encoder.rotation[0].double(), encoder.rotation[1].double(), encoder.rotation[2])
+    with torch.no_grad():
+        return np.concatenate([exact._encode(torch.as_tensor(m[None]).double()).numpy() for m in maps])
+
+
+def relative_errors(ours, exact):
+    """(max over images of max|a - b| / max|b|, max over images of ||a - b|| / ||b||)."""
+    difference = np.abs(ours - exact)
+    by_coordinate = difference.max(axis=1) / np.abs(exact).max(axis=1)
+    by_norm = np.linalg.norm(difference, axis=1) / np.linalg.norm(exact, axis=1)
+    return by_coordinate.max(), by_norm.max()
+
+
+def agreement_with_float64(train, test, bounds, small=True):
+    """Fit the 512-D preset (``small``: shrunk); numpy and torch (both dtypes) against float64 on ``test``."""
+    pipeline = make_paper_pipeline(512)
+    if small:
+        pipeline.set_params(
+            pca__n_components=8, encode__embedding__n_clusters=6, encode__embedding__n_clamped=4, rotate__n_dropped=4
+        )
+    quiet(pipeline.fit, train)
+    exact = exact_descriptors(TorchEncoder(pipeline, device="torch"), test)
+    errors = {"numpy": relative_errors(pipeline.transform(test), exact)}
+    for dtype in ("float32", "float64"):
+        errors[dtype] = relative_errors(
+            TorchEncoder(pipeline, device="torch", projection_dtype=dtype).transform(test), exact
+        )
+    for path, (by_coordinate, by_norm) in bounds.items():
+        assert errors[path][0] <= by_coordinate and errors[path][1] <= by_norm, (path, errors)
+    assert errors["float64"][1] < errors["float32"][1], errors  # float64 projection: nearer the exact result
+    return errors
+
+
+def test_float64_projection_is_nearer_the_exact_result():
+    train = list(pool5_like_maps(60, 6, 8, random_state=2))
+    test = list(pool5_like_maps(12, 6, 8, random_state=3))
+    agreement_with_float64(train, test, {"numpy": (2e-5, 5e-6), "float32": (2e-5, 5e-6), "float64": (1e-5, 2e-6)})
+
+
+def test_projection_dtype_is_checked():
+    with pytest.raises(ValueError, match="projection_dtype must be"):
+        TorchEncoder(make_paper_pipeline(512), device="torch", projection_dtype="float16")
+
+
+@pytest.mark.slow
+def test_float64_projection_on_real_vgg16_maps():
+    """Real pool5 maps (VGG16, 256 px, Oxford subset): the float32 paths' error and the float64 projection's gain."""
+    from pathlib import Path
+
+    from selconv import ConvFeatureExtractor
+
+    folder = Path(__file__).resolve().parents[2] / "shared" / "data" / "oxford5k-subset" / "jpg"
+    paths = sorted(str(p) for p in folder.glob("*.jpg"))[::40][:24]
+    if len(paths) < 24:
+        pytest.skip("the Oxford subset is not here")
+    extractor = ConvFeatureExtractor("vgg16", max_size=256, device="cpu", progress=False).fit()
+    maps = [m.features for m in extractor.transform(paths)]
+    rng = np.random.default_rng(0)  # training maps: the real ones, rescaled per cell and flipped
+    train = [
+        np.ascontiguousarray((m * rng.uniform(0.5, 1.5, m.shape[1:]).astype(np.float32))[:, :, :: rng.choice([1, -1])])
+        for m in maps * 30
+    ]
+    # Measured: numpy 1.2e-3 / 1.7e-4, torch float32 2.1e-3 / 2.7e-4, torch float64 6.6e-4 / 9.0e-5 (max-coordinate /
+    # l2): the float32 floor of the numpy reference itself is above the issue's 1e-4 (max-coordinate).
+    bounds = {"numpy": (3e-3, 4e-4), "float32": (4e-3, 5e-4), "float64": (1.2e-3, 1.5e-4)}
+    agreement_with_float64(train, maps, bounds, small=False)

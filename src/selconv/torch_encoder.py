@@ -115,13 +115,18 @@ def triangulate(rows, centers):
 
 
 def triangulation_embed(rows, centers, mean, projection_t, chunk_rows: int = 1 << 16):
-    """TriangulationEmbedding.transform on packed rows: l2((phi(x) - mean) @ P^T), in chunks of rows."""
+    """TriangulationEmbedding.transform on packed rows: l2((phi(x) - mean) @ P^T), in chunks of rows.
+
+    The product runs in ``projection_t``'s dtype: float64 there (float32 values, float64 arithmetic) takes
+    the float32 rounding of the sum out of the result, the stage that dominates the float32 path's error
+    (the whitening projection's entries reach ~100 and its terms cancel).
+    """
     import torch
 
     out = torch.empty(rows.shape[0], projection_t.shape[1], dtype=rows.dtype, device=rows.device)
     for start in range(0, rows.shape[0], chunk_rows):
         block = triangulate(rows[start : start + chunk_rows], centers) - mean
-        out[start : start + chunk_rows] = l2_normalize(block @ projection_t)
+        out[start : start + chunk_rows] = l2_normalize(block.to(projection_t.dtype) @ projection_t)
     return out
 
 
@@ -223,7 +228,9 @@ class TorchEncoder:
     Built from a fitted :func:`~selconv.pipelines.make_paper_pipeline` (mask "max", "sum" or "none";
     ``pca``, ``encode`` with a TriangulationEmbedding and a DemocraticAggregator, ``rotate``,
     ``power`` and optionally ``itq``); the fitted arrays are copied to the device once. Gives the
-    pipeline's numbers (float32; descriptors within about 1e-5 relative, masks identical).
+    pipeline's numbers to float32 rounding (masks identical; descriptors within about 1e-5 relative on
+    well-conditioned data, about 2e-3 max-coordinate on real VGG16 maps, where the numpy path is itself that far
+    from the exact result: docs/extraction.md, "Agreement of the torch post-CNN path with numpy").
 
     Parameters
     ----------
@@ -232,6 +239,11 @@ class TorchEncoder:
     device : str, default="cuda"
         "cuda", "cuda:<index>" or "torch" (torch on the CPU). Without CUDA, "cuda" falls back to the
         CPU with a warning.
+    projection_dtype : {"float32", "float64"}, default="float32"
+        Arithmetic of the Temb whitening projection, the one ill-conditioned product of the chain.
+        "float32" computes as the numpy pipeline does; "float64" (float32 values multiplied and summed in
+        float64) brings the descriptors about twice nearer the exact (float64) result of the same fitted
+        model, at the cost of a float64 GEMM (``docs/extraction.md``, "Agreement with numpy").
 
     Examples
     --------
@@ -239,7 +251,7 @@ class TorchEncoder:
     >>> descriptors = encoder.transform(maps_on_gpu)  # (B, K, H, W) tensor -> (B, D) tensor  # doctest: +SKIP
     """
 
-    def __init__(self, pipeline, *, device: str = "cuda"):
+    def __init__(self, pipeline, *, device: str = "cuda", projection_dtype: str = "float32"):
         import torch
         from sklearn.utils.validation import check_is_fitted
 
@@ -248,6 +260,8 @@ class TorchEncoder:
         from selconv.masks import MaxMask, NoMask, SumMask
 
         check_device(device)
+        if projection_dtype not in ("float32", "float64"):
+            raise ValueError(f"projection_dtype must be 'float32' or 'float64'; got {projection_dtype!r}.")
         steps = dict(pipeline.steps)
         missing = [name for name in ("mask", "pca", "encode", "rotate", "power") if name not in steps]
         if missing:
@@ -272,7 +286,8 @@ class TorchEncoder:
 
         pca, rn = steps["pca"], steps["rotate"]
         self.pca = (tensor(pca.mean_), tensor(pca._projection()))
-        self.temb = embedding_tensors(encode.embedding_, self.device)
+        centers, mean, projection_t = embedding_tensors(encode.embedding_, self.device)
+        self.temb = (centers, mean, projection_t.to(getattr(torch, projection_dtype)))
         self.n_iter, self.gamma = encode.aggregator_.n_iter, encode.aggregator_.gamma
         self.rotation = (tensor(rn.mean_), tensor(rn._projection["float32"]), rn.normalize_input)
         self.alpha = steps["power"].alpha

@@ -69,7 +69,9 @@ class BatchRunner:
 
     def _forward(self, images):
         torch = self.torch
-        if self.cuda:
+        if any(isinstance(image, torch.Tensor) for image in images):  # decode="device" (CPU fallbacks mixed in)
+            x = torch.stack([torch.as_tensor(image, device=self.device) for image in images])
+        elif self.cuda:
             # uint8 over the bus (4x less than float), from pinned memory so the copy is asynchronous;
             # the NHWC buffer viewed as NCHW is already channels_last, the layout fast GPU convs want.
             x = torch.empty((len(images), *images[0].shape), dtype=torch.uint8, pin_memory=True)

@@ -92,6 +92,8 @@ def output_signature(extractor, max_size) -> str:
             "keypoints": extractor.keypoints,
             "dtype": extractor.dtype,
             "precision": extractor.precision,
+            # Only when set, so that the entries of earlier (CPU-decoding) extractors keep their key.
+            **({"decode": "device"} if extractor.decode == "device" else {}),
         },
         sort_keys=True,
     )

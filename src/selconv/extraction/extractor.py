@@ -17,6 +17,7 @@ from selconv._compat import Interval, StrOptions, _fit_context
 from selconv._pickling import SelconvPickleMixin
 from selconv.extraction._batching import BatchRunner, OrderedExtraction, default_workers
 from selconv.extraction._cache import MapCache, output_signature
+from selconv.extraction._device_decode import load_on_device
 from selconv.extraction._network import output_channels, place, rebuild, resolve_device
 from selconv.extraction._results import Extraction, ExtractionStream, ImageSkippedWarning, listing
 from selconv.extraction._scales import assemble, scale_sizes
@@ -75,6 +76,13 @@ class ConvFeatureExtractor(SelconvPickleMixin, TransformerMixin, BaseEstimator):
         trade accuracy (relative error around 1e-3 / 1e-2) for speed on GPUs. Half precision on a CPU is slow.
     device : str, default="auto"
         ``"auto"`` (CUDA when available, else CPU), ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ...
+    decode : {"cpu", "device"}, default="cpu"
+        Where JPEG files are decoded and resized. ``"cpu"``: OpenCV / Pillow in the worker threads.
+        ``"device"``: torchvision's ``decode_jpeg`` on ``device`` (nvJPEG on a GPU) and a torch bicubic
+        antialiased resize, for single-scale extraction of RGB or grey JPEG files without EXIF rotation, box or
+        keypoints; every other input (and any file torchvision cannot decode) takes the CPU path. The pixels
+        differ from the CPU path's by the GPU decoder's IDCT and at most one grey level of resize rounding;
+        see docs/extraction.md.
     batch_size : int, default=8
         Images per forward pass. Only images of identical resized shape share a batch (see Notes).
     n_workers : int or None, default=None
@@ -143,6 +151,7 @@ class ConvFeatureExtractor(SelconvPickleMixin, TransformerMixin, BaseEstimator):
         "dtype": [StrOptions({"float32", "float16"})],
         "precision": [StrOptions({"float32", "tf32", "float16", "bfloat16"})],
         "device": [str],
+        "decode": [StrOptions({"cpu", "device"})],
         "batch_size": [Interval(Integral, 1, None, closed="left")],
         "n_workers": [Interval(Integral, 0, None, closed="left"), None],
         "on_error": [StrOptions({"raise", "skip"})],
@@ -164,6 +173,7 @@ class ConvFeatureExtractor(SelconvPickleMixin, TransformerMixin, BaseEstimator):
         dtype="float32",
         precision="float32",
         device="auto",
+        decode="cpu",
         batch_size=8,
         n_workers=None,
         on_error="raise",
@@ -181,6 +191,7 @@ class ConvFeatureExtractor(SelconvPickleMixin, TransformerMixin, BaseEstimator):
         self.dtype = dtype
         self.precision = precision
         self.device = device
+        self.decode = decode
         self.batch_size = batch_size
         self.n_workers = n_workers
         self.on_error = on_error
@@ -269,6 +280,10 @@ class ConvFeatureExtractor(SelconvPickleMixin, TransformerMixin, BaseEstimator):
                     if problem is not None:
                         problems.append(problem)
             missing = [scale for scale, part in enumerate(parts) if part is None]
+            if missing and self.decode == "device" and len(sizes) == 1 and self.keypoints is None:
+                loaded = load_on_device(item, sizes[0], self.upscale, self.device_)
+                if loaded is not None:
+                    return "parts", [(loaded, paths[0])], problems
             if missing:
                 loaded = load_item(
                     item, max_sizes=[sizes[s] for s in missing], upscale=self.upscale, keypoints=self.keypoints

@@ -1,0 +1,91 @@
+"""JPEG files decoded and resized on the extractor's device (``ConvFeatureExtractor(decode="device")``).
+
+torchvision's ``decode_jpeg`` runs nvJPEG on a CUDA device (libjpeg-turbo on the CPU), and the resize is
+``torch.nn.functional.interpolate`` (bicubic, antialiased: the Pillow filter the CPU path uses, in two
+passes rounded to uint8 as Pillow's). Only what the CPU path would send to OpenCV comes here: baseline or progressive
+JPEG files in RGB or grey with no EXIF rotation, without a box or keypoints; everything else (CMYK, EXIF
+orientation, other formats, files torchvision cannot decode) goes through the CPU path. The pixels differ from
+the CPU path's by the GPU decoder's IDCT and chroma upsampling and by at most one grey level of resize
+arithmetic (measured in benchmarks/results/gpu_pipeline.md).
+"""
+
+from __future__ import annotations
+
+import threading
+
+from PIL import Image
+
+from selconv.extraction.images import LoadedImage, _check_pixel_count, open_regular_file, target_size
+
+# nvJPEG's handle is shared by the process: one decode at a time (each call only queues GPU work).
+_LOCK = threading.Lock()
+
+
+def read_plain_jpeg(path: str, name: str):
+    """The bytes and (width, height) of a JPEG file the device path can decode, or None (CPU path)."""
+    handle, _ = open_regular_file(path, name)
+    with handle:
+        try:
+            with Image.open(handle) as header:  # the header only
+                plain = (
+                    header.format == "JPEG"
+                    and header.mode in ("RGB", "L")
+                    and header.getexif().get(0x0112, 1) in (0, 1)
+                )
+                size = header.size
+        except Exception:
+            return None
+        if not plain:
+            return None
+        _check_pixel_count(size, name)
+        handle.seek(0)
+        return handle.read(), size
+
+
+def decode_resize(raws: list, sizes: list, device) -> list:
+    """JPEG byte strings -> (H, W, 3) uint8 tensors on ``device``, each resized to its ``(width, height)``.
+
+    Raises RuntimeError (or ValueError) when torchvision cannot decode one of them.
+    """
+    import torch
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    data = [torch.frombuffer(bytearray(raw), dtype=torch.uint8) for raw in raws]
+    with _LOCK:
+        decoded = decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
+    out = []
+    for image, (width, height) in zip(decoded, sizes):
+        out.append(resize(image, width, height).permute(1, 2, 0))
+    return out
+
+
+def resize(image, width: int, height: int):
+    """(3, H, W) uint8 -> (3, height, width) uint8 as Pillow's bicubic resize: the horizontal pass, rounded to
+    uint8, then the vertical one (torch's antialiased filter is Pillow's; the rounding between passes is too)."""
+    import torch
+
+    for size in ((image.shape[1], width), (height, width)):
+        if tuple(image.shape[1:]) != size:
+            passed = torch.nn.functional.interpolate(
+                image[None].float(), size=size, mode="bicubic", align_corners=False, antialias=True
+            )
+            image = passed[0].round_().clamp_(0, 255).to(torch.uint8)
+    return image
+
+
+def load_on_device(item, max_size, upscale: bool, device) -> LoadedImage | None:
+    """One input decoded and resized on ``device`` (pixels an (H, W, 3) uint8 tensor), or None for the CPU path."""
+    if item.path is None or item.box is not None:
+        return None
+    plain = read_plain_jpeg(item.path, item.name)
+    if plain is None:
+        return None
+    raw, (width, height) = plain
+    start = raw.find(b"\xff\xda")
+    if start < 0 or raw.find(b"\xff\xd9", start) < 0:
+        return None  # truncated: the CPU path names the problem (as it does for OpenCV)
+    try:
+        (pixels,) = decode_resize([raw], [target_size(width, height, max_size, upscale)[1]], device)
+    except (RuntimeError, ValueError):
+        return None  # a JPEG torchvision cannot decode: the CPU path decodes it or names the problem
+    return LoadedImage(pixels=pixels, keypoints=None, source=item.path)

@@ -1,0 +1,90 @@
+"""decode="device": JPEG files decoded (torchvision) and resized (torch) on the extractor's device, CPU fallback."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from selconv.extraction import ConvFeatureExtractor
+from selconv.extraction._device_decode import decode_resize
+from selconv.extraction.images import load_image
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "oxford5k-subset" / "jpg"
+
+
+def photo(width=96, height=72, seed=0):
+    """A smooth image with texture (JPEG-friendly, not flat)."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width]
+    base = np.stack([x * 255 / width, y * 255 / height, 128 + 60 * np.sin(x / 5.0) * np.cos(y / 7.0)], axis=2)
+    return np.clip(base + rng.normal(0, 8, base.shape), 0, 255).astype(np.uint8)
+
+
+def tiny_net():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2))
+
+
+def extractor(decode, max_size=64):
+    return ConvFeatureExtractor(
+        tiny_net, weights=None, max_size=max_size, device="cpu", decode=decode, n_workers=2
+    ).fit()
+
+
+def test_decode_option_is_validated():
+    with pytest.raises(ValueError, match="decode"):
+        ConvFeatureExtractor(tiny_net, weights=None, decode="cuda").fit()
+
+
+@pytest.mark.parametrize("size", [(60, 45), (130, 98), (96, 72)])  # down, up, unchanged
+def test_device_resize_is_near_the_cpu_path(tmp_path, size):
+    """torchvision decode + torch bicubic antialiased resize vs OpenCV + Pillow: one grey level at most."""
+    path = tmp_path / "photo.jpg"
+    Image.fromarray(photo()).save(path, quality=92)
+    ours = decode_resize([path.read_bytes()], [size], torch.device("cpu"))[0].numpy()
+    expected = load_image(str(path), 0, max_size=max(size), upscale=True, keypoints=None).pixels
+    assert ours.shape == expected.shape == (size[1], size[0], 3)
+    difference = np.abs(ours.astype(int) - expected)
+    assert difference.max() <= 1 and difference.mean() < 0.01, (difference.max(), difference.mean())
+
+
+def test_fallback_inputs_give_the_cpu_path_maps(tmp_path):
+    """PNG, CMYK JPEG, EXIF-rotated JPEG, arrays and boxes take the CPU path: the same maps as decode="cpu"."""
+    pixels = photo()
+    png, cmyk, rotated = tmp_path / "a.png", tmp_path / "cmyk.jpg", tmp_path / "rotated.jpg"
+    Image.fromarray(pixels).save(png)
+    Image.fromarray(pixels).convert("CMYK").save(cmyk, quality=95)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(pixels).save(rotated, exif=exif, quality=95)
+    plain = tmp_path / "plain.jpg"
+    Image.fromarray(pixels).save(plain, quality=95)
+    inputs = [str(png), str(cmyk), str(rotated), pixels, (str(plain), (4, 4, 60, 50))]
+    for ours, reference in zip(extractor("device").transform(inputs), extractor("cpu").transform(inputs)):
+        np.testing.assert_array_equal(ours.features, reference.features)
+        assert ours.image_size == reference.image_size
+
+
+def test_plain_jpegs_near_the_cpu_path_and_truncated_files_still_named(tmp_path, monkeypatch):
+    from selconv.extraction import _device_decode
+
+    calls = []
+    monkeypatch.setattr(_device_decode, "decode_resize", lambda *args: calls.append(1) or decode_resize(*args))
+    paths = []
+    for seed, size in enumerate([(96, 72), (72, 96), (96, 72)]):
+        paths.append(str(tmp_path / f"{seed}.jpg"))
+        Image.fromarray(photo(*size, seed=seed)).save(paths[-1], quality=92)
+    ours = extractor("device").transform(paths)
+    assert len(calls) == 3  # all three took the device path
+    reference = extractor("cpu").transform(paths)
+    for a, b in zip(ours, reference):
+        assert a.image_size == b.image_size and a.features.shape == b.features.shape
+        assert np.abs(a.features - b.features).max() <= 0.05 * np.abs(b.features).max()
+    truncated = tmp_path / "cut.jpg"
+    truncated.write_bytes(Path(paths[0]).read_bytes()[:600])
+    with pytest.raises(ValueError, match="cut.jpg"):
+        extractor("device").transform([str(truncated)])
