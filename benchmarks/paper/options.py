@@ -112,6 +112,16 @@ OPTIONS = (
             "on the same key) and write the complete report into --out",
         ),
     ),
+    (
+        "--reuse-json",
+        dict(
+            type=Path,
+            default=None,
+            metavar="FILE",
+            help="a paper_results.json (e.g. the committed one) whose baselines' whitening choices, made by the "
+            "training-only proxy task, the phases rerank and multiscale reuse when phase baselines is skipped",
+        ),
+    ),
     ("--seed", dict(type=int, default=0)),
 )
 

@@ -1,0 +1,117 @@
+"""Beyond the paper (issue 12), applied alike to the framework and to every baseline, learned on the generic photos:
+re-ranking (phase 'rerank': none / alpha-QE / DBA + alpha-QE), robust learned steps on the same-domain learning
+set too (phase 'robust') and multi-scale description (phase 'multiscale')."""
+
+from __future__ import annotations
+
+from ..protocols import learning_set
+from ..report.beyond import write_options_section, write_robust_section, write_target_section
+from ..settings import BASELINES, OPTION_DIMS, OPTION_MASKS, RERANK_LEVELS, ROBUST_SOURCE, SCALES, VARIANTS
+from .baselines import baseline_descriptors, chosen_shrinkage, shrink_label
+from .features import make_extractor, masked_sets
+from .framework import fit_each, framework_record, power
+
+
+def reranked(run, db, official, **extra) -> dict:
+    """{'levels': {re-ranking level: both protocols' scores}, **extra} of one method's descriptors."""
+    return dict(levels={level: run.evaluate(db, official, rerank=level) for level in RERANK_LEVELS}, **extra)
+
+
+def option_rows(run, option, sets_of, maps):
+    """Framework (OPTION_MASKS x OPTION_DIMS x every VARIANTS) and the five baselines, every re-ranking level.
+
+    Stored in results['options'][option]; ``sets_of(mask)`` gives the masked sets, ``maps`` the conv maps
+    (single- or multi-scale) of every split. Each configuration is fitted once for all re-ranking levels;
+    the baselines' whitening is the one the training-only proxy task chose on the generic photos.
+    """
+    store = run.results.setdefault("options", {}).setdefault(option, {})
+
+    def after():
+        write_options_section(run)
+        write_target_section(run)
+
+    for variant in VARIANTS:
+
+        def record(mask, dim, fitted, variant=variant):
+            pre = fitted["pre"]
+            store[f"{mask}/{dim}/{variant}"] = reranked(
+                run, power(pre["db"]), power(pre["official"]), dim=fitted["dim"]
+            )
+
+        fit_each(
+            run,
+            OPTION_DIMS,
+            OPTION_MASKS,
+            skipped=f"{option} fit " + "{mask} {dim} " + variant,
+            label=f"{option}: fit {variant} " + "{mask} {dim}-D",
+            record=record,
+            after=after,
+            sets=sets_of,
+            variant=variant,
+        )
+    for name in BASELINES:
+        if not run.within_budget(f"{option} baseline {name}"):
+            continue
+        label = f"{option}: baseline {name}"
+        with run.timer.phase(label):
+            shrinkage = chosen_shrinkage(run, name)
+            db, official = baseline_descriptors(run, name, shrinkage, maps["train"], maps, label)
+            store[name] = reranked(run, db, official, dim=int(db.shape[1]), whitening=shrink_label(shrinkage))
+        after()
+
+
+def phase_rerank(run):
+    """Single-scale pool5 (the maps of every other phase), every method at every re-ranking level."""
+    option_rows(run, "single-scale", lambda mask: run.sets[mask], run.maps)
+
+
+def phase_multiscale(run):
+    """Conv maps at SCALES of --max-size (scale 1 from the single-scale cache), masks pooling local features
+    across scales, baselines summing their per-scale descriptors; every method at every re-ranking level."""
+    # Keypoints as phase_extract's: the cache's scale-1 maps are reused (SIFT is not used by MAX or SUM).
+    extractor = make_extractor(run, "pool5", "sift", scales=SCALES)
+    data = run.data
+    maps = {}
+    for split, items in (("train", data.training), ("db", data.database), ("official", data.official_items)):
+        with run.timer.phase(f"extract multi-scale pool5: {split} ({len(items)} images)"):
+            maps[split] = extractor.transform(items)
+    sets = {}
+    for mask in OPTION_MASKS:
+        with run.timer.phase(f"multi-scale mask {mask}"):
+            sets[mask] = masked_sets(run, mask, maps)[1]
+    run.results["multiscale_scales"] = list(SCALES)
+    option_rows(run, "multi-scale", sets.__getitem__, maps)
+
+
+def phase_robust(run):
+    """The framework's VARIANTS learned on the same-domain unlabelled images (ROBUST_SOURCE); the generic-photo
+    rows are phase rerank's (no re-ranking)."""
+    rows = run.data.unlabelled_rows
+    result = run.results.setdefault("robust", {}).setdefault(ROBUST_SOURCE, {})
+    result["n_train"] = len(learning_set(ROBUST_SOURCE, rows, run.data.database, run.data.training))
+
+    def sets(mask):
+        return dict(
+            run.sets[mask], train=learning_set(ROBUST_SOURCE, rows, run.sets[mask]["db"], run.sets[mask]["train"])
+        )
+
+    def after():
+        write_robust_section(run)
+        write_target_section(run)
+
+    for variant in VARIANTS:
+
+        def record(mask, dim, fitted, variant=variant):
+            result[f"{mask}/{dim}/{variant}"] = framework_record(run, fitted)
+
+        fit_each(
+            run,
+            OPTION_DIMS,
+            OPTION_MASKS,
+            skipped=f"robust[{ROBUST_SOURCE}] fit " + "{mask} {dim} " + variant,
+            label=f"robust {ROBUST_SOURCE}: fit {variant} " + "{mask} {dim}-D",
+            record=record,
+            after=after,
+            sets=sets,
+            variant=variant,
+        )
