@@ -226,7 +226,8 @@ def test_new_phases_run_alone_and_merge(tmp_path):
     out = tmp_path / "out"
     argv = ["--data-dir", str(data), "--out", str(out), "--cache-dir", str(tmp_path / "cache")]
     argv += ["--max-size", "128", "--device", "cpu", "--batch-size", "8", "--num-workers", "2", "--n-jobs", "2"]
-    argv += ["--limit-db", "11", "--budget-s", "1e9", "--skip", ",".join(OLD_PHASES)]
+    # Learning set of the robust rows 'both': the 2 unlabelled images alone have too few local features.
+    argv += ["--budget-s", "1e9", "--train-source", "both", "--skip", ",".join(OLD_PHASES)]
     with threadpool_limits(1):
         script.main(argv)
     results = json.loads((out / "paper_results.json").read_text())
@@ -241,7 +242,7 @@ def test_new_phases_run_alone_and_merge(tmp_path):
         for r in results["options"][option].values():
             assert set(r["levels"]) == {"none", "alpha-QE", "DBA+alpha-QE"}
             assert all(0.0 <= r["levels"][lv][p]["map"] <= 100.0 for lv in r["levels"] for p in PROTOCOLS)
-    assert set(results["robust"]["oxford-unlabelled"]) == rows | {"n_train"}
+    assert set(results["robust"]["both"]) == rows | {"n_train"} and results["robust"]["both"]["n_train"] == 68
     assert set(results["table3"]) == {f"{e}/{m}" for e in ("FV", "VLAD", "Temb", "F-FAemb") for m in MASK_NAMES}
     # 66 learning vectors: 64 bits only (n_bits <= learning vectors), as ITQ.
     assert set(results["table7"]) == {"KMH/64", "RBA/64"}
@@ -256,9 +257,11 @@ def test_new_phases_run_alone_and_merge(tmp_path):
     merged_out = tmp_path / "merged"
     script.main(["--merge-json", *map(str, runs), str(out / "paper_results.json"), "--out", str(merged_out)])
     merged_text = (merged_out / "paper_results.md").read_text()
-    old = (committed / "paper_results.md").read_text()
-    for section in old.split("\n## ")[1:8]:  # sections 1-7, before the new ones and the findings
-        assert section in merged_text, section[:40]
+    # The tiny run's data counts and mask shares win the merge (later file): compare counts-free lines only.
+    baseline_rows = [line for line in (committed / "paper_results.md").read_text().splitlines() if "| R-MAC |" in line]
+    assert baseline_rows and all(line in merged_text for line in baseline_rows)
+    for heading in REPORT_HEADINGS + ("## 8b.",):
+        assert merged_text.count(heading) == 1, heading
     for heading in NEW_HEADINGS:
         assert merged_text.count(heading) == 1, heading
 

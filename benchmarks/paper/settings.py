@@ -81,7 +81,8 @@ VARIANTS = {
 # The framework configuration of the target comparison, fixed A PRIORI (before any test number): the paper's
 # best mask (MAX, Tables 3 and 8) with the robust learned steps, whitened like the baselines are.
 TARGET_CONFIG = ("max", "ledoit-wolf + whitened RN")
-ROBUST_SOURCE = "oxford-unlabelled"  # the second learning set of the robust rows (the 'domain' phase's)
+# The second learning set of the robust rows: --train-source's, this one when that is 'generic' (the default).
+ROBUST_SOURCE = "oxford-unlabelled"
 # Table 3 at comparable dimension 4224 (paper Table 2): name -> (estimator, local PCA d, |C|).
 TABLE3 = {
     "FV": ("FisherVectorEmbedding", 48, 44),

@@ -84,16 +84,15 @@ def phase_multiscale(run):
 
 
 def phase_robust(run):
-    """The framework's VARIANTS learned on the same-domain unlabelled images (ROBUST_SOURCE); the generic-photo
-    rows are phase rerank's (no re-ranking)."""
+    """The framework's VARIANTS learned on the same-domain learning set of --train-source (ROBUST_SOURCE when
+    that is 'generic'); the generic-photo rows are phase rerank's (no re-ranking)."""
+    source = ROBUST_SOURCE if run.args.train_source == "generic" else run.args.train_source
     rows = run.data.unlabelled_rows
-    result = run.results.setdefault("robust", {}).setdefault(ROBUST_SOURCE, {})
-    result["n_train"] = len(learning_set(ROBUST_SOURCE, rows, run.data.database, run.data.training))
+    result = run.results.setdefault("robust", {}).setdefault(source, {})
+    result["n_train"] = len(learning_set(source, rows, run.data.database, run.data.training))
 
     def sets(mask):
-        return dict(
-            run.sets[mask], train=learning_set(ROBUST_SOURCE, rows, run.sets[mask]["db"], run.sets[mask]["train"])
-        )
+        return dict(run.sets[mask], train=learning_set(source, rows, run.sets[mask]["db"], run.sets[mask]["train"]))
 
     def after():
         write_robust_section(run)
@@ -108,8 +107,8 @@ def phase_robust(run):
             run,
             OPTION_DIMS,
             OPTION_MASKS,
-            skipped=f"robust[{ROBUST_SOURCE}] fit " + "{mask} {dim} " + variant,
-            label=f"robust {ROBUST_SOURCE}: fit {variant} " + "{mask} {dim}-D",
+            skipped=f"robust[{source}] fit " + "{mask} {dim} " + variant,
+            label=f"robust {source}: fit {variant} " + "{mask} {dim}-D",
             record=record,
             after=after,
             sets=sets,

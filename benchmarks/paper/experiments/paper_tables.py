@@ -9,7 +9,7 @@ from ..settings import HASHERS, ITQ_BITS, MASK_NAMES, TABLE3
 from .framework import fit_each, fit_transform_head, power, score_framework
 
 
-def table3_head(run, name):
+def table3_head(run, name, n_train):
     """[pca, encode, rotate] of Table 3's framework ``name``: its (d, |C|) of TABLE3 and democratic pooling.
 
     The rotation: the paper's (RN, dropping Temb's 128 / F-FAemb's d(d+1) leading components, none for FV
@@ -21,8 +21,12 @@ def table3_head(run, name):
 
     estimator, d, n_clusters = TABLE3[name]
     embedding = getattr(selconv, estimator)(n_clusters, random_state=run.rng_seed)
-    dropped = {"Temb": 128, "F-FAemb": d * (d + 1)}.get(name, 0)
-    head = make_paper_pipeline(512, random_state=run.rng_seed, n_dropped=dropped, undetermined="center")[1:-1]
+    rotated = {"FV": 2 * d * n_clusters, "F-FAemb": n_clusters * d * (d + 1) // 2}.get(name, d * n_clusters)
+    if n_train > rotated:
+        rotation = {"n_dropped": {"Temb": 128, "F-FAemb": d * (d + 1)}.get(name, 0), "undetermined": "raise"}
+    else:
+        rotation = {"n_dropped": 0, "undetermined": "center"}
+    head = make_paper_pipeline(512, random_state=run.rng_seed, **rotation)[1:-1]
     return head.set_params(pca__n_components=d, encode__embedding=embedding)
 
 
@@ -34,7 +38,7 @@ def phase_table3(run):
                 continue
             label = f"table 3: {name} {mask}"
             with run.timer.phase(label):
-                head = table3_head(run, name)
+                head = table3_head(run, name, len(run.sets[mask]["train"]))
                 fitted = fit_transform_head(run, head, run.sets[mask], fit_on="training", label=label)
                 store[f"{name}/{mask}"] = dict(
                     score_framework(run, fitted), dim=fitted["dim"], rotated=bool(head[-1].rotated_)

@@ -17,7 +17,6 @@ from ..settings import (
     RERANK_ALPHA,
     RERANK_K,
     RERANK_LEVELS,
-    ROBUST_SOURCE,
     TABLE3,
     TARGET_CONFIG,
     TRAIN_SOURCE_LABELS,
@@ -92,14 +91,15 @@ def write_options_section(run):
 
 def write_robust_section(run):
     generic = run.results.get("options", {}).get("single-scale", {})
-    same = run.results.get("robust", {}).get(ROBUST_SOURCE, {})
-    if not same and not any(k.count("/") == 2 for k in generic):
+    robust = run.results.get("robust", {})
+    if not robust and not any(k.count("/") == 2 for k in generic):
         return
-    sources = (("generic photos", generic, "rerank"), (TRAIN_SOURCE_LABELS[ROBUST_SOURCE], same, "robust"))
+    sources = [("generic photos", generic)]
+    sources += [(f"{TRAIN_SOURCE_LABELS[s]} ({r['n_train']})", r) for s, r in robust.items()]
     rows = []
     for dim in OPTION_DIMS:
         for mask in OPTION_MASKS:
-            for source, store, _phase in sources:
+            for source, store in sources:
                 reference = _plain(store.get(f"{mask}/{dim}/paper"))
                 for variant in VARIANTS:
                     r = _plain(store.get(f"{mask}/{dim}/{variant}"))
@@ -121,8 +121,7 @@ def write_robust_section(run):
         "",
         "Ledoit-Wolf shrinkage is chosen by its formula on the learning set only. 'Δ (paired)': mean per-query AP "
         "change from the paper's learned steps on the same learning set, ± its standard error over the same "
-        f"queries. Same-domain learning set: {same.get('n_train', '?')} unlabelled Oxford-subset images (as "
-        "section 8b). No re-ranking.",
+        "queries. Same-domain learning set (its number of images in brackets): as section 8b. No re-ranking.",
         "",
         " ".join(p for p in (provenance(run, "rerank"), provenance(run, "robust")) if p),
         "",
@@ -248,30 +247,3 @@ def write_table7_section(run):
         markdown_table(["hashing", "bits", "official-10", "loo", "paper Oxford5k (Temb(32,20))"], rows),
     ]
     run.report.set("table7", "\n".join(text))
-
-
-def beyond_findings(run) -> list[str]:
-    """The findings lines of section 9 on the target comparison and the robust rows (none without their data)."""
-    lines = []
-    options = run.results.get("options", {})
-    verdicts = [
-        (option, level, dim, protocol, verdict(ours, theirs, protocol))
-        for option in OPTIONS
-        for level in ("none", "DBA+alpha-QE")
-        for dim in OPTION_DIMS
-        for protocol, ours, _best, theirs in target_cells(options.get(option, {}), dim, level)
-    ]
-    if verdicts:
-        held = [v for v in verdicts if v[-1] != "no"]
-        lines.append(
-            f"- Target (section 8f): the a priori framework configuration at least matches the best baseline "
-            f"(within one standard error) in {len(held)} of {len(verdicts)} cells"
-            + (": " + "; ".join(f"{o}, {lv}, {d}-D, {p}" for o, lv, d, p, _ in held) if held else "")
-            + (
-                ". The target claim HOLDS."
-                if len(held) == len(verdicts)
-                else ". The target claim does NOT hold in "
-                "every cell: the remaining gap is in the learned steps' generalisation from the generic photos."
-            )
-        )
-    return lines

@@ -4,7 +4,7 @@ wall time of each phase (section 10)."""
 from __future__ import annotations
 
 from ..settings import BASELINE_LABELS, MASK_LABELS, MASK_NAMES, PROTOCOLS, TRAIN_SOURCE_LABELS
-from .beyond import beyond_findings
+from .beyond_findings import beyond_findings
 from .learning import chosen_test
 from .markdown import markdown_table, paired, ratio
 
