@@ -34,7 +34,7 @@ class Run:
         cpus = os.cpu_count() or 1
         self.n_jobs = args.n_jobs or cpus
         self.warnings: dict[str, set] = {}
-        reuse = getattr(args, "reuse_json", None)
+        reuse = None if args.merge_json else getattr(args, "reuse_json", None)  # a merge reads only its JSONs
         self.reused = json.loads(Path(reuse).read_text()) if reuse else {}
 
     # ---------------------------------------------------------------- bookkeeping

@@ -28,27 +28,13 @@ def option_rows(run, option, sets_of, maps):
 
     def after():
         write_options_section(run)
+        write_robust_section(run)  # its generic-photo rows are the single-scale ones
         write_target_section(run)
 
-    for variant in VARIANTS:
+    def record(key, fitted):
+        store[key] = reranked(run, power(fitted["pre"]["db"]), power(fitted["pre"]["official"]), dim=fitted["dim"])
 
-        def record(mask, dim, fitted, variant=variant):
-            pre = fitted["pre"]
-            store[f"{mask}/{dim}/{variant}"] = reranked(
-                run, power(pre["db"]), power(pre["official"]), dim=fitted["dim"]
-            )
-
-        fit_each(
-            run,
-            OPTION_DIMS,
-            OPTION_MASKS,
-            skipped=f"{option} fit " + "{mask} {dim} " + variant,
-            label=f"{option}: fit {variant} " + "{mask} {dim}-D",
-            record=record,
-            after=after,
-            sets=sets_of,
-            variant=variant,
-        )
+    fit_variants(run, option, sets_of, record, after)
     for name in BASELINES:
         if not run.within_budget(f"{option} baseline {name}"):
             continue
@@ -94,22 +80,25 @@ def phase_robust(run):
     def sets(mask):
         return dict(run.sets[mask], train=learning_set(source, rows, run.sets[mask]["db"], run.sets[mask]["train"]))
 
-    def after():
-        write_robust_section(run)
-        write_target_section(run)
+    def record(key, fitted):
+        result[key] = framework_record(run, fitted)
 
+    fit_variants(run, f"robust[{source}]", sets, record, lambda: write_robust_section(run))
+
+
+def fit_variants(run, name, sets, record, after):
+    """The framework at OPTION_MASKS x OPTION_DIMS x every VARIANTS, while time is left (see fit_each).
+
+    ``record(key, fitted)`` with key 'mask/dim/variant'; ``name`` starts the skipped entries and timer labels.
+    """
     for variant in VARIANTS:
-
-        def record(mask, dim, fitted, variant=variant):
-            result[f"{mask}/{dim}/{variant}"] = framework_record(run, fitted)
-
         fit_each(
             run,
             OPTION_DIMS,
             OPTION_MASKS,
-            skipped=f"robust[{source}] fit " + "{mask} {dim} " + variant,
-            label=f"robust {source}: fit {variant} " + "{mask} {dim}-D",
-            record=record,
+            skipped=f"{name} fit " + "{mask} {dim} " + variant,
+            label=f"{name}: fit {variant} " + "{mask} {dim}-D",
+            record=lambda mask, dim, fitted, variant=variant: record(f"{mask}/{dim}/{variant}", fitted),
             after=after,
             sets=sets,
             variant=variant,
