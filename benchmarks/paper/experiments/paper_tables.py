@@ -5,7 +5,7 @@ RBA on the MAX 512-D vectors at 64-512 bits)."""
 from __future__ import annotations
 
 from ..report.beyond import write_table3_section, write_table7_section
-from ..settings import HASHERS, ITQ_BITS, MASK_NAMES, TABLE3
+from ..settings import HASHERS, ITQ_BITS, TABLE3
 from .framework import fit_each, fit_transform_head, power, score_framework
 
 
@@ -32,7 +32,7 @@ def table3_head(run, name, n_train):
 
 def phase_table3(run):
     store = run.results.setdefault("table3", {})
-    for mask in MASK_NAMES:
+    for mask in run.args.table3_masks:
         for name in TABLE3:
             if not run.within_budget(f"table 3 {name} {mask}"):
                 continue
