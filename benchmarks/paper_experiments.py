@@ -25,6 +25,12 @@ the stand-in for the paper's Paris6k), resuming from the cached maps::
     ... --train-source oxford-unlabelled \
         --skip framework-training,baselines,framework-database,dimensions,hypercolumns,table9
 
+Only the phases beyond the paper (issue 12: rerank, robust, multiscale, table3, table7), the baselines'
+whitening as the committed run's proxy task chose it::
+
+    ... --reuse-json benchmarks/results/paper/paper_results.json \
+        --skip framework-training,baselines,framework-database,dimensions,hypercolumns,table9,domain,protocols
+
 Merge partial runs' JSON into one complete report (no computation, no data folder)::
 
     python benchmarks/paper_experiments.py --merge-json RUN1/paper_results.json RUN2/paper_results.json --out OUT

@@ -25,7 +25,7 @@ from paper.main import PHASES  # noqa: E402
 from paper.options import parse_args  # noqa: E402
 from paper.protocols import Data  # noqa: E402
 from paper.run import Run  # noqa: E402
-from paper.settings import PHASE_NAMES  # noqa: E402
+from paper.settings import MASK_NAMES, PHASE_NAMES, PROTOCOLS, VARIANTS  # noqa: E402
 
 
 def _load_script():
@@ -88,6 +88,12 @@ def make_tiny_shared_layout(root: Path, seed=0, n_training_per_source=4) -> Path
     return root
 
 
+#: The phases of issue 12 (beyond the paper), after the older ones in PHASE_NAMES.
+NEW_PHASES = ("rerank", "robust", "multiscale", "table3", "table7")
+OLD_PHASES = PHASE_NAMES[: -len(NEW_PHASES)]
+#: Their report sections.
+NEW_HEADINGS = ("## 8d.", "## 8e.", "## 8f.", "## 8g.", "## 8h.")
+
 #: Sections of paper_results.md every run writes (8b, the same-domain learning, only with --train-source).
 REPORT_HEADINGS = ("## 1.", "## 2.", "## 3.", "## 4.", "## 5.", "## 6.", "## 7.", "## 8.", "## 8c.", "## 9.", "## 10.")
 
@@ -125,6 +131,8 @@ def test_paper_experiments_runs_every_phase(tmp_path):
         "2048",
         "--table9",
         "32,20",
+        "--skip",
+        ",".join(NEW_PHASES),  # test_new_phases_run_alone_and_merge runs them
     ]
     # One BLAS thread: on a shared CI machine multi-threaded eigh can be 20x slower, not faster.
     with threadpool_limits(1):
@@ -136,7 +144,7 @@ def test_paper_experiments_runs_every_phase(tmp_path):
     # The 'domain' phase runs only with --train-source oxford-unlabelled or both; 11 database images
     # cannot support dropping 128 directions (phases framework-database and protocols).
     truncated = {"database truncated", "protocols truncated max", "protocols truncated sum"}
-    expected = {"ITQ 128 bits", "ITQ 256 bits", "ITQ 512 bits", "domain"} | truncated
+    expected = {"ITQ 128 bits", "ITQ 256 bits", "ITQ 512 bits", "domain", *NEW_PHASES} | truncated
     assert set(results["skipped"]) == expected, results["skipped"]
     for heading in REPORT_HEADINGS:
         assert heading in text, f"{heading} missing from the report"
@@ -171,7 +179,7 @@ def test_paper_experiments_runs_every_phase(tmp_path):
                 "--train-source",
                 "both",
                 "--skip",
-                "framework-training,baselines,framework-database,dimensions,hypercolumns,table9,protocols",
+                ",".join(p for p in PHASE_NAMES if p != "domain"),
             ]
         )
     rerun = json.loads((out2 / "paper_results.json").read_text())
@@ -196,7 +204,7 @@ def test_paper_experiments_runs_every_phase(tmp_path):
     merged_text = (merged_out / "paper_results.md").read_text()
     assert merged["framework"] == results["framework"]
     assert merged["domain"] == rerun["domain"]
-    assert set(merged["skipped"]) == {"ITQ 128 bits", "ITQ 256 bits", "ITQ 512 bits"} | truncated | {
+    assert set(merged["skipped"]) == {"ITQ 128 bits", "ITQ 256 bits", "ITQ 512 bits", *NEW_PHASES} | truncated | {
         f"domain[both] ITQ {b} bits" for b in (128, 256, 512)
     }, merged["skipped"]
     assert merged_text.count("Device run ") == 2 and "Merged (no computation) by" in merged_text
@@ -205,6 +213,68 @@ def test_paper_experiments_runs_every_phase(tmp_path):
     assert "Learned on generic photos + unlabelled Oxford-subset images, 512-D" in merged_text
     assert "run 1: load data" in merged_text and "run 2: load data" in merged_text
     assert sorted(p.name for p in merged_out.glob("*.png")) == ["fig4_alpha.png", "fig5_dimensions.png", "fig_itq.png"]
+
+
+@pytest.mark.slow
+def test_new_phases_run_alone_and_merge(tmp_path):
+    """Only the phases of issue 12 (every older one skipped; extraction and masks run, from the cache on a
+    re-run), then merged with the committed runs: the older sections render as before, the new ones appear."""
+    from threadpoolctl import threadpool_limits
+
+    script = _load_script()
+    data = make_tiny_shared_layout(tmp_path / "data", n_training_per_source=33)
+    out = tmp_path / "out"
+    argv = ["--data-dir", str(data), "--out", str(out), "--cache-dir", str(tmp_path / "cache")]
+    argv += ["--max-size", "128", "--device", "cpu", "--batch-size", "8", "--num-workers", "2", "--n-jobs", "2"]
+    # Learning set of the robust rows 'both': the 2 unlabelled images alone have too few local features.
+    argv += ["--budget-s", "1e9", "--train-source", "both", "--skip", ",".join(OLD_PHASES)]
+    with threadpool_limits(1):
+        script.main(argv)
+    results = json.loads((out / "paper_results.json").read_text())
+    text = (out / "paper_results.md").read_text()
+    assert not results["errors"], results["errors"]
+    assert set(results["skipped"]) >= set(OLD_PHASES) and not set(results["skipped"]) & set(NEW_PHASES)
+    assert not results["framework"] and "baselines" not in results
+    rows = {f"{m}/{d}/{v}" for m in ("max", "sum") for d in (512, 1024) for v in VARIANTS}
+    baselines = {"spoc", "mac", "rmac", "crow", "gem"}
+    for option in ("single-scale", "multi-scale"):
+        assert set(results["options"][option]) == rows | baselines, option
+        for r in results["options"][option].values():
+            assert set(r["levels"]) == {"none", "alpha-QE", "DBA+alpha-QE"}
+            assert all(0.0 <= r["levels"][lv][p]["map"] <= 100.0 for lv in r["levels"] for p in PROTOCOLS)
+    assert set(results["robust"]["both"]) == rows | {"n_train"} and results["robust"]["both"]["n_train"] == 68
+    assert set(results["table3"]) == {f"{e}/{m}" for e in ("FV", "VLAD", "Temb", "F-FAemb") for m in MASK_NAMES}
+    # 66 learning vectors: 64 bits only (n_bits <= learning vectors), as ITQ.
+    assert set(results["table7"]) == {"KMH/64", "RBA/64"}
+    assert results["phase_runs"]["table3"]["command"] == argv
+    for heading in NEW_HEADINGS:
+        assert text.count(heading) == 1, heading
+    assert "Target (section 8f)" in text
+
+    # Merged with the committed runs: the committed report's older sections are unchanged, the new ones added.
+    committed = BENCHMARKS / "results" / "paper"
+    runs = sorted((committed / "runs").glob("*.json"))
+    merged_out = tmp_path / "merged"
+    script.main(["--merge-json", *map(str, runs), str(out / "paper_results.json"), "--out", str(merged_out)])
+    merged_text = (merged_out / "paper_results.md").read_text()
+    # The tiny run's data counts and mask shares win the merge (later file): compare counts-free lines only.
+    baseline_rows = [line for line in (committed / "paper_results.md").read_text().splitlines() if "| R-MAC |" in line]
+    assert baseline_rows and all(line in merged_text for line in baseline_rows)
+    for heading in REPORT_HEADINGS + ("## 8b.",):
+        assert merged_text.count(heading) == 1, heading
+    for heading in NEW_HEADINGS:
+        assert merged_text.count(heading) == 1, heading
+
+
+def test_committed_report_renders_unchanged_without_the_new_phases(tmp_path, monkeypatch):
+    """Re-rendering the committed runs gives the committed paper_results.md byte for byte (but the --out)."""
+    script = _load_script()
+    committed = BENCHMARKS / "results" / "paper"
+    monkeypatch.chdir(BENCHMARKS.parent)  # the report names the runs' files as given: relative, as committed
+    runs = sorted(str(p.relative_to(BENCHMARKS.parent)) for p in (committed / "runs").glob("*.json"))
+    script.main(["--merge-json", *runs, "--out", str(tmp_path)])
+    ours = (tmp_path / "paper_results.md").read_text().replace(str(tmp_path), "benchmarks/results/paper")
+    assert ours == (committed / "paper_results.md").read_text()
 
 
 def test_phase_table_matches_the_phase_names_the_command_line_lists():

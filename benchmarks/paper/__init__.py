@@ -9,8 +9,10 @@ Read in this order:
 - ``run``: the state the phases share (results, report, time budget, threaded transforms);
 - ``experiments``: one module per experiment family -- ``features`` (pool5 maps, masks), ``framework``
   (mask x dimension, alpha, ITQ, Table 9, dimension sweep), ``hypercolumns``, ``baselines`` and
-  ``learning`` (same-domain and on-the-database learning);
-- ``report``: the markdown file (``markdown``), its sections (``tables``, ``learning``, ``discussion``) and
+  ``learning`` (same-domain and on-the-database learning), ``beyond`` (re-ranking, robust learned steps,
+  multi-scale: issue 12) and ``paper_tables`` (Tables 3 and 7);
+- ``report``: the markdown file (``markdown``), its sections (``tables``, ``learning``, ``beyond``,
+  ``beyond_findings``, ``discussion``) and
   figures (``plots``);
 - ``merge``: the report of several partial runs' JSON, with no computation;
 - ``plumbing``: phase timer, machine facts, caches of ragged local-feature sets;

@@ -7,15 +7,18 @@ import traceback
 from pathlib import Path
 
 from .experiments.baselines import phase_baselines
+from .experiments.beyond import phase_multiscale, phase_rerank, phase_robust
 from .experiments.features import phase_extract, phase_masks
 from .experiments.framework import phase_dimensions, phase_framework_database, phase_framework_training, phase_table9
 from .experiments.hypercolumns import phase_hypercolumns
 from .experiments.learning import phase_domain, phase_protocols
+from .experiments.paper_tables import phase_table3, phase_table7
 from .merge import run_merge
 from .options import parse_args
 from .plumbing import machine_info
 from .protocols import Data
-from .report.discussion import command_line, write_discussion, write_header, write_timings
+from .report.discussion import write_discussion, write_header, write_timings
+from .report.markdown import command_line
 from .run import Run
 
 # After extraction and masking, in order of importance (a phase that would start past --budget-s is skipped);
@@ -29,7 +32,14 @@ PHASES = {
     "table9": phase_table9,
     "domain": phase_domain,
     "protocols": phase_protocols,
+    "rerank": phase_rerank,
+    "robust": phase_robust,
+    "multiscale": phase_multiscale,
+    "table3": phase_table3,
+    "table7": phase_table7,
 }
+# Phases whose report sections name the run that computed them (results["phase_runs"]).
+PROVENANCE = ("rerank", "robust", "multiscale", "table3", "table7")
 
 
 def main(argv=None) -> Path:
@@ -71,6 +81,13 @@ def main(argv=None) -> Path:
 
 def _run_phase(run, name, function):
     """One phase, its failure recorded (one failed experiment must not lose the others' results), then saved."""
+    if name in PROVENANCE:
+        machine = run.results["machine"]
+        run.results.setdefault("phase_runs", {})[name] = {
+            "command": run.results["command"],
+            "gpu": machine.get("gpu"),
+            "cpu_count": machine.get("cpu_count"),
+        }
     try:
         function(run)
     except Exception as error:

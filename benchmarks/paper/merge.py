@@ -11,8 +11,16 @@ import re
 from pathlib import Path
 
 from .options import parse_args
-from .report.discussion import command_line, write_discussion, write_header, write_timings
+from .report.beyond import (
+    write_options_section,
+    write_robust_section,
+    write_table3_section,
+    write_table7_section,
+    write_target_section,
+)
+from .report.discussion import write_discussion, write_header, write_timings
 from .report.learning import write_baseline_section, write_domain_section, write_protocols_section
+from .report.markdown import command_line
 from .report.tables import (
     write_alpha_section,
     write_framework_section,
@@ -44,7 +52,17 @@ _SKIP_RESULTS = (
             re.fullmatch(r"training/\w+/\d+", k) and k.split("/")[2] not in ("512", "1024") for k in r["framework"]
         ),
     ),
-    (r"baselines|hypercolumns|table9|domain|protocols", lambda r, m: bool(r.get(m[0]))),
+    (r"baselines|hypercolumns|table9|domain|protocols|robust|table3|table7", lambda r, m: bool(r.get(m[0]))),
+    (r"rerank", lambda r, m: bool(r.get("options", {}).get("single-scale"))),
+    (r"multiscale", lambda r, m: bool(r.get("options", {}).get("multi-scale"))),
+    (r"([\w-]+) fit (\w+) (\d+) (.+)", lambda r, m: f"{m[2]}/{m[3]}/{m[4]}" in r.get("options", {}).get(m[1], {})),
+    (r"([\w-]+) baseline (\w+)", lambda r, m: m[2] in r.get("options", {}).get(m[1], {})),
+    (
+        r"robust\[([\w-]+)\] fit (\w+) (\d+) (.+)",
+        lambda r, m: f"{m[2]}/{m[3]}/{m[4]}" in r.get("robust", {}).get(m[1], {}),
+    ),
+    (r"table 3 (.+) (\w+)", lambda r, m: f"{m[1]}/{m[2]}" in r.get("table3", {})),
+    (r"table 7 (\w+) (\d+) bits", lambda r, m: f"{m[1]}/{m[2]}" in r.get("table7", {})),
     (r"(training|database) fit (\w+) (\d+)", lambda r, m: f"{m[1]}/{m[2]}/{m[3]}" in r["framework"]),
     (r"baseline (\w+)", lambda r, m: m[1] in r.get("baselines", {})),
     (r"table 9 (\w+)", lambda r, m: m[1] in r.get("table9", {})),
@@ -184,5 +202,13 @@ def _write_sections(run, merged):
         write_table9_section(run)
     write_domain_section(run)
     write_protocols_section(run)
+    for write in (
+        write_options_section,
+        write_robust_section,
+        write_target_section,
+        write_table3_section,
+        write_table7_section,
+    ):
+        write(run)  # each writes nothing without its data
     write_discussion(run)
     write_timings(run)

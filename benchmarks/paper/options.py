@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .settings import PHASE_NAMES, TRAIN_SOURCES
+from .settings import MASK_NAMES, PHASE_NAMES, TRAIN_SOURCES
 
 DESCRIPTION = (
     "Reproduce the paper's findings on the shared Oxford subset: masks, dimensions, alpha, layers, baselines, ITQ."
@@ -112,6 +112,23 @@ OPTIONS = (
             "on the same key) and write the complete report into --out",
         ),
     ),
+    (
+        "--table3-masks",
+        dict(
+            default=",".join(MASK_NAMES),
+            help="masks of phase table3, in this order (split Table 3 over device calls; merged by --merge-json)",
+        ),
+    ),
+    (
+        "--reuse-json",
+        dict(
+            type=Path,
+            default=None,
+            metavar="FILE",
+            help="a paper_results.json (e.g. the committed one) whose baselines' whitening choices, made by the "
+            "training-only proxy task, the phases rerank and multiscale reuse when phase baselines is skipped",
+        ),
+    ),
     ("--seed", dict(type=int, default=0)),
 )
 
@@ -128,6 +145,9 @@ def parse_args(argv=None) -> argparse.Namespace:
         args.table9 = tuple(int(v) for v in args.table9.split(","))
     except ValueError:
         parser.error("--sweep-dims and --table9 take comma-separated integers")
+    args.table3_masks = tuple(m.strip() for m in args.table3_masks.split(",") if m.strip())
+    if not set(args.table3_masks) <= set(MASK_NAMES):
+        parser.error(f"--table3-masks takes masks among {', '.join(MASK_NAMES)}")
     if len(args.table9) != 2:
         parser.error("--table9 takes 'd,|C|'")
     return args

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .settings import PROXY_SIDE
+from .settings import PROXY_SIDE, RERANK_ALPHA, RERANK_K, RERANK_LEVELS
 
 
 class Data:
@@ -115,8 +115,12 @@ class Data:
         return {"positives": positives, "junk": junk}
 
 
-def evaluate(data: Data, db_desc, official_desc, metric="ip") -> dict:
-    """mAP (in %) and its standard error over queries, for both protocols."""
+def evaluate(data: Data, db_desc, official_desc, metric="ip", rerank="none") -> dict:
+    """mAP (in %) and its standard error over queries, for both protocols.
+
+    ``rerank``: one of settings.RERANK_LEVELS ('none', 'alpha-QE', 'DBA+alpha-QE'), with the parameters fixed
+    a priori in settings (RERANK_K, RERANK_ALPHA), applied alike to every method.
+    """
     from selconv import evaluate as evaluate_queries
 
     out = {}
@@ -124,7 +128,7 @@ def evaluate(data: Data, db_desc, official_desc, metric="ip") -> dict:
         ("official-10", official_desc, data.official_gt),
         ("loo-landmark", db_desc[data.loo_rows], data.loo_gt),
     ):
-        result = evaluate_queries(queries, db_desc, gt, metric=metric)
+        result = evaluate_queries(queries, db_desc, gt, metric=metric, **rerank_options(rerank))
         aps = np.asarray(result.average_precisions, dtype=np.float64)
         aps = aps[np.isfinite(aps)]
         out[protocol] = {
@@ -134,6 +138,20 @@ def evaluate(data: Data, db_desc, official_desc, metric="ip") -> dict:
             "n_queries": int(len(aps)),
         }
     return out
+
+
+def rerank_options(level: str) -> dict:
+    """The keyword arguments of :func:`selconv.evaluate` for re-ranking ``level``."""
+    from selconv import AlphaQueryExpansion, DatabaseAugmentation
+
+    if level not in RERANK_LEVELS:
+        raise ValueError(f"re-ranking level must be one of {RERANK_LEVELS}; got {level!r}")
+    options = {}
+    if level != "none":
+        options["query_expansion"] = AlphaQueryExpansion(RERANK_K, alpha=RERANK_ALPHA)
+    if level == "DBA+alpha-QE":
+        options["database_augmentation"] = DatabaseAugmentation(RERANK_K, alpha=RERANK_ALPHA)
+    return options
 
 
 def learning_set(source: str, unlabelled_rows, db_items: list, generic_items: list) -> list:

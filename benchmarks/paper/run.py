@@ -34,6 +34,8 @@ class Run:
         cpus = os.cpu_count() or 1
         self.n_jobs = args.n_jobs or cpus
         self.warnings: dict[str, set] = {}
+        reuse = None if args.merge_json else getattr(args, "reuse_json", None)  # a merge reads only its JSONs
+        self.reused = json.loads(Path(reuse).read_text()) if reuse else {}
 
     # ---------------------------------------------------------------- bookkeeping
 
@@ -77,9 +79,9 @@ class Run:
 
     # ---------------------------------------------------------------- evaluation
 
-    def evaluate(self, db_desc, official_desc, metric="ip") -> dict:
+    def evaluate(self, db_desc, official_desc, metric="ip", rerank="none") -> dict:
         """mAP (in %) and its standard error over queries, for both protocols (see :func:`protocols.evaluate`)."""
-        return evaluate(self.data, db_desc, official_desc, metric=metric)
+        return evaluate(self.data, db_desc, official_desc, metric=metric, rerank=rerank)
 
     # ---------------------------------------------------------------- parallel transforms
 

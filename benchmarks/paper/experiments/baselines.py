@@ -18,20 +18,12 @@ def baseline_scores(run, train, store, *, prefix="", write=None):
 
     ``prefix`` starts the timer, skip and warning labels; ``write(run)`` is called after each baseline.
     """
-    half_a, proxy_queries, proxy_database = proxy_task(train, run.rng_seed)
+    split = proxy_task(train, run.rng_seed)
     for name in BASELINES:
         if not run.within_budget(f"{prefix}baseline {name}"):
             continue
         with run.timer.phase(f"{prefix}baseline {name}"):
-            proxy = {}
-            for shrinkage in SHRINKAGE_GRID:
-                pipe = make_whitened_baseline(name, shrinkage)
-                with run.recording_warnings(f"{prefix}baseline {name} proxy"):
-                    pipe.fit(half_a)
-                    proxy[shrink_label(shrinkage)] = 100.0 * proxy_retrieval_map(
-                        pipe.transform(proxy_queries), pipe.transform(proxy_database)
-                    )
-            chosen = max(SHRINKAGE_GRID, key=lambda s: proxy[shrink_label(s)])
+            proxy, chosen = proxy_choice(run, name, split, prefix)
             # Test mAP of the chosen setting (the headline) and of two fixed references (not used to choose).
             scores = {
                 shrink_label(s): baseline_test(run, name, s, train, f"{prefix}baseline {name}")
@@ -42,14 +34,44 @@ def baseline_scores(run, train, store, *, prefix="", write=None):
             write(run)
 
 
+def proxy_choice(run, name, split, prefix=""):
+    """({setting: proxy MRR}, the chosen whitening shrinkage) of baseline ``name`` on proxy_task's ``split``."""
+    half_a, proxy_queries, proxy_database = split
+    proxy = {}
+    for shrinkage in SHRINKAGE_GRID:
+        pipe = make_whitened_baseline(name, shrinkage)
+        with run.recording_warnings(f"{prefix}baseline {name} proxy"):
+            pipe.fit(half_a)
+            proxy[shrink_label(shrinkage)] = 100.0 * proxy_retrieval_map(
+                pipe.transform(proxy_queries), pipe.transform(proxy_database)
+            )
+    return proxy, max(SHRINKAGE_GRID, key=lambda s: proxy[shrink_label(s)])
+
+
+def chosen_shrinkage(run, name):
+    """The whitening shrinkage the training-only proxy task chose for baseline ``name`` (on the generic photos):
+    this run's phase 'baselines', else the --reuse-json file's, else the proxy task run now."""
+    for results in (run.results, run.reused):
+        chosen = results.get("baselines", {}).get(name, {}).get("chosen")
+        if chosen is not None:
+            return {shrink_label(s): s for s in SHRINKAGE_GRID}[chosen]
+    with run.timer.phase(f"proxy task: baseline {name} whitening"):
+        return proxy_choice(run, name, proxy_task(run.maps["train"], run.rng_seed))[1]
+
+
 def baseline_test(run, name, shrinkage, train, label) -> dict:
     """Test mAP of baseline ``name`` with whitening ``shrinkage`` learned on the maps ``train``."""
+    db, official = baseline_descriptors(run, name, shrinkage, train, run.maps, label)
+    return dict(run.evaluate(db, official), dim=int(db.shape[1]))
+
+
+def baseline_descriptors(run, name, shrinkage, train, maps, label):
+    """(database, official query) descriptors of baseline ``name``, whitening ``shrinkage`` learned on ``train``;
+    ``maps``: the run's maps (single- or multi-scale), with splits 'db' and 'official'."""
     pipe = make_whitened_baseline(name, shrinkage)
     with run.recording_warnings(label):
         pipe.fit(train)
-        db = run.transform(pipe, run.maps["db"])
-        official = pipe.transform(run.maps["official"])
-    return dict(run.evaluate(db, official), dim=int(db.shape[1]))
+        return run.transform(pipe, maps["db"]), pipe.transform(maps["official"])
 
 
 def make_whitened_baseline(name, shrinkage):

@@ -9,7 +9,7 @@ from ..report.tables import write_masks_section
 from ..settings import MASK_NAMES
 
 
-def make_extractor(run, layers, keypoints, cache=True):
+def make_extractor(run, layers, keypoints, cache=True, scales=(1.0,)):
     from selconv import ConvFeatureExtractor
 
     args = run.args
@@ -19,6 +19,7 @@ def make_extractor(run, layers, keypoints, cache=True):
         weights=args.weights,
         max_size=args.max_size,
         keypoints=keypoints,
+        scales=scales,
         precision=args.precision,
         device=args.device,
         batch_size=args.batch_size,
@@ -48,16 +49,21 @@ def phase_extract(run):
     }
 
 
-def phase_masks(run):
+def masked_sets(run, name, maps) -> tuple:
+    """(mask ``name``, its selected local features of every split of ``maps``)."""
     from selconv.pipelines import make_mask
 
+    mask = make_mask(name).fit(maps["train"][:1])
+    return mask, {split: run.transform(mask, split_maps) for split, split_maps in maps.items()}
+
+
+def phase_masks(run):
     run.sets = {}
     shares, decorrelation = {}, {}
     rng = np.random.default_rng(run.rng_seed)
     for name in MASK_NAMES:
-        mask = make_mask(name).fit(run.maps["train"][:1])
         with run.timer.phase(f"mask {name}"):
-            run.sets[name] = {split: run.transform(mask, maps) for split, maps in run.maps.items()}
+            mask, run.sets[name] = masked_sets(run, name, run.maps)
         shares[name] = {
             split: 100.0 * float(np.mean(mask.selected_fraction(run.maps[split]))) for split in ("train", "db")
         }

@@ -16,14 +16,29 @@ from ..report.tables import (
     write_itq_section,
     write_table9_section,
 )
-from ..settings import ALPHAS, ITQ_BITS, MASK_NAMES
+from ..settings import ALPHAS, ITQ_BITS, MASK_NAMES, VARIANTS
 
 # ---------------------------------------------------------------------------------------------------
 # Fit once per configuration, keep the vectors before the power law
 
 
-def fit_framework(run, sets, *, dim, mask, fit_on, label, n_components=None, n_clusters=None, n_dropped=None):
-    """Fit mask-less paper pipeline stages on masked sets; return pre-PN vectors of train/db/official."""
+def fit_framework(
+    run,
+    sets,
+    *,
+    dim,
+    mask,
+    fit_on,
+    label,
+    n_components=None,
+    n_clusters=None,
+    n_dropped=None,
+    variant="paper",
+):
+    """Fit mask-less paper pipeline stages on masked sets; return pre-PN vectors of train/db/official.
+
+    ``variant``: a key of settings.VARIANTS (the learned whitenings' shrinkage, and a whitened rotation).
+    """
     from selconv import make_paper_pipeline
     from selconv.pipelines import rotation_settings
 
@@ -35,15 +50,24 @@ def fit_framework(run, sets, *, dim, mask, fit_on, label, n_components=None, n_c
     rotation, note = rotation_settings(len(fit_sets), dim, fit_on=fit_on, n_dropped=n_dropped)
     if note is not None or n_dropped is not None:
         rotation = {"n_dropped": rotation["n_dropped"] if n_dropped is None else n_dropped, "undetermined": "drop"}
-    pipeline = make_paper_pipeline(dim, mask=mask, fit_on=fit_on, random_state=run.rng_seed, **rotation)
+    shrinkage, whiten = VARIANTS[variant]
+    pipeline = make_paper_pipeline(
+        dim, mask=mask, fit_on=fit_on, random_state=run.rng_seed, shrinkage=shrinkage, **rotation
+    )
+    pipeline.set_params(rotate__whiten=whiten)
     if n_components is not None:
         pipeline.set_params(pca__n_components=n_components)
     if n_clusters is not None:
         pipeline.set_params(encode__embedding__n_clusters=n_clusters)
-    head = pipeline[1:-1]  # pca, encode, rotate (the mask was applied once, in phase_masks)
+    return fit_transform_head(run, pipeline[1:-1], sets, fit_on=fit_on, label=label)
+
+
+def fit_transform_head(run, head, sets, *, fit_on, label):
+    """Fit ``head`` ([pca, encode, rotate], the mask applied once in phase_masks) on the ``fit_on`` split of the
+    masked ``sets``; {head, pre: its vectors of train/db/official before the power law, fit_s, transform_s, dim}."""
     t0 = time.perf_counter()
     with run.recording_warnings(label):
-        fitted = fit_head(run, head, fit_sets)
+        fitted = fit_head(run, head, sets["train"] if fit_on == "training" else sets["db"])
     fit_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     pre = {"train" if fit_on == "training" else "db": fitted}
@@ -66,12 +90,13 @@ def fit_head(run, head, sets):
     return rotate.fit(aggregated).transform(aggregated)
 
 
-def fit_each(run, dims, masks, *, skipped, label, record, after, sets=None, fit_on="training"):
+def fit_each(run, dims, masks, *, skipped, label, record, after, sets=None, fit_on="training", variant="paper"):
     """Fit the framework at every (dim, mask) while time is left; return the MAX 512-D fit (or None).
 
     ``skipped`` and ``label`` are format strings of ``mask`` and ``dim`` (the skipped entry once over budget;
     the phase timer's and warnings' label). ``record(mask, dim, fitted)`` runs inside the timed phase,
-    ``after()`` after each fit; ``sets(mask)`` gives the masked sets (default: the run's).
+    ``after()`` after each fit; ``sets(mask)`` gives the masked sets (default: the run's); ``variant`` is
+    fit_framework's.
     """
     max_512 = None
     for dim in dims:
@@ -81,7 +106,7 @@ def fit_each(run, dims, masks, *, skipped, label, record, after, sets=None, fit_
             name = label.format(mask=mask, dim=dim)
             with run.timer.phase(name):
                 mask_sets = run.sets[mask] if sets is None else sets(mask)
-                fitted = fit_framework(run, mask_sets, dim=dim, mask=mask, fit_on=fit_on, label=name)
+                fitted = fit_framework(run, mask_sets, dim=dim, mask=mask, fit_on=fit_on, label=name, variant=variant)
                 record(mask, dim, fitted)
             if dim == 512 and mask == "max":
                 max_512 = fitted

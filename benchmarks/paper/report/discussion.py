@@ -3,15 +3,10 @@ wall time of each phase (section 10)."""
 
 from __future__ import annotations
 
-import shlex
-
 from ..settings import BASELINE_LABELS, MASK_LABELS, MASK_NAMES, PROTOCOLS, TRAIN_SOURCE_LABELS
+from .beyond_findings import beyond_findings
 from .learning import chosen_test
 from .markdown import markdown_table, paired, ratio
-
-
-def command_line(argv, prefix="PYTHONPATH=src python3") -> str:
-    return f"{prefix} benchmarks/paper_experiments.py " + " ".join(shlex.quote(str(a)) for a in argv)
 
 
 def write_header(run, commands):
@@ -54,6 +49,7 @@ def write_discussion(run):
     lines += _baseline_findings(run)
     lines += _itq_findings(run)
     lines += domain_discussion(run)
+    lines += beyond_findings(run)
     lines += _dimension_findings(run)
     lines += _why_numbers_differ(run)
     lines += _skipped_errors_warnings(run)

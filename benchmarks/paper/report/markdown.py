@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +25,10 @@ def markdown_table(headers: list[str], rows: list[list]) -> str:
     lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
     lines += ["| " + " | ".join(fmt(c) if not isinstance(c, str) else c for c in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def command_line(argv, prefix="PYTHONPATH=src python3") -> str:
+    return f"{prefix} benchmarks/paper_experiments.py " + " ".join(shlex.quote(str(a)) for a in argv)
 
 
 class Report:
@@ -63,11 +68,16 @@ def map_se(r):
     return f"{r['map']:.1f} ± {se:.1f}" if np.isfinite(se) else f"{r['map']:.1f}"
 
 
-def paired(result, reference, protocol):
-    """Mean per-query AP difference and its standard error: much tighter than comparing two mAPs' errors."""
+def paired_values(result, reference, protocol) -> tuple[float, float]:
+    """(mean per-query AP difference, its standard error): much tighter than comparing two mAPs' errors."""
     diff = np.asarray(result[protocol]["aps"]) - np.asarray(reference[protocol]["aps"])
     se = diff.std(ddof=1) / np.sqrt(len(diff)) if len(diff) > 1 else float("nan")
-    return f"{diff.mean():+.1f} ± {se:.1f}"
+    return float(diff.mean()), float(se)
+
+
+def paired(result, reference, protocol):
+    """:func:`paired_values` as 'mean ± s.e.'."""
+    return "{:+.1f} ± {:.1f}".format(*paired_values(result, reference, protocol))
 
 
 def ratio(result, reference, protocol="loo-landmark"):
