@@ -136,7 +136,7 @@ def measure(call: str, mode: str, dim: int, n_images: int, n_local: int, working
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n-images-512", type=int, nargs="+", default=[250, 500, 1000, 2000, 4000])
-    parser.add_argument("--n-images-8064", type=int, nargs="+", default=[4, 8, 16, 32])
+    parser.add_argument("--n-images-8064", type=int, nargs="*", default=[4, 8, 16, 32])
     parser.add_argument("--fit-images-8064", type=int, nargs="*", default=[16, 64], help="8064-D fit points")
     parser.add_argument("--transform-512", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--n-local", type=int, default=220, help="local features per image (MAX-mask keeps ~220)")
