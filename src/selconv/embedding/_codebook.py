@@ -122,8 +122,19 @@ def check_whitening_fit(n_samples: int, dim: int, n_clamped: int, *, estimator, 
         )
 
 
-def kmeans_codebook(sample: np.ndarray, n_clusters: int, *, n_init: int, rng: np.random.RandomState) -> np.ndarray:
-    """k-means (k-means++ seeding, ``n_init`` restarts, seeded from ``rng``) codebook, float32 (n_clusters, d)."""
+def kmeans_codebook(
+    sample: np.ndarray, n_clusters: int, *, n_init: int, rng: np.random.RandomState, device: str = "cpu"
+) -> np.ndarray:
+    """k-means (k-means++ seeding, ``n_init`` restarts, seeded from ``rng``) codebook, float32 (n_clusters, d).
+
+    scikit-learn's KMeans on "cpu"; on a torch ``device`` the same algorithm in torch
+    (:func:`selconv._torch_fit.kmeans`: a codebook of the same quality, not the same numbers).
+    """
+    if device != "cpu":
+        from selconv._torch_fit import kmeans
+        from selconv.torch_encoder import resolve_device
+
+        return kmeans(sample, n_clusters, n_init=n_init, rng=rng, device=resolve_device(device))
     kmeans = KMeans(n_clusters=n_clusters, n_init=n_init, random_state=rng.randint(np.iinfo(np.int32).max))
     return kmeans.fit(sample).cluster_centers_.astype(np.float32)
 
@@ -279,8 +290,11 @@ class BaseCodebookEmbedding(SelconvPickleMixin, TransformerMixin, BaseEstimator)
         n_codewords = getattr(self, self._codebook_param)
         check_enough_features(len(features), n_codewords, estimator=self, n_images=n_images, param=self._codebook_param)
 
-    def _learn_codebook(self, sample: np.ndarray, rng: np.random.RandomState) -> None:
-        self.cluster_centers_ = kmeans_codebook(sample, self.n_clusters, n_init=self.kmeans_n_init, rng=rng)
+    def _learn_codebook(self, sample: np.ndarray, rng: np.random.RandomState, device: str) -> None:
+        """The codebook, learned on the sample; a torch ``device`` only for Temb (``EncodeAggregate(device=...)``)."""
+        self.cluster_centers_ = kmeans_codebook(
+            sample, self.n_clusters, n_init=self.kmeans_n_init, rng=rng, device=device
+        )
 
     def _learn_statistics(self, features: RaggedRows, sample: np.ndarray, device: str) -> None:
         """What is learned over all training local features once the codebook exists: nothing here."""
@@ -314,7 +328,7 @@ class BaseCodebookEmbedding(SelconvPickleMixin, TransformerMixin, BaseEstimator)
         self._check_features(features, len(sets))
         rng = check_random_state(self.random_state)
         sample = sample_features(features, self.max_samples, rng)
-        self._learn_codebook(sample, rng)
+        self._learn_codebook(sample, rng, device)
         self._learn_statistics(features, sample, device)
         check_fitted_finite(self)
         return self
