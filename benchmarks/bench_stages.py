@@ -122,7 +122,6 @@ class MapSource:
             return [self.real_map(i) for i in range(start, stop)]
         return [synthetic_pool5_map(np.random.default_rng([self.seed, i])) for i in range(start, stop)]
 
-
     def real_map(self, index: int) -> np.ndarray:
         """Real map ``index % len(maps)``; after the first cycle each channel scaled by a factor in [0.9, 1.1]
         seeded per index: the images stay distinct (a fit on identical copies determines too few directions for
