@@ -147,7 +147,8 @@ def _flop_rate_lines(rows, peak) -> list[str]:
         " the flops BLAS syrk performs; a GEMM-equivalent count 2 n^2 D would double these). 'Gram alone' times"
         " `Y @ Y.T` by itself on the same embedded test images. Target: >= 0.5. With MAX-mask an image has"
         " about 223 local features, so its Gram matrix is only about 32 MFLOP (under half a millisecond) and"
-        " the rest of the stage (l2-normalisation, 10 Sinkhorn steps, validation) weighs more.",
+        " the rest of the stage (10 Sinkhorn steps, the weighted sum, validation; the row norms are folded into"
+        " the iteration) weighs more.",
         "",
         "| configuration | D | Temb stage, batched | Temb stage, one image per call | democratic stage, batched "
         "| Gram alone |",

@@ -15,7 +15,8 @@ Without ``--maps`` the conv maps are synthetic, built to match pool5's statistic
 the grid size and the share of cells MAX-mask keeps (29% measured on real images, see
 ../shared/data/README.md; paper: ~30%); see :func:`synthetic_pool5_map`. With ``--maps file.npz`` (one (K, H, W)
 array per entry) or ``--maps FOLDER`` (VGG16 pool5 maps at 1024 px of 24 JPEGs spread over the folder, extracted
-first) real maps are used, cycled as needed. The committed results use
+first) real maps are used, cycled as needed (each copy's channels rescaled, see :meth:`MapSource.real_map`).
+The committed results use
 ``--maps ../shared/data/oxford5k-subset/jpg --n-fit-images 5000``.
 
 Run from the repository root::
@@ -118,8 +119,18 @@ class MapSource:
 
     def __call__(self, start: int, stop: int) -> list[np.ndarray]:
         if self.maps is not None:
-            return [self.maps[i % len(self.maps)] for i in range(start, stop)]
+            return [self.real_map(i) for i in range(start, stop)]
         return [synthetic_pool5_map(np.random.default_rng([self.seed, i])) for i in range(start, stop)]
+
+    def real_map(self, index: int) -> np.ndarray:
+        """Real map ``index % len(maps)``; after the first cycle each channel scaled by a factor in [0.9, 1.1]
+        seeded per index: the images stay distinct (a fit on identical copies determines too few directions for
+        RN and ITQ, which refuse it) and MAX-mask keeps the same cells (its per-channel argmax is unchanged)."""
+        features = self.maps[index % len(self.maps)]
+        if index < len(self.maps):
+            return features
+        factors = np.random.default_rng([self.seed, index]).uniform(0.9, 1.1, len(features)).astype(np.float32)
+        return features * factors[:, None, None]
 
 
 def best_time(function, repeats: int) -> float:

@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sklearn.utils._param_validation import InvalidParameterError
 
+from selconv._linalg import l2_normalize_rows
 from selconv.aggregation import (
     AveragePooling,
     DemocraticAggregator,
@@ -100,6 +101,20 @@ def test_democratic_matches_the_authors_iteration(n_iter, gamma):
         weights, reference = _authors_democratic(Y, n_iter, gamma)
         np.testing.assert_allclose(aggregator.democratic_weights(Y), weights, rtol=1e-4)
         np.testing.assert_allclose(psi, reference, rtol=1e-4, atol=1e-5)
+
+
+def test_democratic_without_normalising_the_rows_equals_the_normalising_path():
+    # transform folds the row norms into the iteration (from the Gram matrix's diagonal) instead of normalising
+    # the rows: the same numbers to float32 rounding on rows of any scale; rows whose sum of squares underflows
+    # (or is zero) send the image through the normalising path itself, exactly.
+    rng = np.random.default_rng(5)
+    aggregator = DemocraticAggregator().fit([np.zeros((0, 16), np.float32)])
+    scaled = (rng.standard_normal((60, 16)) * 10.0 ** rng.uniform(-3, 3, (60, 1))).astype(np.float32)
+    tiny = scaled.copy()
+    tiny[3] = 1e-30
+    for Y, rtol in ((scaled, 1e-5), (tiny, 0.0)):
+        expected = aggregator.democratic_weights(Y) @ l2_normalize_rows(Y)
+        np.testing.assert_allclose(aggregator.transform([Y])[0], expected, rtol=rtol, atol=1e-6 if rtol else 0)
 
 
 def test_democratic_skips_zero_local_features():

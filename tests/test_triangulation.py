@@ -150,3 +150,23 @@ def test_warns_when_covariance_is_singular():
     with pytest.warns(UserWarning, match="covariance is singular"):
         temb = TriangulationEmbedding(6, n_clamped=5, random_state=0).fit(sets)
     assert all(np.isfinite(y).all() for y in temb.transform(sets))
+
+
+def test_fit_streams_ragged_rows_with_the_numbers_of_the_concatenated_input():
+    # The fit reads the training sets through RaggedRows (chunks and the k-means sample without concatenating
+    # them all): the same numbers, bit for bit, as fitting on their concatenation as one image. More rows
+    # than a whitening chunk (8192), chunk boundaries inside images, an empty image, a k-means sample.
+    from selconv.embedding._codebook import RaggedRows
+
+    rng = np.random.default_rng(3)
+    sets = [rng.standard_normal((n, 5)).astype(np.float32) for n in (4000, 0, 3000, 2500, 1, 7000)]
+    params = dict(n_clusters=4, n_clamped=3, max_samples=5000, random_state=0)
+    streamed = TriangulationEmbedding(**params).fit(sets)
+    concatenated = TriangulationEmbedding(**params).fit([np.concatenate(sets)])
+    for name in ("cluster_centers_", "mean_", "eigenvalues_", "projection_"):
+        np.testing.assert_array_equal(getattr(streamed, name), getattr(concatenated, name))
+    rows, whole = RaggedRows(sets), np.concatenate(sets)
+    np.testing.assert_array_equal(np.concatenate(list(rows.chunks(3001))), whole)
+    np.testing.assert_array_equal(rows.rows(3999, 7001), whole[3999:7001])
+    indices = np.sort(rng.choice(len(whole), 777, replace=False))
+    np.testing.assert_array_equal(rows.take(indices), whole[indices])

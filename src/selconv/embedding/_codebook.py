@@ -42,11 +42,54 @@ WHITENING_CONSTRAINTS: dict = {
 }
 
 
-def sample_features(features: np.ndarray, max_samples: int, rng: np.random.RandomState) -> np.ndarray:
+class RaggedRows:
+    """The rows of ragged local feature sets read as one (n, d) array, without concatenating them all.
+
+    The fit of an embedding reads its training local features through this view: in chunks of rows
+    (each chunk one fresh array, the rows of the concatenation with the same boundaries) and by row
+    index (the k-means sample), so the fit's memory is bounded by the chunk and the sample, not by
+    the number of images.
+    """
+
+    def __init__(self, sets: list[np.ndarray]):
+        self.sets = [s for s in sets if len(s)]
+        self.offsets = np.cumsum([0] + [len(s) for s in self.sets])
+        self.shape = (int(self.offsets[-1]), sets[0].shape[1])
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def rows(self, start: int, stop: int) -> np.ndarray:
+        """Rows [start, stop) of the concatenation, a fresh array."""
+        stop = min(stop, len(self))
+        first = int(np.searchsorted(self.offsets, start, side="right")) - 1
+        pieces = []
+        while start < stop:
+            local = start - self.offsets[first]
+            piece = self.sets[first][local : local + stop - start]
+            pieces.append(piece)
+            start += len(piece)
+            first += 1
+        return np.concatenate(pieces) if pieces else np.empty((0, self.shape[1]), np.float32)
+
+    def chunks(self, size: int):
+        """Fresh arrays of ``size`` consecutive rows (the last one shorter)."""
+        return (self.rows(start, start + size) for start in range(0, len(self), size))
+
+    def take(self, indices: np.ndarray) -> np.ndarray:
+        """The rows at the increasing ``indices``, in that order."""
+        which = np.searchsorted(self.offsets, indices, side="right") - 1
+        bounds = np.searchsorted(which, np.arange(len(self.sets) + 1))
+        return np.concatenate(
+            [self.sets[i][indices[a:b] - self.offsets[i]] for i, (a, b) in enumerate(zip(bounds[:-1], bounds[1:]))]
+        )
+
+
+def sample_features(features: RaggedRows, max_samples: int, rng: np.random.RandomState) -> np.ndarray:
     """At most ``max_samples`` rows drawn uniformly without replacement (kept in order), or all rows."""
     if len(features) <= max_samples:
-        return features
-    return features[np.sort(sample_without_replacement(len(features), max_samples, random_state=rng))]
+        return features.rows(0, len(features))
+    return features.take(np.sort(sample_without_replacement(len(features), max_samples, random_state=rng)))
 
 
 def check_enough_features(
@@ -79,8 +122,19 @@ def check_whitening_fit(n_samples: int, dim: int, n_clamped: int, *, estimator, 
         )
 
 
-def kmeans_codebook(sample: np.ndarray, n_clusters: int, *, n_init: int, rng: np.random.RandomState) -> np.ndarray:
-    """k-means (k-means++ seeding, ``n_init`` restarts, seeded from ``rng``) codebook, float32 (n_clusters, d)."""
+def kmeans_codebook(
+    sample: np.ndarray, n_clusters: int, *, n_init: int, rng: np.random.RandomState, device: str = "cpu"
+) -> np.ndarray:
+    """k-means (k-means++ seeding, ``n_init`` restarts, seeded from ``rng``) codebook, float32 (n_clusters, d).
+
+    scikit-learn's KMeans on "cpu"; on a torch ``device`` the same algorithm in torch
+    (:func:`selconv._torch_fit.kmeans`: a codebook of the same quality, not the same numbers).
+    """
+    if device != "cpu":
+        from selconv._torch_fit import kmeans
+        from selconv.torch_encoder import resolve_device
+
+        return kmeans(sample, n_clusters, n_init=n_init, rng=rng, device=resolve_device(device))
     kmeans = KMeans(n_clusters=n_clusters, n_init=n_init, random_state=rng.randint(np.iinfo(np.int32).max))
     return kmeans.fit(sample).cluster_centers_.astype(np.float32)
 
@@ -99,7 +153,7 @@ def normalized_residuals(x: np.ndarray, centers: np.ndarray) -> np.ndarray:
     return residuals
 
 
-def learn_clamped_whitening(embed, features: np.ndarray, sample: np.ndarray, n_clamped: int, shrinkage=0.0):
+def learn_clamped_whitening(embed, features: RaggedRows, sample: np.ndarray, n_clamped: int, shrinkage=0.0):
     """Mean and whitening projection of ``embed(features)``, with the smallest eigenvalues clamped.
 
     Jegou & Zisserman's whitening of embedded local features, as the authors' code also does for
@@ -114,7 +168,7 @@ def learn_clamped_whitening(embed, features: np.ndarray, sample: np.ndarray, n_c
     ----------
     embed : callable
         Maps an (n, d) float32 chunk to a fresh (n, D) float32 embedding.
-    features : ndarray of shape (n_samples, d), float32
+    features : RaggedRows of shape (n_samples, d), float32
         All training local features.
     sample : ndarray of shape (n_sampled, d), float32
         A uniform random sample of them (the k-means sample), for the centre of the accumulation.
@@ -138,8 +192,8 @@ def learn_clamped_whitening(embed, features: np.ndarray, sample: np.ndarray, n_c
     return whitening_of_moments(embed, features, mean, scatter / n_samples, n_clamped, shrinkage)
 
 
-def _embedded_chunks(embed, features: np.ndarray):
-    return (embed(features[start : start + _FIT_CHUNK_ROWS]) for start in range(0, len(features), _FIT_CHUNK_ROWS))
+def _embedded_chunks(embed, features: RaggedRows):
+    return (embed(chunk) for chunk in features.chunks(_FIT_CHUNK_ROWS))
 
 
 def whitening_of_moments(embed, features, mean: np.ndarray, covariance: np.ndarray, n_clamped: int, shrinkage):
@@ -232,14 +286,17 @@ class BaseCodebookEmbedding(SelconvPickleMixin, TransformerMixin, BaseEstimator)
     def _embedding_dimension(self) -> int:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def _check_features(self, features: np.ndarray, n_images: int) -> None:
+    def _check_features(self, features: RaggedRows, n_images: int) -> None:
         n_codewords = getattr(self, self._codebook_param)
         check_enough_features(len(features), n_codewords, estimator=self, n_images=n_images, param=self._codebook_param)
 
-    def _learn_codebook(self, sample: np.ndarray, rng: np.random.RandomState) -> None:
-        self.cluster_centers_ = kmeans_codebook(sample, self.n_clusters, n_init=self.kmeans_n_init, rng=rng)
+    def _learn_codebook(self, sample: np.ndarray, rng: np.random.RandomState, device: str) -> None:
+        """The codebook, learned on the sample; a torch ``device`` only for Temb (``EncodeAggregate(device=...)``)."""
+        self.cluster_centers_ = kmeans_codebook(
+            sample, self.n_clusters, n_init=self.kmeans_n_init, rng=rng, device=device
+        )
 
-    def _learn_statistics(self, features: np.ndarray, sample: np.ndarray, device: str) -> None:
+    def _learn_statistics(self, features: RaggedRows, sample: np.ndarray, device: str) -> None:
         """What is learned over all training local features once the codebook exists: nothing here."""
 
     def _whitening(self):
@@ -267,11 +324,11 @@ class BaseCodebookEmbedding(SelconvPickleMixin, TransformerMixin, BaseEstimator)
     def _fit(self, sets: list[np.ndarray], device: str = "cpu"):
         """fit on validated sets; a torch ``device`` is for the embeddings that have a torch kernel (see
         :class:`TriangulationEmbedding`, ``EncodeAggregate(device=...)``)."""
-        features = np.concatenate(sets)
+        features = RaggedRows(sets)
         self._check_features(features, len(sets))
         rng = check_random_state(self.random_state)
         sample = sample_features(features, self.max_samples, rng)
-        self._learn_codebook(sample, rng)
+        self._learn_codebook(sample, rng, device)
         self._learn_statistics(features, sample, device)
         check_fitted_finite(self)
         return self

@@ -108,8 +108,8 @@ class FisherVectorEmbedding(BaseCodebookEmbedding):
         self.n_init = n_init
         self.random_state = random_state
 
-    def _learn_codebook(self, sample, rng):
-        """The diagonal GMM, fitted on the sample."""
+    def _learn_codebook(self, sample, rng, device):
+        """The diagonal GMM, fitted on the sample (scikit-learn; ``device`` is always "cpu" here)."""
         gmm = GaussianMixture(
             n_components=self.n_components,
             covariance_type="diag",

@@ -126,7 +126,8 @@ class TriangulationEmbedding(BaseWhitenedCodebookEmbedding):
         shift = whitening_shift(self._embed, sample)
         with torch.no_grad():
             shifted_sum, scatter = whitening_scatter(
-                torch.as_tensor(features, device=target),
+                # Moved image by image: the host never holds all training local features in one array.
+                torch.cat([torch.as_tensor(rows, device=target) for rows in features.sets]),
                 torch.as_tensor(self.cluster_centers_, device=target),
                 torch.as_tensor(shift.astype(np.float32), device=target),
             )

@@ -9,6 +9,7 @@ from sklearn.utils import check_random_state
 
 from selconv._compat import Interval
 from selconv.hashing._base import BaseHasher, leading_principal_directions
+from selconv.torch_encoder import check_device, is_torch_device, resolve_device
 
 
 def random_rotation(n: int, random_state) -> np.ndarray:
@@ -40,6 +41,11 @@ class ITQHasher(BaseHasher):
         ITQ iterations (the authors use 50-100).
     random_state : int, RandomState instance or None, default=None
         Seeds the initial rotation; a fixed value gives bit-identical codes.
+    device : str, default="cpu"
+        Where ``fit`` runs the iterations: "cpu" (numpy), or "cuda", "cuda:<index>" or "torch" (torch on the
+        CPU), float64 as numpy: the same rotation to float64 rounding (a code bit can flip only where a
+        projection is within rounding of 0). The PCA and ``transform`` stay numpy. Without CUDA, "cuda"
+        falls back to the CPU with a warning.
 
     Attributes
     ----------
@@ -74,17 +80,32 @@ class ITQHasher(BaseHasher):
         **BaseHasher._parameter_constraints,
         "n_iter": [Interval(numbers.Integral, 0, None, closed="left")],
         "random_state": ["random_state"],
+        "device": [str],
     }
 
-    def __init__(self, n_bits=64, *, n_iter=50, random_state=None):
+    def __init__(self, n_bits=64, *, n_iter=50, random_state=None, device="cpu"):
         self.n_bits = n_bits
         self.n_iter = n_iter
         self.random_state = random_state
+        self.device = device
 
     def _fit(self, X):
+        check_device(self.device)
         self.mean_, axes, self.explained_variance_ = leading_principal_directions(X, self.n_bits, estimator=self)
         V = (X - self.mean_) @ axes
         rotation = random_rotation(self.n_bits, self.random_state)
+        if is_torch_device(self.device):
+            from selconv._torch_fit import itq_rotation
+
+            rotation, losses = itq_rotation(V, rotation, self.n_iter, resolve_device(self.device))
+        else:
+            rotation, losses = self._iterate(V, rotation)
+        self.rotation_ = rotation
+        self.projection_ = axes @ rotation
+        self.quantization_loss_ = np.asarray(losses) / X.shape[0]
+        return self
+
+    def _iterate(self, V, rotation):
         losses = []
         for _ in range(self.n_iter):
             B = sign_codes(V @ rotation)
@@ -92,10 +113,7 @@ class ITQHasher(BaseHasher):
             u, _, vt = np.linalg.svd(B.T @ V)
             rotation = vt.T @ u.T
         losses.append(np.sum((sign_codes(V @ rotation) - V @ rotation) ** 2))
-        self.rotation_ = rotation
-        self.projection_ = axes @ rotation
-        self.quantization_loss_ = np.asarray(losses) / X.shape[0]
-        return self
+        return rotation, losses
 
     def _encode(self, X):
         return (X - self.mean_) @ self.projection_ > 0
