@@ -123,7 +123,7 @@ def write_robust_section(run):
         "change from the paper's learned steps on the same learning set, ± its standard error over the same "
         "queries. Same-domain learning set (its number of images in brackets): as section 8b. No re-ranking.",
         "",
-        " ".join(p for p in (provenance(run, "rerank"), provenance(run, "robust")) if p),
+        " ".join(dict.fromkeys(p for p in (provenance(run, "rerank"), provenance(run, "robust")) if p)),
         "",
         markdown_table(headers, rows),
     ]
