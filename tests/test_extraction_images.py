@@ -202,3 +202,22 @@ def test_worker_threads_leave_the_process_warning_state_alone(tmp_path, monkeypa
     extractor = ConvFeatureExtractor(tiny_net, max_size=40, n_workers=2).fit()
     extractor.transform([*paths, (paths[2], (5, 5, 70, 50))])  # resized up and down, and a box
     assert all(name == threading.main_thread().name for name in entered_in), entered_in
+
+
+class _NaNNet(torch.nn.Module):
+    """A network whose output is NaN, as a float16 overflow or a bad device decode would give."""
+
+    def forward(self, x):
+        return torch.nn.functional.max_pool2d(x, 2) * float("nan")
+
+
+@pytest.mark.parametrize("on_error", ["raise", "skip"])
+def test_non_finite_network_output_is_an_error_naming_the_image(tmp_path, on_error):
+    from selconv import ConvFeatureExtractor
+    from selconv.exceptions import NonFiniteError
+
+    path = tmp_path / "photo.jpg"
+    Image.fromarray(gradient()).save(path)
+    extractor = ConvFeatureExtractor(backbone=_NaNNet, max_size=None, n_workers=0, on_error=on_error).fit()
+    with pytest.raises(NonFiniteError, match=r"NaN or infinity for 1 image\(s\): .*photo\.jpg"):
+        extractor.transform([str(path)])

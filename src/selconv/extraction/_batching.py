@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from selconv.conv_map import ConvMap
+from selconv.exceptions import NonFiniteError
 from selconv.extraction._results import SkippedInput
 from selconv.extraction.images import ImageLoadError
 
@@ -99,6 +100,7 @@ class BatchRunner:
         if event is not None:
             event.synchronize()
         features = out.numpy().copy()  # one copy out of pinned (or batch) memory; the maps are views of it
+        self._check_finite(features, [img.source for _, img, _ in batch])
         return [
             (
                 key,
@@ -112,6 +114,18 @@ class BatchRunner:
             )
             for i, (key, img, cache_path) in enumerate(batch)
         ]
+
+    def _check_finite(self, features, sources) -> None:
+        """The NaN policy (docs/robustness.md) at the network's output: float16 can overflow, and a decode on the
+        device once returned a map with NaN on an H200 (benchmarks/results/gpu_pipeline.md); never pass them on."""
+        if np.isfinite(features).all():
+            return
+        bad = [str(source) for source, maps in zip(sources, features) if not np.isfinite(maps).all()]
+        raise NonFiniteError(
+            f"the network returned conv maps with NaN or infinity for {len(bad)} image(s): {', '.join(bad[:5])} "
+            f"(network dtype {str(self.compute_dtype).removeprefix('torch.')}). float16 can overflow: use "
+            "precision='bfloat16' or 'float32'; with decode='device', try decode='cpu'."
+        )
 
     def submit(self, batch):
         """Start a batch; return the finished results of the previous one (CUDA) or of this one (CPU)."""
