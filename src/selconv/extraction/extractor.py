@@ -81,8 +81,9 @@ class ConvFeatureExtractor(SelconvPickleMixin, TransformerMixin, BaseEstimator):
         ``"device"``: torchvision's ``decode_jpeg`` on ``device`` (nvJPEG on a GPU) and a torch bicubic
         antialiased resize, for single-scale extraction of RGB or grey JPEG files without EXIF rotation, box or
         keypoints; every other input (and any file torchvision cannot decode) takes the CPU path. The pixels
-        differ from the CPU path's by the GPU decoder's IDCT and at most one grey level of resize rounding;
-        see docs/extraction.md.
+        differ from the CPU path's by the GPU decoder's IDCT and at most one grey level of resize rounding.
+        Not yet verified on a GPU (its one GPU run gave a NaN map, now refused with ``NonFiniteError``); see
+        docs/extraction.md.
     batch_size : int, default=8
         Images per forward pass. Only images of identical resized shape share a batch (see Notes).
     n_workers : int or None, default=None
