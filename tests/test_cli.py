@@ -56,7 +56,7 @@ def test_parser_defaults():
         (["--dataset", "sample", "--fit-on", "database", "--train-dir", "{dir}"], "do not also give"),
         (["--dataset", "sample", "--train-dir", "{missing}"], "--train-dir"),
         (["--dataset", "sample", "--train-data-dir", "{dir}"], "goes with --train-dataset"),
-        (["--dataset", "sample", "--bits", "12"], "multiples of 8"),
+        (["--dataset", "sample", "--bits", "12"], "must be a multiple of 8"),
         (["--dataset", "sample", "--train-dir", "{sample_images}"], "learning images are also searched"),
     ],
 )

@@ -73,9 +73,13 @@ def positive_int(text: str) -> int:
 
 def bit_length(text: str) -> int:
     """A code length: a positive multiple of 8 (codes are packed in bytes)."""
+    from selconv.hashing._base import check_packable
+
     value = positive_int(text)
-    if value % 8:
-        raise argparse.ArgumentTypeError(f"bit lengths must be multiples of 8 (codes are packed in bytes); got {value}")
+    try:
+        check_packable(value, "--bits")
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
     return value
 
 

@@ -57,6 +57,14 @@ def unpack_bits(codes: np.ndarray) -> np.ndarray:
     return np.unpackbits(np.asarray(codes, dtype=np.uint8), axis=1, bitorder="big")
 
 
+def check_packable(n_bits: int, name: str = "n_bits") -> None:
+    """The one rule on a code length: a multiple of 8, since codes are stored packed (n_bits / 8 bytes)."""
+    if n_bits % 8:
+        raise ValueError(
+            f"{name}: n_bits must be a multiple of 8 (codes are stored packed, n_bits / 8 bytes); got n_bits={n_bits}."
+        )
+
+
 class BaseHasher(
     SelconvPickleMixin, ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator, metaclass=ABCMeta
 ):
@@ -83,11 +91,7 @@ class BaseHasher(
         X = validate_data(self, X, reset=True, dtype=np.float64, ensure_min_samples=1)
         n_samples, n_features = X.shape
         name = type(self).__name__
-        if self.n_bits % 8:
-            raise ValueError(
-                f"{name}: n_bits must be a multiple of 8 (codes are stored packed, n_bits / 8 bytes); "
-                f"got n_bits={self.n_bits}."
-            )
+        check_packable(self.n_bits, name)
         if self.n_bits > n_features:
             raise ValueError(
                 f"{name}: n_bits={self.n_bits} exceeds the number of features of X (n_features = {n_features}); "
