@@ -77,7 +77,7 @@ def bit_length(text: str) -> int:
 
     value = positive_int(text)
     try:
-        check_packable(value, "--bits")
+        check_packable(value)
     except ValueError as error:
         raise argparse.ArgumentTypeError(str(error)) from None
     return value

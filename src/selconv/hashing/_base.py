@@ -57,11 +57,12 @@ def unpack_bits(codes: np.ndarray) -> np.ndarray:
     return np.unpackbits(np.asarray(codes, dtype=np.uint8), axis=1, bitorder="big")
 
 
-def check_packable(n_bits: int, name: str = "n_bits") -> None:
+def check_packable(n_bits: int, name: str | None = None) -> None:
     """The one rule on a code length: a multiple of 8, since codes are stored packed (n_bits / 8 bytes)."""
     if n_bits % 8:
         raise ValueError(
-            f"{name}: n_bits must be a multiple of 8 (codes are stored packed, n_bits / 8 bytes); got n_bits={n_bits}."
+            (f"{name}: " if name else "")
+            + f"n_bits must be a multiple of 8 (codes are stored packed, n_bits / 8 bytes); got n_bits={n_bits}."
         )
 
 
