@@ -140,6 +140,7 @@ def run_benchmark(
     -------
     BenchmarkResult
     """
+    # Long only by its signature and docstring (the options of `selconv evaluate`); the body is about 40 lines.
     from selconv.evaluation._steps import describe_all, fit_methods, prepare_extractor
 
     if not masks:
