@@ -50,7 +50,7 @@ class EncodeAggregate(SelconvPickleMixin, ClassNamePrefixFeaturesOutMixin, Trans
         "cpu": the numpy estimators. "cuda", "cuda:<index>" or "torch" (torch on the CPU): the torch
         kernels of :mod:`selconv.torch_encoder` for a TriangulationEmbedding + DemocraticAggregator
         (other pairs are rejected): in ``fit`` the k-means codebook (scikit-learn's algorithm and random
-        draws in torch, :func:`selconv._torch_fit.kmeans`) and the pass over all local features that
+        draws in torch, ``selconv._torch_fit.kmeans``) and the pass over all local features that
         accumulates the covariance of the embedding, in ``transform`` embedding and democratic pooling
         of a whole chunk of images at once. Same numbers as "cpu" to float32 rounding (k-means: where a
         rounding difference flips a choice, another codebook of about the same inertia). Without
