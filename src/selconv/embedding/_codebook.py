@@ -36,6 +36,12 @@ CHUNK_ROWS = 1024
 _FIT_CHUNK_ROWS = 8 * CHUNK_ROWS
 
 #: Parameter constraints of the whitening shared by Temb and F-FAemb.
+#: Parameters of the k-means codebook that Temb, VLAD and F-FAemb share (with ``n_clusters``).
+KMEANS_CONSTRAINTS: dict = {
+    "max_samples": [Interval(numbers.Integral, 1, None, closed="left")],
+    "kmeans_n_init": [Interval(numbers.Integral, 1, None, closed="left")],
+    "random_state": ["random_state"],
+}
 WHITENING_CONSTRAINTS: dict = {
     "n_clamped": [Interval(numbers.Integral, 0, None, closed="left")],
     "shrinkage": [Interval(numbers.Real, 0, None, closed="left"), StrOptions({"ledoit-wolf"})],

@@ -27,7 +27,12 @@ import numbers
 import numpy as np
 
 from selconv._compat import Interval
-from selconv.embedding._codebook import WHITENING_CONSTRAINTS, BaseWhitenedCodebookEmbedding, normalized_residuals
+from selconv.embedding._codebook import (
+    KMEANS_CONSTRAINTS,
+    WHITENING_CONSTRAINTS,
+    BaseWhitenedCodebookEmbedding,
+    normalized_residuals,
+)
 
 __all__ = ["FAembEmbedding"]
 
@@ -98,9 +103,7 @@ class FAembEmbedding(BaseWhitenedCodebookEmbedding):
         "n_clusters": [Interval(numbers.Integral, 1, None, closed="left")],
         "mu": [Interval(numbers.Real, 0, None, closed="neither")],
         **WHITENING_CONSTRAINTS,
-        "max_samples": [Interval(numbers.Integral, 1, None, closed="left")],
-        "kmeans_n_init": [Interval(numbers.Integral, 1, None, closed="left")],
-        "random_state": ["random_state"],
+        **KMEANS_CONSTRAINTS,
     }
 
     def __init__(

@@ -15,6 +15,7 @@ import numpy as np
 
 from selconv._compat import Interval
 from selconv.embedding._codebook import (
+    KMEANS_CONSTRAINTS,
     WHITENING_CONSTRAINTS,
     BaseWhitenedCodebookEmbedding,
     normalized_residuals,
@@ -89,9 +90,7 @@ class TriangulationEmbedding(BaseWhitenedCodebookEmbedding):
     _parameter_constraints: dict = {
         "n_clusters": [Interval(numbers.Integral, 1, None, closed="left")],
         **WHITENING_CONSTRAINTS,
-        "max_samples": [Interval(numbers.Integral, 1, None, closed="left")],
-        "kmeans_n_init": [Interval(numbers.Integral, 1, None, closed="left")],
-        "random_state": ["random_state"],
+        **KMEANS_CONSTRAINTS,
     }
 
     def __init__(

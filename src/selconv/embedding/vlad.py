@@ -14,7 +14,7 @@ import numbers
 import numpy as np
 
 from selconv._compat import Interval
-from selconv.embedding._codebook import BaseCodebookEmbedding
+from selconv.embedding._codebook import KMEANS_CONSTRAINTS, BaseCodebookEmbedding
 
 __all__ = ["VLADEmbedding"]
 
@@ -58,9 +58,7 @@ class VLADEmbedding(BaseCodebookEmbedding):
 
     _parameter_constraints: dict = {
         "n_clusters": [Interval(numbers.Integral, 1, None, closed="left")],
-        "max_samples": [Interval(numbers.Integral, 1, None, closed="left")],
-        "kmeans_n_init": [Interval(numbers.Integral, 1, None, closed="left")],
-        "random_state": ["random_state"],
+        **KMEANS_CONSTRAINTS,
     }
 
     def __init__(self, n_clusters=66, *, max_samples=100_000, kmeans_n_init=1, random_state=None):
