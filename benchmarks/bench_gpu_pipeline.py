@@ -248,28 +248,6 @@ def relative_errors(ours, exact) -> dict:
 # --------------------------------------------------------------------------- 1. agreement, float64
 
 
-def float64_encoder(encoder):
-    """The same fitted model evaluated in float64 throughout (the reference of both float32 paths)."""
-    import copy
-
-    exact = copy.copy(encoder)
-    exact.pca = tuple(t.double() for t in encoder.pca)
-    exact.temb = tuple(t.double() for t in encoder.temb)
-    exact.rotation = (encoder.rotation[0].double(), encoder.rotation[1].double(), encoder.rotation[2])
-    return exact
-
-
-def exact_descriptors(encoder, maps) -> np.ndarray:
-    import torch
-
-    exact = float64_encoder(encoder)
-    out = []
-    with torch.no_grad():
-        for m in maps:
-            out.append(exact._encode(torch.as_tensor(m.features[None]).to(encoder.device, torch.float64)).cpu().numpy())
-    return np.concatenate(out)
-
-
 def agreement(args, data, report) -> dict:
     from selconv.torch_encoder import TorchEncoder
 
@@ -280,7 +258,7 @@ def agreement(args, data, report) -> dict:
     encoders = {
         dtype: TorchEncoder(real, device=args.device, projection_dtype=dtype) for dtype in ("float32", "float64")
     }
-    exact = exact_descriptors(encoders["float32"], maps)
+    exact = encoders["float32"].transform_float64(maps)
     outputs = {"numpy": numpy_out, **{f"torch {d}": e.transform(maps) for d, e in encoders.items()}}
     results = {name: relative_errors(out, exact) for name, out in outputs.items()}
     results["torch float32 vs numpy"] = relative_errors(outputs["torch float32"], numpy_out.astype(np.float64))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import warnings
 
 import numpy as np
@@ -121,16 +120,6 @@ def test_torch_encoder_rejects_unsupported_pipelines():
         TorchEncoder(make_paper_pipeline(512)[:2], device="torch")
 
 
-def exact_descriptors(encoder, maps):
-    """The encoder's fitted model computed in float64 throughout (the reference both float32 paths approximate)."""
-    exact = copy.copy(encoder)
-    exact.pca = tuple(t.double() for t in encoder.pca)
-    exact.temb = tuple(t.double() for t in encoder.temb)
-    exact.rotation = (encoder.rotation[0].double(), encoder.rotation[1].double(), encoder.rotation[2])
-    with torch.no_grad():
-        return np.concatenate([exact._encode(torch.as_tensor(m[None]).double()).numpy() for m in maps])
-
-
 def relative_errors(ours, exact):
     """(max over images of max|a - b| / max|b|, max over images of ||a - b|| / ||b||)."""
     difference = np.abs(ours - exact)
@@ -147,7 +136,7 @@ def agreement_with_float64(train, test, bounds, small=True):
             pca__n_components=8, encode__embedding__n_clusters=6, encode__embedding__n_clamped=4, rotate__n_dropped=4
         )
     quiet(pipeline.fit, train)
-    exact = exact_descriptors(TorchEncoder(pipeline, device="torch"), test)
+    exact = TorchEncoder(pipeline, device="torch").transform_float64(test)
     errors = {"numpy": relative_errors(pipeline.transform(test), exact)}
     for dtype in ("float32", "float64"):
         errors[dtype] = relative_errors(

@@ -334,6 +334,37 @@ class TorchEncoder:
             out[indices] = codes
         return out
 
+    def transform_float64(self, maps) -> np.ndarray:
+        """The same fitted model evaluated in float64 throughout, one map at a time: the exact result that the
+        float32 paths (this encoder's and the numpy pipeline's) approximate, to measure their error.
+
+        Parameters
+        ----------
+        maps : list of ConvMap or ndarray (K, H_i, W_i)
+
+        Returns
+        -------
+        out : ndarray of shape (n_images, D), float64 (uint8 codes with ITQ)
+        """
+        import copy
+
+        import torch
+
+        from selconv._ragged import check_conv_maps
+
+        exact = copy.copy(self)
+        exact.pca = tuple(t.double() for t in self.pca)
+        exact.temb = tuple(t.double() for t in self.temb)
+        exact.rotation = (self.rotation[0].double(), self.rotation[1].double(), self.rotation[2])
+        checked = check_conv_maps(maps, estimator=self, reset=False, multiscale=False)
+        with torch.no_grad():
+            return np.concatenate(
+                [
+                    exact._encode(torch.as_tensor(m.features[None]).to(self.device, torch.float64)).cpu().numpy()
+                    for m in checked
+                ]
+            )
+
     @property
     def n_features_in_(self):  # for check_conv_maps's channel check
         return self.n_channels
