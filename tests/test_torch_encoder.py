@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 import torch
 from conftest import make_local_sets
+from sklearn.decomposition import PCA
 
-from selconv.aggregation import DemocraticAggregator, EmptyImageWarning, SumPooling
+from selconv.aggregation import AveragePooling, DemocraticAggregator, EmptyImageWarning, SumPooling
 from selconv.conv_map import ConvMap, MultiScaleConvMap
-from selconv.embedding import TriangulationEmbedding
+from selconv.embedding import FAembEmbedding, FisherVectorEmbedding, TriangulationEmbedding, VLADEmbedding
 from selconv.encoding import EncodeAggregate
 from selconv.masks import MaxMask, SumMask
 from selconv.pipelines import make_paper_pipeline
@@ -77,12 +78,48 @@ def test_encode_aggregate_torch_equals_numpy_in_fit_and_transform():
         np.testing.assert_allclose(numpy_path.transform(test), reference, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize(
+    ("embedding", "aggregator"),
+    [
+        (FAembEmbedding(4, n_clamped=5, random_state=0), DemocraticAggregator()),
+        (FAembEmbedding(4, n_clamped=5, random_state=0), SumPooling()),
+        (VLADEmbedding(5, random_state=0), DemocraticAggregator()),
+        (FisherVectorEmbedding(3, random_state=0), AveragePooling()),
+    ],
+    ids=["faemb-democratic", "faemb-sum", "vlad-democratic", "fv-average"],
+)
+def test_encode_aggregate_torch_equals_numpy_for_every_embedding(embedding, aggregator):
+    """The other codebook embeddings on a torch device: embedded on the host, whitened (F-FAemb) and pooled
+    (democratic) on the device, the codebook (k-means) and the whitening's scatter learned there."""
+    train = make_local_sets(counts=(300, 250, 0, 120, 400, 350), n_features=6, random_state=0, nonnegative=False)
+    test = make_local_sets(counts=(90, 230, 1, 150), n_features=6, random_state=1, nonnegative=False)
+    numpy_path = EncodeAggregate(embedding, aggregator).fit(train)
+    torch_path = EncodeAggregate(embedding, aggregator, device="torch", working_memory=0.05).fit(train)
+    codebook = "means_" if isinstance(embedding, FisherVectorEmbedding) else "cluster_centers_"  # FV: a GMM, on the CPU
+    np.testing.assert_allclose(
+        getattr(torch_path.embedding_, codebook), getattr(numpy_path.embedding_, codebook), rtol=1e-5, atol=1e-6
+    )
+    if hasattr(numpy_path.embedding_, "eigenvalues_"):
+        np.testing.assert_allclose(torch_path.embedding_.mean_, numpy_path.embedding_.mean_, rtol=1e-5, atol=1e-8)
+        np.testing.assert_allclose(torch_path.embedding_.eigenvalues_, numpy_path.embedding_.eigenvalues_, rtol=1e-4)
+    reference = numpy_path.transform(test)
+    ours = torch_path.transform(test)
+    assert ours.dtype == np.float32 and ours.shape == reference.shape
+    # Clamped eigenvalues leave their eigenvectors defined up to a rotation of their subspace: compare the
+    # inner products between images (all that ranking uses).
+    scale = np.abs(reference).max() ** 2
+    np.testing.assert_allclose(ours @ ours.T, reference @ reference.T, rtol=1e-4, atol=1e-5 * scale)
+    # Transform alone (numpy fit, torch kernels): the same numbers.
+    numpy_path.set_params(device="torch")
+    np.testing.assert_allclose(numpy_path.transform(test), reference, rtol=1e-4, atol=1e-5 * np.abs(reference).max())
+
+
 def test_device_errors():
     sets = make_local_sets(counts=(40, 30), n_features=4)
     with pytest.raises(ValueError, match="device must be 'cpu'"):
         EncodeAggregate(device="gpu").fit(sets)
-    with pytest.raises(ValueError, match="supports a TriangulationEmbedding with a DemocraticAggregator"):
-        EncodeAggregate(aggregator=SumPooling(), device="torch").fit(sets)
+    with pytest.raises(ValueError, match="supports selconv's codebook embeddings .* got PCA"):
+        EncodeAggregate(embedding=PCA(2), device="torch").fit(sets)
 
 
 @pytest.mark.parametrize(("mask", "n_bits"), [("max", None), ("sum", None), ("max", 16)])

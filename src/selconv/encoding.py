@@ -48,13 +48,16 @@ class EncodeAggregate(SelconvPickleMixin, ClassNamePrefixFeaturesOutMixin, Trans
         chunks (e.g. 1024 MiB) keep it busier.
     device : str, default="cpu"
         "cpu": the numpy estimators. "cuda", "cuda:<index>" or "torch" (torch on the CPU): the torch
-        kernels of :mod:`selconv.torch_encoder` for a TriangulationEmbedding + DemocraticAggregator
-        (other pairs are rejected): in ``fit`` the k-means codebook (scikit-learn's algorithm and random
-        draws in torch, ``selconv._torch_fit.kmeans``) and the pass over all local features that
-        accumulates the covariance of the embedding, in ``transform`` embedding and democratic pooling
-        of a whole chunk of images at once. Same numbers as "cpu" to float32 rounding (k-means: where a
-        rounding difference flips a choice, another codebook of about the same inertia). Without
-        CUDA, "cuda" falls back to the CPU with a warning.
+        kernels of :mod:`selconv.torch_encoder`, for selconv's codebook embeddings (others are rejected).
+        In ``fit``: the k-means codebook (Temb, VLAD, F-FAemb; scikit-learn's algorithm and random draws
+        in torch, ``selconv._torch_fit.kmeans``; the Fisher vector's GMM stays on the CPU) and, for the
+        whitened embeddings (Temb, F-FAemb), the pass over all local features that accumulates the
+        covariance of the embedding. In ``transform``: the embedding and its whitening of a whole chunk of
+        images at once, and democratic pooling (another aggregator runs on the host). Temb embeds on the
+        device; the others embed on the host (numpy), their products with the whitening run on the
+        device. Same numbers as "cpu" to float32 rounding (k-means: where a rounding difference flips a
+        choice, another codebook of about the same inertia). Without CUDA, "cuda" falls back to the CPU
+        with a warning.
 
     Attributes
     ----------
@@ -116,17 +119,17 @@ class EncodeAggregate(SelconvPickleMixin, ClassNamePrefixFeaturesOutMixin, Trans
         """
         from selconv.aggregation import DemocraticAggregator
         from selconv.embedding import TriangulationEmbedding
+        from selconv.embedding._codebook import BaseCodebookEmbedding
 
         check_device(self.device)
         sets = check_local_sets(X, estimator=self, reset=True)
         embedding = clone(TriangulationEmbedding() if self.embedding is None else self.embedding)
         aggregator = clone(DemocraticAggregator() if self.aggregator is None else self.aggregator)
         if is_torch_device(self.device):
-            if not (isinstance(embedding, TriangulationEmbedding) and isinstance(aggregator, DemocraticAggregator)):
+            if not isinstance(embedding, BaseCodebookEmbedding):
                 raise ValueError(
-                    f"EncodeAggregate: device={self.device!r} supports a TriangulationEmbedding with a "
-                    f"DemocraticAggregator; got {type(embedding).__name__} with {type(aggregator).__name__}. "
-                    "Use device='cpu' for the others."
+                    f"EncodeAggregate: device={self.device!r} supports selconv's codebook embeddings (Temb, VLAD, "
+                    f"Fisher vector, F-FAemb); got {type(embedding).__name__}. Use device='cpu' for others."
                 )
             embedding._validate_params()
             embedding.n_features_in_ = self.n_features_in_
@@ -172,21 +175,34 @@ class EncodeAggregate(SelconvPickleMixin, ClassNamePrefixFeaturesOutMixin, Trans
         return self.aggregator_.transform(self.embedding_.transform(sets))
 
     def _torch_encoder(self):
-        """A function: non-empty sets -> their aggregated vectors, through the torch kernels."""
+        """A function: non-empty sets -> their aggregated vectors, embedded (and whitened) on the torch device;
+        democratic pooling there too, any other aggregator on the host."""
         import torch
 
         from selconv import torch_encoder as kernels
+        from selconv.aggregation import DemocraticAggregator
 
         device = kernels.resolve_device(self.device)
-        temb = kernels.embedding_tensors(self.embedding_, device)
-        n_iter, gamma = self.aggregator_.n_iter, self.aggregator_.gamma
+        phi, chunk_rows = kernels.embedding_phi(self.embedding_, device)
+        whitening = self.embedding_._whitening()
+        if whitening is not None:
+            mean, projection = (torch.as_tensor(a.astype(np.float32), device=device) for a in whitening)
+            projection_t = projection.T.contiguous()
+        democratic = isinstance(self.aggregator_, DemocraticAggregator)
 
         def encode(sets):
             counts = torch.as_tensor([len(s) for s in sets], device=device)
             rows = torch.as_tensor(np.concatenate(sets), device=device)
-            image = torch.repeat_interleave(torch.arange(len(sets), device=device), counts)
             with torch.no_grad(), kernels.strict_float32():
-                embedded = kernels.triangulation_embed(rows, *temb)
-                return kernels.democratic(kernels.pad(embedded, image, counts), n_iter, gamma).cpu().numpy()
+                if whitening is None:
+                    embedded = torch.cat([phi(rows[i : i + chunk_rows]) for i in range(0, len(rows), chunk_rows)])
+                else:
+                    embedded = kernels.whitened_embed(rows, phi, mean, projection_t, chunk_rows)
+                if not democratic:
+                    local = np.split(embedded.cpu().numpy(), np.cumsum([len(s) for s in sets])[:-1])
+                    return self.aggregator_.transform(local)
+                image = torch.repeat_interleave(torch.arange(len(sets), device=device), counts)
+                padded = kernels.pad(embedded, image, counts)
+                return kernels.democratic(padded, self.aggregator_.n_iter, self.aggregator_.gamma).cpu().numpy()
 
         return encode

@@ -121,29 +121,61 @@ def triangulation_embed(rows, centers, mean, projection_t, chunk_rows: int = 1 <
     the float32 rounding of the sum out of the result, the stage that dominates the float32 path's error
     (the whitening projection's entries reach ~100 and its terms cancel).
     """
+    return whitened_embed(rows, lambda block: triangulate(block, centers), mean, projection_t, chunk_rows)
+
+
+def whitened_embed(rows, phi, mean, projection_t, chunk_rows: int):
+    """A whitened codebook embedding's transform on packed rows: l2((phi(x) - mean) @ P^T), in chunks of rows.
+
+    ``phi`` maps a chunk of rows (a tensor) to its embedding on the rows' device; the output has the rows' dtype.
+    """
     import torch
 
     out = torch.empty(rows.shape[0], projection_t.shape[1], dtype=rows.dtype, device=rows.device)
     for start in range(0, rows.shape[0], chunk_rows):
-        block = triangulate(rows[start : start + chunk_rows], centers) - mean
+        block = phi(rows[start : start + chunk_rows]) - mean
         out[start : start + chunk_rows] = l2_normalize(block.to(projection_t.dtype) @ projection_t)
     return out
 
 
-def whitening_scatter(rows, centers, shift, chunk_rows: int = 1 << 15):
-    """Sum of phi(x) - shift and the scatter sum((phi - shift)(phi - shift)^T) over packed rows, float64.
+def embedding_phi(embedding, device):
+    """``(phi, chunk_rows)`` of a fitted codebook embedding on ``device``: phi maps a chunk of packed rows (a
+    tensor on ``device``) to its embedded rows before any whitening, a float32 tensor on ``device``.
 
-    Each chunk's GEMM runs in float32 (TF32 off) and is accumulated in float64, as
+    Temb's phi is a torch kernel (:func:`triangulate`); the other embeddings' is their numpy ``_embed`` on
+    the host, its output moved to ``device`` (their GEMMs, the whitening's, still run there), in chunks of
+    8,192 rows so that the host's block stays about 170 MiB at F-FAemb's 5,280 dimensions.
+    """
+    import torch
+
+    from selconv.embedding import TriangulationEmbedding
+
+    if isinstance(embedding, TriangulationEmbedding):
+        centers = torch.as_tensor(embedding.cluster_centers_, device=device)
+        return (lambda rows: triangulate(rows, centers)), 1 << 16
+
+    def phi(rows):
+        return torch.as_tensor(embedding._embed(rows.cpu().numpy()), device=device)
+
+    return phi, 1 << 13
+
+
+def whitening_scatter(blocks, shift):
+    """Sum of phi - shift and the scatter sum((phi - shift)(phi - shift)^T) over embedded ``blocks`` (float32
+    tensors on one device), float64.
+
+    Each block's GEMM runs in float32 (TF32 off) and is accumulated in float64, as
     :func:`selconv._linalg.mean_and_scatter` does on the CPU.
     """
     import torch
 
-    dim = centers.numel()
-    shifted_sum = torch.zeros(dim, dtype=torch.float64, device=rows.device)
-    scatter = torch.zeros(dim, dim, dtype=torch.float64, device=rows.device)
+    shifted_sum = scatter = None
     with strict_float32():
-        for start in range(0, rows.shape[0], chunk_rows):
-            block = triangulate(rows[start : start + chunk_rows], centers) - shift
+        for block in blocks:
+            block = block - shift
+            if scatter is None:
+                shifted_sum = torch.zeros(block.shape[1], dtype=torch.float64, device=block.device)
+                scatter = torch.zeros(block.shape[1], block.shape[1], dtype=torch.float64, device=block.device)
             shifted_sum += block.sum(dim=0, dtype=torch.float64)
             scatter += (block.T @ block).double()
     return shifted_sum, scatter

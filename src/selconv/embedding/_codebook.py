@@ -387,10 +387,35 @@ class BaseWhitenedCodebookEmbedding(BaseCodebookEmbedding):
         check_whitening_fit(len(features), dim, self.n_clamped, estimator=self, dim_formula=formula)
 
     def _learn_statistics(self, features, sample, device):
-        self.mean_, self.eigenvalues_, self.projection_, self.shrinkage_ = learn_clamped_whitening(
-            self._embed, features, sample, self.n_clamped, self.shrinkage
-        )
+        """The mean and clamped whitening of phi; on a torch ``device`` (``EncodeAggregate(device=...)``) the pass
+        over all local features that accumulates the covariance of phi runs there (its GEMMs; phi itself too for
+        Temb: :func:`selconv.torch_encoder.embedding_phi`)."""
+        if device == "cpu":
+            whitening = learn_clamped_whitening(self._embed, features, sample, self.n_clamped, self.shrinkage)
+        else:
+            whitening = self._learn_whitening_on(device, features, sample)
+        self.mean_, self.eigenvalues_, self.projection_, self.shrinkage_ = whitening
         self.n_samples_seen_ = len(features)
+
+    def _learn_whitening_on(self, device, features, sample):
+        """:func:`learn_clamped_whitening` with the scatter accumulated on the torch ``device``."""
+        import torch
+
+        from selconv.torch_encoder import embedding_phi, resolve_device, whitening_scatter
+
+        target = resolve_device(device)
+        shift = whitening_shift(self._embed, sample)
+        phi, chunk_rows = embedding_phi(self, target)
+        with torch.no_grad():
+            # Moved chunk by chunk: the device never holds more than one chunk of embedded features.
+            blocks = (phi(torch.as_tensor(rows, device=target)) for rows in features.chunks(chunk_rows))
+            shifted_sum, scatter = whitening_scatter(blocks, torch.as_tensor(shift.astype(np.float32), device=target))
+        n_samples = len(features)
+        shifted_mean = shifted_sum.cpu().numpy() / n_samples
+        scatter = scatter.cpu().numpy() - n_samples * np.outer(shifted_mean, shifted_mean)
+        return whitening_of_moments(
+            self._embed, features, shift + shifted_mean, scatter / n_samples, self.n_clamped, self.shrinkage
+        )
 
     def _embedding_dimension(self):
         return len(self.mean_)

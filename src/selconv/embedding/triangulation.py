@@ -19,8 +19,6 @@ from selconv.embedding._codebook import (
     WHITENING_CONSTRAINTS,
     BaseWhitenedCodebookEmbedding,
     normalized_residuals,
-    whitening_of_moments,
-    whitening_shift,
 )
 
 __all__ = ["TriangulationEmbedding"]
@@ -109,31 +107,3 @@ class TriangulationEmbedding(BaseWhitenedCodebookEmbedding):
 
     def _dimension_formula(self, n_features):
         return self.n_clusters * n_features, f"n_clusters * n_features = {self.n_clusters} * {n_features}"
-
-    def _learn_statistics(self, features, sample, device):
-        """The mean and clamped whitening of phi; on a torch ``device`` (see :mod:`selconv.torch_encoder`) the
-        pass over all local features that accumulates the covariance of phi runs there
-        (``EncodeAggregate(device=...)``)."""
-        if device == "cpu":
-            super()._learn_statistics(features, sample, device)
-            return
-        import torch
-
-        from selconv.torch_encoder import resolve_device, whitening_scatter
-
-        target = resolve_device(device)
-        shift = whitening_shift(self._embed, sample)
-        with torch.no_grad():
-            shifted_sum, scatter = whitening_scatter(
-                # Moved image by image: the host never holds all training local features in one array.
-                torch.cat([torch.as_tensor(rows, device=target) for rows in features.sets]),
-                torch.as_tensor(self.cluster_centers_, device=target),
-                torch.as_tensor(shift.astype(np.float32), device=target),
-            )
-        n_samples = len(features)
-        shifted_mean = shifted_sum.cpu().numpy() / n_samples
-        scatter = scatter.cpu().numpy() - n_samples * np.outer(shifted_mean, shifted_mean)
-        self.mean_, self.eigenvalues_, self.projection_, self.shrinkage_ = whitening_of_moments(
-            self._embed, features, shift + shifted_mean, scatter / n_samples, self.n_clamped, self.shrinkage
-        )
-        self.n_samples_seen_ = n_samples
