@@ -26,6 +26,7 @@ from selconv.report import interpolated_precision_recall, render_report, write_r
         (["evaluate", "--dataset", "sample", "--preset", "500"], "invalid choice"),
         (["evaluate", "--dataset", "sample", "--mask", "max,median"], "masks must be among"),
         (["evaluate", "--dataset", "sample", "--bits", "0"], "positive integer"),
+        (["fit", "photos", "--bits", "12"], "must be a multiple of 8"),  # fit and evaluate: one rule
         (["demo", "--max-size", "-3"], "positive integer"),
         (["evaluate", "--dataset", "sample", "--train-dir", "a", "--train-dataset", "paris6k"], "not allowed"),
     ],

@@ -180,7 +180,7 @@ def test_fit_encoder_checks_bits_before_extracting(photos, tiny_presets):
     images = list_photos(photos)
     with pytest.raises(CollectionError, match="multiple of 8"):
         fit_encoder(images, n_bits=12)
-    with pytest.raises(CollectionError, match="fewer bits than it has images"):
+    with pytest.raises(CollectionError, match="needs more than 8 training images"):
         fit_encoder(images[:8], n_bits=8)
     report = fit_encoder(images, n_bits=8, progress=False)
     assert report.encoder.transform(images[:3]).dtype == np.uint8

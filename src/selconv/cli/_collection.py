@@ -6,7 +6,7 @@ import argparse
 import os
 from pathlib import Path
 
-from selconv.cli._common import CommandError, add_model_arguments, positive_int, require_dir
+from selconv.cli._common import CommandError, add_model_arguments, bit_length, positive_int, require_dir
 
 _FIT_EXAMPLES = """examples:
   selconv fit ~/photos --out photos.encoder                     # learn on a sample of the collection itself
@@ -67,7 +67,7 @@ def _add_fit(sub) -> None:
     fit.add_argument("--mask", choices=MASKS, default="max", help="local feature mask (default: %(default)s)")
     fit.add_argument(
         "--bits",
-        type=positive_int,
+        type=bit_length,
         default=None,
         metavar="N",
         help="end with N-bit ITQ codes (a multiple of 8), searched by Hamming distance",

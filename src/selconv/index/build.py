@@ -158,16 +158,21 @@ def fit_encoder(
 
 
 def _check_bits(n_bits, n_images: int, dimension: int) -> None:
-    """ITQ codes: whole bytes, fewer bits than learning images, at most the dimension."""
+    """ITQ codes: the hashers' rule on a code length (whole bytes) and evaluation's on what ITQ can learn."""
+    from selconv.evaluation import itq_bits_problem
+    from selconv.hashing._base import check_packable
+
     if n_bits is None:
         return
-    if n_bits <= 0 or n_bits % 8:
-        raise CollectionError(f"bits must be a positive multiple of 8 (codes are packed in bytes); got {n_bits}.")
-    if n_bits >= n_images or n_bits > dimension:
-        raise CollectionError(
-            f"ITQ learns fewer bits than it has images ({n_images}) and at most as many as dimensions "
-            f"({dimension}); got {n_bits} bits."
-        )
+    if n_bits <= 0:
+        raise CollectionError(f"bits must be positive; got {n_bits}.")
+    try:
+        check_packable(n_bits, "bits")
+    except ValueError as error:
+        raise CollectionError(str(error)) from None
+    problem = itq_bits_problem(n_bits, n_images, dimension)
+    if problem:
+        raise CollectionError(f"{problem}.")
 
 
 def _check_readable(n_maps: int, n_images: int, n_bits) -> None:
