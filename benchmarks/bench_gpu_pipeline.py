@@ -10,14 +10,19 @@ On the Oxford5k subset (``--data``/oxford5k-subset, 1,008 JPEGs, VGG16 pool5 at 
 4. the network alone (bf16 / fp16, batch sizes, channels_last, cuDNN autotuning, optionally torch.compile);
 5. JPEG files -> 512-bit codes end to end, the JPEGs cycled to ``--n-images``: through the extractor (host maps)
    with either decoder, and a GPU-resident path (nvJPEG batches -> resize -> VGG16 -> TorchEncoder) where conv
-   maps never leave the GPU.
+   maps never leave the GPU;
+6. the fit of the 512-D preset + ITQ on ``--n-fit`` images' maps (the database's, completed by rescaled mirrored
+   copies), seconds per stage, encode and ITQ on the device (``--cpu-fit``: also on the CPU with numpy).
+
+Section 2 also diagnoses non-finite (or far from CPU-decoded) maps: the threaded extraction again in the calling
+thread and with the decoder before its side stream, and each file flagged alone (header, pixels, map).
 
 The markdown (``--out``) and a json beside it are rewritten after every section, so a killed run keeps what it
 measured. Run from the repository root (GPU machine)::
 
     python benchmarks/bench_gpu_pipeline.py --data DATA --weights vgg16.npz --out results/gpu_pipeline.md
 
-``--device torch --n-images 64 --max-images 48 --max-size 256`` is a CPU dry run of every code path.
+``--device torch --n-images 64 --max-images 48 --max-size 256 --n-fit 700`` is a CPU dry run of every code path.
 """
 
 from __future__ import annotations
@@ -35,26 +40,18 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _gpu_sections import (  # noqa: E402  (beside this script)
+    augmented,
+    best_of,
+    extract_checked,
+    fit_timing,
+    nonfinite_diagnosis,
+    relative_difference,
+    timed,
+)
+
 RESULTS = Path(__file__).resolve().parent / "results"
-
-
-def synchronize():
-    import torch
-
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-
-
-def timed(function):
-    synchronize()
-    started = time.perf_counter()
-    out = function()
-    synchronize()
-    return out, time.perf_counter() - started
-
-
-def best_of(function, repeats: int) -> float:
-    return min(timed(function)[1] for _ in range(repeats))
 
 
 def encode_flops(counts: np.ndarray, n_channels: int, d: int, n_clusters: int, n_bits: int | None) -> float:
@@ -82,7 +79,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--network-batches", type=int, nargs="+", default=[16, 32, 64])
     parser.add_argument("--batch-size", type=int, default=32, help="extractor batch size (end to end)")
     parser.add_argument("--precisions", nargs="+", default=["bfloat16", "float16"], help="of sections 4 and 5")
-    parser.add_argument("--sections", type=int, nargs="+", default=[2, 3, 4, 5], help="besides set-up and 1")
+    parser.add_argument(
+        "--sections", type=int, nargs="+", choices=range(2, 7), default=[2, 3, 4, 5, 6], help="besides set-up and 1"
+    )
+    parser.add_argument("--n-fit", type=int, default=5000, help="training images of section 6")
+    parser.add_argument("--cpu-fit", action="store_true", help="section 6 also on the CPU (numpy)")
+    parser.add_argument("--fit-working-memory", type=float, default=None, help="encode__working_memory (MiB), 6")
     parser.add_argument("--compile", action="store_true", help="also time torch.compile of the network")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", type=Path, default=RESULTS / "gpu_pipeline.md")
@@ -140,21 +142,22 @@ def main(argv=None) -> None:
     report = Report(args, info)
     data = extract_database(args, report)
     encoders = agreement(args, data, report)
-    if 2 in args.sections:
-        decoding_parity(args, data, encoders, report)
-    if 3 in args.sections:
-        encoding_throughput(args, data, encoders, report)
-    if 4 in args.sections:
-        network_alone(args, data, report)
-    if 5 in args.sections:
-        end_to_end(args, data, encoders, report)
+    sections = {
+        2: lambda: decoding_parity(args, data, encoders, report),
+        3: lambda: encoding_throughput(args, data, encoders, report),
+        4: lambda: network_alone(args, data, report),
+        5: lambda: end_to_end(args, data, encoders, report),
+        6: lambda: fit_timing(args, data, report),
+    }
+    for section in dict.fromkeys(args.sections):  # in the order given: the quick ones first on a short lease
+        sections[section]()
     print(f"wrote {args.out}", flush=True)
 
 
 # ------------------------------------------------------------------------------------------ set-up
 
 
-def make_extractor(args, decode="cpu", precision="bfloat16"):
+def make_extractor(args, decode="cpu", precision="bfloat16", **options):
     from selconv import ConvFeatureExtractor
 
     return ConvFeatureExtractor(
@@ -166,6 +169,7 @@ def make_extractor(args, decode="cpu", precision="bfloat16"):
         decode=decode,
         batch_size=args.batch_size,
         progress=False,
+        **options,
     ).fit()
 
 
@@ -187,7 +191,9 @@ def extract_database(args, report) -> dict:
     extractor.transform(paths[:32])  # warm-up
     maps, seconds = timed(lambda: extractor.transform(paths))
     train = maps + augmented(maps, 700 - len(maps))  # RN needs more images than its 640 dimensions (dry runs)
-    pipeline = make_paper_pipeline(512, n_bits=args.n_bits).set_params(encode__device=args.device)
+    pipeline = make_paper_pipeline(512, n_bits=args.n_bits).set_params(
+        encode__device=args.device, itq__device=args.device
+    )
     _, fit_s = timed(lambda: pipeline.fit(train))
     grids: dict = {}
     for m in maps:
@@ -203,24 +209,12 @@ def extract_database(args, report) -> dict:
             f"{len(paths)} database JPEGs of the Oxford5k subset -> VGG16 pool5 ({args.max_size} px, bfloat16 network, "
             f"float32 maps, CPU decoding): {seconds:.1f} s ({len(paths) / seconds:.0f} images/s, start-up included). "
             f"Weights: {extractor.weights_source_}. The 512-D preset + {args.n_bits}-bit ITQ fitted on these "
-            f"{len(train)} maps (encode on {args.device}): {fit_s:.1f} s. Most common grid {shape[2]} x {shape[1]} "
-            f"({grids[shape]} maps). mAP protocol `loo-landmark`: {len(queries)} full-image queries from the database.",
+            f"{len(train)} maps (encode and ITQ on {args.device}): {fit_s:.1f} s. Most common grid "
+            f"{shape[2]} x {shape[1]} ({grids[shape]} maps). mAP protocol `loo-landmark`: {len(queries)} "
+            "full-image queries from the database.",
         ],
     )
     return {"paths": paths, "maps": maps, "pipeline": pipeline, "queries": queries, "shape": shape}
-
-
-def augmented(maps, n):
-    """``n`` (or no) extra training maps for a dry run: the maps cycled, rescaled per cell at random and mirrored."""
-    from selconv import ConvMap
-
-    rng = np.random.default_rng(0)
-    out = []
-    for i in range(max(n, 0)):
-        features = maps[i % len(maps)].features
-        features = features * rng.uniform(0.5, 1.5, features.shape[1:]).astype(np.float32)
-        out.append(ConvMap(np.ascontiguousarray(features[:, :, ::-1]), maps[i % len(maps)].image_size))
-    return out
 
 
 def mean_ap(descriptors, queries) -> float:
@@ -309,36 +303,36 @@ def decoding_parity(args, data, encoders, report) -> None:
     print(f"device JPEG decoder: {decoder}", flush=True)
     extractor = make_extractor(args, decode="device")
     extractor.transform(data["paths"][:32])
-    maps, seconds = timed(lambda: extractor.transform(data["paths"]))
     cpu_maps = data["maps"]
-    relative = np.array(
-        [np.abs(a.features - b.features).max() / np.abs(b.features).max() for a, b in zip(maps, cpu_maps)]
-    )
+    maps, seconds, problem = extract_checked(extractor, data["paths"], cpu_maps)
+    diagnosis, diagnosis_lines = nonfinite_diagnosis(args, make_extractor, data["paths"], cpu_maps, maps, problem)
+    lines = [
+        "",
+        '## 2. JPEG decoding on the GPU (`decode="device"`, nvJPEG + torch bicubic antialiased resize) vs CPU',
+        "",
+        f"- torchvision's decode_jpeg on {args.torch_device}: {decoder}",
+        *diagnosis_lines,
+    ]
+    results = {"decoder": decoder, "diagnosis": {k: v for k, v in diagnosis.items() if k != "alone_maps"}}
+    if maps is None:  # the parity on the maps decoded in the calling thread, if those are finite
+        maps, seconds = diagnosis["alone_maps"], float("nan")
+    if maps is None:
+        report.add("decoding", results, [*lines, "- no finite maps from the device decoder: no parity measured"])
+        return
+    relative = np.array([relative_difference(a, b) for a, b in zip(maps, cpu_maps)])
     same_size = all(a.image_size == b.image_size for a, b in zip(maps, cpu_maps))
     encoder = encoders["real"]["float32"]
     ap_cpu = mean_ap(encoder.transform(cpu_maps), data["queries"])
     ap_gpu = mean_ap(encoder.transform(maps), data["queries"])
-    report.add(
-        "decoding",
-        {
-            "decoder": decoder,
-            "relative": relative.tolist(),
-            "mAP_cpu": ap_cpu,
-            "mAP_device": ap_gpu,
-            "extract_s": seconds,
-        },
-        [
-            "",
-            '## 2. JPEG decoding on the GPU (`decode="device"`, nvJPEG + torch bicubic antialiased resize) vs CPU',
-            "",
-            f"- torchvision's decode_jpeg on {args.torch_device}: {decoder}",
-            f"- resized sizes identical: **{same_size}**; pool5 maps, max|gpu - cpu| / max|cpu| per image: max "
-            f"**{relative.max():.2e}**, median {np.median(relative):.2e}",
-            f"- mAP (torch float32 encoder, loo-landmark): CPU-decoded {ap_cpu:.2f}, GPU-decoded **{ap_gpu:.2f}** "
-            f"(difference {ap_gpu - ap_cpu:+.2f})",
-            f"- {len(maps)} JPEGs -> maps through the extractor with GPU decoding: {len(maps) / seconds:.0f} images/s",
-        ],
-    )
+    results.update(relative=relative.tolist(), mAP_cpu=ap_cpu, mAP_device=ap_gpu, extract_s=seconds)
+    lines += [
+        f"- resized sizes identical: **{same_size}**; pool5 maps, max|gpu - cpu| / max|cpu| per image: max "
+        f"**{relative.max():.2e}**, median {np.median(relative):.2e}",
+        f"- mAP (torch float32 encoder, loo-landmark): CPU-decoded {ap_cpu:.2f}, GPU-decoded **{ap_gpu:.2f}** "
+        f"(difference {ap_gpu - ap_cpu:+.2f})",
+        f"- {len(maps)} JPEGs -> maps through the extractor with GPU decoding: {len(maps) / seconds:.0f} images/s",
+    ]
+    report.add("decoding", results, lines)
 
 
 # ---------------------------------------------------------------------------- 3. encoding throughput
@@ -447,7 +441,7 @@ def gpu_resident_codes(args, extractor, encoder, paths, batch_size) -> int:
     """JPEG bytes read on CPU threads -> nvJPEG batches -> resize -> VGG16 -> TorchEncoder, all on the device."""
     import torch
 
-    from selconv.extraction._device_decode import decode_resize, read_plain_jpeg
+    from selconv.extraction._device_decode import decode_resize, read_plain_jpeg, record_consumer
     from selconv.extraction.images import load_image, target_size
 
     model = extractor._get_model()
@@ -458,6 +452,7 @@ def gpu_resident_codes(args, extractor, encoder, paths, batch_size) -> int:
     n_codes = 0
 
     def run(images):
+        record_consumer(images, device)  # their memory is the decoding side stream's
         x = torch.stack(images).permute(0, 3, 1, 2).float()
         x = ((x - shift) * scale).to(dtype).contiguous(memory_format=torch.channels_last)
         return encoder.transform(model(x).float()).shape[0]

@@ -88,3 +88,27 @@ def test_plain_jpegs_near_the_cpu_path_and_truncated_files_still_named(tmp_path,
     truncated.write_bytes(Path(paths[0]).read_bytes()[:600])
     with pytest.raises(ValueError, match="cut.jpg"):
         extractor("device").transform([str(truncated)])
+
+
+def test_threaded_device_decoding_gives_the_maps_of_decoding_in_the_calling_thread(tmp_path):
+    """Worker threads decoding while the network runs (on CUDA when there is one: the side stream and
+    ``record_consumer`` keep nvJPEG from writing into memory the network still uses) give the maps, all finite,
+    of decoding one image at a time in the calling thread."""
+    from selconv.extraction._device_decode import record_consumer
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    paths = []
+    for seed in range(24):  # 96 x 72 needs no resize at max_size=96: the decoder's own buffer reaches the network
+        paths.append(str(tmp_path / f"{seed}.jpg"))
+        Image.fromarray(photo(*[(96, 72), (130, 98), (72, 96)][seed % 3], seed=seed)).save(paths[-1], quality=90)
+
+    def maps(n_workers):
+        model = ConvFeatureExtractor(
+            tiny_net, weights=None, max_size=96, device=device, decode="device", n_workers=n_workers, batch_size=4
+        )
+        return [m.features for m in model.fit().transform(paths)]
+
+    for threaded, alone in zip(maps(8), maps(0)):
+        assert np.isfinite(threaded).all()
+        np.testing.assert_allclose(threaded, alone, rtol=1e-5, atol=1e-6)
+    record_consumer([torch.zeros(2), np.zeros(2)], "cpu")  # nothing to record on the CPU

@@ -17,6 +17,7 @@ import numpy as np
 
 from selconv.conv_map import ConvMap
 from selconv.exceptions import NonFiniteError
+from selconv.extraction._device_decode import record_consumer
 from selconv.extraction._results import SkippedInput
 from selconv.extraction.images import ImageLoadError
 
@@ -71,6 +72,7 @@ class BatchRunner:
     def _forward(self, images):
         torch = self.torch
         if any(isinstance(image, torch.Tensor) for image in images):  # decode="device" (CPU fallbacks mixed in)
+            record_consumer(images, self.device)  # their memory is the decoding side stream's
             x = torch.stack([torch.as_tensor(image, device=self.device) for image in images])
         elif self.cuda:
             # uint8 over the bus (4x less than float), from pinned memory so the copy is asynchronous;

@@ -7,18 +7,28 @@ JPEG files in RGB or grey with no EXIF rotation, without a box or keypoints; eve
 orientation, other formats, files torchvision cannot decode) goes through the CPU path. The pixels differ from
 the CPU path's by the GPU decoder's IDCT and chroma upsampling and by at most one grey level of resize
 arithmetic (measured in benchmarks/results/gpu_pipeline.md).
+
+Streams (CUDA): torchvision allocates each decoded image on the calling thread's current stream but has nvJPEG
+write it on a stream of its own, ordered after nothing on the current stream. On the default stream, shared with
+the network, the caching allocator may hand out memory that the network's queued kernels still read or write
+(freed on the host, not yet on the GPU): decoded bytes land in live activations (a bfloat16 NaN is two 0xFF
+bytes) or the network overwrites the pixels. So decoding and resizing run here on a side stream whose memory only
+this module allocates, one call at a time, synchronised before the images are returned; the consumer records its
+stream on them (``Tensor.record_stream``) so that their memory is not reused before it has read them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import threading
 
 from PIL import Image
 
 from selconv.extraction.images import LoadedImage, _check_pixel_count, open_regular_file, target_size
 
-# nvJPEG's handle is shared by the process: one decode at a time (each call only queues GPU work).
+# nvJPEG's handle is shared by the process: one decode (and resize) at a time, on the side stream of its device.
 _LOCK = threading.Lock()
+_STREAMS: dict = {}  # CUDA device index -> side stream
 
 
 def read_plain_jpeg(path: str, name: str):
@@ -51,12 +61,42 @@ def decode_resize(raws: list, sizes: list, device) -> list:
     from torchvision.io import ImageReadMode, decode_jpeg
 
     data = [torch.frombuffer(bytearray(raw), dtype=torch.uint8) for raw in raws]
-    with _LOCK:
+    with _LOCK, _side_stream(torch.device(device)) as stream:
         decoded = decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
-    out = []
-    for image, (width, height) in zip(decoded, sizes):
-        out.append(resize(image, width, height).permute(1, 2, 0))
+        out = [resize(image, width, height).permute(1, 2, 0) for image, (width, height) in zip(decoded, sizes)]
+        del decoded
+        if stream is not None:  # done before the lock is released: no free block of the side stream is still in use
+            stream.synchronize()
     return out
+
+
+@contextlib.contextmanager
+def _side_stream(device):
+    """The current stream set to this module's side stream of a CUDA ``device`` (yields it), or nothing (CPU)."""
+    import torch
+
+    if device.type != "cuda":
+        yield None
+        return
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    stream = _STREAMS.get(index)
+    if stream is None:
+        stream = _STREAMS[index] = torch.cuda.Stream(device=index)
+    with torch.cuda.stream(stream):
+        yield stream
+
+
+def record_consumer(images, device) -> None:
+    """Mark device-decoded ``images`` (CUDA tensors) as used on the current stream of ``device``, before using them:
+    their memory belongs to the side stream, which must not reuse it before this stream has read it."""
+    import torch
+
+    if torch.device(device).type != "cuda":
+        return
+    stream = torch.cuda.current_stream(device)
+    for image in images:
+        if isinstance(image, torch.Tensor) and image.is_cuda:
+            image.record_stream(stream)
 
 
 def resize(image, width: int, height: int):
