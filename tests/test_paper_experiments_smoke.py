@@ -452,3 +452,43 @@ def test_table3_renders_the_paper_rows_in_order_with_or_without_the_pooling_rows
             dim, max_official = pooled[label].split(" | ")[1:3]  # '-' from an older run's JSON
             expected = ("-", "-") if key not in keys else ("4224", f"{40.0 + keys.index(key):.1f} ± 1.0")
             assert (dim, max_official) == expected
+
+
+def test_merge_combines_a_phase_key_by_key(tmp_path):
+    """A later run of some multi-scale methods (and of some Table 3 cells) adds to an earlier run's, and the
+    report names both runs; a failed cell's error goes once a run has the cell."""
+    script = _load_script()
+
+    def option(value):
+        return {"levels": {lv: _score(value) for lv in ("none", "alpha-QE", "DBA+alpha-QE")}, "dim": 512}
+
+    earlier = {
+        "options": {"multi-scale": {"max/512/paper": option(50.0), "spoc": dict(option(40.0), whitening="none")}},
+        "table3": {"FV/max": dict(_score(60.0), dim=4224)},
+        "skipped": {"multi-scale baseline crow": "time budget", "table 3 VLAD max": "time budget"},
+        "errors": {"table 3 FV+avg max": "RuntimeError: x"},
+        "phase_runs": {p: {"command": ["--run", "1"], "gpu": "G1", "cpu_count": 16} for p in ("multiscale", "table3")},
+    }
+    later = {
+        "options": {"multi-scale": {"crow": dict(option(45.0), whitening="none")}},
+        "table3": {"VLAD/max": dict(_score(55.0), dim=4224), "FV+avg/max": dict(_score(52.0), dim=4224)},
+        "skipped": {},
+        "errors": {},
+        "phase_runs": {"multiscale": {"command": ["--run", "2"], "gpu": "G2", "cpu_count": 16}},
+    }
+    # A committed run's data summary and machine (the report's header needs them).
+    committed = json.loads((BENCHMARKS / "results" / "paper" / "runs" / "run7_h200.json").read_text())
+    paths = []
+    for i, results in enumerate((earlier, later)):
+        paths.append(tmp_path / f"run{i}.json")
+        context = {k: committed[k] for k in ("data", "machine")}
+        paths[-1].write_text(json.dumps(dict(results, framework={}, command=[], **context)))
+    script.main(["--merge-json", *map(str, paths), "--out", str(tmp_path / "merged")])
+    merged = json.loads((tmp_path / "merged" / "paper_results.json").read_text())
+    assert set(merged["options"]["multi-scale"]) == {"max/512/paper", "spoc", "crow"}
+    assert set(merged["table3"]) == {"FV/max", "VLAD/max", "FV+avg/max"}
+    assert not merged["errors"] and not merged["skipped"]
+    assert [r["gpu"] for r in merged["phase_runs"]["multiscale"]] == ["G1", "G2"]
+    assert merged["phase_runs"]["table3"]["gpu"] == "G1"
+    text = (tmp_path / "merged" / "paper_results.md").read_text()
+    assert "--run 1` on G1 (16 CPUs) and by `PYTHONPATH=src python3 benchmarks/paper_experiments.py --run 2`" in text

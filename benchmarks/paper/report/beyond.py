@@ -38,11 +38,14 @@ RERANK_NOTE = (
 
 
 def provenance(run, phase) -> str:
-    """'Computed by `command` on GPU (N CPUs)' of the run that computed ``phase`` (results['phase_runs'])."""
+    """'Computed by `command` on GPU (N CPUs)' of the run(s) that computed ``phase`` (results['phase_runs']: one
+    run's record, or a list of them after a merge of runs that each computed part of it)."""
     r = run.results.get("phase_runs", {}).get(phase)
     if not r:
         return ""
-    return f"Computed by `{command_line(r['command'])}` on {r.get('gpu', '?')} ({r.get('cpu_count', '?')} CPUs)."
+    runs = r if isinstance(r, list) else [r]
+    by = [f"`{command_line(r['command'])}` on {r.get('gpu', '?')} ({r.get('cpu_count', '?')} CPUs)" for r in runs]
+    return "Computed by " + " and by ".join(by) + "."
 
 
 def _framework_label(key) -> str:
