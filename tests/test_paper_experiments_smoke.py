@@ -25,7 +25,7 @@ from paper.main import PHASES  # noqa: E402
 from paper.options import parse_args  # noqa: E402
 from paper.protocols import Data  # noqa: E402
 from paper.run import Run  # noqa: E402
-from paper.settings import MASK_NAMES, PHASE_NAMES, PROTOCOLS, TABLE3, VARIANTS  # noqa: E402
+from paper.settings import BASELINES, MASK_NAMES, PHASE_NAMES, PROTOCOLS, TABLE3, VARIANTS  # noqa: E402
 
 
 def _load_script():
@@ -452,6 +452,20 @@ def test_table3_renders_the_paper_rows_in_order_with_or_without_the_pooling_rows
             dim, max_official = pooled[label].split(" | ")[1:3]  # '-' from an older run's JSON
             expected = ("-", "-") if key not in keys else ("4224", f"{40.0 + keys.index(key):.1f} ± 1.0")
             assert (dim, max_official) == expected
+
+
+def test_multiscale_methods_option(tmp_path):
+    def methods(*extra):
+        return parse_args(["--data-dir", str(tmp_path), "--out", str(tmp_path / "o"), *extra]).multiscale_methods
+
+    assert methods() == (tuple(VARIANTS), BASELINES)
+    assert methods("--multiscale-methods", "all") == (tuple(VARIANTS), BASELINES)
+    assert methods("--multiscale-methods", "gem, crow") == ((), ("crow", "gem"))
+    assert methods("--multiscale-methods", "framework") == (tuple(VARIANTS), ())
+    assert methods("--multiscale-methods", "framework-whitened-rn,mac") == (("ledoit-wolf + whitened RN",), ("mac",))
+    for bad in ("crow,sift", "", "all,crow"):
+        with pytest.raises(SystemExit):
+            methods("--multiscale-methods", bad)
 
 
 def test_merge_combines_a_phase_key_by_key(tmp_path):

@@ -78,6 +78,14 @@ VARIANTS = {
     "ledoit-wolf": ("ledoit-wolf", False),
     "ledoit-wolf + whitened RN": ("ledoit-wolf", True),
 }
+# Names of --multiscale-methods: the framework's fits of one VARIANTS entry (at OPTION_MASKS x OPTION_DIMS), or
+# 'framework' for all three, and the BASELINES.
+MULTISCALE_FRAMEWORK = {
+    "framework-paper": "paper",
+    "framework-ledoit-wolf": "ledoit-wolf",
+    "framework-whitened-rn": "ledoit-wolf + whitened RN",
+}
+MULTISCALE_METHODS = ("framework", *MULTISCALE_FRAMEWORK, *BASELINES)
 # The framework configuration of the target comparison, fixed A PRIORI (before any test number): the paper's
 # best mask (MAX, Tables 3 and 8) with the robust learned steps, whitened like the baselines are.
 TARGET_CONFIG = ("max", "ledoit-wolf + whitened RN")
