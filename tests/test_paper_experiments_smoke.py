@@ -25,7 +25,7 @@ from paper.main import PHASES  # noqa: E402
 from paper.options import parse_args  # noqa: E402
 from paper.protocols import Data  # noqa: E402
 from paper.run import Run  # noqa: E402
-from paper.settings import MASK_NAMES, PHASE_NAMES, PROTOCOLS, VARIANTS  # noqa: E402
+from paper.settings import BASELINES, MASK_NAMES, PHASE_NAMES, PROTOCOLS, TABLE3, VARIANTS  # noqa: E402
 
 
 def _load_script():
@@ -243,7 +243,8 @@ def test_new_phases_run_alone_and_merge(tmp_path):
             assert set(r["levels"]) == {"none", "alpha-QE", "DBA+alpha-QE"}
             assert all(0.0 <= r["levels"][lv][p]["map"] <= 100.0 for lv in r["levels"] for p in PROTOCOLS)
     assert set(results["robust"]["both"]) == rows | {"n_train"} and results["robust"]["both"]["n_train"] == 68
-    assert set(results["table3"]) == {f"{e}/{m}" for e in ("FV", "VLAD", "Temb", "F-FAemb") for m in MASK_NAMES}
+    frameworks = ("FV", "VLAD", "Temb", "F-FAemb", "FV+avg", "VLAD+sum")
+    assert set(results["table3"]) == {f"{e}/{m}" for e in frameworks for m in MASK_NAMES}
     # 66 learning vectors: 64 bits only (n_bits <= learning vectors), as ITQ.
     assert set(results["table7"]) == {"KMH/64", "RBA/64"}
     assert results["phase_runs"]["table3"]["command"] == argv
@@ -336,3 +337,172 @@ def test_parallel_fit_equals_pipeline_fit_transform(tmp_path):
     np.testing.assert_allclose(ours, reference, atol=5e-4)
     # Chunked transform (chunks of 3 images in 2 threads) equals the plain transform.
     np.testing.assert_allclose(run.transform(head, sets, chunk=3), head.transform(sets), rtol=1e-4, atol=1e-5)
+
+
+# ---- Table 3: incremental saves, the paper's pooling rows; --multiscale-methods; merge key by key
+
+
+def _score(value):
+    return {p: {"map": value, "se": 1.0, "aps": [value]} for p in PROTOCOLS}
+
+
+def _table3_run(tmp_path, monkeypatch, fail_at=None, budget_cells=None):
+    """A Run whose phase_table3 fits nothing: each cell's fit is faked (the plumbing only), cell ``fail_at``
+    (1-based) raising ``fail_at[1]``, and the budget spent after ``budget_cells`` cells."""
+    from types import SimpleNamespace
+
+    import paper.experiments.paper_tables as paper_tables
+
+    args = parse_args(["--data-dir", str(tmp_path), "--out", str(tmp_path / "o"), "--table3-masks", "max"])
+    run = Run(args)
+    run.sets = {"max": {"train": [], "db": [], "official": []}}
+    calls = []
+
+    def fake_fit(run, head, sets, *, fit_on, label):
+        calls.append(label)
+        if fail_at is not None and len(calls) == fail_at[0]:
+            raise fail_at[1]
+        return {"dim": 4224, "pre": {}, "fit_s": 0.0, "transform_s": 0.0}
+
+    fake_head = [None, SimpleNamespace(device="cpu"), SimpleNamespace(rotated_=False)]
+    monkeypatch.setattr(paper_tables, "table3_head", lambda run, name, n_train: fake_head)
+    monkeypatch.setattr(paper_tables, "fit_transform_head", fake_fit)
+
+    def fake_record(run, fitted, **extra):
+        return dict(_score(50.0), dim=fitted["dim"], **extra)
+
+    monkeypatch.setattr(paper_tables, "framework_record", fake_record)
+    if budget_cells is not None:
+        monkeypatch.setattr(run, "over_budget", lambda: len(calls) >= budget_cells)
+    return run, paper_tables.phase_table3
+
+
+def _saved(run):
+    return json.loads((run.out / "paper_results.json").read_text())
+
+
+def test_table3_saves_each_cell_as_it_finishes(tmp_path, monkeypatch):
+    """Killed during its second cell (an exception no phase catches), the run's JSON has the first cell."""
+    run, phase_table3 = _table3_run(tmp_path, monkeypatch, fail_at=(2, KeyboardInterrupt()))
+    with pytest.raises(KeyboardInterrupt):
+        phase_table3(run)
+    first = next(iter(TABLE3))
+    assert set(_saved(run)["table3"]) == {f"{first}/max"}
+    assert f"| {first}(" in (run.out / "paper_results.md").read_text()
+
+
+def test_table3_failed_cell_is_recorded_and_the_others_run(tmp_path, monkeypatch):
+    run, phase_table3 = _table3_run(tmp_path, monkeypatch, fail_at=(2, RuntimeError("no memory")))
+    phase_table3(run)
+    names = list(TABLE3)
+    saved = _saved(run)
+    assert set(saved["table3"]) == {f"{n}/max" for n in names if n != names[1]}
+    assert saved["errors"] == {f"table 3 {names[1]} max": "RuntimeError: no memory"}
+
+
+def test_table3_budget_spent_keeps_the_finished_cells(tmp_path, monkeypatch):
+    run, phase_table3 = _table3_run(tmp_path, monkeypatch, budget_cells=1)
+    phase_table3(run)
+    names = list(TABLE3)
+    saved = _saved(run)
+    assert set(saved["table3"]) == {f"{names[0]}/max"}
+    assert {k for k in run.results["skipped"] if k.startswith("table 3 ")} == {f"table 3 {n} max" for n in names[1:]}
+
+
+def test_table3_heads_pooling_and_device(tmp_path):
+    """FV+avg / VLAD+sum: the embedding of FV / VLAD with average / sum pooling, at the same (d, |C|); the
+    encoding runs on the CNN's resolved CUDA device, else on the CPU."""
+    from paper.experiments.paper_tables import table3_head
+
+    import selconv
+
+    run = Run(parse_args(["--data-dir", str(tmp_path), "--out", str(tmp_path / "o")]))
+    for name, aggregator in (("FV+avg", selconv.AveragePooling), ("VLAD+sum", selconv.SumPooling)):
+        plain, pooled = table3_head(run, name.split("+")[0], 1000), table3_head(run, name, 1000)
+        assert isinstance(pooled.get_params()["encode__aggregator"], aggregator)
+        assert isinstance(plain.get_params()["encode__aggregator"], selconv.DemocraticAggregator)
+        for param in ("pca__n_components", "rotate__n_dropped"):
+            assert pooled.get_params()[param] == plain.get_params()[param], param
+        assert repr(pooled.get_params()["encode__embedding"]) == repr(plain.get_params()["encode__embedding"])
+        assert pooled.get_params()["encode__device"] == "cpu"
+    assert table3_head(run, "Temb", 10**6).get_params()["rotate__n_dropped"] == 128
+    run.results["pool5"] = {"device": "cuda:0"}
+    assert table3_head(run, "FV+avg", 1000).get_params()["encode__device"] == "cuda:0"
+    run.results["pool5"] = {"device": "cpu"}
+    assert table3_head(run, "Temb", 1000).get_params()["encode__device"] == "cpu"
+
+
+def test_table3_renders_the_paper_rows_in_order_with_or_without_the_pooling_rows(tmp_path):
+    from paper.report.beyond import write_table3_section
+
+    run = Run(parse_args(["--data-dir", str(tmp_path), "--out", str(tmp_path / "o")]))
+    labels = ["FV(48,44) + psi_a", "FV(48,44) + psi_d", "VLAD(64,66) + psi_s", "VLAD(64,66) + psi_d"]
+    labels += ["Temb(64,68) + psi_d", "F-FAemb(32,10) + psi_d"]
+    for keys in (("FV", "VLAD", "Temb", "F-FAemb"), tuple(TABLE3)):  # an older run's JSON; a current one
+        run.results["table3"] = {f"{k}/max": dict(_score(40.0 + i), dim=4224) for i, k in enumerate(keys)}
+        write_table3_section(run)
+        rows = [line for line in run.report.sections["table3"].splitlines() if " + psi_" in line]
+        assert [row.split(" | ")[0][2:].split(" (")[0] for row in rows] == labels
+        pooled = {row.split(" | ")[0][2:].split(" (")[0]: row for row in rows}
+        for key, label, paper in (
+            ("FV+avg", "FV(48,44) + psi_a", "67.8 / 65.1 / 65.5 / 59.5"),
+            ("VLAD+sum", "VLAD(64,66) + psi_s", "66.3 / 65.6 / 66.4 / 65.1"),
+        ):
+            assert paper in pooled[label]
+            dim, max_official = pooled[label].split(" | ")[1:3]  # '-' from an older run's JSON
+            expected = ("-", "-") if key not in keys else ("4224", f"{40.0 + keys.index(key):.1f} ± 1.0")
+            assert (dim, max_official) == expected
+
+
+def test_multiscale_methods_option(tmp_path):
+    def methods(*extra):
+        return parse_args(["--data-dir", str(tmp_path), "--out", str(tmp_path / "o"), *extra]).multiscale_methods
+
+    assert methods() == (tuple(VARIANTS), BASELINES)
+    assert methods("--multiscale-methods", "all") == (tuple(VARIANTS), BASELINES)
+    assert methods("--multiscale-methods", "gem, crow") == ((), ("crow", "gem"))
+    assert methods("--multiscale-methods", "framework") == (tuple(VARIANTS), ())
+    assert methods("--multiscale-methods", "framework-whitened-rn,mac") == (("ledoit-wolf + whitened RN",), ("mac",))
+    for bad in ("crow,sift", "", "all,crow"):
+        with pytest.raises(SystemExit):
+            methods("--multiscale-methods", bad)
+
+
+def test_merge_combines_a_phase_key_by_key(tmp_path):
+    """A later run of some multi-scale methods (and of some Table 3 cells) adds to an earlier run's, and the
+    report names both runs; a failed cell's error goes once a run has the cell."""
+    script = _load_script()
+
+    def option(value):
+        return {"levels": {lv: _score(value) for lv in ("none", "alpha-QE", "DBA+alpha-QE")}, "dim": 512}
+
+    earlier = {
+        "options": {"multi-scale": {"max/512/paper": option(50.0), "spoc": dict(option(40.0), whitening="none")}},
+        "table3": {"FV/max": dict(_score(60.0), dim=4224)},
+        "skipped": {"multi-scale baseline crow": "time budget", "table 3 VLAD max": "time budget"},
+        "errors": {"table 3 FV+avg max": "RuntimeError: x"},
+        "phase_runs": {p: {"command": ["--run", "1"], "gpu": "G1", "cpu_count": 16} for p in ("multiscale", "table3")},
+    }
+    later = {
+        "options": {"multi-scale": {"crow": dict(option(45.0), whitening="none")}},
+        "table3": {"VLAD/max": dict(_score(55.0), dim=4224), "FV+avg/max": dict(_score(52.0), dim=4224)},
+        "skipped": {},
+        "errors": {},
+        "phase_runs": {"multiscale": {"command": ["--run", "2"], "gpu": "G2", "cpu_count": 16}},
+    }
+    # A committed run's data summary and machine (the report's header needs them).
+    committed = json.loads((BENCHMARKS / "results" / "paper" / "runs" / "run7_h200.json").read_text())
+    paths = []
+    for i, results in enumerate((earlier, later)):
+        paths.append(tmp_path / f"run{i}.json")
+        context = {k: committed[k] for k in ("data", "machine")}
+        paths[-1].write_text(json.dumps(dict(results, framework={}, command=[], **context)))
+    script.main(["--merge-json", *map(str, paths), "--out", str(tmp_path / "merged")])
+    merged = json.loads((tmp_path / "merged" / "paper_results.json").read_text())
+    assert set(merged["options"]["multi-scale"]) == {"max/512/paper", "spoc", "crow"}
+    assert set(merged["table3"]) == {"FV/max", "VLAD/max", "FV+avg/max"}
+    assert not merged["errors"] and not merged["skipped"]
+    assert [r["gpu"] for r in merged["phase_runs"]["multiscale"]] == ["G1", "G2"]
+    assert merged["phase_runs"]["table3"]["gpu"] == "G1"
+    text = (tmp_path / "merged" / "paper_results.md").read_text()
+    assert "--run 1` on G1 (16 CPUs) and by `PYTHONPATH=src python3 benchmarks/paper_experiments.py --run 2`" in text

@@ -1,7 +1,9 @@
 """Merge of partial runs (``--merge-json``): no computation, no data folder.
 
-Later files win on the same key; a skipped entry is dropped where another file has its result; wall times
-and warnings are concatenated, and the complete report is written from the merged results.
+Results merge key by key (a phase's results of several runs combine; later files win on the same key); a
+skipped entry, or a failed cell's error, is dropped where another file has its result; the runs that computed a
+phase are all named; wall times and warnings are concatenated, and the complete report is written from the
+merged results.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from .report.tables import (
     write_table9_section,
 )
 from .run import Run
+from .settings import PHASE_NAMES
 
 
 class _FixedTimer:
@@ -128,7 +131,7 @@ def merge_json_files(paths) -> tuple:
         except (OSError, ValueError) as error:
             raise SystemExit(f"--merge-json: cannot read {path}: {error}") from None
     merged, skipped, errors = {}, {}, {}
-    phases, totals, warnings_ = {}, [], {}
+    phases, totals, warnings_, phase_runs = {}, [], {}, {}
     for number, (_path, results) in enumerate(loaded, start=1):
         results = dict(results)
         data = results.pop("data", None) or _legacy_data_summary(results)
@@ -142,11 +145,19 @@ def merge_json_files(paths) -> tuple:
         totals.append(results.pop("total_s", None))
         results.pop("command", None)
         results.pop("merged_from", None)
+        for phase, computed_by in results.pop("phase_runs", {}).items():
+            runs = phase_runs.setdefault(phase, [])
+            for entry in computed_by if isinstance(computed_by, list) else [computed_by]:
+                if entry not in runs:
+                    runs.append(entry)
         merged["machine"] = results.pop("machine", merged.get("machine", {}))  # the device's, not this machine's
         _deep_merge(merged, results)
     merged.setdefault("framework", {})
     merged["skipped"] = {k: v for k, v in skipped.items() if not _has_result(merged, k)}
-    merged["errors"] = errors
+    # A failed cell's error (e.g. 'table 3 FV max') goes where another run has the cell; a phase's stays.
+    merged["errors"] = {k: v for k, v in errors.items() if k in PHASE_NAMES or not _has_result(merged, k)}
+    if phase_runs:  # one run: its record, as a run writes it; several: the list, in merge order
+        merged["phase_runs"] = {phase: runs[0] if len(runs) == 1 else runs for phase, runs in phase_runs.items()}
     merged["merged_from"] = [{"file": str(path), "command": r.get("command", [])} for path, r in loaded]
     total = None if any(t is None for t in totals) else float(sum(totals))
     return merged, loaded, _FixedTimer(phases, total), warnings_

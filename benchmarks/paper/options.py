@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .settings import MASK_NAMES, PHASE_NAMES, TRAIN_SOURCES
+from .settings import BASELINES, MASK_NAMES, MULTISCALE_FRAMEWORK, MULTISCALE_METHODS, PHASE_NAMES, TRAIN_SOURCES
 
 DESCRIPTION = (
     "Reproduce the paper's findings on the shared Oxford subset: masks, dimensions, alpha, layers, baselines, ITQ."
@@ -120,6 +120,16 @@ OPTIONS = (
         ),
     ),
     (
+        "--multiscale-methods",
+        dict(
+            default="all",
+            help="methods of phase multiscale (comma-separated; default 'all'): "
+            + ", ".join(MULTISCALE_METHODS)
+            + " ('framework': its three learned-step variants, each at MAX/SUM x 512/1024-D); e.g. 'crow,gem' "
+            "finishes the baselines of an earlier run without refitting the framework (merged by --merge-json)",
+        ),
+    ),
+    (
         "--reuse-json",
         dict(
             type=Path,
@@ -148,6 +158,21 @@ def parse_args(argv=None) -> argparse.Namespace:
     args.table3_masks = tuple(m.strip() for m in args.table3_masks.split(",") if m.strip())
     if not set(args.table3_masks) <= set(MASK_NAMES):
         parser.error(f"--table3-masks takes masks among {', '.join(MASK_NAMES)}")
+    args.multiscale_methods = multiscale_methods(args.multiscale_methods, parser)
     if len(args.table9) != 2:
         parser.error("--table9 takes 'd,|C|'")
     return args
+
+
+def multiscale_methods(text, parser) -> tuple:
+    """--multiscale-methods as (framework variants of settings.VARIANTS, baselines), each in the phase's order."""
+    names = {m.strip() for m in text.split(",") if m.strip()}
+    if names == {"all"}:
+        names = set(MULTISCALE_METHODS)
+    unknown = names - set(MULTISCALE_METHODS)
+    if unknown or not names:
+        parser.error(
+            f"--multiscale-methods: unknown method(s) {sorted(unknown)}; known: all, {', '.join(MULTISCALE_METHODS)}"
+        )
+    variants = tuple(v for n, v in MULTISCALE_FRAMEWORK.items() if n in names or "framework" in names)
+    return variants, tuple(b for b in BASELINES if b in names)

@@ -17,12 +17,14 @@ def reranked(run, db, official, **extra) -> dict:
     return dict(levels={level: run.evaluate(db, official, rerank=level) for level in RERANK_LEVELS}, **extra)
 
 
-def option_rows(run, option, sets_of, maps):
-    """Framework (OPTION_MASKS x OPTION_DIMS x every VARIANTS) and the five baselines, every re-ranking level.
+def option_rows(run, option, sets_of, maps, variants=tuple(VARIANTS), baselines=BASELINES):
+    """Framework (OPTION_MASKS x OPTION_DIMS x ``variants`` of VARIANTS) and the ``baselines``, every re-ranking
+    level.
 
-    Stored in results['options'][option]; ``sets_of(mask)`` gives the masked sets, ``maps`` the conv maps
-    (single- or multi-scale) of every split. Each configuration is fitted once for all re-ranking levels;
-    the baselines' whitening is the one the training-only proxy task chose on the generic photos.
+    Stored in results['options'][option] (key by key: a merge keeps an earlier run's other methods);
+    ``sets_of(mask)`` gives the masked sets, ``maps`` the conv maps (single- or multi-scale) of every split.
+    Each configuration is fitted once for all re-ranking levels; the baselines' whitening is the one the
+    training-only proxy task chose on the generic photos.
     """
     store = run.results.setdefault("options", {}).setdefault(option, {})
 
@@ -34,8 +36,8 @@ def option_rows(run, option, sets_of, maps):
     def record(key, fitted):
         store[key] = reranked(run, power(fitted["pre"]["db"]), power(fitted["pre"]["official"]), dim=fitted["dim"])
 
-    fit_variants(run, option, sets_of, record, after)
-    for name in BASELINES:
+    fit_variants(run, option, sets_of, record, after, variants=variants)
+    for name in baselines:
         if not run.within_budget(f"{option} baseline {name}"):
             continue
         label = f"{option}: baseline {name}"
@@ -53,7 +55,9 @@ def phase_rerank(run):
 
 def phase_multiscale(run):
     """Conv maps at SCALES of --max-size (scale 1 from the single-scale cache), masks pooling local features
-    across scales, baselines summing their per-scale descriptors; every method at every re-ranking level."""
+    across scales, baselines summing their per-scale descriptors; every method of --multiscale-methods (default
+    all) at every re-ranking level (the masks only when a framework variant is among them)."""
+    variants, baselines = run.args.multiscale_methods
     # Keypoints as phase_extract's: the cache's scale-1 maps are reused (SIFT is not used by MAX or SUM).
     extractor = make_extractor(run, "pool5", "sift", scales=SCALES)
     data = run.data
@@ -62,11 +66,11 @@ def phase_multiscale(run):
         with run.timer.phase(f"extract multi-scale pool5: {split} ({len(items)} images)"):
             maps[split] = extractor.transform(items)
     sets = {}
-    for mask in OPTION_MASKS:
+    for mask in OPTION_MASKS if variants else ():
         with run.timer.phase(f"multi-scale mask {mask}"):
             sets[mask] = masked_sets(run, mask, maps)[1]
     run.results["multiscale_scales"] = list(SCALES)
-    option_rows(run, "multi-scale", sets.__getitem__, maps)
+    option_rows(run, "multi-scale", sets.__getitem__, maps, variants=variants, baselines=baselines)
 
 
 def phase_robust(run):
@@ -86,12 +90,12 @@ def phase_robust(run):
     fit_variants(run, f"robust[{source}]", sets, record, lambda: write_robust_section(run))
 
 
-def fit_variants(run, name, sets, record, after):
-    """The framework at OPTION_MASKS x OPTION_DIMS x every VARIANTS, while time is left (see fit_each).
+def fit_variants(run, name, sets, record, after, variants=tuple(VARIANTS)):
+    """The framework at OPTION_MASKS x OPTION_DIMS x ``variants`` (of VARIANTS), while time is left (see fit_each).
 
     ``record(key, fitted)`` with key 'mask/dim/variant'; ``name`` starts the skipped entries and timer labels.
     """
-    for variant in VARIANTS:
+    for variant in variants:
         fit_each(
             run,
             OPTION_DIMS,

@@ -18,6 +18,8 @@ from ..settings import (
     RERANK_K,
     RERANK_LEVELS,
     TABLE3,
+    TABLE3_POOLING,
+    TABLE3_ROWS,
     TARGET_CONFIG,
     TRAIN_SOURCE_LABELS,
     VARIANTS,
@@ -36,11 +38,14 @@ RERANK_NOTE = (
 
 
 def provenance(run, phase) -> str:
-    """'Computed by `command` on GPU (N CPUs)' of the run that computed ``phase`` (results['phase_runs'])."""
+    """'Computed by `command` on GPU (N CPUs)' of the run(s) that computed ``phase`` (results['phase_runs']: one
+    run's record, or a list of them after a merge of runs that each computed part of it)."""
     r = run.results.get("phase_runs", {}).get(phase)
     if not r:
         return ""
-    return f"Computed by `{command_line(r['command'])}` on {r.get('gpu', '?')} ({r.get('cpu_count', '?')} CPUs)."
+    runs = r if isinstance(r, list) else [r]
+    by = [f"`{command_line(r['command'])}` on {r.get('gpu', '?')} ({r.get('cpu_count', '?')} CPUs)" for r in runs]
+    return "Computed by " + " and by ".join(by) + "."
 
 
 def _framework_label(key) -> str:
@@ -201,19 +206,23 @@ def write_table3_section(run):
     if not table3:
         return
     rows = []
-    for name, (_estimator, d, n_clusters) in TABLE3.items():
+    for name in TABLE3_ROWS:  # the paper's row order; a row of no result (an older run's JSON) shows '-'
+        estimator, d, n_clusters, pooling = TABLE3[name]
+        embedding = name.split("+")[0]
         dims = {str(r["dim"]) for k, r in table3.items() if k.startswith(f"{name}/")}
         cells = [c for mask in MASK_NAMES for c in pair(table3.get(f"{name}/{mask}"))]
         paper = " / ".join(str(PAPER["table3"][name][m]) for m in MASK_NAMES)
-        rows.append([f"{name}({d},{n_clusters}) + democratic", "/".join(sorted(dims)) or "-", *cells, paper])
+        label = f"{embedding}({d},{n_clusters}) + {TABLE3_POOLING[pooling]}"
+        rows.append([label, "/".join(sorted(dims)) or "-", *cells, paper])
     headers = ["framework", "dim"] + [f"{MASK_LABELS[m]}: {PROTOCOL_SHORT[p]}" for m in MASK_NAMES for p in PROTOCOLS]
     headers.append("paper Oxford5k " + " / ".join(MASK_LABELS[m] for m in MASK_NAMES))
     rotated = {r.get("rotated") for r in table3.values()}
     text = [
         "## 8g. Embeddings x masks at comparable dimension 4224 (paper Table 3)",
         "",
-        "Learned on the generic photos; democratic pooling for every embedding (the paper's psi_d rows), "
-        "(d, |C|) of the paper's Table 2. "
+        "Learned on the generic photos; the paper's rows: FV with average pooling (psi_a) and democratic "
+        "pooling (psi_d), VLAD with sum pooling (psi_s) and psi_d, Temb and F-FAemb with psi_d; (d, |C|) of "
+        "the paper's Table 2. "
         + (
             "The generic photos are too few to determine a 4224-D rotation: the vectors are centred, not rotated, "
             "alike for every embedding (so nothing is dropped), then the power law. "
