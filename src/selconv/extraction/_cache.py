@@ -77,7 +77,10 @@ def content_fingerprint(handle) -> str:
 
 def output_signature(extractor, max_size) -> str:
     """Every output-affecting setting of a fitted extractor at one scale (``max_size``): part of the cache key.
-    A scale of a multi-scale extractor has the signature of a single-scale extractor of that size."""
+    A scale of a multi-scale extractor has the signature of a single-scale extractor of that size.
+
+    Left out: what changes the maps by float rounding only, the same arithmetic in another order (``device``,
+    ``batch_size``, ``n_workers``, ``compile``). ``precision`` is in: it changes the arithmetic itself."""
     backbone = extractor.backbone
     if not isinstance(backbone, str):
         backbone = f"{getattr(backbone, '__module__', '')}.{getattr(backbone, '__qualname__', repr(backbone))}"

@@ -1,5 +1,5 @@
-"""The network of a fitted ConvFeatureExtractor: its device, its placement, its output channels, and its
-rebuilding (checked against the fitted checksum) after unpickling."""
+"""The network of a fitted ConvFeatureExtractor: its device, its placement, its output channels, its
+compilation, and its rebuilding (checked against the fitted checksum) after unpickling."""
 
 from __future__ import annotations
 
@@ -42,6 +42,28 @@ def place(module, device: str, precision: str):
     if device.type == "cuda":
         module = module.to(memory_format=torch.channels_last)
     return module
+
+
+def compile_network(module):
+    """``torch.compile(module)`` as the extractor (``compile=True``) and the GPU benchmark run it: default mode,
+    ``dynamic=True``.
+
+    Shapes vary by design (both orientations of a photo collection, tail batches and early batches of any size
+    up to ``batch_size``), and torch keeps at most ``torch._dynamo.config.recompile_limit`` (8) compiled
+    graphs for the forward frame that every compiled module shares, for the whole process. With
+    ``dynamic=False`` each (batch, height, width) compiles a graph of its own, so a mixed collection reaches
+    the limit within a run; with the default ``dynamic=None`` the first shape compiles a static graph and the
+    second recompiles it with the changed sizes symbolic. ``dynamic=True`` compiles one graph for every shape
+    from the start, plus one more for a batch of one image (torch specialises sizes of 1): two graphs per
+    network architecture (counted on the CPU with torch 2.14; each precision is another input dtype, so two
+    more), however many shapes, batch sizes and extractors of that architecture. Past the limit torch warns
+    once ("hit config.recompile_limit") and runs the inputs that match no compiled graph eagerly: same maps,
+    eager speed, no error. The compiled code belongs to the module's forward, not to the wrapper: wrapping
+    the same module again (a later ``transform``) compiles nothing new.
+    """
+    import torch
+
+    return torch.compile(module, dynamic=True)
 
 
 def rebuild(extractor) -> Backbone:
