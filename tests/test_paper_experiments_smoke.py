@@ -491,7 +491,7 @@ def test_merge_combines_a_phase_key_by_key(tmp_path):
         "phase_runs": {"multiscale": {"command": ["--run", "2"], "gpu": "G2", "cpu_count": 16}},
     }
     # A committed run's data summary and machine (the report's header needs them).
-    committed = json.loads((BENCHMARKS / "results" / "paper" / "runs" / "run7_h200.json").read_text())
+    committed = json.loads((BENCHMARKS / "results" / "paper" / "runs" / "run07_h200.json").read_text())
     paths = []
     for i, results in enumerate((earlier, later)):
         paths.append(tmp_path / f"run{i}.json")
