@@ -78,10 +78,11 @@ class ConvFeatureExtractor(SelconvPickleMixin, TransformerMixin, BaseEstimator):
         Run the network through ``torch.compile`` (default mode, ``dynamic=True``: one graph for every image
         shape and batch size, plus one for a batch of a single image). Each call of :meth:`transform` (and the
         others) wraps the network again, which reuses the graphs already compiled in this process. The first
-        batch of a new network pays a one-time compilation (seconds to minutes; not yet measured on a GPU in
-        the extractor). The network alone, VGG16 to pool5 at 1024 x 768, batch 32, channels_last, on an NVIDIA
-        H100 (``benchmarks/bench_gpu_pipeline.py`` section 4, compiled with static shapes): 883 images/s in
-        bfloat16 and 906 in float16 against 515-519 and 527-531 eager. The maps equal the eager ones up to float
+        batch of a new network pays a one-time compilation (seconds to minutes; not timed). The network alone,
+        VGG16 to pool5 at 1024 x 768, batch 32, channels_last, on an NVIDIA H100
+        (``benchmarks/bench_gpu_pipeline.py`` section 4): 880 images/s in bfloat16 compiled this way against
+        515-519 eager (906 against 527-531 in float16, static shapes). End to end, JPEG decoding may then be
+        the limit (docs/extraction.md). The maps equal the eager ones up to float
         rounding (the compiler may fuse and reorder operations), so ``compile`` is not part of the cache key, like
         ``batch_size`` and ``device``. Past torch's limit on compiled graphs per process
         (``torch._dynamo.config.recompile_limit``, 8, shared by every compiled network), torch warns and runs new
@@ -94,9 +95,9 @@ class ConvFeatureExtractor(SelconvPickleMixin, TransformerMixin, BaseEstimator):
         ``"device"``: torchvision's ``decode_jpeg`` on ``device`` (nvJPEG on a GPU) and a torch bicubic
         antialiased resize, for single-scale extraction of RGB or grey JPEG files without EXIF rotation, box or
         keypoints; every other input (and any file torchvision cannot decode) takes the CPU path. The pixels
-        differ from the CPU path's by the GPU decoder's IDCT and at most one grey level of resize rounding.
-        Not yet verified on a GPU (its one GPU run gave a NaN map, now refused with ``NonFiniteError``); see
-        docs/extraction.md.
+        differ from the CPU path's by the GPU decoder's IDCT and chroma upsampling (up to tens of grey levels at
+        colour edges; pool5 maps a median 5 % apart on Oxford images on an H100) and at most one grey level of
+        resize rounding. Decoding runs on a CUDA side stream of its own (docs/extraction.md, "Speed").
     batch_size : int, default=8
         Images per forward pass. Only images of identical resized shape share a batch (see Notes).
     n_workers : int or None, default=None

