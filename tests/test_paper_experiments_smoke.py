@@ -346,14 +346,14 @@ def _score(value):
     return {p: {"map": value, "se": 1.0, "aps": [value]} for p in PROTOCOLS}
 
 
-def _table3_run(tmp_path, monkeypatch, fail_at=None, budget_cells=None):
+def _table3_run(tmp_path, monkeypatch, fail_at=None, budget_cells=None, extra_args=()):
     """A Run whose phase_table3 fits nothing: each cell's fit is faked (the plumbing only), cell ``fail_at``
     (1-based) raising ``fail_at[1]``, and the budget spent after ``budget_cells`` cells."""
     from types import SimpleNamespace
 
     import paper.experiments.paper_tables as paper_tables
 
-    args = parse_args(["--data-dir", str(tmp_path), "--out", str(tmp_path / "o"), "--table3-masks", "max"])
+    args = parse_args(["--data-dir", str(tmp_path), "--out", str(tmp_path / "o"), "--table3-masks", "max", *extra_args])
     run = Run(args)
     run.sets = {"max": {"train": [], "db": [], "official": []}}
     calls = []
@@ -407,6 +407,15 @@ def test_table3_budget_spent_keeps_the_finished_cells(tmp_path, monkeypatch):
     saved = _saved(run)
     assert set(saved["table3"]) == {f"{names[0]}/max"}
     assert {k for k in run.results["skipped"] if k.startswith("table 3 ")} == {f"table 3 {n} max" for n in names[1:]}
+
+
+def test_table3_rows_runs_only_the_cells_named(tmp_path, monkeypatch):
+    """--table3-rows with --table3-masks: a call runs exactly the cells an earlier run left, in the order given."""
+    run, phase_table3 = _table3_run(tmp_path, monkeypatch, extra_args=("--table3-rows", "VLAD+sum,Temb"))
+    phase_table3(run)
+    assert list(_saved(run)["table3"]) == ["VLAD+sum/max", "Temb/max"]
+    with pytest.raises(SystemExit):
+        parse_args(["--data-dir", str(tmp_path), "--out", str(tmp_path / "o"), "--table3-rows", "Temb,NetVLAD"])
 
 
 def test_table3_heads_pooling_and_device(tmp_path):

@@ -5,7 +5,15 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .settings import BASELINES, MASK_NAMES, MULTISCALE_FRAMEWORK, MULTISCALE_METHODS, PHASE_NAMES, TRAIN_SOURCES
+from .settings import (
+    BASELINES,
+    MASK_NAMES,
+    MULTISCALE_FRAMEWORK,
+    MULTISCALE_METHODS,
+    PHASE_NAMES,
+    TABLE3,
+    TRAIN_SOURCES,
+)
 
 DESCRIPTION = (
     "Reproduce the paper's findings on the shared Oxford subset: masks, dimensions, alpha, layers, baselines, ITQ."
@@ -120,6 +128,14 @@ OPTIONS = (
         ),
     ),
     (
+        "--table3-rows",
+        dict(
+            default=",".join(TABLE3),
+            help="rows (frameworks) of phase table3, in this order: " + ", ".join(TABLE3) + " (with "
+            "--table3-masks, a call can run exactly the cells an earlier run left; merged by --merge-json)",
+        ),
+    ),
+    (
         "--multiscale-methods",
         dict(
             default="all",
@@ -158,6 +174,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     args.table3_masks = tuple(m.strip() for m in args.table3_masks.split(",") if m.strip())
     if not set(args.table3_masks) <= set(MASK_NAMES):
         parser.error(f"--table3-masks takes masks among {', '.join(MASK_NAMES)}")
+    args.table3_rows = tuple(r.strip() for r in args.table3_rows.split(",") if r.strip())
+    if not args.table3_rows or not set(args.table3_rows) <= set(TABLE3):
+        parser.error(f"--table3-rows takes frameworks among {', '.join(TABLE3)}")
     args.multiscale_methods = multiscale_methods(args.multiscale_methods, parser)
     if len(args.table9) != 2:
         parser.error("--table9 takes 'd,|C|'")

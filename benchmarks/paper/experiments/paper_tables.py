@@ -45,14 +45,14 @@ def encode_device(run) -> str:
 
 
 def phase_table3(run):
-    """Every TABLE3 framework x --table3-masks, while time is left. Each finished cell is saved at once (the
+    """Every --table3-rows framework x --table3-masks, while time is left. Each finished cell is saved at once (the
     JSON and the report section): a run killed at its time limit keeps the cells it finished; a cell that
     fails is recorded in results['errors'] and the others still run."""
     import traceback
 
     store = run.results.setdefault("table3", {})
     for mask in run.args.table3_masks:
-        for name in TABLE3:
+        for name in run.args.table3_rows:
             cell = f"table 3 {name} {mask}"
             if not run.within_budget(cell):
                 continue
