@@ -160,27 +160,6 @@ def embedding_phi(embedding, device):
     return phi, 1 << 13
 
 
-def whitening_scatter(blocks, shift):
-    """Sum of phi - shift and the scatter sum((phi - shift)(phi - shift)^T) over embedded ``blocks`` (float32
-    tensors on one device), float64.
-
-    Each block's GEMM runs in float32 (TF32 off) and is accumulated in float64, as
-    :func:`selconv._linalg.mean_and_scatter` does on the CPU.
-    """
-    import torch
-
-    shifted_sum = scatter = None
-    with strict_float32():
-        for block in blocks:
-            block = block - shift
-            if scatter is None:
-                shifted_sum = torch.zeros(block.shape[1], dtype=torch.float64, device=block.device)
-                scatter = torch.zeros(block.shape[1], block.shape[1], dtype=torch.float64, device=block.device)
-            shifted_sum += block.sum(dim=0, dtype=torch.float64)
-            scatter += (block.T @ block).double()
-    return shifted_sum, scatter
-
-
 # ----------------------------------------------------------------------------------- aggregation
 
 
