@@ -92,6 +92,40 @@ def select(maps, mask: str):
     return rows, image, selected.sum(dim=1)
 
 
+def group_by_shape(arrays) -> dict:
+    """Indices of ``arrays`` by (shape, dtype), in order of first appearance: the batches of equal grids."""
+    groups: dict = {}
+    for index, array in enumerate(arrays):
+        groups.setdefault((array.shape, array.dtype), []).append(index)
+    return groups
+
+
+def select_on_device(arrays, mask: str, device, batch_bytes: int = 1 << 28) -> list[np.ndarray]:
+    """:func:`select` of host maps (K, H, W) on the torch ``device``: the selected rows of each map, float32 (n_i, K).
+
+    Maps of one shape and dtype are copied to the device in batches of at most ``batch_bytes`` (at least one map),
+    so that one copy moves many maps; their dtype is kept (float64 maps are masked in float64, as numpy does). A
+    grid without cells selects nothing.
+    """
+    import torch
+
+    out = [None] * len(arrays)
+    for (shape, dtype), indices in group_by_shape(arrays).items():
+        if shape[1] * shape[2] == 0:
+            for index in indices:
+                out[index] = np.zeros((0, shape[0]), dtype=np.float32)
+            continue
+        per_batch = max(1, batch_bytes // (int(np.prod(shape)) * dtype.itemsize))
+        for start in range(0, len(indices), per_batch):
+            batch = indices[start : start + per_batch]
+            with torch.no_grad():
+                rows, _, counts = select(torch.as_tensor(np.stack([arrays[i] for i in batch])).to(device), mask)
+                rows = rows.to(torch.float32).cpu().numpy()
+            for index, part in zip(batch, np.split(rows, np.cumsum(counts.cpu().numpy())[:-1])):
+                out[index] = part
+    return out
+
+
 # ---------------------------------------------------------------------------------- per-feature stages
 
 
@@ -268,7 +302,6 @@ class TorchEncoder:
 
         from selconv.aggregation import DemocraticAggregator
         from selconv.embedding import TriangulationEmbedding
-        from selconv.masks import MaxMask, NoMask, SumMask
 
         check_device(device)
         if projection_dtype not in ("float32", "float64"):
@@ -279,8 +312,7 @@ class TorchEncoder:
             raise ValueError(f"TorchEncoder needs a paper pipeline (make_paper_pipeline); it has no step {missing}.")
         for name in ("pca", "encode", "rotate", "power"):
             check_is_fitted(steps[name])
-        masks = {MaxMask: "max", SumMask: "sum", NoMask: "none"}
-        if type(steps["mask"]) not in masks:
+        if getattr(steps["mask"], "_kernel", None) is None:
             raise ValueError(f"TorchEncoder supports the MAX, SUM and no mask; got {type(steps['mask']).__name__}.")
         encode = steps["encode"]
         if not (
@@ -289,7 +321,7 @@ class TorchEncoder:
         ):
             raise ValueError("TorchEncoder supports TriangulationEmbedding + DemocraticAggregator in 'encode'.")
         self.device = resolve_device(device)
-        self.mask = masks[type(steps["mask"])]
+        self.mask = steps["mask"]._kernel
         self.n_channels = steps["mask"].n_features_in_
 
         def tensor(array, dtype=torch.float32):
@@ -333,11 +365,8 @@ class TorchEncoder:
         from selconv._ragged import check_conv_maps
 
         checked = check_conv_maps(maps, estimator=self, reset=False, multiscale=False)
-        groups: dict = {}
-        for index, conv_map in enumerate(checked):
-            groups.setdefault(conv_map.features.shape, []).append(index)
         out = None
-        for indices in groups.values():
+        for indices in group_by_shape([conv_map.features for conv_map in checked]).values():
             batch = torch.as_tensor(np.stack([checked[i].features for i in indices]))
             codes = self.transform(batch).cpu().numpy()
             if out is None:
