@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -263,10 +264,13 @@ def test_maps_go_to_the_device_in_batches_of_one_grid(conv_maps):
     pytest.importorskip("torch")
     from selconv.torch_encoder import select_on_device
 
-    maps = [m for m in conv_maps for _ in range(3)]
+    maps = [m.copy() for m in conv_maps for _ in range(3)]
+    maps[0].flags.writeable = False  # e.g. memory-mapped from a cache: copied without a warning
     expected = MaxMask().fit_transform(maps)
     for batch_bytes in (1, 2 * conv_maps[0].nbytes):  # one map per batch, two
-        assert_same_sets(select_on_device(maps, "max", "cpu", batch_bytes=batch_bytes), expected)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            assert_same_sets(select_on_device(maps, "max", "cpu", batch_bytes=batch_bytes), expected)
 
 
 def test_device_is_validated_and_old_pickles_load(conv_maps):

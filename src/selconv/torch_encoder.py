@@ -60,7 +60,7 @@ def max_mask(maps):
     flat = maps.flatten(2)
     n_cells = flat.shape[2]
     argmax = flat.argmax(dim=2)  # the first maximum in row-major order, as numpy.argmax
-    argmax = torch.where((flat != 0).any(dim=2), argmax, n_cells)  # an all-zero channel votes for a dump cell
+    argmax = torch.where(flat.any(dim=2), argmax, n_cells)  # an all-zero channel votes for a dump cell
     selected = torch.zeros(flat.shape[0], n_cells + 1, dtype=torch.bool, device=maps.device)
     selected.scatter_(1, argmax, True)
     return selected[:, :n_cells]
@@ -103,9 +103,9 @@ def group_by_shape(arrays) -> dict:
 def select_on_device(arrays, mask: str, device, batch_bytes: int = 1 << 28) -> list[np.ndarray]:
     """:func:`select` of host maps (K, H, W) on the torch ``device``: the selected rows of each map, float32 (n_i, K).
 
-    Maps of one shape and dtype are copied to the device in batches of at most ``batch_bytes`` (at least one map),
-    so that one copy moves many maps; their dtype is kept (float64 maps are masked in float64, as numpy does). A
-    grid without cells selects nothing.
+    Maps of one shape and dtype are copied, one by one, into device batches of at most ``batch_bytes`` (at least
+    one map), so that each kernel launch masks many maps; their dtype is kept (float64 maps are masked in float64,
+    as numpy does). A grid without cells selects nothing.
     """
     import torch
 
@@ -118,8 +118,13 @@ def select_on_device(arrays, mask: str, device, batch_bytes: int = 1 << 28) -> l
         per_batch = max(1, batch_bytes // (int(np.prod(shape)) * dtype.itemsize))
         for start in range(0, len(indices), per_batch):
             batch = indices[start : start + per_batch]
+            maps = torch.empty((len(batch), *shape), dtype=getattr(torch, dtype.name), device=device)
+            with warnings.catch_warnings():  # read-only arrays (memory-mapped caches): only read by the copy
+                warnings.simplefilter("ignore", UserWarning)
+                for position, index in enumerate(batch):  # straight into the device batch: no host staging copy
+                    maps[position].copy_(torch.as_tensor(arrays[index]))
             with torch.no_grad():
-                rows, _, counts = select(torch.as_tensor(np.stack([arrays[i] for i in batch])).to(device), mask)
+                rows, _, counts = select(maps, mask)
                 rows = rows.to(torch.float32).cpu().numpy()
             for index, part in zip(batch, np.split(rows, np.cumsum(counts.cpu().numpy())[:-1])):
                 out[index] = part
