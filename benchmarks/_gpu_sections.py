@@ -46,14 +46,15 @@ def augmented(maps, n):
 
 
 def fit_timing(args, data, report) -> None:
-    """The 512-D preset + ITQ (no extract step) fitted on ``args.n_fit`` maps, seconds per stage, on the device."""
+    """The 512-D preset + ITQ (no extract step) fitted on ``args.n_fit`` maps, seconds per stage, every stage that
+    takes a ``device`` on the device."""
     from selconv import make_paper_pipeline
 
     maps = data["maps"]
     train = (maps + augmented(maps, args.n_fit - len(maps)))[: args.n_fit]
     rows = []
     for device in [args.device] + (["cpu"] if args.cpu_fit else []):
-        pipeline = make_paper_pipeline(512, n_bits=args.n_bits).set_params(encode__device=device, itq__device=device)
+        pipeline = make_paper_pipeline(512, n_bits=args.n_bits, device=device)  # mask, pca, encode and itq
         if args.fit_working_memory is not None:
             pipeline.set_params(encode__working_memory=args.fit_working_memory)
         seconds, X = {}, train
@@ -73,8 +74,11 @@ def fit_timing(args, data, report) -> None:
         "",
         f"The set-up's {len(maps):,} database maps, completed to {len(train):,} by `augmented` (copies rescaled per "
         "cell at random and mirrored). `make_paper_pipeline(512, n_bits=...)` without the extract step; each "
-        "stage's `fit_transform` as `Pipeline.fit` runs it (the last one's `fit`), synchronised; `encode__device` "
-        f"and `itq__device` as in the first column (LocalPCA, the rotation and the power law are numpy); "
+        "stage's `fit_transform` as `Pipeline.fit` runs it (the last one's `fit`), synchronised; "
+        "`make_paper_pipeline(device=...)` as in the first column: the mask (host maps copied to the device in "
+        "batches of one grid size, the selected local features copied back), LocalPCA (the sample's covariance "
+        "in float64 and the projection on the device, host arrays in and out), encode and ITQ on it; the rotation "
+        "and the power law are numpy. "
         f"`encode__working_memory` {working_memory} MiB. Target (issue 10): <= 10 s on the GPU; CPU (2 cores, "
         "docs/benchmarks.md): 32.6 s.",
         "",

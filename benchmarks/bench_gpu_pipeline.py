@@ -13,7 +13,8 @@ On the Oxford5k subset (``--data``/oxford5k-subset, 1,008 JPEGs, VGG16 pool5 at 
    with either decoder, and a GPU-resident path (nvJPEG batches -> resize -> VGG16 -> TorchEncoder) where conv
    maps never leave the GPU;
 6. the fit of the 512-D preset + ITQ on ``--n-fit`` images' maps (the database's, completed by rescaled mirrored
-   copies), seconds per stage, encode and ITQ on the device (``--cpu-fit``: also on the CPU with numpy).
+   copies), seconds per stage, the mask, LocalPCA, encode and ITQ on the device (``--cpu-fit``: also on the CPU
+   with numpy).
 
 Section 2 also diagnoses non-finite (or far from CPU-decoded) maps: the threaded extraction again in the calling
 thread and with the decoder before its side stream, and each file flagged alone (header, pixels, map).

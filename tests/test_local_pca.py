@@ -149,3 +149,40 @@ def test_pipeline_mask_then_local_pca(conv_maps):
     out = pipeline.fit_transform(maps)
     assert [rows.shape for rows in out] == [(len(rows), 8) for rows in MaxMask().fit_transform(maps)]
     assert len(out[-1]) == 0 and all(len(rows) > 0 for rows in out[:-1])
+
+
+# ------------------------------------------------------------------------------------ on a torch device
+
+
+@pytest.mark.parametrize("params", [{}, {"whiten": True}, {"max_samples": 300, "random_state": 0}], ids=repr)
+def test_torch_device_fits_and_transforms_as_numpy(params, monkeypatch):
+    """Mean and covariance accumulated in float64 on the device (several blocks), the transform's torch kernel."""
+    pytest.importorskip("torch")
+    sets = make_local_sets(counts=(300, 0, 250, 1, 120), n_features=12, random_state=0, nonnegative=False)
+    sets = [s + 5.0 for s in sets]  # far from 0: the shifted accumulation matters
+    reference = LocalPCA(4, **params).fit(sets)
+    monkeypatch.setattr(selconv.local_pca, "_DEVICE_BLOCK_ROWS", 100)
+    ours = LocalPCA(4, device="torch", **params).fit(sets)
+    assert ours.n_samples_seen_ == reference.n_samples_seen_
+    np.testing.assert_allclose(ours.mean_, reference.mean_, rtol=1e-13)
+    np.testing.assert_allclose(ours.components_, reference.components_, atol=1e-10)
+    np.testing.assert_allclose(ours.explained_variance_, reference.explained_variance_, rtol=1e-10)
+    for rows, expected in zip(ours.transform(sets), reference.transform(sets)):
+        assert rows.dtype == np.float32 and rows.shape == expected.shape
+        np.testing.assert_allclose(rows, expected, atol=1e-6)
+
+
+def test_device_is_validated_and_old_pickles_load(local_sets):
+    check_data_free(LocalPCA(device="torch"))
+    with pytest.raises(ValueError, match="device must be 'cpu' .* got 'gpu'"):
+        LocalPCA(2, device="gpu").fit(local_sets)
+    with pytest.raises(ValueError, match="'device' parameter of LocalPCA"):
+        LocalPCA(2, device=None).fit(local_sets)
+    pca = LocalPCA(2, random_state=0).fit(local_sets)
+    state = pca.__getstate__()
+    del state["device"]  # a LocalPCA pickled before the parameter existed
+    old = LocalPCA.__new__(LocalPCA)
+    old.__setstate__(state)
+    assert old.device == "cpu"
+    for rows, expected in zip(old.transform(local_sets), pca.transform(local_sets)):
+        np.testing.assert_array_equal(rows, expected)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -10,11 +11,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from selconv.conv_map import ConvMap
+from selconv.conv_map import ConvMap, MultiScaleConvMap
 from selconv.masks import MaxMask, NoMask, SiftMask, SumMask
 from selconv.utils.estimator_checks import check_data_free, check_fit_transform
 
-MASKS = [NoMask(), MaxMask(), SumMask(), SiftMask(), SiftMask(0, fallback="empty")]
+MASKS = [NoMask(), MaxMask(), SumMask(), SiftMask(), SiftMask(0, fallback="empty"), MaxMask(device="torch")]
+DEVICE_MASKS = [NoMask, MaxMask, SumMask]
 PROPERTY = settings(max_examples=60, deadline=None)
 
 # Small non-negative integer activations: many zeros and ties, like ReLU output, and exact sums.
@@ -47,7 +49,7 @@ def test_data_free(mask):
     check_data_free(mask)
 
 
-@pytest.mark.parametrize("mask", [NoMask(), MaxMask(), SumMask()], ids=repr)
+@pytest.mark.parametrize("mask", [NoMask(), MaxMask(), SumMask(), SumMask(device="torch")], ids=repr)
 def test_fit_transform_plain_arrays(mask, conv_maps):
     check_fit_transform(mask, conv_maps)
 
@@ -223,3 +225,62 @@ def test_sift_mask_parameter_validation(params, conv_maps):
         SiftMask(**params).fit(with_keypoints(conv_maps))
     with pytest.raises(ValueError, match="parameter of SiftMask"):
         SiftMask(**params).get_selected_locations(with_keypoints(conv_maps))
+
+
+# ------------------------------------------------------------------------------------ on a torch device
+
+
+def assert_same_sets(ours, reference):
+    assert len(ours) == len(reference)
+    for rows, expected in zip(ours, reference):
+        assert rows.dtype == np.float32 and rows.flags.c_contiguous
+        np.testing.assert_array_equal(rows, expected)  # same shape, same values
+
+
+@pytest.mark.parametrize("cls", DEVICE_MASKS)
+def test_torch_device_selects_what_numpy_selects(cls, conv_maps):
+    """Unequal grids, an all-zero map, a grid without cells, float16 and float64 maps, multi-scale maps."""
+    pytest.importorskip("torch")
+    maps = list(conv_maps) + [np.zeros((32, 3, 5), np.float32), np.zeros((32, 0, 4), np.float32)]
+    maps += [conv_maps[0].astype(np.float16), conv_maps[1].astype(np.float64)]
+    multi = [
+        MultiScaleConvMap((ConvMap(a, (40, 30)), ConvMap(b, (20, 15))), (1.0, 0.5)) for a, b in zip(maps, maps[3:])
+    ]
+    for X in (maps, multi, maps + multi):
+        assert_same_sets(cls(device="torch").fit_transform(X), cls().fit_transform(X))
+
+
+@PROPERTY
+@given(features=st.lists(conv_arrays, min_size=1, max_size=4))
+def test_torch_device_masks_are_identical_with_ties(features):
+    """Small integer activations: many ties (first cell wins) and all-zero channels."""
+    pytest.importorskip("torch")
+    maps = [f[: features[0].shape[0]] for f in features if f.shape[0] >= features[0].shape[0]]
+    for cls in DEVICE_MASKS:
+        assert_same_sets(cls(device="torch").fit_transform(maps), cls().fit_transform(maps))
+
+
+def test_maps_go_to_the_device_in_batches_of_one_grid(conv_maps):
+    pytest.importorskip("torch")
+    from selconv.torch_encoder import select_on_device
+
+    maps = [m.copy() for m in conv_maps for _ in range(3)]
+    maps[0].flags.writeable = False  # e.g. memory-mapped from a cache: copied without a warning
+    expected = MaxMask().fit_transform(maps)
+    for batch_bytes in (1, 2 * conv_maps[0].nbytes):  # one map per batch, two
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            assert_same_sets(select_on_device(maps, "max", "cpu", batch_bytes=batch_bytes), expected)
+
+
+def test_device_is_validated_and_old_pickles_load(conv_maps):
+    with pytest.raises(ValueError, match="device must be 'cpu' .* got 'gpu'"):
+        MaxMask(device="gpu").fit(conv_maps)
+    with pytest.raises(ValueError, match="'device' parameter of SumMask"):
+        SumMask(device=0).fit(conv_maps)
+    state = MaxMask().fit(conv_maps).__getstate__()
+    del state["device"]  # a mask pickled before the parameter existed
+    old = MaxMask.__new__(MaxMask)
+    old.__setstate__(state)
+    assert old.device == "cpu" and "device=" not in repr(old)
+    assert_same_sets(old.transform(conv_maps), MaxMask().fit_transform(conv_maps))

@@ -1,4 +1,5 @@
-"""The iterative parts of fitting, as torch operations on a device: the k-means codebook and ITQ's rotation.
+"""The parts of fitting that run as torch operations on a device: the k-means codebook, ITQ's rotation and the
+one-pass mean and scatter of the whitenings and LocalPCA.
 
 ``EncodeAggregate(device=...)`` learns Temb's codebook with :func:`kmeans`, and ``ITQHasher(device=...)`` runs
 its iterations with :func:`itq_rotation`. The algorithms are the CPU path's:
@@ -138,3 +139,29 @@ def itq_rotation(V: np.ndarray, rotation: np.ndarray, n_iter: int, device):
         u, _, vt = torch.linalg.svd(codes.T @ V)
         rotation = vt.T @ u.T
     return rotation.cpu().numpy(), torch.stack(losses).cpu().numpy()
+
+
+def mean_and_scatter(blocks, shift: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+    """:func:`selconv._linalg.mean_and_scatter` of ``blocks`` (tensors on one device): mean, centred scatter
+    sum((x - mean)(x - mean)^T) and number of rows, float64 ndarrays.
+
+    Each block is centred on ``shift`` (float64, cast to the blocks' dtype) before its GEMM, which runs in the
+    blocks' dtype (float32: TF32 off) and is accumulated in float64, as on the CPU.
+    """
+    import torch
+
+    from selconv.torch_encoder import strict_float32
+
+    shifted_sum = scatter = None
+    n_samples = 0
+    with strict_float32():
+        for block in blocks:
+            block = block - torch.as_tensor(shift, dtype=block.dtype, device=block.device)
+            if scatter is None:
+                shifted_sum = torch.zeros(block.shape[1], dtype=torch.float64, device=block.device)
+                scatter = torch.zeros(block.shape[1], block.shape[1], dtype=torch.float64, device=block.device)
+            shifted_sum += block.sum(dim=0, dtype=torch.float64)
+            scatter += (block.T @ block).double()
+            n_samples += len(block)
+    shifted_mean = shifted_sum.cpu().numpy() / n_samples
+    return shift + shifted_mean, scatter.cpu().numpy() - n_samples * np.outer(shifted_mean, shifted_mean), n_samples

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import numbers
+from functools import partial
 
 import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin
@@ -21,6 +22,7 @@ from selconv._linalg import l2_normalize_rows, mean_and_scatter, principal_axes,
 from selconv._pickling import SelconvPickleMixin
 from selconv._ragged import check_local_sets, image_blocks
 from selconv.exceptions import OVERFLOW_HINT, check_finite, check_fitted_finite
+from selconv.torch_encoder import check_device, is_torch_device, resolve_device
 
 __all__ = ["LocalPCA"]
 
@@ -28,6 +30,8 @@ __all__ = ["LocalPCA"]
 # efficient GEMMs, small enough to bound the extra memory (8k rows x 512 channels = 16 MiB float32; measured:
 # 64k-row blocks fall out of cache and were about 2x slower).
 _BLOCK_ROWS = 1 << 13
+# Rows per block copied to a torch device: larger, fewer copies and GEMMs (64k rows x 512 channels = 128 MiB float32).
+_DEVICE_BLOCK_ROWS = 1 << 16
 
 
 class LocalPCA(SelconvPickleMixin, TransformerMixin, BaseEstimator):
@@ -51,6 +55,14 @@ class LocalPCA(SelconvPickleMixin, TransformerMixin, BaseEstimator):
         l2-normalisation (the paper does not).
     random_state : int, RandomState instance or None, default=None
         Draws the sample when there are more than ``max_samples`` local features.
+    device : str, default="cpu"
+        "cpu": numpy. "torch" (torch on the CPU), "cuda" or "cuda:<index>": the sampled local features are
+        copied to the device in blocks, and the fit's mean and covariance (the GEMM over the sample) are
+        accumulated there in float64, as numpy does (the eigendecomposition stays in numpy); ``transform``
+        projects and normalises with the torch kernel (``selconv.torch_encoder.local_pca``, float32, TF32
+        off). Same numbers as "cpu" to float rounding (the l2-normalisation does not rescue rows whose sum of
+        squares under- or overflows float32, as numpy's does). Without CUDA, "cuda" falls back to the CPU with
+        a warning.
 
     Attributes
     ----------
@@ -81,13 +93,15 @@ class LocalPCA(SelconvPickleMixin, TransformerMixin, BaseEstimator):
         "max_samples": [Interval(numbers.Integral, 1, None, closed="left")],
         "whiten": ["boolean"],
         "random_state": ["random_state"],
+        "device": [str],
     }
 
-    def __init__(self, n_components=32, *, max_samples=100_000, whiten=False, random_state=None):
+    def __init__(self, n_components=32, *, max_samples=100_000, whiten=False, random_state=None, device="cpu"):
         self.n_components = n_components
         self.max_samples = max_samples
         self.whiten = whiten
         self.random_state = random_state
+        self.device = device
 
     def _sample_rows(self, sets: list[np.ndarray]) -> list[np.ndarray]:
         """Row indices sampled from each image: uniform over all local features, sorted within an image."""
@@ -116,6 +130,7 @@ class LocalPCA(SelconvPickleMixin, TransformerMixin, BaseEstimator):
         -------
         self : object
         """
+        check_device(self.device)
         sets = check_local_sets(X, estimator=self, reset=True)
         n_features = self.n_features_in_
         if self.n_components > n_features:
@@ -136,12 +151,17 @@ class LocalPCA(SelconvPickleMixin, TransformerMixin, BaseEstimator):
 
         # One pass over the sample in float64 blocks, centred on the first block's mean.
         counts = np.array([len(rows) for rows in rows_per_image])
+        on_device = is_torch_device(self.device)
         blocks = (
-            np.concatenate([sets[i][rows_per_image[i]] for i in range(start, stop)]).astype(np.float64)
-            for start, stop in image_blocks(counts, _BLOCK_ROWS)
+            np.concatenate([sets[i][rows_per_image[i]] for i in range(start, stop)])
+            for start, stop in image_blocks(counts, _DEVICE_BLOCK_ROWS if on_device else _BLOCK_ROWS)
         )
-        first = next(block for block in blocks if len(block))
-        self.mean_, scatter, _ = mean_and_scatter(itertools.chain([first], blocks), first.mean(axis=0))
+        if on_device:
+            self.mean_, scatter = _moments_on_device(blocks, self.device)
+        else:
+            blocks = (block.astype(np.float64) for block in blocks)
+            first = next(block for block in blocks if len(block))
+            self.mean_, scatter, _ = mean_and_scatter(itertools.chain([first], blocks), first.mean(axis=0))
         eigenvalues, eigenvectors = principal_axes(scatter / max(n_samples - 1, 1))
         self.components_ = eigenvectors[:, : self.n_components].T
         self.explained_variance_ = np.clip(eigenvalues[: self.n_components], 0.0, None)
@@ -173,15 +193,54 @@ class LocalPCA(SelconvPickleMixin, TransformerMixin, BaseEstimator):
         sets = check_local_sets(X, estimator=self, reset=False)
         projection = self._projection()
         mean = self.mean_.astype(np.float32)
+        if is_torch_device(self.device):
+            project, block_rows = _projector_on_device(mean, projection, self.device), _DEVICE_BLOCK_ROWS
+        else:
+            project, block_rows = partial(_project, mean=mean, projection=projection), _BLOCK_ROWS
 
         counts = np.array([len(s) for s in sets])
         local_sets = []
         # Few large GEMMs over concatenated images instead of one small GEMM per image.
-        for start, stop in image_blocks(counts, _BLOCK_ROWS):
-            block = np.concatenate(sets[start:stop])  # a fresh copy, so centring in place is safe
-            block -= mean
-            projected = block @ projection
-            l2_normalize_rows(projected, out=projected)
+        for start, stop in image_blocks(counts, block_rows):
+            projected = project(np.concatenate(sets[start:stop]))
             check_finite(projected, estimator=self, what="the projected local features", hint=OVERFLOW_HINT)
             local_sets.extend(np.split(projected, np.cumsum(counts[start:stop])[:-1]))
         return local_sets
+
+
+def _project(block: np.ndarray, *, mean: np.ndarray, projection: np.ndarray) -> np.ndarray:
+    """l2((block - mean) @ projection) with numpy; ``block`` is a fresh copy, centred in place."""
+    block -= mean
+    projected = block @ projection
+    return l2_normalize_rows(projected, out=projected)
+
+
+def _projector_on_device(mean: np.ndarray, projection: np.ndarray, device):
+    """:func:`_project` with the torch kernel on ``device``: a function of a host block, returning a host array."""
+    import torch
+
+    from selconv.torch_encoder import local_pca, strict_float32
+
+    target = resolve_device(device)
+    mean, projection = (torch.as_tensor(a, device=target) for a in (mean, projection))
+
+    def project(block):
+        with torch.no_grad(), strict_float32():
+            return local_pca(torch.as_tensor(block, device=target), mean, projection).cpu().numpy()
+
+    return project
+
+
+def _moments_on_device(blocks, device) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and scatter (float64) of the rows of host ``blocks``, each copied to ``device`` and accumulated there in
+    float64, centred on the first non-empty block's mean (as the numpy path)."""
+    import torch
+
+    from selconv._torch_fit import mean_and_scatter
+
+    target = resolve_device(device)
+    with torch.no_grad():
+        blocks = (torch.as_tensor(block, device=target).double() for block in blocks)
+        first = next(block for block in blocks if len(block))
+        mean, scatter, _ = mean_and_scatter(itertools.chain([first], blocks), first.mean(dim=0).cpu().numpy())
+    return mean, scatter

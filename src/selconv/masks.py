@@ -19,6 +19,7 @@ from selconv._compat import Interval, StrOptions, fit_context
 from selconv._pickling import SelconvPickleMixin
 from selconv._ragged import check_conv_maps
 from selconv.conv_map import ConvMap, MultiScaleConvMap, scale_maps
+from selconv.torch_encoder import check_device, is_torch_device, resolve_device, select_on_device
 
 __all__ = ["NoMask", "MaxMask", "SumMask", "SiftMask"]
 
@@ -27,6 +28,8 @@ class _BaseMask(SelconvPickleMixin, TransformerMixin, BaseEstimator):
     """Shared machinery: subclasses only define ``_select(conv_map) -> (H, W) bool``."""
 
     _parameter_constraints: dict = {}
+    #: Name of the mask's torch kernel in :func:`selconv.torch_encoder.select` (None: numpy only).
+    _kernel: str | None = None
 
     def _select(self, conv_map: ConvMap) -> np.ndarray:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -86,16 +89,25 @@ class _BaseMask(SelconvPickleMixin, TransformerMixin, BaseEstimator):
             scale for a multi-scale map); ``n_selected_i`` may be 0.
         """
         check_is_fitted(self)
-        maps, selections = self._selections(X)
+        self._validate_params()
+        maps = self._validate(X, reset=False)
+        rows = iter(self._selected_rows([conv_map for item in maps for conv_map in scale_maps(item)]))
         local_sets = []
-        for item, selected in zip(maps, selections):
-            # Gather rows of each (H*W, K) view: already in row-major (y, x) order.
-            rows = [
-                conv_map.features.reshape(conv_map.n_channels, -1).T[np.flatnonzero(cells)]
-                for conv_map, cells in zip(scale_maps(item), selected)
-            ]
-            local_sets.append(np.ascontiguousarray(rows[0] if len(rows) == 1 else np.concatenate(rows), np.float32))
+        for item in maps:
+            parts = [next(rows) for _ in scale_maps(item)]
+            local_sets.append(parts[0] if len(parts) == 1 else np.concatenate(parts))
         return local_sets
+
+    def _selected_rows(self, conv_maps: list) -> list[np.ndarray]:
+        """The selected local features of each single-scale map, float32 (n_selected, K), computed with numpy."""
+        # Gather rows of each (H*W, K) view: already in row-major (y, x) order.
+        return [
+            np.ascontiguousarray(
+                conv_map.features.reshape(conv_map.n_channels, -1).T[np.flatnonzero(self._select_cells(conv_map))],
+                np.float32,
+            )
+            for conv_map in conv_maps
+        ]
 
     def get_selected_locations(self, X) -> list:
         """The selected grid cells of each image, for analysis and plots; does not need ``fit``.
@@ -136,8 +148,34 @@ class _BaseMask(SelconvPickleMixin, TransformerMixin, BaseEstimator):
         return np.array(fractions, dtype=np.float64)
 
 
-class NoMask(_BaseMask):
+class _DeviceMask(_BaseMask):
+    """A mask with a torch kernel: ``transform`` selects with it on a torch ``device``, with numpy on "cpu"."""
+
+    _parameter_constraints: dict = {"device": [str]}
+
+    def __init__(self, *, device="cpu"):
+        self.device = device
+
+    def _validate(self, X, *, reset: bool) -> list:
+        check_device(self.device)
+        return super()._validate(X, reset=reset)
+
+    def _selected_rows(self, conv_maps):
+        if not is_torch_device(self.device):
+            return super()._selected_rows(conv_maps)
+        device = resolve_device(self.device)
+        return select_on_device([conv_map.features for conv_map in conv_maps], self._kernel, device)
+
+
+class NoMask(_DeviceMask):
     """Keep every local feature: all H*W cells of each conv map (the paper's "no mask" baseline).
+
+    Parameters
+    ----------
+    device : str, default="cpu"
+        Where ``transform`` selects: "cpu" (numpy), or "torch" (torch on the CPU), "cuda" or "cuda:<index>"
+        (the torch kernel, on batches of maps; same output; see the module's docstring). Without CUDA,
+        "cuda" falls back to the CPU with a warning.
 
     Attributes
     ----------
@@ -153,11 +191,13 @@ class NoMask(_BaseMask):
     [(6, 4), (5, 4)]
     """
 
+    _kernel = "none"
+
     def _select(self, conv_map):
         return np.ones(conv_map.features.shape[1:], dtype=bool)
 
 
-class MaxMask(_BaseMask):
+class MaxMask(_DeviceMask):
     """MAX-mask: keep, for every channel k, the location of that channel's maximum (paper eq. 3).
 
     The mask is the union of the per-channel argmax locations, so at most K cells are kept.
@@ -165,11 +205,20 @@ class MaxMask(_BaseMask):
     MATLAB ``max`` would pick the first cell). Ties between equal maxima go to the first cell in
     row-major (y, x) order, as ``numpy.argmax`` and MATLAB's ``max`` both do.
 
+    Parameters
+    ----------
+    device : str, default="cpu"
+        Where ``transform`` selects: "cpu" (numpy), or "torch" (torch on the CPU), "cuda" or "cuda:<index>"
+        (the torch kernel, on batches of maps; same output; see the module's docstring). Without CUDA,
+        "cuda" falls back to the CPU with a warning.
+
     Attributes
     ----------
     n_features_in_ : int
         Number of channels K of the conv maps seen in ``fit``.
     """
+
+    _kernel = "max"
 
     def _select(self, conv_map):
         features = conv_map.features
@@ -180,18 +229,27 @@ class MaxMask(_BaseMask):
         return selected.reshape(features.shape[1:])
 
 
-class SumMask(_BaseMask):
+class SumMask(_DeviceMask):
     """SUM-mask: keep the cells whose activation summed over channels is at least its median (paper eq. 4).
 
     With S(x, y) = sum_k F_k(x, y) (accumulated in float64), the kept cells are those with
     S >= median(S); the median of an even number of cells is the mean of the two middle values
     (numpy and MATLAB agree), and ties at the median are kept, so at least half of the cells survive.
 
+    Parameters
+    ----------
+    device : str, default="cpu"
+        Where ``transform`` selects: "cpu" (numpy), or "torch" (torch on the CPU), "cuda" or "cuda:<index>"
+        (the torch kernel, on batches of maps; same output; see the module's docstring). Without CUDA,
+        "cuda" falls back to the CPU with a warning.
+
     Attributes
     ----------
     n_features_in_ : int
         Number of channels K of the conv maps seen in ``fit``.
     """
+
+    _kernel = "sum"
 
     def _select(self, conv_map):
         channel_sum = conv_map.features.sum(axis=0, dtype=np.float64)

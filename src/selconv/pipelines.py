@@ -147,6 +147,7 @@ def make_paper_pipeline(
     fit_on: str = "training",
     undetermined: str = "raise",
     shrinkage=0.0,
+    device: str = "cpu",
 ) -> Pipeline:
     """The paper's framework M + Temb + democratic pooling (+ ITQ) with the Table 4 setting for ``dim``.
 
@@ -200,6 +201,14 @@ def make_paper_pipeline(
         (``encode__embedding__shrinkage``) and to ``rotate`` (``rotate__shrinkage``, which acts only with
         ``rotate__whiten=True``). 0 is the paper; "ledoit-wolf" chooses it on the learning set, for small or
         off-domain learning sets (docs/how-it-works.md, "Shrinkage").
+    device : str, default="cpu"
+        Where the post-CNN stages that take a ``device`` compute, fit and transform: "cpu" (numpy), or
+        "torch" (torch on the CPU), "cuda" or "cuda:<index>" (the torch kernels of
+        :mod:`selconv.torch_encoder`). Sets ``mask__device`` (not for "sift", whose mask is numpy only),
+        ``pca__device``, ``encode__device`` and ``itq__device``; ``rotate``, ``power`` and the extractor (its own
+        ``device``) are unchanged. Each can be changed afterwards with ``set_params``. Same descriptors as "cpu"
+        to float32 rounding (the k-means codebook and ITQ codes: see
+        :class:`~selconv.encoding.EncodeAggregate` and :class:`~selconv.hashing.ITQHasher`).
 
     Returns
     -------
@@ -214,15 +223,23 @@ def make_paper_pipeline(
     ['mask', 'pca', 'encode', 'rotate', 'power']
     >>> pipeline.get_params()["encode__embedding__n_clusters"]
     20
+    >>> make_paper_pipeline(512, n_bits=64, device="cuda").get_params()["itq__device"]
+    'cuda'
     """
-    # Long only by its docstring (ten parameters and the step names that grid searches address); the
+    # Long only by its docstring (eleven parameters and the step names that grid searches address); the
     # steps are built by _local_feature_steps and _vector_steps.
+    from selconv.torch_encoder import check_device
+
+    check_device(device)
     n_components, n_clusters = _settings(dim)
     n_dropped = _resolve_n_dropped(n_dropped, fit_on)
     steps = _local_feature_steps(mask, n_components, n_clusters, random_state, shrinkage)
     if extractor is not None and extractor is not False:
         steps.insert(0, ("extract", _resolve_extractor(extractor, mask=mask)))
     steps += _vector_steps(n_dropped, undetermined, alpha, n_bits, random_state, shrinkage)
+    for name, step in steps:
+        if name != "extract" and "device" in step.get_params(deep=False):
+            step.set_params(device=device)
     return Pipeline(steps)
 
 

@@ -60,7 +60,7 @@ def max_mask(maps):
     flat = maps.flatten(2)
     n_cells = flat.shape[2]
     argmax = flat.argmax(dim=2)  # the first maximum in row-major order, as numpy.argmax
-    argmax = torch.where((flat != 0).any(dim=2), argmax, n_cells)  # an all-zero channel votes for a dump cell
+    argmax = torch.where(flat.any(dim=2), argmax, n_cells)  # an all-zero channel votes for a dump cell
     selected = torch.zeros(flat.shape[0], n_cells + 1, dtype=torch.bool, device=maps.device)
     selected.scatter_(1, argmax, True)
     return selected[:, :n_cells]
@@ -90,6 +90,45 @@ def select(maps, mask: str):
     image, cell = selected.nonzero(as_tuple=True)  # row-major: by image, then cell (y, x)
     rows = maps.flatten(2)[image, :, cell]  # (n, K)
     return rows, image, selected.sum(dim=1)
+
+
+def group_by_shape(arrays) -> dict:
+    """Indices of ``arrays`` by (shape, dtype), in order of first appearance: the batches of equal grids."""
+    groups: dict = {}
+    for index, array in enumerate(arrays):
+        groups.setdefault((array.shape, array.dtype), []).append(index)
+    return groups
+
+
+def select_on_device(arrays, mask: str, device, batch_bytes: int = 1 << 28) -> list[np.ndarray]:
+    """:func:`select` of host maps (K, H, W) on the torch ``device``: the selected rows of each map, float32 (n_i, K).
+
+    Maps of one shape and dtype are copied, one by one, into device batches of at most ``batch_bytes`` (at least
+    one map), so that each kernel launch masks many maps; their dtype is kept (float64 maps are masked in float64,
+    as numpy does). A grid without cells selects nothing.
+    """
+    import torch
+
+    out = [None] * len(arrays)
+    for (shape, dtype), indices in group_by_shape(arrays).items():
+        if shape[1] * shape[2] == 0:
+            for index in indices:
+                out[index] = np.zeros((0, shape[0]), dtype=np.float32)
+            continue
+        per_batch = max(1, batch_bytes // (int(np.prod(shape)) * dtype.itemsize))
+        for start in range(0, len(indices), per_batch):
+            batch = indices[start : start + per_batch]
+            maps = torch.empty((len(batch), *shape), dtype=getattr(torch, dtype.name), device=device)
+            with warnings.catch_warnings():  # read-only arrays (memory-mapped caches): only read by the copy
+                warnings.simplefilter("ignore", UserWarning)
+                for position, index in enumerate(batch):  # straight into the device batch: no host staging copy
+                    maps[position].copy_(torch.as_tensor(arrays[index]))
+            with torch.no_grad():
+                rows, _, counts = select(maps, mask)
+                rows = rows.to(torch.float32).cpu().numpy()
+            for index, part in zip(batch, np.split(rows, np.cumsum(counts.cpu().numpy())[:-1])):
+                out[index] = part
+    return out
 
 
 # ---------------------------------------------------------------------------------- per-feature stages
@@ -158,27 +197,6 @@ def embedding_phi(embedding, device):
         return torch.as_tensor(embedding._embed(rows.cpu().numpy()), device=device)
 
     return phi, 1 << 13
-
-
-def whitening_scatter(blocks, shift):
-    """Sum of phi - shift and the scatter sum((phi - shift)(phi - shift)^T) over embedded ``blocks`` (float32
-    tensors on one device), float64.
-
-    Each block's GEMM runs in float32 (TF32 off) and is accumulated in float64, as
-    :func:`selconv._linalg.mean_and_scatter` does on the CPU.
-    """
-    import torch
-
-    shifted_sum = scatter = None
-    with strict_float32():
-        for block in blocks:
-            block = block - shift
-            if scatter is None:
-                shifted_sum = torch.zeros(block.shape[1], dtype=torch.float64, device=block.device)
-                scatter = torch.zeros(block.shape[1], block.shape[1], dtype=torch.float64, device=block.device)
-            shifted_sum += block.sum(dim=0, dtype=torch.float64)
-            scatter += (block.T @ block).double()
-    return shifted_sum, scatter
 
 
 # ----------------------------------------------------------------------------------- aggregation
@@ -289,7 +307,6 @@ class TorchEncoder:
 
         from selconv.aggregation import DemocraticAggregator
         from selconv.embedding import TriangulationEmbedding
-        from selconv.masks import MaxMask, NoMask, SumMask
 
         check_device(device)
         if projection_dtype not in ("float32", "float64"):
@@ -300,8 +317,7 @@ class TorchEncoder:
             raise ValueError(f"TorchEncoder needs a paper pipeline (make_paper_pipeline); it has no step {missing}.")
         for name in ("pca", "encode", "rotate", "power"):
             check_is_fitted(steps[name])
-        masks = {MaxMask: "max", SumMask: "sum", NoMask: "none"}
-        if type(steps["mask"]) not in masks:
+        if getattr(steps["mask"], "_kernel", None) is None:
             raise ValueError(f"TorchEncoder supports the MAX, SUM and no mask; got {type(steps['mask']).__name__}.")
         encode = steps["encode"]
         if not (
@@ -310,7 +326,7 @@ class TorchEncoder:
         ):
             raise ValueError("TorchEncoder supports TriangulationEmbedding + DemocraticAggregator in 'encode'.")
         self.device = resolve_device(device)
-        self.mask = masks[type(steps["mask"])]
+        self.mask = steps["mask"]._kernel
         self.n_channels = steps["mask"].n_features_in_
 
         def tensor(array, dtype=torch.float32):
@@ -354,11 +370,8 @@ class TorchEncoder:
         from selconv._ragged import check_conv_maps
 
         checked = check_conv_maps(maps, estimator=self, reset=False, multiscale=False)
-        groups: dict = {}
-        for index, conv_map in enumerate(checked):
-            groups.setdefault(conv_map.features.shape, []).append(index)
         out = None
-        for indices in groups.values():
+        for indices in group_by_shape([conv_map.features for conv_map in checked]).values():
             batch = torch.as_tensor(np.stack([checked[i].features for i in indices]))
             codes = self.transform(batch).cpu().numpy()
             if out is None:

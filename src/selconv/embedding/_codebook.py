@@ -401,7 +401,8 @@ class BaseWhitenedCodebookEmbedding(BaseCodebookEmbedding):
         """:func:`learn_clamped_whitening` with the scatter accumulated on the torch ``device``."""
         import torch
 
-        from selconv.torch_encoder import embedding_phi, resolve_device, whitening_scatter
+        from selconv._torch_fit import mean_and_scatter
+        from selconv.torch_encoder import embedding_phi, resolve_device
 
         target = resolve_device(device)
         shift = whitening_shift(self._embed, sample)
@@ -409,13 +410,8 @@ class BaseWhitenedCodebookEmbedding(BaseCodebookEmbedding):
         with torch.no_grad():
             # Moved chunk by chunk: the device never holds more than one chunk of embedded features.
             blocks = (phi(torch.as_tensor(rows, device=target)) for rows in features.chunks(chunk_rows))
-            shifted_sum, scatter = whitening_scatter(blocks, torch.as_tensor(shift.astype(np.float32), device=target))
-        n_samples = len(features)
-        shifted_mean = shifted_sum.cpu().numpy() / n_samples
-        scatter = scatter.cpu().numpy() - n_samples * np.outer(shifted_mean, shifted_mean)
-        return whitening_of_moments(
-            self._embed, features, shift + shifted_mean, scatter / n_samples, self.n_clamped, self.shrinkage
-        )
+            mean, scatter, n_samples = mean_and_scatter(blocks, shift)
+        return whitening_of_moments(self._embed, features, mean, scatter / n_samples, self.n_clamped, self.shrinkage)
 
     def _embedding_dimension(self):
         return len(self.mean_)
