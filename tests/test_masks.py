@@ -262,7 +262,7 @@ def test_torch_device_masks_are_identical_with_ties(features):
 
 def test_maps_go_to_the_device_in_batches_of_one_grid(conv_maps):
     pytest.importorskip("torch")
-    from selconv.torch_encoder import select_on_device
+    from selconv._torch_kernels import select_on_device
 
     maps = [m.copy() for m in conv_maps for _ in range(3)]
     maps[0].flags.writeable = False  # e.g. memory-mapped from a cache: copied without a warning

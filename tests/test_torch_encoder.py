@@ -10,13 +10,14 @@ import torch
 from conftest import make_local_sets
 from sklearn.decomposition import PCA
 
+from selconv._torch_kernels import max_mask, sum_mask
 from selconv.aggregation import AveragePooling, DemocraticAggregator, EmptyImageWarning, SumPooling
 from selconv.conv_map import ConvMap, MultiScaleConvMap
 from selconv.embedding import FAembEmbedding, FisherVectorEmbedding, TriangulationEmbedding, VLADEmbedding
 from selconv.encoding import EncodeAggregate
 from selconv.masks import MaxMask, SumMask
 from selconv.pipelines import make_paper_pipeline
-from selconv.torch_encoder import TorchEncoder, max_mask, sum_mask
+from selconv.torch_encoder import TorchEncoder
 
 K = 64
 

@@ -105,7 +105,7 @@ def kmeans(sample: np.ndarray, n_clusters: int, *, n_init: int, rng: np.random.R
     """
     import torch
 
-    from selconv.torch_encoder import strict_float32
+    from selconv._torch_kernels import strict_float32
 
     seed = rng.randint(np.iinfo(np.int32).max)  # one draw from the estimator's rng, as the CPU path
     draws = np.random.RandomState(seed)
@@ -150,7 +150,7 @@ def mean_and_scatter(blocks, shift: np.ndarray) -> tuple[np.ndarray, np.ndarray,
     """
     import torch
 
-    from selconv.torch_encoder import strict_float32
+    from selconv._torch_kernels import strict_float32
 
     shifted_sum = scatter = None
     n_samples = 0

@@ -17,7 +17,7 @@ from sklearn.utils.validation import check_is_fitted
 from selconv._compat import HasMethods, Interval, fit_context
 from selconv._pickling import SelconvPickleMixin
 from selconv._ragged import check_local_sets, image_blocks
-from selconv.torch_encoder import check_device, is_torch_device
+from selconv._torch_kernels import check_device, is_torch_device
 
 __all__ = ["EncodeAggregate"]
 
@@ -48,7 +48,7 @@ class EncodeAggregate(SelconvPickleMixin, ClassNamePrefixFeaturesOutMixin, Trans
         chunks (e.g. 1024 MiB) keep it busier.
     device : str, default="cpu"
         "cpu": the numpy estimators. "cuda", "cuda:<index>" or "torch" (torch on the CPU): the torch
-        kernels of :mod:`selconv.torch_encoder`, for selconv's codebook embeddings (others are rejected).
+        kernels of ``selconv._torch_kernels``, for selconv's codebook embeddings (others are rejected).
         In ``fit``: the k-means codebook (Temb, VLAD, F-FAemb; scikit-learn's algorithm and random draws
         in torch, ``selconv._torch_fit.kmeans``; the Fisher vector's GMM stays on the CPU) and, for the
         whitened embeddings (Temb, F-FAemb), the pass over all local features that accumulates the
@@ -179,7 +179,7 @@ class EncodeAggregate(SelconvPickleMixin, ClassNamePrefixFeaturesOutMixin, Trans
         democratic pooling there too, any other aggregator on the host."""
         import torch
 
-        from selconv import torch_encoder as kernels
+        from selconv import _torch_kernels as kernels
         from selconv.aggregation import DemocraticAggregator
 
         device = kernels.resolve_device(self.device)

@@ -21,8 +21,8 @@ from selconv._compat import Interval, fit_context
 from selconv._linalg import l2_normalize_rows, mean_and_scatter, principal_axes, whitening_scale
 from selconv._pickling import SelconvPickleMixin
 from selconv._ragged import check_local_sets, image_blocks
+from selconv._torch_kernels import check_device, is_torch_device, resolve_device
 from selconv.exceptions import OVERFLOW_HINT, check_finite, check_fitted_finite
-from selconv.torch_encoder import check_device, is_torch_device, resolve_device
 
 __all__ = ["LocalPCA"]
 
@@ -59,7 +59,7 @@ class LocalPCA(SelconvPickleMixin, TransformerMixin, BaseEstimator):
         "cpu": numpy. "torch" (torch on the CPU), "cuda" or "cuda:<index>": the sampled local features are
         copied to the device in blocks, and the fit's mean and covariance (the GEMM over the sample) are
         accumulated there in float64, as numpy does (the eigendecomposition stays in numpy); ``transform``
-        projects and normalises with the torch kernel (``selconv.torch_encoder.local_pca``, float32, TF32
+        projects and normalises with the torch kernel (``selconv._torch_kernels.local_pca``, float32, TF32
         off). Same numbers as "cpu" to float rounding (the l2-normalisation does not rescue rows whose sum of
         squares under- or overflows float32, as numpy's does). Without CUDA, "cuda" falls back to the CPU with
         a warning.
@@ -219,7 +219,7 @@ def _projector_on_device(mean: np.ndarray, projection: np.ndarray, device):
     """:func:`_project` with the torch kernel on ``device``: a function of a host block, returning a host array."""
     import torch
 
-    from selconv.torch_encoder import local_pca, strict_float32
+    from selconv._torch_kernels import local_pca, strict_float32
 
     target = resolve_device(device)
     mean, projection = (torch.as_tensor(a, device=target) for a in (mean, projection))

@@ -18,8 +18,8 @@ from sklearn.utils.validation import check_is_fitted
 from selconv._compat import Interval, StrOptions, fit_context
 from selconv._pickling import SelconvPickleMixin
 from selconv._ragged import check_conv_maps
+from selconv._torch_kernels import check_device, is_torch_device, resolve_device, select_on_device
 from selconv.conv_map import ConvMap, MultiScaleConvMap, scale_maps
-from selconv.torch_encoder import check_device, is_torch_device, resolve_device, select_on_device
 
 __all__ = ["NoMask", "MaxMask", "SumMask", "SiftMask"]
 
@@ -28,7 +28,7 @@ class _BaseMask(SelconvPickleMixin, TransformerMixin, BaseEstimator):
     """Shared machinery: subclasses only define ``_select(conv_map) -> (H, W) bool``."""
 
     _parameter_constraints: dict = {}
-    #: Name of the mask's torch kernel in :func:`selconv.torch_encoder.select` (None: numpy only).
+    #: Name of the mask's torch kernel in ``selconv._torch_kernels.select`` (None: numpy only).
     _kernel: str | None = None
 
     def _select(self, conv_map: ConvMap) -> np.ndarray:  # pragma: no cover - abstract

@@ -228,7 +228,7 @@ def make_paper_pipeline(
     """
     # Long only by its docstring (eleven parameters and the step names that grid searches address); the
     # steps are built by _local_feature_steps and _vector_steps.
-    from selconv.torch_encoder import check_device
+    from selconv._torch_kernels import check_device
 
     check_device(device)
     n_components, n_clusters = _settings(dim)

@@ -138,7 +138,7 @@ def kmeans_codebook(
     """
     if device != "cpu":
         from selconv._torch_fit import kmeans
-        from selconv.torch_encoder import resolve_device
+        from selconv._torch_kernels import resolve_device
 
         return kmeans(sample, n_clusters, n_init=n_init, rng=rng, device=resolve_device(device))
     kmeans = KMeans(n_clusters=n_clusters, n_init=n_init, random_state=rng.randint(np.iinfo(np.int32).max))
@@ -389,7 +389,7 @@ class BaseWhitenedCodebookEmbedding(BaseCodebookEmbedding):
     def _learn_statistics(self, features, sample, device):
         """The mean and clamped whitening of phi; on a torch ``device`` (``EncodeAggregate(device=...)``) the pass
         over all local features that accumulates the covariance of phi runs there (its GEMMs; phi itself too for
-        Temb: :func:`selconv.torch_encoder.embedding_phi`)."""
+        Temb: ``selconv._torch_kernels.embedding_phi``)."""
         if device == "cpu":
             whitening = learn_clamped_whitening(self._embed, features, sample, self.n_clamped, self.shrinkage)
         else:
@@ -402,7 +402,7 @@ class BaseWhitenedCodebookEmbedding(BaseCodebookEmbedding):
         import torch
 
         from selconv._torch_fit import mean_and_scatter
-        from selconv.torch_encoder import embedding_phi, resolve_device
+        from selconv._torch_kernels import embedding_phi, resolve_device
 
         target = resolve_device(device)
         shift = whitening_shift(self._embed, sample)

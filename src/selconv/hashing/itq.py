@@ -8,8 +8,8 @@ import numpy as np
 from sklearn.utils import check_random_state
 
 from selconv._compat import Interval
+from selconv._torch_kernels import check_device, is_torch_device, resolve_device
 from selconv.hashing._base import BaseHasher, leading_principal_directions
-from selconv.torch_encoder import check_device, is_torch_device, resolve_device
 
 
 def random_rotation(n: int, random_state) -> np.ndarray:
