@@ -107,7 +107,7 @@ def _table3_pooling(table3) -> list[str]:
         f"{name} {MASK_LABELS[mask]} {paired(table3[f'{name}/{mask}'], table3[f'{other}/{mask}'], 'loo-landmark')}"
         for name, other in (("FV", "FV+avg"), ("VLAD", "VLAD+sum"))
         for mask in ("max", "sum", "sift", "none")
-        if f"{name}/{mask}" in table3 and f"{other}/{mask}" in table3
+        if _paired_cells(table3, f"{name}/{mask}", f"{other}/{mask}")
     ]
     if not cells:
         return []
@@ -118,13 +118,19 @@ def _table3_pooling(table3) -> list[str]:
     ]
 
 
+def _paired_cells(table3, first: str, second: str) -> bool:
+    """Both cells exist and were scored on the same loo-landmark queries (a merge may mix runs on other data)."""
+    cells = [table3.get(first), table3.get(second)]
+    return all(cells) and len({len(cell["loo-landmark"]["aps"]) for cell in cells}) == 1
+
+
 def _table3_masks(table3) -> list[str]:
     """The masks on Table 3: MAX against each other mask, per embedding with democratic pooling."""
     cells = [
         f"{name} MAX - {MASK_LABELS[mask]} {paired(table3[f'{name}/max'], table3[f'{name}/{mask}'], 'loo-landmark')}"
         for name in ("FV", "VLAD", "Temb", "F-FAemb")
         for mask in ("sum", "sift", "none")
-        if f"{name}/max" in table3 and f"{name}/{mask}" in table3
+        if _paired_cells(table3, f"{name}/max", f"{name}/{mask}")
     ]
     if not cells:
         return []
