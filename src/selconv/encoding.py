@@ -175,32 +175,35 @@ class EncodeAggregate(SelconvPickleMixin, ClassNamePrefixFeaturesOutMixin, Trans
         return self.aggregator_.transform(self.embedding_.transform(sets))
 
     def _torch_encoder(self):
-        """A function: non-empty sets -> their aggregated vectors, embedded (and whitened) on the torch device;
-        democratic pooling there too, any other aggregator on the host."""
+        """A function: non-empty sets -> their aggregated vectors. A whitened embedding (Temb, F-FAemb) is whitened
+        on the torch device, the others embed on the host (their numpy transform); democratic pooling runs on the
+        device, any other aggregator on the host (so an unwhitened embedding with one is the numpy path)."""
         import torch
 
         from selconv import _torch_kernels as kernels
         from selconv.aggregation import DemocraticAggregator
 
-        device = kernels.resolve_device(self.device)
-        phi, chunk_rows = kernels.embedding_phi(self.embedding_, device)
         whitening = self.embedding_._whitening()
+        democratic = isinstance(self.aggregator_, DemocraticAggregator)
+        if whitening is None and not democratic:
+            return self._numpy_encode
+        device = kernels.resolve_device(self.device)
         if whitening is not None:
+            phi, chunk_rows = kernels.embedding_phi(self.embedding_, device)
             mean, projection = (torch.as_tensor(a.astype(np.float32), device=device) for a in whitening)
             projection_t = projection.T.contiguous()
-        democratic = isinstance(self.aggregator_, DemocraticAggregator)
 
         def encode(sets):
-            counts = torch.as_tensor([len(s) for s in sets], device=device)
-            rows = torch.as_tensor(np.concatenate(sets), device=device)
             with torch.no_grad(), kernels.strict_float32():
                 if whitening is None:
-                    embedded = torch.cat([phi(rows[i : i + chunk_rows]) for i in range(0, len(rows), chunk_rows)])
+                    embedded = torch.as_tensor(np.concatenate(self.embedding_.transform(sets)), device=device)
                 else:
+                    rows = torch.as_tensor(np.concatenate(sets), device=device)
                     embedded = kernels.whitened_embed(rows, phi, mean, projection_t, chunk_rows)
                 if not democratic:
                     local = np.split(embedded.cpu().numpy(), np.cumsum([len(s) for s in sets])[:-1])
                     return self.aggregator_.transform(local)
+                counts = torch.as_tensor([len(s) for s in sets], device=device)
                 image = torch.repeat_interleave(torch.arange(len(sets), device=device), counts)
                 padded = kernels.pad(embedded, image, counts)
                 return kernels.democratic(padded, self.aggregator_.n_iter, self.aggregator_.gamma).cpu().numpy()
