@@ -103,42 +103,45 @@ def _table3(run) -> list[str]:
 
 def _table3_pooling(table3) -> list[str]:
     """The paper's claim (i) on Table 3: democratic pooling beats FV's average and VLAD's sum pooling."""
-    cells = [
-        f"{name} {MASK_LABELS[mask]} {paired(table3[f'{name}/{mask}'], table3[f'{other}/{mask}'], 'loo-landmark')}"
+    pairs = [
+        (f"{name} {MASK_LABELS[mask]}", f"{name}/{mask}", f"{other}/{mask}")
         for name, other in (("FV", "FV+avg"), ("VLAD", "VLAD+sum"))
         for mask in ("max", "sum", "sift", "none")
-        if _paired_cells(table3, f"{name}/{mask}", f"{other}/{mask}")
     ]
-    if not cells:
-        return []
-    return [
-        "- Table 3, democratic minus the paper's other pooling (FV: average, VLAD: sum; loo-landmark, paired): "
-        + ", ".join(cells)
-        + " (paper: democratic ahead)."
-    ]
-
-
-def _paired_cells(table3, first: str, second: str) -> bool:
-    """Both cells exist and were scored on the same loo-landmark queries (a merge may mix runs on other data)."""
-    cells = [table3.get(first), table3.get(second)]
-    return all(cells) and len({len(cell["loo-landmark"]["aps"]) for cell in cells}) == 1
+    return _table3_paired(
+        table3,
+        pairs,
+        "democratic minus the paper's other pooling (FV: average, VLAD: sum; loo-landmark, paired)",
+        "democratic ahead",
+    )
 
 
 def _table3_masks(table3) -> list[str]:
     """The masks on Table 3: MAX against each other mask, per embedding with democratic pooling."""
-    cells = [
-        f"{name} MAX - {MASK_LABELS[mask]} {paired(table3[f'{name}/max'], table3[f'{name}/{mask}'], 'loo-landmark')}"
+    pairs = [
+        (f"{name} MAX - {MASK_LABELS[mask]}", f"{name}/max", f"{name}/{mask}")
         for name in ("FV", "VLAD", "Temb", "F-FAemb")
         for mask in ("sum", "sift", "none")
-        if _paired_cells(table3, f"{name}/max", f"{name}/{mask}")
     ]
-    if not cells:
-        return []
-    return [
-        "- Table 3, MAX mask minus the others (democratic pooling; loo-landmark, paired): "
-        + ", ".join(cells)
-        + " (paper: the masks within about 1 point of each other and ahead of no mask)."
+    return _table3_paired(
+        table3,
+        pairs,
+        "MAX mask minus the others (democratic pooling; loo-landmark, paired)",
+        "the masks within about 1 point of each other and ahead of no mask",
+    )
+
+
+def _table3_paired(table3, pairs, what: str, paper: str) -> list[str]:
+    """One finding: the paired loo-landmark difference of each (label, cell, reference cell) whose two cells exist
+    and were scored on the same queries (a merge may mix runs on other data)."""
+    cells = [
+        f"{label} {paired(table3[first], table3[second], 'loo-landmark')}"
+        for label, first, second in pairs
+        if first in table3
+        and second in table3
+        and len(table3[first]["loo-landmark"]["aps"]) == len(table3[second]["loo-landmark"]["aps"])
     ]
+    return [f"- Table 3, {what}: " + ", ".join(cells) + f" (paper: {paper})."] if cells else []
 
 
 def _table7(run) -> list[str]:
