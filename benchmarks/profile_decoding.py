@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import argparse
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from types import SimpleNamespace
+
+from bench_extraction import decoding_alone  # beside this script
 
 from selconv.extraction import ConvFeatureExtractor
-from selconv.extraction.images import load_image
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -29,18 +30,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--precision", default="bfloat16")
     return parser.parse_args(argv)
-
-
-def decoding_rate(paths, n_threads: int) -> float:
-    """Images/s of the extractor's loader (decode, orient, convert, resize to 1024 px) in ``n_threads`` threads."""
-
-    def load(path):
-        return load_image(path, 0, max_size=1024, upscale=True, keypoints=None)
-
-    with ThreadPoolExecutor(n_threads) as pool:
-        start = time.perf_counter()
-        list(pool.map(load, paths))
-        return len(paths) / (time.perf_counter() - start)
 
 
 def extraction_rate(args, paths, decode: str, batch_size: int) -> float:
@@ -66,7 +55,8 @@ def main(argv=None) -> None:
     print(f"{len(paths)} JPEGs from {args.images}; {args.device}, {args.precision}\n")
     print("| what | decoding | threads / batch | images/s |\n|---|---|---|---|")
     for n_threads in args.threads:
-        print(f"| decoding alone | cpu | {n_threads} threads | {decoding_rate(paths, n_threads):.0f} |", flush=True)
+        rate, _, _ = decoding_alone(paths, SimpleNamespace(workers=n_threads, max_size=1024))
+        print(f"| decoding alone | cpu | {n_threads} threads | {rate:.0f} |", flush=True)
     for decode in ("cpu", "device"):
         for batch_size in args.batch_sizes:
             rate = extraction_rate(args, paths, decode, batch_size)
