@@ -72,8 +72,9 @@ def test_fallback_inputs_give_the_cpu_path_maps(tmp_path):
 def test_plain_jpegs_near_the_cpu_path_and_truncated_files_still_named(tmp_path, monkeypatch):
     from selconv.extraction import _device_decode
 
-    calls = []
-    monkeypatch.setattr(_device_decode, "decode_resize", lambda *args: calls.append(1) or decode_resize(*args))
+    calls = []  # one entry per image decoded on the device
+    decode = _device_decode._decode_resize_locked
+    monkeypatch.setattr(_device_decode, "_decode_resize_locked", lambda *args: calls.extend(args[0]) or decode(*args))
     paths = []
     for seed, size in enumerate([(96, 72), (72, 96), (96, 72)]):
         paths.append(str(tmp_path / f"{seed}.jpg"))
@@ -112,3 +113,58 @@ def test_threaded_device_decoding_gives_the_maps_of_decoding_in_the_calling_thre
         assert np.isfinite(threaded).all()
         np.testing.assert_allclose(threaded, alone, rtol=1e-5, atol=1e-6)
     record_consumer([torch.zeros(2), np.zeros(2)], "cpu")  # nothing to record on the CPU
+
+
+def _decode_in_threads(raws, size, monkeypatch):
+    """decode_one from one thread per file, all queued while the lock is held, then let go: (results, batches)."""
+    import threading
+
+    from selconv.extraction import _device_decode
+
+    batches = []
+    decode = _device_decode._decode_resize_locked
+    monkeypatch.setattr(
+        _device_decode, "_decode_resize_locked", lambda *args: batches.append(len(args[0])) or decode(*args)
+    )
+    results = [None] * len(raws)
+
+    def one(i):
+        try:
+            results[i] = _device_decode.decode_one(raws[i], size, "cpu")
+        except (RuntimeError, ValueError) as error:
+            results[i] = error
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(len(raws))]
+    with _device_decode._LOCK:
+        for thread in threads:
+            thread.start()
+        while len(_device_decode._WAITING.get("cpu", [])) < len(raws):
+            threading.Event().wait(0.001)
+    for thread in threads:
+        thread.join()
+    return results, batches
+
+
+def test_requests_waiting_for_the_decoder_are_decoded_in_one_batch(tmp_path, monkeypatch):
+    raws = []
+    for seed in range(5):
+        path = tmp_path / f"{seed}.jpg"
+        Image.fromarray(photo(seed=seed)).save(path, quality=90)
+        raws.append(path.read_bytes())
+    results, batches = _decode_in_threads(raws, (60, 45), monkeypatch)
+    assert batches[0] == 5 and sum(batches) == 5  # the first thread through decodes all five; the others wait
+    for raw, pixels in zip(raws, results):
+        np.testing.assert_array_equal(pixels.numpy(), decode_resize([raw], [(60, 45)], "cpu")[0].numpy())
+
+
+def test_a_file_that_fails_its_batch_fails_alone(tmp_path, monkeypatch):
+    raws = []
+    for seed in range(3):
+        path = tmp_path / f"{seed}.jpg"
+        Image.fromarray(photo(seed=seed)).save(path, quality=90)
+        raws.append(path.read_bytes())
+    raws.insert(1, raws[0][:400] + b"\xff\xd9")  # a header, then nothing: torchvision raises
+    results, batches = _decode_in_threads(raws, (96, 72), monkeypatch)
+    assert batches == [4, 1, 1, 1, 1]  # the batch failed, then each file alone
+    assert isinstance(results[1], (RuntimeError, ValueError))
+    assert all(isinstance(results[i], torch.Tensor) and results[i].shape == (72, 96, 3) for i in (0, 2, 3))

@@ -15,6 +15,11 @@ the network, the caching allocator may hand out memory that the network's queued
 bytes) or the network overwrites the pixels. So decoding and resizing run here on a side stream whose memory only
 this module allocates, one call at a time, synchronised before the images are returned; the consumer records its
 stream on them (``Tensor.record_stream``) so that their memory is not reused before it has read them.
+
+Batching: the extractor's worker threads each ask for one image (:func:`decode_one`); the requests that arrive
+while a decode runs are decoded together by the next thread to get the lock, in one ``decode_jpeg`` call
+(nvJPEG's batched decoder: on an A100, H100 or H200 its hardware JPEG engine for baseline files). The batch grows
+with the arrival rate, up to the number of threads; nothing waits for a batch to fill.
 """
 
 from __future__ import annotations
@@ -29,6 +34,8 @@ from selconv.extraction.images import LoadedImage, _check_pixel_count, open_regu
 # nvJPEG's handle is shared by the process: one decode (and resize) at a time, on the side stream of its device.
 _LOCK = threading.Lock()
 _STREAMS: dict = {}  # CUDA device index -> side stream
+_WAITING: dict = {}  # str(device) -> the _Requests of decode_one waiting for the next batch
+_WAITING_LOCK = threading.Lock()
 
 
 def read_plain_jpeg(path: str, name: str):
@@ -57,17 +64,72 @@ def decode_resize(raws: list, sizes: list, device) -> list:
 
     Raises RuntimeError (or ValueError) when torchvision cannot decode one of them.
     """
+    with _LOCK:
+        return _decode_resize_locked(raws, sizes, device)
+
+
+def _decode_resize_locked(raws: list, sizes: list, device) -> list:
     import torch
     from torchvision.io import ImageReadMode, decode_jpeg
 
     data = [torch.frombuffer(bytearray(raw), dtype=torch.uint8) for raw in raws]
-    with _LOCK, _side_stream(torch.device(device)) as stream:
+    with _side_stream(torch.device(device)) as stream:
         decoded = decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
         out = [resize(image, width, height).permute(1, 2, 0) for image, (width, height) in zip(decoded, sizes)]
         del decoded
         if stream is not None:  # done before the lock is released: no free block of the side stream is still in use
             stream.synchronize()
     return out
+
+
+class _Request:
+    """One image asked of :func:`decode_one`: its bytes and target size, then its pixels or error."""
+
+    __slots__ = ("raw", "size", "pixels", "error", "done")
+
+    def __init__(self, raw: bytes, size: tuple):
+        self.raw, self.size, self.pixels, self.error, self.done = raw, size, None, None, False
+
+
+def decode_one(raw: bytes, size: tuple, device):
+    """One JPEG decoded on ``device`` and resized to ``size`` (width, height), decoded in one batch with the
+    requests of other threads that arrived meanwhile (module docstring). Raises as :func:`decode_resize` does, for
+    this file only: a file that fails its batch is decoded again alone."""
+    request, key = _Request(raw, size), str(device)
+    with _WAITING_LOCK:
+        _WAITING.setdefault(key, []).append(request)
+    with _LOCK:
+        if not request.done:  # no other thread took it into its batch: decode every request waiting now
+            with _WAITING_LOCK:
+                batch = _WAITING.pop(key)
+            _decode_batch(batch, device)
+    if request.error is not None:
+        raise request.error
+    return request.pixels
+
+
+def _decode_batch(batch: list, device) -> None:
+    """Decode ``batch`` (the lock held), each request getting its pixels or its own error; done in any case."""
+    try:
+        try:
+            pixels = _decode_resize_locked([r.raw for r in batch], [r.size for r in batch], device)
+        except (RuntimeError, ValueError) as error:
+            if len(batch) == 1:
+                batch[0].error = error
+                return
+            for request in batch:  # which file fails: each alone
+                _decode_batch([request], device)
+            return
+        for request, image in zip(batch, pixels):
+            request.pixels = image
+    except BaseException as error:  # an interrupt: no waiting thread may return without pixels or an error
+        for request in batch:
+            if request.pixels is None and request.error is None:
+                request.error = error
+        raise
+    finally:
+        for request in batch:
+            request.done = True
 
 
 @contextlib.contextmanager
@@ -125,7 +187,7 @@ def load_on_device(item, max_size, upscale: bool, device) -> LoadedImage | None:
     if start < 0 or raw.find(b"\xff\xd9", start) < 0:
         return None  # truncated: the CPU path names the problem (as it does for OpenCV)
     try:
-        (pixels,) = decode_resize([raw], [target_size(width, height, max_size, upscale)[1]], device)
+        pixels = decode_one(raw, target_size(width, height, max_size, upscale)[1], device)
     except (RuntimeError, ValueError):
         return None  # a JPEG torchvision cannot decode: the CPU path decodes it or names the problem
     return LoadedImage(pixels=pixels, keypoints=None, source=item.path)
