@@ -221,3 +221,42 @@ def test_non_finite_network_output_is_an_error_naming_the_image(tmp_path, on_err
     extractor = ConvFeatureExtractor(backbone=_NaNNet, max_size=None, n_workers=0, on_error=on_error).fit()
     with pytest.raises(NonFiniteError, match=r"NaN or infinity for 1 image\(s\): .*photo\.jpg"):
         extractor.transform([str(path)])
+
+
+def _tiny_net():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2))
+
+
+def test_a_head_applied_on_the_device_gives_the_rows_of_the_maps(tmp_path):
+    """iter_extract(head=...): each image's row of the head's output, in input order, skips as without a head;
+    the NaN policy is checked on the maps (the head's output of a NaN map may look finite)."""
+    from selconv import ConvFeatureExtractor
+    from selconv.exceptions import NonFiniteError
+
+    paths = []
+    for i, size in enumerate([(64, 48), (48, 64), (64, 48), (40, 40)]):
+        paths.append(str(tmp_path / f"{i}.jpg"))
+        Image.fromarray(gradient(*size)).save(paths[-1])
+    (tmp_path / "bad.jpg").write_bytes(b"not an image")
+    inputs = [paths[0], str(tmp_path / "bad.jpg"), *paths[1:]]
+    extractor = ConvFeatureExtractor(
+        backbone=_tiny_net, max_size=None, n_workers=2, batch_size=2, on_error="skip", cache_dir=tmp_path / "cache"
+    ).fit()
+
+    def head(maps):  # (B, K, H, W) -> (B, 2K): a GeM-like pair of poolings
+        return torch.cat([maps.mean((2, 3)), maps.amax((2, 3))], dim=1)
+
+    stream = extractor.iter_extract(inputs, head=head)
+    pairs = list(stream)
+    assert not any((tmp_path / "cache").rglob("*.map"))  # no map reached the host to be stored
+    expected = [np.concatenate([m.features.mean((1, 2)), m.features.max((1, 2))]) for m in extractor.transform(paths)]
+    assert [position for position, _ in pairs] == [0, 2, 3, 4]
+    assert [skip.position for skip in stream.skipped] == [1]
+    for (_, row), reference in zip(pairs, expected):
+        np.testing.assert_allclose(row, reference, rtol=1e-5, atol=1e-6)
+    nan_net = ConvFeatureExtractor(backbone=_NaNNet, max_size=None, n_workers=0).fit()
+    with pytest.raises(NonFiniteError, match=r"0\.jpg"):
+        list(nan_net.iter_extract(paths[:1], head=lambda maps: torch.zeros(len(maps), 1)))
+    with pytest.raises(ValueError, match="one scale"):
+        ConvFeatureExtractor(backbone=_tiny_net, scales=(1.0, 0.5)).fit().iter_extract(paths, head=head)

@@ -40,10 +40,13 @@ class BatchRunner:
     copies with the host finishing batch k-1 (one batch in flight).
 
     A batch is a list of ``(key, LoadedImage, cache_path)``; a finished batch a list of
-    ``(key, ConvMap, cache_path)``; the key, ``(position, scale)``, is passed through.
+    ``(key, ConvMap, cache_path)``; the key, ``(position, scale)``, is passed through. With a ``head`` (a callable
+    taking the batch's conv maps on the device, (B, K, H, W), and returning a (B, D) tensor there), a finished
+    batch holds each image's row of the head's output (an ndarray) instead of its ConvMap: the maps never leave
+    the device.
     """
 
-    def __init__(self, module, device, precision, mean, std, out_dtype):
+    def __init__(self, module, device, precision, mean, std, out_dtype, head=None):
         import torch
 
         self.torch = torch
@@ -57,6 +60,7 @@ class BatchRunner:
         shift = torch.tensor([255.0 * m for m in mean]).view(1, 3, 1, 1)
         scale = torch.tensor([1.0 / (255.0 * s) for s in std]).view(1, 3, 1, 1)
         self.shift, self.scale = shift.to(device), scale.to(device)
+        self.head = head
         self.in_flight = None
 
     @contextlib.contextmanager
@@ -89,20 +93,29 @@ class BatchRunner:
         if not self.cuda:
             x = x.contiguous()
         out = self.module(x).to(self.out_dtype)
+        finite = None
+        if self.head is not None:  # the NaN policy checked on the maps, on the device, with no wait here
+            finite = torch.isfinite(out).flatten(1).all(1)
+            out = self.head(out)
         if self.cuda:
-            host = torch.empty(out.shape, dtype=out.dtype, pin_memory=True)
-            host.copy_(out, non_blocking=True)
+            host = [torch.empty(t.shape, dtype=t.dtype, pin_memory=True) for t in (out, finite) if t is not None]
+            for target, source in zip(host, (out, finite)):
+                target.copy_(source, non_blocking=True)
             event = torch.cuda.Event()
             event.record()
             return host, event
-        return out, None
+        return [t for t in (out, finite) if t is not None], None
 
     def _finish(self, job):
-        batch, (out, event) = job
+        batch, (outputs, event) = job
         if event is not None:
             event.synchronize()
-        features = out.numpy().copy()  # one copy out of pinned (or batch) memory; the maps are views of it
-        self._check_finite(features, [img.source for _, img, _ in batch])
+        features = outputs[0].numpy().copy()  # one copy out of pinned (or batch) memory; the maps are views of it
+        sources = [img.source for _, img, _ in batch]
+        if self.head is not None:
+            self._check_finite(np.where(outputs[1].numpy(), 0.0, np.nan), sources)
+            return [(key, features[i], cache_path) for i, (key, _, cache_path) in enumerate(batch)]
+        self._check_finite(features, sources)
         return [
             (
                 key,

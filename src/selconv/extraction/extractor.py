@@ -312,7 +312,7 @@ class ConvFeatureExtractor(SelconvPickleMixin, TransformerMixin, BaseEstimator):
             return "error", str(exc), problems
         return "parts", parts, problems
 
-    def iter_extract(self, X) -> ExtractionStream:
+    def iter_extract(self, X, *, head=None) -> ExtractionStream:
         """Stream the conv maps with the position of the input each comes from, in bounded memory.
 
         Leaves the estimator unchanged. With ``on_error="skip"`` the stream's ``skipped`` lists what was left
@@ -322,38 +322,63 @@ class ConvFeatureExtractor(SelconvPickleMixin, TransformerMixin, BaseEstimator):
         ----------
         X : iterable of images
             As for :meth:`transform`.
+        head : callable, optional
+            Applied on ``device`` to each batch of conv maps, a (B, K, H, W) tensor in the network's output, and
+            returning a (B, D) tensor there, e.g. :meth:`selconv.torch_encoder.TorchEncoder.transform`: the
+            stream then yields each image's row of it (an ndarray) instead of its map, and the maps never leave
+            the device (JPEG files in, descriptors or codes out; with ``decode="device"`` the pixels never
+            reach the host either). Single scale, without keypoints; ``cache_dir`` is neither read nor written
+            (there is no map on the host to store). The NaN policy is checked on the maps, as without a head.
 
         Returns
         -------
         stream : ExtractionStream
-            Yields ``(position, map)`` in input order; ``skipped`` and ``cache_repaired`` as in :class:`Extraction`.
+            Yields ``(position, map)`` (or ``(position, row)`` with a ``head``) in input order; ``skipped`` and
+            ``cache_repaired`` as in :class:`Extraction`.
+
+        Examples
+        --------
+        >>> encoder = TorchEncoder(fitted_pipeline, device="cuda")  # doctest: +SKIP
+        >>> rows = extractor.iter_extract(paths, head=encoder.transform)  # doctest: +SKIP
+        >>> codes = np.stack([row for _, row in rows])  # doctest: +SKIP
         """
         check_is_fitted(self, "weights_checksum_")
         self._validate_params()  # set_params after fit is checked here, before any work
-        self._scale_sizes()
+        sizes = self._scale_sizes()
+        if head is not None and (len(sizes) > 1 or self.keypoints is not None):
+            raise ValueError(
+                "iter_extract(head=...) takes one scale and no keypoints; got "
+                f"scales={self.scales!r}, keypoints={self.keypoints!r}."
+            )
         items = parse_inputs(X, type(self).__name__)
-        return ExtractionStream(lambda report: self._stream(items, report))
+        return ExtractionStream(lambda report: self._stream(items, report, head))
 
-    def _stream(self, items, report):
+    def _stream(self, items, report, head=None):
         import torch
         from tqdm.auto import tqdm
 
         model = self._get_model()
         if self.compile:  # not stored: the wrapper is cheap, and a fitted extractor pickles as before
             model = compile_network(model)
-        runner = BatchRunner(model, torch.device(self.device_), self.precision, self._mean, self._std, self.dtype)
+        runner = BatchRunner(
+            model, torch.device(self.device_), self.precision, self._mean, self._std, self.dtype, head=head
+        )
         sizes = self._scale_sizes()
         signatures = [output_signature(self, size) for size in sizes]  # of each scale, for its cache entries
         cache = None
-        if self.cache_dir is not None:
+        if self.cache_dir is not None and head is None:
             cache = MapCache(self.cache_dir, self._output_signature(), dtype=self.dtype, keypoints=self.keypoints)
+
+        def combine(parts, item):  # an input's map from its scales' maps; with a head, its (one scale's) row
+            return parts[0] if head is not None else assemble(parts, self.scales, item.path)
+
         show = len(items) >= 100 if self.progress is None else self.progress
         with runner.running(), tqdm(total=len(items), disable=not show, unit="img", desc=type(self).__name__) as bar:
             yield from OrderedExtraction(
                 items,
                 report,
                 load=lambda item: self._load_one(item, cache, sizes, signatures),
-                assemble=lambda maps, item: assemble(maps, self.scales, item.path),
+                assemble=combine,
                 write=MapCache.write,
                 runner=runner,
                 batch_size=self.batch_size,
