@@ -18,6 +18,8 @@ from types import SimpleNamespace
 from bench_extraction import decoding_alone  # beside this script
 
 from selconv.extraction import ConvFeatureExtractor
+from selconv.extraction._device_decode import decode_resize, read_plain_jpeg
+from selconv.extraction.images import target_size
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -27,12 +29,28 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--n-images", type=int, default=1008)
     parser.add_argument("--threads", type=int, nargs="+", default=[8, 16], help="decoding threads, decoding alone")
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[16, 32])
+    parser.add_argument(
+        "--decode-batches", type=int, nargs="+", default=[1, 8, 32, 64], help="files per nvJPEG call, decoding alone"
+    )
+    parser.add_argument("--compile", action="store_true", help="the extractor end to end also with compile=True")
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--precision", default="bfloat16")
     return parser.parse_args(argv)
 
 
-def extraction_rate(args, paths, decode: str, batch_size: int) -> float:
+def device_decoding_alone(paths, batch_size: int, device: str) -> float:
+    """Images/s of decoding and resizing on ``device`` alone (files already read), ``batch_size`` files per call."""
+    plain = [read_plain_jpeg(path, path) for path in paths]
+    raws = [raw for raw, _ in plain]
+    sizes = [target_size(width, height, 1024, True)[1] for _, (width, height) in plain]
+    decode_resize(raws[:batch_size], sizes[:batch_size], device)  # warm-up: nvJPEG handle, kernels
+    start = time.perf_counter()
+    for first in range(0, len(raws), batch_size):
+        decode_resize(raws[first : first + batch_size], sizes[first : first + batch_size], device)
+    return len(raws) / (time.perf_counter() - start)
+
+
+def extraction_rate(args, paths, decode: str, batch_size: int, compile: bool = False) -> float:
     """Images/s of ConvFeatureExtractor.transform (maps to the host), after a 64-file warm-up."""
     extractor = ConvFeatureExtractor(
         "vgg16",
@@ -41,6 +59,7 @@ def extraction_rate(args, paths, decode: str, batch_size: int) -> float:
         precision=args.precision,
         batch_size=batch_size,
         decode=decode,
+        compile=compile,
         progress=False,
     ).fit()
     extractor.transform(paths[:64])
@@ -57,10 +76,15 @@ def main(argv=None) -> None:
     for n_threads in args.threads:
         rate, _, _ = decoding_alone(paths, SimpleNamespace(workers=n_threads, max_size=1024))
         print(f"| decoding alone | cpu | {n_threads} threads | {rate:.0f} |", flush=True)
-    for decode in ("cpu", "device"):
-        for batch_size in args.batch_sizes:
-            rate = extraction_rate(args, paths, decode, batch_size)
-            print(f"| extractor end to end | {decode} | batch {batch_size} | {rate:.0f} |", flush=True)
+    for batch_size in args.decode_batches:
+        rate = device_decoding_alone(paths, batch_size, args.device)
+        print(f"| decoding alone | {args.device} | {batch_size} files per call | {rate:.0f} |", flush=True)
+    for compile in (False, True) if args.compile else (False,):
+        for decode in ("cpu", "device"):
+            for batch_size in args.batch_sizes:
+                rate = extraction_rate(args, paths, decode, batch_size, compile)
+                what = "extractor end to end" + (", compiled" if compile else "")
+                print(f"| {what} | {decode} | batch {batch_size} | {rate:.0f} |", flush=True)
 
 
 if __name__ == "__main__":
