@@ -258,5 +258,7 @@ def test_a_head_applied_on_the_device_gives_the_rows_of_the_maps(tmp_path):
     nan_net = ConvFeatureExtractor(backbone=_NaNNet, max_size=None, n_workers=0).fit()
     with pytest.raises(NonFiniteError, match=r"0\.jpg"):
         list(nan_net.iter_extract(paths[:1], head=lambda maps: torch.zeros(len(maps), 1)))
+    with pytest.raises(ValueError, match=r"head must return a \(B, D\) tensor for maps of shape \(1, 4, 24, 32\)"):
+        list(extractor.iter_extract(paths[:1], head=lambda maps: maps.mean(1)))
     with pytest.raises(ValueError, match="one scale"):
         ConvFeatureExtractor(backbone=_tiny_net, scales=(1.0, 0.5)).fit().iter_extract(paths, head=head)

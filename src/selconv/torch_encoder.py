@@ -55,6 +55,11 @@ class TorchEncoder:
     --------
     >>> encoder = TorchEncoder(fitted_pipeline, device="cuda")  # doctest: +SKIP
     >>> descriptors = encoder.transform(maps_on_gpu)  # (B, K, H, W) tensor -> (B, D) tensor  # doctest: +SKIP
+
+    JPEG files in, codes out, the conv maps never leaving the GPU (``ConvFeatureExtractor.iter_extract``):
+
+    >>> rows = extractor.iter_extract(paths, head=encoder.transform)  # doctest: +SKIP
+    >>> codes = np.stack([row for _, row in rows])  # doctest: +SKIP
     """
 
     def __init__(self, pipeline, *, device: str = "cuda", projection_dtype: str = "float32"):

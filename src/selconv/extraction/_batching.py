@@ -96,7 +96,10 @@ class BatchRunner:
         finite = None
         if self.head is not None:  # the NaN policy checked on the maps, on the device, with no wait here
             finite = torch.isfinite(out).flatten(1).all(1)
-            out = self.head(out)
+            maps_shape, out = tuple(out.shape), self.head(out)
+            if not isinstance(out, torch.Tensor) or out.ndim != 2 or len(out) != len(images):
+                got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+                raise ValueError(f"head must return a (B, D) tensor for maps of shape {maps_shape}; got {got}.")
         if self.cuda:
             host = [torch.empty(t.shape, dtype=t.dtype, pin_memory=True) for t in (out, finite) if t is not None]
             for target, source in zip(host, (out, finite)):
