@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
+import cv2
 from bench_extraction import decoding_alone  # beside this script
 
 from selconv.extraction import ConvFeatureExtractor
@@ -73,9 +74,15 @@ def main(argv=None) -> None:
     paths = sorted(str(p) for p in args.images.glob("*.jpg"))[: args.n_images]
     print(f"{len(paths)} JPEGs from {args.images}; {args.device}, {args.precision}\n")
     print("| what | decoding | threads / batch | images/s |\n|---|---|---|---|")
-    for n_threads in args.threads:
-        rate, _, _ = decoding_alone(paths, SimpleNamespace(workers=n_threads, max_size=1024))
-        print(f"| decoding alone | cpu | {n_threads} threads | {rate:.0f} |", flush=True)
+    default_cv2_threads = cv2.getNumThreads()
+    for cv2_threads in (default_cv2_threads, 1):  # does OpenCV's own thread pool in each worker oversubscribe?
+        cv2.setNumThreads(cv2_threads)
+        for n_threads in args.threads:
+            rate, _, _ = decoding_alone(paths, SimpleNamespace(workers=n_threads, max_size=1024))
+            print(
+                f"| decoding alone | cpu, OpenCV threads {cv2_threads} | {n_threads} threads | {rate:.0f} |", flush=True
+            )
+    cv2.setNumThreads(default_cv2_threads)
     for batch_size in args.decode_batches:
         rate = device_decoding_alone(paths, batch_size, args.device)
         print(f"| decoding alone | {args.device} | {batch_size} files per call | {rate:.0f} |", flush=True)
