@@ -219,3 +219,35 @@ def test_float64_projection_on_real_vgg16_maps():
     # l2): the float32 floor of the numpy reference itself is above the issue's 1e-4 (max-coordinate).
     bounds = {"numpy": (3e-3, 4e-4), "float32": (4e-3, 5e-4), "float64": (1.2e-3, 1.5e-4)}
     agreement_with_float64(train, maps, bounds, small=False)
+
+
+def test_jpeg_files_to_descriptors_with_the_encoder_as_the_extractors_head(tmp_path):
+    """iter_extract(head=TorchEncoder.transform): the maps stay on the device and the descriptors are the numpy
+    pipeline's of the maps the extractor returns (decoding on the device, in batches, as on a GPU)."""
+    from PIL import Image
+
+    from selconv.extraction import ConvFeatureExtractor
+
+    def net():
+        torch.manual_seed(0)
+        return torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(4))
+
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(72):
+        paths.append(str(tmp_path / f"{i}.jpg"))
+        Image.fromarray(rng.integers(0, 256, (36, 48, 3) if i % 3 else (48, 36, 3), dtype=np.uint8)).save(paths[-1])
+    extractor = ConvFeatureExtractor(
+        net, weights=None, max_size=None, device="cpu", decode="device", n_workers=4, batch_size=5
+    ).fit()
+    pipeline = make_paper_pipeline(512).set_params(
+        pca__n_components=8, encode__embedding__n_clusters=6, encode__embedding__n_clamped=4, rotate__n_dropped=4
+    )
+    quiet(pipeline.fit, extractor.transform(paths[:60]))
+    test = paths[60:]
+    stream = extractor.iter_extract(test, head=TorchEncoder(pipeline, device="torch").transform)
+    pairs = list(stream)
+    assert [position for position, _ in pairs] == list(range(len(test))) and not stream.skipped
+    np.testing.assert_allclose(
+        np.stack([row for _, row in pairs]), pipeline.transform(extractor.transform(test)), rtol=1e-4, atol=1e-5
+    )
