@@ -7,6 +7,7 @@ ORDER = [
     "plot_quickstart.py",
     "plot_image_folder.py",
     "plot_binary_search_index.py",
+    "plot_gpu_codes.py",
     "plot_grid_search.py",
     "plot_html_report.py",
 ]

@@ -29,6 +29,7 @@ def test_every_example_is_collected():
         "plot_binary_search_index",
         "plot_image_folder",
         "plot_html_report",
+        "plot_gpu_codes",
     } <= names
     for path in EXAMPLES:  # each example's fast size is the one the shared cache is filled at
         assert f"MAX_SIZE = {FAST_MAX_SIZE} if " in path.read_text(), path.name
