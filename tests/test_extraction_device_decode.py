@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
@@ -145,24 +146,25 @@ def _decode_in_threads(raws, size, monkeypatch):
     return results, batches
 
 
-def test_requests_waiting_for_the_decoder_are_decoded_in_one_batch(tmp_path, monkeypatch):
-    raws = []
-    for seed in range(5):
-        path = tmp_path / f"{seed}.jpg"
-        Image.fromarray(photo(seed=seed)).save(path, quality=90)
-        raws.append(path.read_bytes())
+def jpeg_bytes(n):
+    out = []
+    for seed in range(n):
+        buffer = io.BytesIO()
+        Image.fromarray(photo(seed=seed)).save(buffer, format="JPEG", quality=90)
+        out.append(buffer.getvalue())
+    return out
+
+
+def test_requests_waiting_for_the_decoder_are_decoded_in_one_batch(monkeypatch):
+    raws = jpeg_bytes(5)
     results, batches = _decode_in_threads(raws, (60, 45), monkeypatch)
     assert batches[0] == 5 and sum(batches) == 5  # the first thread through decodes all five; the others wait
     for raw, pixels in zip(raws, results):
         np.testing.assert_array_equal(pixels.numpy(), decode_resize([raw], [(60, 45)], "cpu")[0].numpy())
 
 
-def test_a_file_that_fails_its_batch_fails_alone(tmp_path, monkeypatch):
-    raws = []
-    for seed in range(3):
-        path = tmp_path / f"{seed}.jpg"
-        Image.fromarray(photo(seed=seed)).save(path, quality=90)
-        raws.append(path.read_bytes())
+def test_a_file_that_fails_its_batch_fails_alone(monkeypatch):
+    raws = jpeg_bytes(3)
     raws.insert(1, raws[0][:400] + b"\xff\xd9")  # a header, then nothing: torchvision raises
     results, batches = _decode_in_threads(raws, (96, 72), monkeypatch)
     assert batches == [4, 1, 1, 1, 1]  # the batch failed, then each file alone
