@@ -117,6 +117,40 @@ def test_encode_images_skips_unreadable_files_and_matches_the_pipeline(photos, e
     assert encoder.steps[0][1].on_error == "raise"
 
 
+def test_encode_images_with_the_extractor_on_cuda_runs_the_stages_as_its_head(photos, encoder, monkeypatch):
+    """On a CUDA extractor the stages after it run as its head (TorchEncoder: the maps stay on the GPU); here the
+    head is the torch path on the CPU, standing in for CUDA. On the CPU, and for stages TorchEncoder does not run,
+    there is no head."""
+    import copy
+
+    from selconv.index import photos as photos_module
+    from selconv.torch_encoder import TorchEncoder
+
+    extractor, rest = encoder.steps[0][1], encoder[1:]
+    assert photos_module.device_head(extractor, rest) is None  # on the CPU: the numpy stages, as before
+    on_cuda = copy.copy(extractor)
+    on_cuda.device_ = "cuda"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # no CUDA here: TorchEncoder says it runs on the CPU
+        assert photos_module.device_head(on_cuda, rest) is not None
+    assert photos_module.device_head(on_cuda, encoder[1:3]) is None  # not a whole paper pipeline
+    heads = []
+
+    def cpu_head(extractor, rest):
+        heads.append(TorchEncoder(rest, device="torch"))
+        return heads[-1].transform
+
+    monkeypatch.setattr(photos_module, "device_head", cpu_head)
+    paths = list_photos(photos)
+    chunk = encode_images(encoder, paths)
+    readable = [p for p in paths if not p.endswith("broken.jpg")]
+    assert len(heads) == 1 and chunk.paths == readable and len(chunk.skipped) == 1
+    # The torch stages of the host's maps (this toy fit's whitening is too ill-conditioned for float32 torch and
+    # numpy to agree closely; on real maps they do: tests/test_torch_encoder.py).
+    host = heads[0].transform(extractor.transform(readable))
+    np.testing.assert_allclose(chunk.descriptors, host, rtol=1e-5, atol=1e-6)
+
+
 def test_encoder_fingerprint_follows_the_fitted_state_not_runtime_settings(photos, encoder):
     import pickle
 

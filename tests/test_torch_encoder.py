@@ -156,6 +156,10 @@ def test_torch_encoder_equals_the_pipeline(mask, n_bits):
 def test_torch_encoder_rejects_unsupported_pipelines():
     with pytest.raises(ValueError, match="needs a paper pipeline"):
         TorchEncoder(make_paper_pipeline(512)[:2], device="torch")
+    extended = make_paper_pipeline(512)
+    extended.steps.append(("scale", PCA()))  # a step it would otherwise leave out silently
+    with pytest.raises(ValueError, match=r"this one also has \['scale'\]"):
+        TorchEncoder(extended, device="torch")
 
 
 def relative_errors(ours, exact):

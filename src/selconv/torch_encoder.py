@@ -76,6 +76,9 @@ class TorchEncoder:
         missing = [name for name in ("mask", "pca", "encode", "rotate", "power") if name not in steps]
         if missing:
             raise ValueError(f"TorchEncoder needs a paper pipeline (make_paper_pipeline); it has no step {missing}.")
+        unknown = [name for name in steps if name not in ("extract", "mask", "pca", "encode", "rotate", "power", "itq")]
+        if unknown:
+            raise ValueError(f"TorchEncoder runs the paper pipeline's steps only; this one also has {unknown}.")
         for name in ("pca", "encode", "rotate", "power"):
             check_is_fitted(steps[name])
         if getattr(steps["mask"], "_kernel", None) is None:

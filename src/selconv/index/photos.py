@@ -72,6 +72,20 @@ def lenient_reader(extractor, *, progress):
     return copy
 
 
+def device_head(extractor, rest):
+    """The stages after the extractor as its ``head`` on its CUDA device (``TorchEncoder.transform``: the conv maps
+    never leave the GPU), or None where the numpy stages run on the host as before: an extractor on the CPU, with
+    several scales or keypoints, or stages TorchEncoder does not run (SIFT mask, other embeddings)."""
+    from selconv.torch_encoder import TorchEncoder
+
+    if not str(extractor.device_).startswith("cuda") or len(extractor.scales) > 1 or extractor.keypoints is not None:
+        return None
+    try:
+        return TorchEncoder(rest, device=str(extractor.device_)).transform
+    except ValueError:  # stages it does not take
+        return None
+
+
 @dataclass
 class EncodedChunk:
     """The outcome of encoding a list of image files.
@@ -95,7 +109,8 @@ def encode_images(encoder, paths, *, on_image=None) -> EncodedChunk:
 
     Conv maps are streamed from the extractor (:meth:`~selconv.extraction.ConvFeatureExtractor.iter_extract`)
     and passed through the stages after it ``_MAPS_PER_BATCH`` at a time, so memory holds a few maps and the
-    descriptors, not every map.
+    descriptors, not every map. With the extractor on a CUDA device the stages run there as its head
+    (:func:`device_head`; the same descriptors to float32 rounding), so the maps never leave the GPU.
 
     Parameters
     ----------
@@ -111,18 +126,19 @@ def encode_images(encoder, paths, *, on_image=None) -> EncodedChunk:
     """
     extractor, rest = split_encoder(encoder)
     paths = list(paths)
-    stream = lenient_reader(extractor, progress=False).iter_extract(paths)
+    head = device_head(extractor, rest)
+    stream = lenient_reader(extractor, progress=False).iter_extract(paths, head=head)
     parts, kept, batch = [], [], []
-    for position, conv_map in stream:
-        batch.append(conv_map)
+    for position, item in stream:  # a conv map, or with a head the image's descriptor
+        batch.append(item)
         kept.append(os.fspath(paths[position]))
         if on_image is not None:
             on_image()
         if len(batch) == _MAPS_PER_BATCH:
-            parts.append(rest.transform(batch))
+            parts.append(np.stack(batch) if head is not None else rest.transform(batch))
             batch = []
     if batch:
-        parts.append(rest.transform(batch))
+        parts.append(np.stack(batch) if head is not None else rest.transform(batch))
     skipped = [(skip.name, skip.reason) for skip in stream.skipped]
     if on_image is not None:
         for _ in skipped:
