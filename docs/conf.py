@@ -186,6 +186,7 @@ OUTSIDE_PAGES = {
     "benchmarks/results/stages.md": "results/stages",
     "benchmarks/results/extraction_cpu.md": "results/extraction_cpu",
     "benchmarks/results/extraction_gpu.md": "results/extraction_gpu",
+    "benchmarks/results/gpu_pipeline.md": "results/gpu_pipeline",
     "benchmarks/results/cache_key.md": "results/cache_key",
     "benchmarks/results/search.md": "results/search",
     "benchmarks/results/index_cpu.md": "results/index_cpu",
@@ -195,6 +196,7 @@ OUTSIDE_PAGES = {
     "examples/plot_quickstart.py": "auto_examples/plot_quickstart",
     "examples/plot_grid_search.py": "auto_examples/plot_grid_search",
     "examples/plot_binary_search_index.py": "auto_examples/plot_binary_search_index",
+    "examples/plot_gpu_codes.py": "auto_examples/plot_gpu_codes",
     "examples/plot_image_folder.py": "auto_examples/plot_image_folder",
     "examples/plot_html_report.py": "auto_examples/plot_html_report",
 }

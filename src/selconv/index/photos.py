@@ -110,7 +110,7 @@ def encode_images(encoder, paths, *, on_image=None) -> EncodedChunk:
     Conv maps are streamed from the extractor (:meth:`~selconv.extraction.ConvFeatureExtractor.iter_extract`)
     and passed through the stages after it ``_MAPS_PER_BATCH`` at a time, so memory holds a few maps and the
     descriptors, not every map. With the extractor on a CUDA device the stages run there as its head
-    (:func:`device_head`; the same descriptors to float32 rounding), so the maps never leave the GPU.
+    (``device_head``; the same descriptors to float32 rounding), so the maps never leave the GPU.
 
     Parameters
     ----------
