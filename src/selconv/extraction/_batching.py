@@ -116,9 +116,9 @@ class BatchRunner:
         features = outputs[0].numpy().copy()  # one copy out of pinned (or batch) memory; the maps are views of it
         sources = [img.source for _, img, _ in batch]
         if self.head is not None:
-            self._check_finite(np.where(outputs[1].numpy(), 0.0, np.nan), sources)
+            self._check_finite(outputs[1].numpy(), sources)
             return [(key, features[i], cache_path) for i, (key, _, cache_path) in enumerate(batch)]
-        self._check_finite(features, sources)
+        self._check_finite(np.isfinite(features).reshape(len(features), -1).all(axis=1), sources)
         return [
             (
                 key,
@@ -133,12 +133,13 @@ class BatchRunner:
             for i, (key, img, cache_path) in enumerate(batch)
         ]
 
-    def _check_finite(self, features, sources) -> None:
-        """The NaN policy (docs/robustness.md) at the network's output: float16 can overflow, and a decode on the
-        device once returned a map with NaN on an H200 (benchmarks/results/gpu_pipeline.md); never pass them on."""
-        if np.isfinite(features).all():
+    def _check_finite(self, finite, sources) -> None:
+        """The NaN policy (docs/robustness.md) at the network's output, given whether each image's map is finite:
+        float16 can overflow, and a decode on the device once returned a map with NaN on an H200
+        (benchmarks/results/gpu_pipeline.md); never pass them on."""
+        if finite.all():
             return
-        bad = [str(source) for source, maps in zip(sources, features) if not np.isfinite(maps).all()]
+        bad = [str(source) for source, ok in zip(sources, finite) if not ok]
         raise NonFiniteError(
             f"the network returned conv maps with NaN or infinity for {len(bad)} image(s): {', '.join(bad[:5])} "
             f"(network dtype {str(self.compute_dtype).removeprefix('torch.')}). float16 can overflow: use "

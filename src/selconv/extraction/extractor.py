@@ -323,8 +323,8 @@ class ConvFeatureExtractor(SelconvPickleMixin, TransformerMixin, BaseEstimator):
         X : iterable of images
             As for :meth:`transform`.
         head : callable, optional
-            Applied on ``device`` to each batch of conv maps, a (B, K, H, W) tensor in the network's output, and
-            returning a (B, D) tensor there, e.g. :meth:`selconv.torch_encoder.TorchEncoder.transform`: the
+            Applied on ``device`` to each batch of conv maps, a (B, K, H, W) tensor in the extractor's ``dtype``,
+            and returning a (B, D) tensor there, e.g. :meth:`selconv.torch_encoder.TorchEncoder.transform`: the
             stream then yields each image's row of it (an ndarray) instead of its map, and the maps never leave
             the device (JPEG files in, descriptors or codes out; with ``decode="device"`` the pixels never
             reach the host either). Single scale, without keypoints; ``cache_dir`` is neither read nor written
