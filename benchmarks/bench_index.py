@@ -67,6 +67,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=2, help="CNN-alone repetitions (best kept)")
     parser.add_argument("--device", default="auto", help="torch device of the encoder: auto, cpu, cuda, ...")
     parser.add_argument("--no-cluster", action="store_true", help="skip the 2-worker LocalCluster comparison")
+    parser.add_argument("--weights", default=None, help="VGG16 weights file (default: resolved as 'imagenet')")
     parser.add_argument("--out", default=None, help="write the markdown results here")
     return parser.parse_args(argv)
 
@@ -117,8 +118,15 @@ def learn_encoder(args, work: Path):
     from selconv.datasets import load_sample
     from selconv.index.build import fit_encoder, save_encoder
 
+    extractor = None
+    if args.weights is not None:  # a weights file (the GPU machine has no internet nor offline package)
+        from selconv.extraction import ConvFeatureExtractor
+
+        extractor = ConvFeatureExtractor(max_size=args.max_size, device=args.device, weights=args.weights)
     started = time.perf_counter()
-    fit = fit_encoder(load_sample().training, max_size=args.max_size, device=args.device, progress=False)
+    fit = fit_encoder(
+        load_sample().training, max_size=args.max_size, device=args.device, extractor=extractor, progress=False
+    )
     seconds = time.perf_counter() - started
     save_encoder(fit.encoder, work / "encoder")
     log(f"encoder learned on {fit.n_images} images in {seconds:.0f} s")
