@@ -262,3 +262,36 @@ def test_a_head_applied_on_the_device_gives_the_rows_of_the_maps(tmp_path):
         list(extractor.iter_extract(paths[:1], head=lambda maps: maps.mean(1)))
     with pytest.raises(ValueError, match="one scale"):
         ConvFeatureExtractor(backbone=_tiny_net, scales=(1.0, 0.5)).fit().iter_extract(paths, head=head)
+
+
+class _OpenCVThreadsSeen(torch.nn.Module):
+    """Records OpenCV's thread count while the extraction runs (the network runs in the calling thread)."""
+
+    seen: list = []
+
+    def forward(self, x):
+        import cv2
+
+        _OpenCVThreadsSeen.seen.append(cv2.getNumThreads())
+        return torch.nn.functional.max_pool2d(x, 2)
+
+
+def test_opencv_runs_one_thread_per_worker_while_workers_decode_and_is_restored(tmp_path):
+    import cv2
+
+    from selconv import ConvFeatureExtractor
+
+    path = tmp_path / "photo.jpg"
+    Image.fromarray(gradient()).save(path)
+    before = cv2.getNumThreads()
+    cv2.setNumThreads(3)
+    try:
+        for n_workers, expected in ((2, 1), (0, 3), (1, 3)):  # one worker does not oversubscribe
+            extractor = ConvFeatureExtractor(backbone=_OpenCVThreadsSeen, max_size=None, n_workers=n_workers).fit()
+            extractor._get_model()  # its probe forward runs outside any extraction
+            _OpenCVThreadsSeen.seen.clear()
+            extractor.transform([str(path)] * 3)
+            assert set(_OpenCVThreadsSeen.seen) == {expected}, (n_workers, _OpenCVThreadsSeen.seen)
+            assert cv2.getNumThreads() == 3  # restored
+    finally:
+        cv2.setNumThreads(before)
