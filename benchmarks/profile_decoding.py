@@ -34,6 +34,12 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--decode-batches", type=int, nargs="+", default=[1, 8, 32, 64], help="files per nvJPEG call, decoding alone"
     )
     parser.add_argument("--compile", action="store_true", help="the extractor end to end also with compile=True")
+    parser.add_argument(
+        "--only-size",
+        default=None,
+        help="keep only the files of this WIDTHxHEIGHT (one shape per batch, e.g. 1024x768)",
+    )
+    parser.add_argument("--skip-decoding", action="store_true", help="the extractor rows only")
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--precision", default="bfloat16")
     return parser.parse_args(argv)
@@ -71,11 +77,17 @@ def extraction_rate(args, paths, decode: str, batch_size: int, compile: bool = F
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    paths = sorted(str(p) for p in args.images.glob("*.jpg"))[: args.n_images]
+    paths = sorted(str(p) for p in args.images.glob("*.jpg"))
+    if args.only_size is not None:
+        size = tuple(int(v) for v in args.only_size.split("x"))
+        paths = [p for p in paths if read_plain_jpeg(p, p) is not None and read_plain_jpeg(p, p)[1] == size]
+    paths = paths[: args.n_images]
     print(f"{len(paths)} JPEGs from {args.images}; {args.device}, {args.precision}\n")
     print("| what | decoding | threads / batch | images/s |\n|---|---|---|---|")
     default_cv2_threads = cv2.getNumThreads()
-    for cv2_threads in (default_cv2_threads, 1):  # does OpenCV's own thread pool in each worker oversubscribe?
+    for cv2_threads in (
+        () if args.skip_decoding else (default_cv2_threads, 1)
+    ):  # does OpenCV's own thread pool in each worker oversubscribe?
         cv2.setNumThreads(cv2_threads)
         for n_threads in args.threads:
             rate, _, _ = decoding_alone(paths, SimpleNamespace(workers=n_threads, max_size=1024))
@@ -83,7 +95,7 @@ def main(argv=None) -> None:
                 f"| decoding alone | cpu, OpenCV threads {cv2_threads} | {n_threads} threads | {rate:.0f} |", flush=True
             )
     cv2.setNumThreads(default_cv2_threads)
-    for batch_size in args.decode_batches:
+    for batch_size in () if args.skip_decoding else args.decode_batches:
         rate = device_decoding_alone(paths, batch_size, args.device)
         print(f"| decoding alone | {args.device} | {batch_size} files per call | {rate:.0f} |", flush=True)
     for compile in (False, True) if args.compile else (False,):
