@@ -80,7 +80,7 @@ def main(argv=None) -> None:
     paths = sorted(str(p) for p in args.images.glob("*.jpg"))
     if args.only_size is not None:
         size = tuple(int(v) for v in args.only_size.split("x"))
-        paths = [p for p in paths if read_plain_jpeg(p, p) is not None and read_plain_jpeg(p, p)[1] == size]
+        paths = [p for p in paths if (plain := read_plain_jpeg(p, p)) is not None and plain[1] == size]
     paths = paths[: args.n_images]
     print(f"{len(paths)} JPEGs from {args.images}; {args.device}, {args.precision}\n")
     print("| what | decoding | threads / batch | images/s |\n|---|---|---|---|")

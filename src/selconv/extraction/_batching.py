@@ -129,21 +129,22 @@ class BatchRunner:
         if not self.cuda:
             x = x.contiguous()
         out = self.module(x).to(self.out_dtype)
-        finite = None
+        outputs = [out]
         if self.head is not None:  # the NaN policy checked on the maps, on the device, with no wait here
             finite = torch.isfinite(out).flatten(1).all(1)
-            maps_shape, out = tuple(out.shape), self.head(out)
-            if not isinstance(out, torch.Tensor) or out.ndim != 2 or len(out) != len(images):
-                got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-                raise ValueError(f"head must return a (B, D) tensor for maps of shape {maps_shape}; got {got}.")
+            rows = self.head(out)
+            if not isinstance(rows, torch.Tensor) or rows.ndim != 2 or len(rows) != len(images):
+                got = tuple(rows.shape) if isinstance(rows, torch.Tensor) else type(rows).__name__
+                raise ValueError(f"head must return a (B, D) tensor for maps of shape {tuple(out.shape)}; got {got}.")
+            outputs = [rows, finite]
         if self.cuda:
-            host = [torch.empty(t.shape, dtype=t.dtype, pin_memory=True) for t in (out, finite) if t is not None]
-            for target, source in zip(host, (out, finite)):
+            host = [torch.empty(t.shape, dtype=t.dtype, pin_memory=True) for t in outputs]
+            for target, source in zip(host, outputs):
                 target.copy_(source, non_blocking=True)
             event = torch.cuda.Event()
             event.record()
             return host, event
-        return [t for t in (out, finite) if t is not None], None
+        return outputs, None
 
     def _finish(self, job):
         batch, (outputs, event) = job

@@ -128,6 +128,7 @@ def encode_images(encoder, paths, *, on_image=None) -> EncodedChunk:
     paths = list(paths)
     head = device_head(extractor, rest)
     stream = lenient_reader(extractor, progress=False).iter_extract(paths, head=head)
+    finish = np.stack if head is not None else rest.transform  # descriptors of a batch of maps, or of rows
     parts, kept, batch = [], [], []
     for position, item in stream:  # a conv map, or with a head the image's descriptor
         batch.append(item)
@@ -135,10 +136,10 @@ def encode_images(encoder, paths, *, on_image=None) -> EncodedChunk:
         if on_image is not None:
             on_image()
         if len(batch) == _MAPS_PER_BATCH:
-            parts.append(np.stack(batch) if head is not None else rest.transform(batch))
+            parts.append(finish(batch))
             batch = []
     if batch:
-        parts.append(np.stack(batch) if head is not None else rest.transform(batch))
+        parts.append(finish(batch))
     skipped = [(skip.name, skip.reason) for skip in stream.skipped]
     if on_image is not None:
         for _ in skipped:
