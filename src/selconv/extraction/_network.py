@@ -53,11 +53,12 @@ def compile_network(module):
     graphs for the forward frame that every compiled module shares, for the whole process. With
     ``dynamic=False`` each (batch, height, width) compiles a graph of its own, so a mixed collection reaches
     the limit within a run; with the default ``dynamic=None`` the first shape compiles a static graph and the
-    second recompiles it with the changed sizes symbolic. ``dynamic=True`` compiles one graph for every shape
+    second recompiles it with the changed sizes symbolic. ``dynamic=True`` compiles one graph for many shapes
     from the start, plus one more for a batch of one image (torch specialises sizes of 1): two graphs per
-    network architecture (counted on the CPU with torch 2.14; each precision is another input dtype, so two
-    more), however many shapes, batch sizes and extractors of that architecture. Past the limit torch warns
-    once ("hit config.recompile_limit") and runs the inputs that match no compiled graph eagerly: same maps,
+    network architecture counted on the CPU with torch 2.14 (each precision is another input dtype, so two
+    more). On an H100 with torch 2.11 the graphs also specialised on the parity of sizes after pooling, and the
+    Oxford files' many shapes reached the limit (benchmarks/results/gpu_pipeline.md, section 5). Past the limit
+    torch warns once ("hit config.recompile_limit") and runs the inputs that match no compiled graph eagerly: same maps,
     eager speed, no error. The compiled code belongs to the module's forward, not to the wrapper: wrapping
     the same module again (a later ``transform``) compiles nothing new.
     """

@@ -75,16 +75,17 @@ class ConvFeatureExtractor(SelconvPickleMixin, TransformerMixin, BaseEstimator):
         Arithmetic of the forward pass. ``"float32"`` (the paper's) disables TF32 on GPUs; the others
         trade accuracy (relative error around 1e-3 / 1e-2) for speed on GPUs. Half precision on a CPU is slow.
     compile : bool, default=False
-        Run the network through ``torch.compile`` (default mode, ``dynamic=True``: one graph for every image
-        shape and batch size, plus one for a batch of a single image). Each call of :meth:`transform` (and the
+        Run the network through ``torch.compile`` (default mode, ``dynamic=True``: one graph for many image
+        shapes and batch sizes, plus one for a batch of a single image; see ``compile_network`` in
+        ``selconv.extraction._network`` for when more are compiled). Each call of :meth:`transform` (and the
         others) wraps the network again, which reuses the graphs already compiled in this process. The first
         batch of a new network pays a one-time compilation (seconds to minutes; not timed). The network alone,
         VGG16 to pool5 at 1024 x 768, batch 32, channels_last, on an NVIDIA H100
         (``benchmarks/bench_gpu_pipeline.py`` section 4): 880 images/s in bfloat16 compiled this way against
-        515-519 eager (906 against 527-531 in float16, static shapes). End to end, JPEG decoding may then be
-        the limit (docs/extraction.md). The maps equal the eager ones up to float
-        rounding (the compiler may fuse and reorder operations), so ``compile`` is not part of the cache key, like
-        ``batch_size`` and ``device``. Past torch's limit on compiled graphs per process
+        515-519 eager (906 against 527-531 in float16, static shapes). End to end on the Oxford files the gain
+        was smaller (504 against 398 images/s with GPU decoding; docs/extraction.md). The maps equal the eager
+        ones up to float rounding (the compiler may fuse and reorder operations), so ``compile`` is not part of
+        the cache key, like ``batch_size`` and ``device``. Past torch's limit on compiled graphs per process
         (``torch._dynamo.config.recompile_limit``, 8, shared by every compiled network), torch warns and runs new
         shapes eagerly: same maps, no error. Needs a working compiler for the device (a C++ compiler on the CPU,
         Triton on CUDA); a failure is raised at the first batch. See docs/extraction.md, "Speed".
