@@ -158,6 +158,35 @@ def test_batching_order_and_workers_do_not_change_results(image_files):
     assert [m.source for m in streamed] == inputs
 
 
+def test_padded_batches_give_the_maps_of_each_image_alone(image_files):
+    """pad_to_multiple: images of different shapes share a zero-padded batch, and each map equals the image's
+    own (the padded cells are zeroed before every padding convolution), cropped to its own grid; to the head,
+    each map's own grid; a too-small image is still skipped alone."""
+    boxes = [(image_files[0], (0, 0, 90, 70)), (image_files[1], (3, 5, 70, 90)), (image_files[0], (0, 0, 9, 9))]
+    inputs = [*image_files, *boxes]
+    for backbone, layers in (("vgg16", None), ("vgg16", ["conv5_1", "conv5_3"]), ("alexnet", None)):
+        alone = ConvFeatureExtractor(backbone, layers=layers, max_size=None, batch_size=1, n_workers=0, on_error="skip")
+        padded = clone(alone).set_params(batch_size=8, pad_to_multiple=32, n_workers=2).fit()
+        expected = alone.fit().extract(inputs)
+        got = padded.extract(inputs)
+        assert got.kept == expected.kept and 7 not in got.kept  # the 9 x 9 px crop is skipped (AlexNet: 50 x 40 too)
+        assert [s.position for s in got.skipped] == [s.position for s in expected.skipped]
+        for a, b in zip(expected.maps, got.maps):
+            assert b.features.shape == a.features.shape and b.image_size == a.image_size
+            assert b.features.flags.c_contiguous
+            assert_close(b.features, a.features)
+
+    def head(maps):  # (B, K, H, W) -> (B, 2K): mean and max pooling
+        return torch.cat([maps.mean((2, 3)), maps.amax((2, 3))], dim=1)
+
+    rows = [row for _, row in padded.iter_extract(inputs[:7], head=head)]
+    for row, conv_map in zip(rows, got.maps):
+        reference = np.concatenate([conv_map.features.mean((1, 2)), conv_map.features.max((1, 2))])
+        np.testing.assert_allclose(row, reference, rtol=1e-5, atol=1e-5 * float(np.abs(reference).max()))
+    with pytest.raises(ValueError, match=r"pad_to_multiple needs exact padded batches, but backbone='resnet18'"):
+        ConvFeatureExtractor("resnet18", weights=None, pad_to_multiple=32).fit()
+
+
 def test_inputs_paths_pil_arrays_and_dtype(vgg, image_files):
     pixels = np.asarray(Image.open(image_files[0]).convert("RGB"))
     from_path, from_pil, from_array, from_float = vgg.transform(

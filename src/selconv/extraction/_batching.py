@@ -1,9 +1,10 @@
-"""Batching for the extractor: decode in worker threads, batch equally sized images, run them, and release the
-maps in input order.
+"""Batching for the extractor: decode in worker threads, batch images of one batch shape, run them, and release
+the maps in input order.
 
-Batching pads nothing (see ConvFeatureExtractor's Notes): images are grouped by resized shape. Batches are
-filled in input order; when too many images wait for a full batch, the batch holding the oldest one runs
-early, so memory stays bounded whatever the mix of shapes.
+Images are grouped by their batch shape: their resized shape, or with ``pad_to_multiple`` that shape rounded up to
+a multiple of it, the batch zero-padded at the bottom and right and run exactly as each image alone (see
+``SequentialTaps``). Batches are filled in input order; when too many images wait for a full batch, the batch
+holding the oldest one runs early, so memory stays bounded whatever the mix of shapes.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from selconv.conv_map import ConvMap
 from selconv.exceptions import NonFiniteError
 from selconv.extraction._device_decode import record_consumer
 from selconv.extraction._results import SkippedInput
+from selconv.extraction.backbones import valid_mask
 from selconv.extraction.images import ImageLoadError
 
 
@@ -72,17 +74,20 @@ class _TooSmallError(ImageLoadError):
 
 
 class BatchRunner:
-    """Runs batches of equally sized images through the module; on CUDA, overlaps batch k's GPU work and
-    copies with the host finishing batch k-1 (one batch in flight).
+    """Runs batches of images of one :meth:`batch_shape` through the module; on CUDA, overlaps batch k's GPU
+    work and copies with the host finishing batch k-1 (one batch in flight).
 
     A batch is a list of ``(key, LoadedImage, cache_path)``; a finished batch a list of
     ``(key, ConvMap, cache_path)``; the key, ``(position, scale)``, is passed through. With a ``head`` (a callable
-    taking the batch's conv maps on the device, (B, K, H, W), and returning a (B, D) tensor there), a finished
+    taking conv maps of one grid on the device, (B, K, H, W), and returning a (B, D) tensor there), a finished
     batch holds each image's row of the head's output (an ndarray) instead of its ConvMap: the maps never leave
-    the device.
+    the device. With ``pad_to_multiple``, ``output_size(height, width)`` gives an image's map size, and the module
+    takes ``(x, sizes)`` for a padded batch (``SequentialTaps``); each map is cropped to its own size.
     """
 
-    def __init__(self, module, device, precision, mean, std, out_dtype, head=None):
+    def __init__(
+        self, module, device, precision, mean, std, out_dtype, head=None, pad_to_multiple=None, output_size=None
+    ):
         import torch
 
         self.torch = torch
@@ -97,7 +102,26 @@ class BatchRunner:
         scale = torch.tensor([1.0 / (255.0 * s) for s in std]).view(1, 3, 1, 1)
         self.shift, self.scale = shift.to(device), scale.to(device)
         self.head = head
+        self.pad_to_multiple, self.output_size = pad_to_multiple, output_size
         self.in_flight = None
+
+    def batch_shape(self, shape) -> tuple:
+        """The shape (H, W, C) an image of resized ``shape`` is batched at: its own, or rounded up to
+        ``pad_to_multiple``, unless the image is too small for the network (it then fails in a batch of its own
+        shape, as without padding)."""
+        height, width = shape[:2]
+        if self.pad_to_multiple is None or min(self.output_size(height, width)) < 1:
+            return tuple(shape)
+        multiple = self.pad_to_multiple
+        return (-(-height // multiple) * multiple, -(-width // multiple) * multiple, *shape[2:])
+
+    def _map_sizes(self, images):
+        """Each image's map (height, width), or None when the batch is not padded (every image has the batch's
+        shape)."""
+        shape = self.batch_shape(images[0].shape)
+        if all(tuple(image.shape) == shape for image in images):
+            return None
+        return [self.output_size(*image.shape[:2]) for image in images]
 
     @contextlib.contextmanager
     def running(self):
@@ -109,33 +133,47 @@ class BatchRunner:
         with self.torch.inference_mode(), flags:
             yield
 
-    def _forward(self, images):
+    def _pixels(self, images):
+        """The batch as one (B, H, W, 3) uint8 tensor on the device, at the batch shape (the cells beyond an
+        image's own size are left as they are: the padded forward never reads them)."""
         torch = self.torch
+        shape = self.batch_shape(images[0].shape)
         if any(isinstance(image, torch.Tensor) for image in images):  # decode="device" (CPU fallbacks mixed in)
             record_consumer(images, self.device)  # their memory is the decoding side stream's
-            x = torch.stack([torch.as_tensor(image, device=self.device) for image in images])
-        elif self.cuda:
-            # uint8 over the bus (4x less than float), from pinned memory so the copy is asynchronous;
-            # the NHWC buffer viewed as NCHW is already channels_last, the layout fast GPU convs want.
-            x = torch.empty((len(images), *images[0].shape), dtype=torch.uint8, pin_memory=True)
-            staging = x.numpy()
-            for i, pixels in enumerate(images):
-                staging[i] = pixels
-            x = x.to(self.device, non_blocking=True)
-        else:
-            x = torch.from_numpy(np.stack(images))  # (B, H, W, 3) uint8
-        x = x.permute(0, 3, 1, 2).float()
+            x = torch.empty((len(images), *shape), dtype=torch.uint8, device=self.device)
+            for i, image in enumerate(images):
+                x[i, : image.shape[0], : image.shape[1]] = torch.as_tensor(image, device=self.device)
+            return x
+        # On CUDA: uint8 over the bus (4x less than float), from pinned memory so the copy is asynchronous;
+        # the NHWC buffer viewed as NCHW is already channels_last, the layout fast GPU convs want.
+        x = torch.empty((len(images), *shape), dtype=torch.uint8, pin_memory=self.cuda)
+        staging = x.numpy()
+        for i, pixels in enumerate(images):
+            staging[i, : pixels.shape[0], : pixels.shape[1]] = pixels
+        return x.to(self.device, non_blocking=True) if self.cuda else x
+
+    def _forward(self, images):
+        torch = self.torch
+        x = self._pixels(images).permute(0, 3, 1, 2).float()
         x = ((x - self.shift) * self.scale).to(self.compute_dtype)
         if not self.cuda:
             x = x.contiguous()
-        out = self.module(x).to(self.out_dtype)
+        map_sizes = self._map_sizes(images)
+        if map_sizes is None:
+            out = self.module(x)
+        else:
+            sizes = torch.tensor([image.shape[:2] for image in images], device=self.device)
+            out = self.module(x, sizes)
+        out = out.to(self.out_dtype)
         outputs = [out]
         if self.head is not None:  # the NaN policy checked on the maps, on the device, with no wait here
-            finite = torch.isfinite(out).flatten(1).all(1)
-            rows = self.head(out)
-            if not isinstance(rows, torch.Tensor) or rows.ndim != 2 or len(rows) != len(images):
-                got = tuple(rows.shape) if isinstance(rows, torch.Tensor) else type(rows).__name__
-                raise ValueError(f"head must return a (B, D) tensor for maps of shape {tuple(out.shape)}; got {got}.")
+            if map_sizes is None:
+                finite = torch.isfinite(out).flatten(1).all(1)
+                rows = self._head(out, len(images))
+            else:
+                own = valid_mask(*torch.tensor(map_sizes, device=self.device).T, out.shape[-2:])
+                finite = torch.isfinite(out.masked_fill(~own, 0)).flatten(1).all(1)
+                rows = self._head_by_grid(out, map_sizes)
             outputs = [rows, finite]
         if self.cuda:
             host = [torch.empty(t.shape, dtype=t.dtype, pin_memory=True) for t in outputs]
@@ -146,6 +184,25 @@ class BatchRunner:
             return host, event
         return outputs, None
 
+    def _head(self, maps, n_images):
+        rows = self.head(maps)
+        if not isinstance(rows, self.torch.Tensor) or rows.ndim != 2 or len(rows) != n_images:
+            got = tuple(rows.shape) if isinstance(rows, self.torch.Tensor) else type(rows).__name__
+            raise ValueError(f"head must return a (B, D) tensor for maps of shape {tuple(maps.shape)}; got {got}.")
+        return rows
+
+    def _head_by_grid(self, out, map_sizes):
+        """The head's rows of a padded batch: one call per map size, on the maps cropped to it, in batch order."""
+        groups: dict = {}
+        for i, size in enumerate(map_sizes):
+            groups.setdefault(size, []).append(i)
+        order, parts = [], []
+        for (height, width), indices in groups.items():
+            index = self.torch.tensor(indices, device=out.device)
+            parts.append(self._head(out[index, :, :height, :width], len(indices)))
+            order.extend(indices)
+        return self.torch.cat(parts)[self.torch.tensor(np.argsort(order), device=out.device)]
+
     def _finish(self, job):
         batch, (outputs, event) = job
         if event is not None:
@@ -155,7 +212,10 @@ class BatchRunner:
         if self.head is not None:
             self._check_finite(outputs[1].numpy(), sources)
             return [(key, features[i], cache_path) for i, (key, _, cache_path) in enumerate(batch)]
-        self._check_finite(np.isfinite(features).reshape(len(features), -1).all(axis=1), sources)
+        map_sizes = self._map_sizes([img.pixels for _, img, _ in batch])
+        if map_sizes is not None:  # each map cropped to its own grid, in memory of its own
+            features = [np.ascontiguousarray(f[:, :h, :w]) for f, (h, w) in zip(features, map_sizes)]
+        self._check_finite(np.array([np.isfinite(f).all() for f in features]), sources)
         return [
             (
                 key,
@@ -206,16 +266,17 @@ class BatchRunner:
 
 
 class _ShapeBuckets:
-    """Decoded images waiting for a batch, one bucket per shape, each in input order."""
+    """Decoded images waiting for a batch, one bucket per batch shape (``key`` of an image's shape), each in
+    input order."""
 
-    def __init__(self, batch_size: int):
-        self.batch_size = batch_size
+    def __init__(self, batch_size: int, key):
+        self.batch_size, self.key = batch_size, key
         self.max_waiting = max(2 * batch_size, 16)
         self.buckets: dict = {}
 
     def add(self, entry) -> list:
         """Add ``((position, scale), LoadedImage, cache_path)``; return the batches to run now (none or one)."""
-        shape = entry[1].pixels.shape
+        shape = self.key(entry[1].pixels.shape)
         bucket = self.buckets.setdefault(shape, [])
         bucket.append(entry)
         if len(bucket) >= self.batch_size:
@@ -258,7 +319,7 @@ class OrderedExtraction:
         self.items, self.report, self.load, self.write, self.runner = items, report, load, write, runner
         self.assemble, self.on_error, self.bar, self.n_workers = assemble, on_error, bar, n_workers
         self.window = max(2 * batch_size, 4 * max(n_workers, 1))  # inputs being decoded ahead
-        self.buckets = _ShapeBuckets(batch_size)
+        self.buckets = _ShapeBuckets(batch_size, runner.batch_shape)
         self.pending: dict = {}  # position -> its scales' ConvMaps (None until computed)
         self.done: dict = {}  # position -> map, or None for a skipped input, until released in order
         self.next_out = 0
@@ -308,7 +369,7 @@ class OrderedExtraction:
     def _run_batch(self, batch):
         try:
             finished = self.runner.submit(batch)
-        except _TooSmallError as exc:  # all images of a batch share one shape
+        except _TooSmallError as exc:  # all images of a batch share one shape (too small ones are never padded)
             for (position, _), _, _ in batch:
                 if position in self.pending:  # not already skipped for another of its scales
                     del self.pending[position]

@@ -32,6 +32,19 @@ def output_channels(module) -> int:
     return int(probe.shape[1])
 
 
+def check_paddable(module, backbone) -> None:
+    """A ValueError naming ``backbone`` unless ``module`` runs zero-padded batches exactly
+    (``pad_to_multiple``): a ``SequentialTaps`` whose layers all allow it."""
+    from selconv.extraction.backbones import SequentialTaps
+
+    try:
+        if not isinstance(module, SequentialTaps):
+            raise ValueError("it is not a plain chain of layers (only 'vgg16' and 'alexnet' are)")
+        module.check_paddable()
+    except ValueError as exc:
+        raise ValueError(f"pad_to_multiple needs exact padded batches, but backbone={backbone!r}: {exc}.") from None
+
+
 def place(module, device: str, precision: str):
     """The module on ``device`` in the dtype of ``precision`` (channels_last on CUDA)."""
     import torch

@@ -53,8 +53,39 @@ def concat_hypercolumn(outputs, names) -> torch.Tensor:
     return torch.cat(outputs, dim=1)
 
 
+def _pairs(layer):
+    """(kernel, stride, padding, dilation) of a convolution or max-pooling, each as (along H, along W)."""
+    return [
+        getattr(layer, a) if isinstance(getattr(layer, a), tuple) else (getattr(layer, a),) * 2
+        for a in ("kernel_size", "stride", "padding", "dilation")
+    ]
+
+
+def _shrink(layer, height, width):
+    """The output size of ``layer`` for an input of ``height`` x ``width`` (ints, or tensors of one size per
+    image): torch's formula for convolutions and max-poolings (floor mode); other layers keep the size."""
+    if not isinstance(layer, (nn.Conv2d, nn.MaxPool2d)):
+        return height, width
+    return tuple((n + 2 * p - d * (k - 1) - 1) // s + 1 for n, k, s, p, d in zip((height, width), *_pairs(layer)))
+
+
+def valid_mask(heights, widths, shape):
+    """(B, 1, H, W) bool, True on each image's own cells: the top-left ``heights[i]`` x ``widths[i]`` cells
+    (int tensors) of an H x W grid."""
+    rows = torch.arange(shape[0], device=heights.device) < heights[:, None]
+    cols = torch.arange(shape[1], device=widths.device) < widths[:, None]
+    return (rows[:, :, None] & cols[:, None, :])[:, None]
+
+
 class SequentialTaps(nn.Module):
-    """Run a ``nn.Sequential`` up to its deepest tapped layer and return the tapped outputs concatenated."""
+    """Run a ``nn.Sequential`` up to its deepest tapped layer and return the tapped outputs concatenated.
+
+    ``forward(x, sizes)`` also runs a batch zero-padded at the bottom and right to one shape, given each
+    image's own (height, width) as a (B, 2) int tensor ``sizes``, exactly as each image alone
+    (:meth:`check_paddable` says when this holds): before every convolution that pads, each image's cells
+    beyond its own size at that depth are set to zero, which is what the convolution's own zero padding reads
+    for the image alone. Outside its :meth:`output_size` an image's output cells are meaningless: crop them.
+    """
 
     def __init__(self, layers: nn.Sequential, taps: list[int], names: list[str]):
         super().__init__()
@@ -62,13 +93,39 @@ class SequentialTaps(nn.Module):
         self.taps = list(taps)
         self.names = list(names)
 
-    def forward(self, x):
+    def forward(self, x, sizes=None):
         outputs = {}
+        if sizes is not None:
+            heights, widths = sizes[:, 0], sizes[:, 1]
         for index, layer in enumerate(self.layers):
+            if sizes is not None:
+                if isinstance(layer, nn.Conv2d) and any(_pairs(layer)[2]):
+                    # masked_fill, not a product: a cell that overflowed to infinity must give 0, not NaN
+                    x = x.masked_fill(~valid_mask(heights, widths, x.shape[-2:]), 0)
+                heights, widths = _shrink(layer, heights, widths)
             x = layer(x)
             if index in self.taps:
                 outputs[index] = x
         return concat_hypercolumn([outputs[t] for t in self.taps], self.names)
+
+    def output_size(self, height: int, width: int) -> tuple[int, int]:
+        """(height, width) of the output map for an input image of ``height`` x ``width`` pixels."""
+        for layer in self.layers:
+            height, width = _shrink(layer, height, width)
+        return height, width
+
+    def check_paddable(self) -> None:
+        """A ValueError unless padded batches are exact: every layer a zero-padding convolution, a max-pooling
+        without padding in floor mode, or an element-wise layer (ReLU, dropout, batch norm)."""
+        for index, layer in enumerate(self.layers):
+            if isinstance(layer, nn.Conv2d):
+                fine = layer.padding_mode == "zeros" and not isinstance(layer.padding, str)
+            elif isinstance(layer, nn.MaxPool2d):
+                fine = not layer.ceil_mode and not any(_pairs(layer)[2]) and _pairs(layer)[3] == (1, 1)
+            else:
+                fine = isinstance(layer, (nn.ReLU, nn.Dropout, nn.BatchNorm2d))
+            if not fine:
+                raise ValueError(f"layer {index} ({layer}) does not allow exact padded batches")
 
 
 class DictConcat(nn.Module):

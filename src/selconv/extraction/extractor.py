@@ -18,7 +18,14 @@ from selconv._pickling import SelconvPickleMixin
 from selconv.extraction._batching import BatchRunner, OrderedExtraction, default_workers
 from selconv.extraction._cache import MapCache, output_signature
 from selconv.extraction._device_decode import load_on_device
-from selconv.extraction._network import compile_network, output_channels, place, rebuild, resolve_device
+from selconv.extraction._network import (
+    check_paddable,
+    compile_network,
+    output_channels,
+    place,
+    rebuild,
+    resolve_device,
+)
 from selconv.extraction._results import Extraction, ExtractionStream, ImageSkippedWarning, listing
 from selconv.extraction._scales import assemble, scale_sizes
 from selconv.extraction.backbones import build_backbone
@@ -100,7 +107,19 @@ class ConvFeatureExtractor(SelconvPickleMixin, TransformerMixin, BaseEstimator):
         colour edges; pool5 maps a median 5 % apart on Oxford images on an H100) and at most one grey level of
         resize rounding. Decoding runs on a CUDA side stream of its own (docs/extraction.md, "Speed").
     batch_size : int, default=8
-        Images per forward pass. Only images of identical resized shape share a batch (see Notes).
+        Images per forward pass. Only images of one batch shape share a batch: their resized shape, or with
+        ``pad_to_multiple`` that shape rounded up (see Notes).
+    pad_to_multiple : int or None, default=None
+        Batch images whose resized height and width round up to the same multiple of this many pixels
+        together, zero-padded at the bottom and right, and run the padded batch exactly as each image alone:
+        the maps equal those without padding to float rounding, so this is not part of the cache key. None
+        batches only images of identical shape (the paper's computation, image by image). A photo
+        collection has many resized shapes (the 1,008 Oxford files 127, of which 125 hold 28 % of the files),
+        so without padding many batches run part-full; with 32, 33 batch shapes for 0.6 % more pixels, with
+        128, 12 for 2.7 %. Multiples of 32 keep every VGG16 pooling even, which a compiled network
+        (``compile=True``) needs for one graph to serve all shapes. Needs a network that is a chain of
+        convolutions, max-poolings and element-wise layers (``"vgg16"``, ``"alexnet"``); others raise a
+        ValueError at :meth:`fit`. See docs/extraction.md, "Speed".
     n_workers : int or None, default=None
         Threads that decode and resize images (and detect keypoints) while the network runs.
         None: the available cores, at most 16. 0: decode in the calling thread. With two or more, OpenCV's
@@ -145,12 +164,12 @@ class ConvFeatureExtractor(SelconvPickleMixin, TransformerMixin, BaseEstimator):
     Calls to ``transform``, ``iter_transform``, ``extract`` and ``iter_extract`` store nothing on the
     estimator: what a call skipped or repaired is in what it returns (:class:`Extraction`).
 
-    Batching pads nothing. Zero-padding an image at the bottom/right is exact for the first convolution
-    only: its output in the padded area is ReLU(bias), not zero, and the next convolution reads it near
-    the border. Exact padding would need masks after every layer; instead images are grouped by resized
-    shape, which costs little because a photo collection at a fixed ``max_size`` has few distinct shapes
-    and one 1024-pixel image already fills a GPU. Batches are filled in input order; when too many images
-    wait for a full batch, the batch holding the oldest one runs early, so memory stays bounded.
+    Zero-padding an image at the bottom/right is exact for the first convolution only: its output in the
+    padded area is ReLU(bias), not zero, and the next convolution reads it near the border. With
+    ``pad_to_multiple`` the padded cells are set to zero again before every convolution that pads (to each
+    image's own size at that depth), which makes a padded batch exact, and each map is cropped to its own
+    size. Without it images are grouped by resized shape. Batches are filled in input order; when too many
+    images wait for a full batch, the batch holding the oldest one runs early, so memory stays bounded.
 
     Examples
     --------
@@ -172,6 +191,7 @@ class ConvFeatureExtractor(SelconvPickleMixin, TransformerMixin, BaseEstimator):
         "device": [str],
         "decode": [StrOptions({"cpu", "device"})],
         "batch_size": [Interval(Integral, 1, None, closed="left")],
+        "pad_to_multiple": [Interval(Integral, 1, None, closed="left"), None],
         "n_workers": [Interval(Integral, 0, None, closed="left"), None],
         "on_error": [StrOptions({"raise", "skip"})],
         "cache_dir": [str, os.PathLike, None],
@@ -195,6 +215,7 @@ class ConvFeatureExtractor(SelconvPickleMixin, TransformerMixin, BaseEstimator):
         device="auto",
         decode="cpu",
         batch_size=8,
+        pad_to_multiple=None,
         n_workers=None,
         on_error="raise",
         cache_dir=None,
@@ -214,6 +235,7 @@ class ConvFeatureExtractor(SelconvPickleMixin, TransformerMixin, BaseEstimator):
         self.device = device
         self.decode = decode
         self.batch_size = batch_size
+        self.pad_to_multiple = pad_to_multiple
         self.n_workers = n_workers
         self.on_error = on_error
         self.cache_dir = cache_dir
@@ -232,6 +254,8 @@ class ConvFeatureExtractor(SelconvPickleMixin, TransformerMixin, BaseEstimator):
         self._scale_sizes()  # a bad ``scales`` fails before the network is built
         built = build_backbone(self.backbone, self.layers, self.weights)
         n_channels = output_channels(built.module)
+        if self.pad_to_multiple is not None:
+            check_paddable(built.module, self.backbone)
         self.device_ = resolve_device(self.device)
         self.layers_ = list(built.layers)
         self.n_channels_ = n_channels
@@ -360,11 +384,19 @@ class ConvFeatureExtractor(SelconvPickleMixin, TransformerMixin, BaseEstimator):
         import torch
         from tqdm.auto import tqdm
 
-        model = self._get_model()
-        if self.compile:  # not stored: the wrapper is cheap, and a fitted extractor pickles as before
-            model = compile_network(model)
+        network = self._get_model()
+        # The compiled wrapper is not stored: it is cheap, and a fitted extractor pickles as before.
+        model = compile_network(network) if self.compile else network
         runner = BatchRunner(
-            model, torch.device(self.device_), self.precision, self._mean, self._std, self.dtype, head=head
+            model,
+            torch.device(self.device_),
+            self.precision,
+            self._mean,
+            self._std,
+            self.dtype,
+            head=head,
+            pad_to_multiple=self.pad_to_multiple,
+            output_size=network.output_size if self.pad_to_multiple is not None else None,
         )
         sizes = self._scale_sizes()
         signatures = [output_signature(self, size) for size in sizes]  # of each scale, for its cache entries
