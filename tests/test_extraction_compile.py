@@ -116,3 +116,27 @@ def test_real_compile_matches_eager_and_recompiles_little():
     again = compiled.transform(images())  # a new wrapper of the same module: nothing compiled again
     assert counters["stats"]["unique_graphs"] - before == graphs
     assert_same_maps(again, maps)
+
+
+@pytest.mark.slow
+def test_real_compile_of_padded_batches_matches_eager():
+    """pad_to_multiple under torch.compile: the padded forward (the images' sizes as a tensor argument) compiles,
+    gives the eager maps, and nine shapes under one batch shape compile one graph."""
+    problem = _inductor_problem()
+    if problem is not None:
+        pytest.skip(problem)
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    rng = np.random.default_rng(0)
+    shapes = [(48, 64), (64, 48), (40, 64), (64, 48), (48, 64), (40, 56), (64, 48), (33, 60), (60, 37)]
+    pixels = [rng.integers(0, 256, size=(h, w, 3), dtype=np.uint8) for h, w in shapes]
+    params = {"weights": None, "max_size": None, "device": "cpu", "n_workers": 0, "batch_size": 3}
+    expected = ConvFeatureExtractor("vgg16", **params).fit().transform(pixels)
+    compiled = ConvFeatureExtractor("vgg16", compile=True, pad_to_multiple=32, **params).fit()
+    before = counters["stats"]["unique_graphs"]
+    maps = compiled.transform(pixels)
+    assert counters["stats"]["unique_graphs"] - before == 1
+    for a, b in zip(maps, expected):
+        assert a.features.shape == b.features.shape
+        np.testing.assert_allclose(a.features, b.features, rtol=1e-5, atol=1e-5 * float(np.abs(b.features).max()))
