@@ -89,6 +89,10 @@ def parse_args(argv=None) -> argparse.Namespace:
         default=[2, 3, 4, 5, 6],
         help="besides set-up and 1 (none: only those)",
     )
+    parser.add_argument(
+        "--pad-to-multiple", type=int, nargs="+", default=[0], help="the extractor's pad_to_multiple, 5 (0: None)"
+    )
+    parser.add_argument("--decodes", nargs="+", default=["cpu", "device"], help="the extractor's decode, 5")
     parser.add_argument("--n-fit", type=int, default=5000, help="training images of section 6")
     parser.add_argument("--cpu-fit", action="store_true", help="section 6 also on the CPU (numpy)")
     parser.add_argument("--fit-working-memory", type=float, default=None, help="encode__working_memory (MiB), 6")
@@ -467,13 +471,18 @@ def end_to_end(args, data, encoders, report) -> None:
         return np.stack([codes for _, codes in extractor.iter_extract(paths, head=encoder.transform)])
 
     for precision in args.precisions:
-        for compile, decode in itertools.product((False, True) if args.compile else (False,), ("cpu", "device")):
-            extractor = make_extractor(args, decode=decode, precision=precision, compile=compile)
-            extractor.transform(paths[:64])  # warm-up (with compile=True: the compilations of the first shapes)
+        compiles = (False, True) if args.compile else (False,)
+        for compile, decode, pad in itertools.product(compiles, args.decodes, args.pad_to_multiple):
+            extractor = make_extractor(
+                args, decode=decode, precision=precision, compile=compile, pad_to_multiple=pad or None
+            )
+            # Warm-up: with compile=True every distinct file once, so that every graph is compiled before the timing.
+            extractor.transform(data["paths"] if compile else paths[:64])
             for route, run in (("maps via host", maps_via_host), ("head=TorchEncoder on the device", head_on_device)):
                 codes, seconds = timed(lambda e=extractor, run=run: run(e))
                 assert codes.shape == (len(paths), args.n_bits // 8)
-                path = f"extractor decode={decode!r}{', compile=True' if compile else ''}, {route}"
+                options = (", compile=True" if compile else "") + (f", pad_to_multiple={pad}" if pad else "")
+                path = f"extractor decode={decode!r}{options}, {route}"
                 rows.append([precision, path, len(paths) / seconds])
                 print(rows[-1], flush=True)
         report.results["end_to_end"] = rows
@@ -482,7 +491,8 @@ def end_to_end(args, data, encoders, report) -> None:
         "",
         f"## 5. JPEG files -> {args.n_bits}-bit codes end to end",
         "",
-        f"The {len(data['paths'])} JPEGs cycled to {len(paths):,} files (after a 64-file warm-up); batch "
+        f"The {len(data['paths'])} JPEGs cycled to {len(paths):,} files (after a warm-up: 64 files, every file "
+        "once when compiled); batch "
         f"{args.batch_size}; {os.cpu_count()} CPU threads; channels_last; TorchEncoder (projection float32) for the "
         "codes. Maps via host: `extractor.transform`, then `TorchEncoder.transform` of the maps; head: "
         "`extractor.iter_extract(paths, head=encoder.transform)`, the maps never leave the GPU (nor the pixels "

@@ -40,6 +40,10 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="keep only the files of this WIDTHxHEIGHT (one shape per batch, e.g. 1024x768)",
     )
     parser.add_argument("--skip-decoding", action="store_true", help="the extractor rows only")
+    parser.add_argument("--decodes", nargs="+", default=["cpu", "device"], help="decoders of the extractor rows")
+    parser.add_argument(
+        "--pad-to-multiple", type=int, nargs="+", default=[0], help="the extractor's pad_to_multiple (0: None)"
+    )
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--precision", default="bfloat16")
     return parser.parse_args(argv)
@@ -57,8 +61,9 @@ def device_decoding_alone(paths, batch_size: int, device: str) -> float:
     return len(raws) / (time.perf_counter() - start)
 
 
-def extraction_rate(args, paths, decode: str, batch_size: int, compile: bool = False) -> float:
-    """Images/s of ConvFeatureExtractor.transform (maps to the host), after a 64-file warm-up."""
+def extraction_rate(args, paths, decode: str, batch_size: int, compile: bool = False, pad: int = 0) -> float:
+    """Images/s of ConvFeatureExtractor.transform (maps to the host), after a warm-up: 64 files, or with
+    ``compile`` every file (so that every graph the run needs is compiled before the timing)."""
     extractor = ConvFeatureExtractor(
         "vgg16",
         weights=args.weights,
@@ -67,9 +72,10 @@ def extraction_rate(args, paths, decode: str, batch_size: int, compile: bool = F
         batch_size=batch_size,
         decode=decode,
         compile=compile,
+        pad_to_multiple=pad or None,
         progress=False,
     ).fit()
-    extractor.transform(paths[:64])
+    extractor.transform(paths if compile else paths[:64])
     start = time.perf_counter()
     extractor.transform(paths)
     return len(paths) / (time.perf_counter() - start)
@@ -99,11 +105,13 @@ def main(argv=None) -> None:
         rate = device_decoding_alone(paths, batch_size, args.device)
         print(f"| decoding alone | {args.device} | {batch_size} files per call | {rate:.0f} |", flush=True)
     for compile in (False, True) if args.compile else (False,):
-        for decode in ("cpu", "device"):
+        for decode in args.decodes:
             for batch_size in args.batch_sizes:
-                rate = extraction_rate(args, paths, decode, batch_size, compile)
-                what = "extractor end to end" + (", compiled" if compile else "")
-                print(f"| {what} | {decode} | batch {batch_size} | {rate:.0f} |", flush=True)
+                for pad in args.pad_to_multiple:
+                    rate = extraction_rate(args, paths, decode, batch_size, compile, pad)
+                    what = "extractor end to end" + (", compiled" if compile else "")
+                    what += f", pad_to_multiple={pad}" if pad else ""
+                    print(f"| {what} | {decode} | batch {batch_size} | {rate:.0f} |", flush=True)
 
 
 if __name__ == "__main__":
