@@ -460,6 +460,8 @@ def cycled(paths, n):
 
 
 def end_to_end(args, data, encoders, report) -> None:
+    import torch
+
     paths = cycled(data["paths"], args.n_images)
     encoder = encoders["codes"]
     rows = []
@@ -473,6 +475,8 @@ def end_to_end(args, data, encoders, report) -> None:
     for precision in args.precisions:
         compiles = (False, True) if args.compile else (False,)
         for compile, decode, pad in itertools.product(compiles, args.decodes, args.pad_to_multiple):
+            if compile:  # a fresh budget of compiled graphs (torch's recompile limit is per process)
+                torch._dynamo.reset()
             extractor = make_extractor(
                 args, decode=decode, precision=precision, compile=compile, pad_to_multiple=pad or None
             )

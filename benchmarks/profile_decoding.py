@@ -16,6 +16,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import cv2
+import torch
 from bench_extraction import decoding_alone  # beside this script
 
 from selconv.extraction import ConvFeatureExtractor
@@ -64,6 +65,8 @@ def device_decoding_alone(paths, batch_size: int, device: str) -> float:
 def extraction_rate(args, paths, decode: str, batch_size: int, compile: bool = False, pad: int = 0) -> float:
     """Images/s of ConvFeatureExtractor.transform (maps to the host), after a warm-up: 64 files, or with
     ``compile`` every file (so that every graph the run needs is compiled before the timing)."""
+    if compile:  # a fresh budget of compiled graphs (torch's recompile limit is per process): as in a run of its own
+        torch._dynamo.reset()
     extractor = ConvFeatureExtractor(
         "vgg16",
         weights=args.weights,
