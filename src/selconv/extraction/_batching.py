@@ -102,6 +102,7 @@ class BatchRunner:
         scale = torch.tensor([1.0 / (255.0 * s) for s in std]).view(1, 3, 1, 1)
         self.shift, self.scale = shift.to(device), scale.to(device)
         self.head = head
+        self.head_stream = torch.cuda.Stream(device) if head is not None and self.cuda else None
         self.pad_to_multiple, self.output_size = pad_to_multiple, output_size
         self.in_flight = None
 
@@ -165,24 +166,47 @@ class BatchRunner:
             sizes = torch.tensor([image.shape[:2] for image in images], device=self.device)
             out = self.module(x, sizes)
         out = out.to(self.out_dtype)
-        outputs = [out]
-        if self.head is not None:  # the NaN policy checked on the maps, on the device, with no wait here
-            if map_sizes is None:
-                finite = torch.isfinite(out).flatten(1).all(1)
-                rows = self._head(out, len(images))
-            else:
-                own = valid_mask(*torch.tensor(map_sizes, device=self.device).T, out.shape[-2:])
-                finite = torch.isfinite(out.masked_fill(~own, 0)).flatten(1).all(1)
-                rows = self._head_by_grid(out, map_sizes)
-            outputs = [rows, finite]
+        if self.head is None:
+            return self._to_host([out])
+        ready = None
         if self.cuda:
-            host = [torch.empty(t.shape, dtype=t.dtype, pin_memory=True) for t in outputs]
-            for target, source in zip(host, outputs):
-                target.copy_(source, non_blocking=True)
-            event = torch.cuda.Event()
-            event.record()
-            return host, event
-        return outputs, None
+            ready = torch.cuda.Event()
+            ready.record()
+        return out, map_sizes, ready
+
+    def _to_host(self, outputs):
+        """``(outputs, None)``, or on CUDA their pinned host copies, started, and the event that ends them."""
+        if not self.cuda:
+            return outputs, None
+        host = [self.torch.empty(t.shape, dtype=t.dtype, pin_memory=True) for t in outputs]
+        for target, source in zip(host, outputs):
+            target.copy_(source, non_blocking=True)
+        event = self.torch.cuda.Event()
+        event.record()
+        return host, event
+
+    def _run_head(self, maps, map_sizes, ready):
+        """The head's rows of a batch's maps and whether each map is finite (the NaN policy, checked on the maps),
+        on their way to the host.
+
+        On CUDA this runs on a stream of its own, after the network's work on the maps (``ready``), and is called
+        once the next batch's network is enqueued: a head that waits for the device (the masks' ``nonzero``)
+        then holds this thread while that network keeps the GPU busy, instead of leaving the GPU idle while this
+        thread prepares the next batch.
+        """
+        torch = self.torch
+        with torch.cuda.stream(self.head_stream) if self.cuda else contextlib.nullcontext():
+            if self.cuda:
+                self.head_stream.wait_event(ready)
+                maps.record_stream(self.head_stream)  # allocated on the network's stream, read on this one
+            if map_sizes is None:
+                finite = torch.isfinite(maps).flatten(1).all(1)
+                rows = self._head(maps, len(maps))
+            else:
+                own = valid_mask(*torch.tensor(map_sizes, device=maps.device).T, maps.shape[-2:])
+                finite = torch.isfinite(maps.masked_fill(~own, 0)).flatten(1).all(1)
+                rows = self._head_by_grid(maps, map_sizes)
+            return self._to_host([rows, finite])
 
     def _head(self, maps, n_images):
         rows = self.head(maps)
@@ -256,13 +280,18 @@ class BatchRunner:
                 "in the feature map; raise max_size or crop larger boxes."
             ) from error
         if not self.cuda:
-            return self._finish(job)
+            return self._finish(self._with_head(job))
         previous, self.in_flight = self.in_flight, job
-        return self._finish(previous) if previous is not None else []
+        return self._finish(self._with_head(previous)) if previous is not None else []
 
     def drain(self):
         previous, self.in_flight = self.in_flight, None
-        return self._finish(previous) if previous is not None else []
+        return self._finish(self._with_head(previous)) if previous is not None else []
+
+    def _with_head(self, job):
+        """A started job as :meth:`_finish` takes it: with a head, the head run on its maps."""
+        batch, started = job
+        return (batch, self._run_head(*started)) if self.head is not None else job
 
 
 class _ShapeBuckets:
