@@ -27,7 +27,9 @@ from selconv.extraction.images import target_size
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=Path, required=True, help="folder of JPEG files")
-    parser.add_argument("--weights", required=True, help="VGG16 weights file (see the README)")
+    parser.add_argument(
+        "--weights", required=True, help="VGG16 weights file (see the README), or 'none': random, the same arithmetic"
+    )
     parser.add_argument("--n-images", type=int, default=1008)
     parser.add_argument("--threads", type=int, nargs="+", default=[8, 16], help="decoding threads, decoding alone")
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[16, 32])
@@ -69,7 +71,7 @@ def extraction_rate(args, paths, decode: str, batch_size: int, compile: bool = F
         torch._dynamo.reset()
     extractor = ConvFeatureExtractor(
         "vgg16",
-        weights=args.weights,
+        weights=None if args.weights == "none" else args.weights,
         device=args.device,
         precision=args.precision,
         batch_size=batch_size,
