@@ -154,6 +154,9 @@ class BatchRunner:
         return x.to(self.device, non_blocking=True) if self.cuda else x
 
     def _forward(self, images):
+        """Enqueue the network on a batch: ``(map_sizes, pending)`` with ``pending`` the maps' host copies and
+        their event (see :meth:`_to_host`), or with a head the maps on the device and the event that ends the
+        network (for :meth:`_run_head`)."""
         torch = self.torch
         x = self._pixels(images).permute(0, 3, 1, 2).float()
         x = ((x - self.shift) * self.scale).to(self.compute_dtype)
@@ -167,12 +170,12 @@ class BatchRunner:
             out = self.module(x, sizes)
         out = out.to(self.out_dtype)
         if self.head is None:
-            return self._to_host([out])
+            return map_sizes, self._to_host([out])
         ready = None
         if self.cuda:
             ready = torch.cuda.Event()
             ready.record()
-        return out, map_sizes, ready
+        return map_sizes, (out, ready)
 
     def _to_host(self, outputs):
         """``(outputs, None)``, or on CUDA their pinned host copies, started, and the event that ends them."""
@@ -185,7 +188,7 @@ class BatchRunner:
         event.record()
         return host, event
 
-    def _run_head(self, maps, map_sizes, ready):
+    def _run_head(self, map_sizes, maps, ready):
         """The head's rows of a batch's maps and whether each map is finite (the NaN policy, checked on the maps),
         on their way to the host.
 
@@ -228,7 +231,7 @@ class BatchRunner:
         return self.torch.cat(parts)[self.torch.tensor(np.argsort(order), device=out.device)]
 
     def _finish(self, job):
-        batch, (outputs, event) = job
+        batch, map_sizes, (outputs, event) = job
         if event is not None:
             event.synchronize()
         features = outputs[0].numpy().copy()  # one copy out of pinned (or batch) memory; the maps are views of it
@@ -236,7 +239,6 @@ class BatchRunner:
         if self.head is not None:
             self._check_finite(outputs[1].numpy(), sources)
             return [(key, features[i], cache_path) for i, (key, _, cache_path) in enumerate(batch)]
-        map_sizes = self._map_sizes([img.pixels for _, img, _ in batch])
         if map_sizes is not None:  # each map cropped to its own grid, in memory of its own
             features = [np.ascontiguousarray(f[:, :h, :w]) for f, (h, w) in zip(features, map_sizes)]
         self._check_finite(np.array([np.isfinite(f).all() for f in features]), sources)
@@ -270,7 +272,7 @@ class BatchRunner:
     def submit(self, batch):
         """Start a batch; return the finished results of the previous one (CUDA) or of this one (CPU)."""
         try:
-            job = (batch, self._forward([img.pixels for _, img, _ in batch]))
+            job = (batch, *self._forward([img.pixels for _, img, _ in batch]))
         except RuntimeError as error:
             if "too small" not in str(error):
                 raise
@@ -290,8 +292,8 @@ class BatchRunner:
 
     def _with_head(self, job):
         """A started job as :meth:`_finish` takes it: with a head, the head run on its maps."""
-        batch, started = job
-        return (batch, self._run_head(*started)) if self.head is not None else job
+        batch, map_sizes, pending = job
+        return (batch, map_sizes, self._run_head(map_sizes, *pending)) if self.head is not None else job
 
 
 class _ShapeBuckets:
