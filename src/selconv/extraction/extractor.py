@@ -116,8 +116,9 @@ class ConvFeatureExtractor(SelconvPickleMixin, TransformerMixin, BaseEstimator):
         batches only images of identical shape (the paper's computation, image by image). A photo
         collection has many resized shapes (the 1,008 Oxford files 127, of which 125 hold 28 % of the files),
         so without padding many batches run part-full; with 32, 33 batch shapes for 0.6 % more pixels, with
-        128, 12 for 2.7 %. Multiples of 32 keep every VGG16 pooling even, which a compiled network
-        (``compile=True``) needs for one graph to serve all shapes. Needs a network that is a chain of
+        128, 12 for 2.7 %. Multiples of 32 keep every size after a VGG16 pooling even, on which compiled graphs
+        (``compile=True``) specialised on an H100; with padding, one graph served nine shapes on the CPU (the GPU
+        speed-up is not measured yet). Needs a network that is a chain of
         convolutions, max-poolings and element-wise layers (``"vgg16"``, ``"alexnet"``); others raise a
         ValueError at :meth:`fit`. See docs/extraction.md, "Speed".
     n_workers : int or None, default=None
