@@ -145,10 +145,12 @@ def _flop_rate_lines(rows, peak) -> list[str]:
         " overhead included): a lower bound on the rate of the GEMM inside it. Temb: 2 n D^2 (the projection"
         " GEMM, n local features, D = |C| d); democratic: n (n + 1) D per image (the symmetric Gram matrix,"
         " the flops BLAS syrk performs; a GEMM-equivalent count 2 n^2 D would double these). 'Gram alone' times"
-        " `Y @ Y.T` by itself on the same embedded test images. Target: >= 0.5. With MAX-mask an image has"
-        " about 223 local features, so its Gram matrix is only about 32 MFLOP (under half a millisecond) and"
-        " the rest of the stage (10 Sinkhorn steps, the weighted sum, validation; the row norms are folded into"
-        " the iteration) weighs more.",
+        " numpy's `Y @ Y.T` by itself on the same embedded test images (BLAS syrk, then a copy of the triangle"
+        " into the other half, which the stage skips: it calls syrk itself and runs its Sinkhorn steps on the"
+        " triangle with BLAS symv). Target: >= 0.5. With MAX-mask an image has about 223 local features, so"
+        " its Gram matrix is only about 32 MFLOP (under half a millisecond) and the rest of the stage (10"
+        " Sinkhorn steps, the weighted sum, validation; the row norms are folded into the iteration) is a"
+        " sizeable share of it.",
         "",
         "| configuration | D | Temb stage, batched | Temb stage, one image per call | democratic stage, batched "
         "| Gram alone |",
