@@ -166,7 +166,7 @@ class BatchRunner:
         if map_sizes is None:
             out = self.module(x)
         else:
-            sizes = torch.tensor([image.shape[:2] for image in images], device=self.device)
+            sizes = self._index_tensor([image.shape[:2] for image in images])
             out = self.module(x, sizes)
         out = out.to(self.out_dtype)
         if self.head is None:
@@ -176,6 +176,13 @@ class BatchRunner:
             ready = torch.cuda.Event()
             ready.record()
         return map_sizes, (out, ready)
+
+    def _index_tensor(self, values):
+        """Small integers (sizes, indices) as an int64 tensor on the device. On CUDA through pinned memory,
+        asynchronously: torch's copy from pageable memory waits for the stream, so for each batch the thread would
+        wait for the previous batch's network before enqueuing this one."""
+        values = self.torch.as_tensor(np.asarray(values, dtype=np.int64))
+        return values.pin_memory().to(self.device, non_blocking=True) if self.cuda else values
 
     def _to_host(self, outputs):
         """``(outputs, None)``, or on CUDA their pinned host copies, started, and the event that ends them."""
@@ -206,7 +213,7 @@ class BatchRunner:
                 finite = torch.isfinite(maps).flatten(1).all(1)
                 rows = self._head(maps, len(maps))
             else:
-                own = valid_mask(*torch.tensor(map_sizes, device=maps.device).T, maps.shape[-2:])
+                own = valid_mask(*self._index_tensor(map_sizes).T, maps.shape[-2:])
                 finite = torch.isfinite(maps.masked_fill(~own, 0)).flatten(1).all(1)
                 rows = self._head_by_grid(maps, map_sizes)
             return self._to_host([rows, finite])
@@ -225,10 +232,10 @@ class BatchRunner:
             groups.setdefault(size, []).append(i)
         order, parts = [], []
         for (height, width), indices in groups.items():
-            index = self.torch.tensor(indices, device=out.device)
+            index = self._index_tensor(indices)
             parts.append(self._head(out[index, :, :height, :width], len(indices)))
             order.extend(indices)
-        return self.torch.cat(parts)[self.torch.tensor(np.argsort(order), device=out.device)]
+        return self.torch.cat(parts)[self._index_tensor(np.argsort(order))]
 
     def _finish(self, job):
         batch, map_sizes, (outputs, event) = job
