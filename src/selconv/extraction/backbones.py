@@ -100,8 +100,11 @@ class SequentialTaps(nn.Module):
         for index, layer in enumerate(self.layers):
             if sizes is not None:
                 if isinstance(layer, nn.Conv2d) and any(_pairs(layer)[2]):
-                    # masked_fill, not a product: a cell that overflowed to infinity must give 0, not NaN
-                    x = x.masked_fill(~valid_mask(heights, widths, x.shape[-2:]), 0)
+                    # A selection, not a product: a cell that overflowed to infinity must give 0, not NaN. And
+                    # torch.where, not masked_fill, which returns a contiguous (NCHW) tensor: on channels_last
+                    # CUDA activations every later convolution then ran on converted layouts (eager: 213
+                    # against 562 images/s unmasked on an H100, benchmarks/profile_padding.py).
+                    x = torch.where(valid_mask(heights, widths, x.shape[-2:]), x, 0)
                 heights, widths = _shrink(layer, heights, widths)
             x = layer(x)
             if index in self.taps:
