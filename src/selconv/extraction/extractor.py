@@ -117,9 +117,10 @@ class ConvFeatureExtractor(SelconvPickleMixin, TransformerMixin, BaseEstimator):
         collection has many resized shapes (the 1,008 Oxford files 127, of which 125 hold 28 % of the files),
         so without padding many batches run part-full; with 32, 33 batch shapes for 0.6 % more pixels, with
         128, 12 for 2.7 %. Multiples of 32 keep every size after a VGG16 pooling even, on which compiled graphs
-        (``compile=True``) specialised on an H100. Use it with ``compile=True``: on an H100, JPEG files ->
-        codes through a head went from 366 to 493 images/s compiled with 32, but from 328 down to 233 eager
-        (benchmarks/results/gpu_pipeline.md, run E). Needs a network that is a chain of
+        (``compile=True``) specialised on an H100. On an H100, JPEG files -> codes through a head went from
+        366 to 493 images/s compiled with 32 (benchmarks/results/gpu_pipeline.md, run E). Eager it went down, from
+        328 to 233, because the masking then turned channels_last activations into NCHW ones; that is fixed, but
+        the eager rate has not been measured since. Needs a network that is a chain of
         convolutions, max-poolings and element-wise layers (``"vgg16"``, ``"alexnet"``); others raise a
         ValueError at :meth:`fit`. See docs/extraction.md, "Speed".
     n_workers : int or None, default=None
