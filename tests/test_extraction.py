@@ -187,6 +187,22 @@ def test_padded_batches_give_the_maps_of_each_image_alone(image_files):
         ConvFeatureExtractor("resnet18", weights=None, pad_to_multiple=32).fit()
 
 
+def test_padded_forward_keeps_channels_last():
+    """The masking of a padded batch keeps a channels_last network's activations channels_last (masked_fill
+    returned NCHW tensors, and every later convolution ran on converted layouts: 2.6x slower on an H100)."""
+    network = ConvFeatureExtractor("vgg16", weights=None).fit()._get_model().to(memory_format=torch.channels_last)
+    layouts = []
+    for layer in network.layers:
+        if isinstance(layer, torch.nn.Conv2d):
+            layer.register_forward_pre_hook(
+                lambda _, args: layouts.append(args[0].is_contiguous(memory_format=torch.channels_last))
+            )
+    x = torch.randn(2, 3, 64, 64).to(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        network(x, torch.tensor([[50, 64], [64, 40]]))
+    assert len(layouts) == 13 and all(layouts)
+
+
 def test_inputs_paths_pil_arrays_and_dtype(vgg, image_files):
     pixels = np.asarray(Image.open(image_files[0]).convert("RGB"))
     from_path, from_pil, from_array, from_float = vgg.transform(
