@@ -214,7 +214,7 @@ class BatchRunner:
                 rows = self._head(maps, len(maps))
             else:
                 own = valid_mask(*self._index_tensor(map_sizes).T, maps.shape[-2:])
-                finite = torch.isfinite(maps.masked_fill(~own, 0)).flatten(1).all(1)
+                finite = (torch.isfinite(maps) | ~own).flatten(1).all(1)  # within each map's own grid
                 rows = self._head_by_grid(maps, map_sizes)
             return self._to_host([rows, finite])
 
