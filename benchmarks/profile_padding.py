@@ -33,15 +33,18 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def rate(module, x, sizes, repeats: int) -> float:
     """Images/s of ``module`` on the batch ``x`` (with ``sizes``: the padded forward), after two warm-up calls."""
-    run = (lambda: module(x)) if sizes is None else (lambda: module(x, sizes))
+    arguments = (x,) if sizes is None else (x, sizes)
+
+    def run(n_calls: int) -> None:
+        for _ in range(n_calls):
+            module(*arguments)
+        if x.is_cuda:
+            torch.cuda.synchronize(x.device)
+
     with torch.inference_mode():
-        for _ in range(2):
-            run()
-        torch.cuda.synchronize(x.device) if x.is_cuda else None
+        run(2)
         start = time.perf_counter()
-        for _ in range(repeats):
-            run()
-        torch.cuda.synchronize(x.device) if x.is_cuda else None
+        run(repeats)
     return repeats * len(x) / (time.perf_counter() - start)
 
 
@@ -52,12 +55,14 @@ def main(argv=None) -> None:
     extractor = ConvFeatureExtractor("vgg16", weights=None, device=args.device, precision=args.precision).fit()
     network = extractor._get_model()
     dtype = next(network.parameters()).dtype
-    layout = torch.channels_last if args.device.startswith("cuda") else torch.contiguous_format
-    batch = lambda h, w: torch.randn(args.batch_size, 3, h, w, device=args.device, dtype=dtype).to(  # noqa: E731
-        memory_format=layout
-    )
+    cuda = args.device.startswith("cuda")
+    layout = torch.channels_last if cuda else torch.contiguous_format  # as the extractor places the network
+
+    def batch(h: int, w: int) -> torch.Tensor:
+        return torch.randn(args.batch_size, 3, h, w, device=args.device, dtype=dtype).to(memory_format=layout)
+
     sizes = torch.tensor([[height, width]] * args.batch_size, device=args.device)
-    name = torch.cuda.get_device_name(0) if args.device.startswith("cuda") else args.device
+    name = torch.cuda.get_device_name(0) if cuda else args.device
     shapes = f"{height} x {width} padded to {padded[0]} x {padded[1]}"
     print(f"{name}, {args.precision}, batch {args.batch_size}: {shapes}\n")
     print("| network | batch | images/s |\n|---|---|---|")
