@@ -187,6 +187,27 @@ def test_padded_batches_give_the_maps_of_each_image_alone(image_files):
         ConvFeatureExtractor("resnet18", weights=None, pad_to_multiple=32).fit()
 
 
+def test_run_with_changes_run_time_settings_of_a_copy_that_shares_the_network(image_files):
+    """run_with: a copy with other run-time settings (the same maps), the network shared, the original as it was;
+    settings that would need a refit, bad values and padding a network that cannot be padded are refused."""
+    alexnet = ConvFeatureExtractor("alexnet", weights=None, max_size=None, batch_size=1, n_workers=0).fit()
+    fast = alexnet.run_with(batch_size=4, pad_to_multiple=32, n_workers=2, on_error="skip", progress=False)
+    assert (fast.batch_size, fast.pad_to_multiple, fast.n_workers, fast.on_error) == (4, 32, 2, "skip")
+    assert (alexnet.batch_size, alexnet.pad_to_multiple, alexnet.n_workers, alexnet.on_error) == (1, None, 0, "raise")
+    assert fast._get_model() is alexnet._get_model()
+    for a, b in zip(alexnet.transform(image_files[:3]), fast.transform(image_files[:3])):
+        assert_close(b.features, a.features)
+    with pytest.raises(ValueError, match=r"run-time settings only .* got max_size, precision: set those"):
+        alexnet.run_with(precision="bfloat16", max_size=512)
+    with pytest.raises(InvalidParameterError, match="'batch_size'"):
+        alexnet.run_with(batch_size=0)
+    resnet = ConvFeatureExtractor("resnet18", weights=None).fit()
+    with pytest.raises(ValueError, match=r"pad_to_multiple needs exact padded batches, but backbone='resnet18'"):
+        resnet.run_with(pad_to_multiple=32)
+    with pytest.raises(NotFittedError):
+        ConvFeatureExtractor("alexnet", weights=None).run_with(batch_size=4)
+
+
 def test_padded_forward_keeps_channels_last():
     """The masking of a padded batch keeps a channels_last network's activations channels_last (masked_fill
     returned NCHW tensors, and every later convolution ran on converted layouts: 2.6x slower on an H100)."""

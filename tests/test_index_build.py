@@ -22,8 +22,10 @@ from selconv.index.build import (
     CollectionError,
     encode_images,
     encoder_fingerprint,
+    fit_encoder,
     index_folder,
     list_photos,
+    load_encoder,
     sample_photos,
 )
 
@@ -189,7 +191,8 @@ def tiny_presets(monkeypatch):
     real = build.fit_encoder
 
     def tiny_fit(images, **kwargs):
-        kwargs.setdefault("extractor", _tiny_extractor())
+        model = {key: kwargs[key] for key in ("precision", "decode") if key in kwargs}
+        kwargs.setdefault("extractor", _tiny_extractor(**model))
         return real(images, **kwargs)
 
     monkeypatch.setattr(build, "fit_encoder", tiny_fit)
@@ -207,6 +210,35 @@ def test_fit_encoder_reports_images_against_dimension(photos, tiny_presets):
     assert report.encoder.named_steps["rotate"].rotated_ is False
     assert report.encoder.transform(images[:2]).shape == (2, 48)
     assert report.encoder.steps[0][1].on_error == "raise"  # a saved encoder is loud about a bad query
+
+
+def test_fit_encoder_runs_with_settings_once(photos, tiny_presets, monkeypatch):
+    """``settings`` are the fit's extraction's only: the encoder that is saved keeps its own."""
+    from selconv.extraction.extractor import ConvFeatureExtractor
+
+    runs, real_run_with = [], ConvFeatureExtractor.run_with
+
+    def run_with(self, **settings):
+        runs.append(settings)
+        return real_run_with(self, **settings)
+
+    monkeypatch.setattr(ConvFeatureExtractor, "run_with", run_with)
+    report = tiny_presets(list_photos(photos), settings={"pad_to_multiple": 32, "batch_size": 4}, progress=False)
+    assert runs == [{"pad_to_multiple": 32, "batch_size": 4, "on_error": "skip", "progress": False}]
+    saved = report.encoder.steps[0][1]
+    assert (saved.pad_to_multiple, saved.batch_size, saved.on_error) == (None, 8, "raise")
+
+
+@pytest.mark.slow
+def test_fit_encoder_builds_its_extractor_in_precision_and_decode(photos, tiny_presets):
+    """The extractor fit_encoder builds (VGG16, ImageNet weights) takes ``precision`` and ``decode``: it is saved
+    with them, so the index and the queries run in them too."""
+    report = fit_encoder(
+        list_photos(photos), max_size=64, device="cpu", precision="bfloat16", decode="device", progress=False
+    )
+    extractor = report.encoder.steps[0][1]
+    assert (extractor.backbone, extractor.precision, extractor.decode) == ("vgg16", "bfloat16", "device")
+    assert report.encoder.transform(list_photos(photos)[:2]).shape == (2, report.dimension)
 
 
 def test_fit_encoder_checks_bits_before_extracting(photos, tiny_presets):
@@ -255,6 +287,20 @@ def test_index_folder_indexes_readable_photos_in_path_order(photos, encoder, tmp
     # Each photo is its own nearest neighbour.
     result = index.search_descriptors(encoder.transform(readable), k=1)
     assert result.ids[:, 0].tolist() == list(range(12))
+
+
+def test_index_settings_are_for_the_run_only(photos, encoder, tmp_path):
+    """index_folder's ``settings`` (padded batches of 4 in two threads here) give the same descriptors; the
+    encoder saved in the index keeps its own settings."""
+    index_folder(photos, encoder, tmp_path / "index", progress=False, settings={"pad_to_multiple": 32, "batch_size": 4})
+    index = load_index(tmp_path / "index")
+    extractor = index.encoder.steps[0][1]
+    assert (extractor.pad_to_multiple, extractor.batch_size) == (None, 8)
+    expected = encoder.transform(index.paths)
+    result = index.search_descriptors(expected, k=1)
+    assert result.ids[:, 0].tolist() == list(range(len(index.paths)))
+    # Inner products of the stored descriptors with the unpadded ones: their squared norms, to float rounding.
+    np.testing.assert_allclose(result.scores[:, 0], (expected * expected).sum(1), rtol=1e-4)
 
 
 def test_rerun_adds_only_new_photos(photos, encoder, tmp_path, monkeypatch):
@@ -489,12 +535,16 @@ def test_every_command_has_help_with_examples(command, capsys):
 
 @pytest.mark.slow
 def test_fit_then_index_then_search_on_the_command_line(photos, tiny_presets, tmp_path, capsys):
-    assert cli.main(["fit", str(photos), "--out", str(tmp_path / "enc"), "--sample", "10", "--bits", "8"]) == 0
+    fit = ["fit", str(photos), "--out", str(tmp_path / "enc"), "--sample", "10", "--bits", "8"]
+    assert cli.main([*fit, "--precision", "bfloat16", "--batch-size", "4", "--pad-to-multiple", "32"]) == 0
     out = capsys.readouterr().out
     assert "Learning on 10 of the 13 photos" in out and "seeded random sample" in out
     assert "Learned on 10 images for 48-D descriptors, hashed to 8-bit ITQ codes" in out
     assert f"Encoder saved to {tmp_path / 'enc'}" in out
-    assert cli.main(["index", str(photos), "--encoder", str(tmp_path / "enc"), "--out", str(tmp_path / "idx")]) == 0
+    extractor = load_encoder(tmp_path / "enc").steps[0][1]  # the speed settings were the fit's only
+    assert (extractor.precision, extractor.batch_size, extractor.pad_to_multiple) == ("bfloat16", 8, None)
+    index = ["index", str(photos), "--encoder", str(tmp_path / "enc"), "--out", str(tmp_path / "idx")]
+    assert cli.main([*index, "--batch-size", "4", "--pad-to-multiple", "32"]) == 0
     out = capsys.readouterr().out
     assert "13 photos under" in out and "12 added" in out and "Skipped 1 unreadable file(s)" in out
     assert "broken.jpg" in out and "12 images, 8 bits per code, Hamming distance" in out

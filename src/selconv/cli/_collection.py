@@ -6,17 +6,27 @@ import argparse
 import os
 from pathlib import Path
 
-from selconv.cli._common import CommandError, add_model_arguments, bit_length, positive_int, require_dir
+from selconv.cli._common import (
+    CommandError,
+    add_model_arguments,
+    add_speed_arguments,
+    bit_length,
+    positive_int,
+    require_dir,
+    speed_settings,
+)
 
 _FIT_EXAMPLES = """examples:
   selconv fit ~/photos --out photos.encoder                     # learn on a sample of the collection itself
   selconv fit ~/photos --out photos.encoder --train-dir ~/other --preset 1024 --mask sum
-  selconv fit ~/photos --out photos-64bit.encoder --bits 64 --sample 5000 --max-size 1024"""
+  selconv fit ~/photos --out photos-64bit.encoder --bits 64 --sample 5000 --max-size 1024
+  selconv fit ~/photos --out photos.encoder --precision bfloat16 --compile --batch-size 32 --pad-to-multiple 32"""
 
 _INDEX_EXAMPLES = """examples:
   selconv index ~/photos --encoder photos.encoder --out photos.index
   selconv index ~/photos --encoder photos.encoder --out photos.index     # again: adds only new photos
   selconv index ~/photos --encoder photos.encoder --out photos.index --scheduler tcp://10.0.0.5:8786
+  selconv index ~/photos --encoder photos.encoder --out photos.index --compile --batch-size 32 --pad-to-multiple 32
 
 Killed at any moment, rerun the same command: it resumes from the shards kept in INDEX.shards/."""
 
@@ -73,6 +83,21 @@ def _add_fit(sub) -> None:
         help="end with N-bit ITQ codes (a multiple of 8), searched by Hamming distance",
     )
     add_model_arguments(fit, max_size_default=1024)
+    fit.add_argument(
+        "--precision",
+        choices=("float32", "tf32", "bfloat16", "float16"),
+        default="float32",
+        help="the network's arithmetic, saved with the encoder (default: %(default)s, the paper's; bfloat16 and "
+        "float16 run faster on a GPU, with relative errors around 1e-3 to 1e-2)",
+    )
+    fit.add_argument(
+        "--decode",
+        choices=("cpu", "device"),
+        default="cpu",
+        help="where JPEG files are decoded, saved with the encoder: device = nvJPEG on the GPU (pixels differ "
+        "slightly from the CPU's; default: %(default)s)",
+    )
+    add_speed_arguments(fit)
     fit.add_argument("--seed", type=int, default=0, help="seeds the sample and every random stage (default: 0)")
 
 
@@ -109,6 +134,7 @@ def _add_index(sub) -> None:
         help="faiss index of a new INDEX: flat (exact, default) or approximate for large "
         "collections (ivf and pq are trained on the photos of this run)",
     )
+    add_speed_arguments(index)
 
 
 def _add_search(sub) -> None:
@@ -168,7 +194,10 @@ def fit(args) -> int:
             n_bits=args.bits,
             max_size=args.max_size,
             device=args.device,
+            precision=args.precision,
+            decode=args.decode,
             random_state=args.seed,
+            settings=speed_settings(args),
         )
     except CollectionError as error:
         raise CommandError(str(error)) from error
@@ -200,7 +229,15 @@ def index(args) -> int:
                 f"Dask cluster {args.scheduler}: {len(client.nthreads())} workers, "
                 f"{sum(client.nthreads().values())} threads."
             )
-        report = index_folder(args.photos, encoder, args.out, chunk_size=args.chunk_size, client=client, kind=args.kind)
+        report = index_folder(
+            args.photos,
+            encoder,
+            args.out,
+            chunk_size=args.chunk_size,
+            client=client,
+            kind=args.kind,
+            settings=speed_settings(args),
+        )
     except (CollectionError, IndexFormatError) as error:
         raise CommandError(str(error)) from error
     finally:

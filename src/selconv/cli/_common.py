@@ -121,3 +121,33 @@ def add_model_arguments(sub, *, max_size_default: int) -> None:
         help="resize images so the longest side is this many pixels (default: %(default)s; paper: 1024)",
     )
     sub.add_argument("--device", default="auto", help="torch device: auto, cpu, cuda, cuda:1, ... (default: auto)")
+
+
+def add_speed_arguments(sub) -> None:
+    """``--batch-size``, ``--compile`` and ``--pad-to-multiple``: how the network runs for this command only
+    (:meth:`~selconv.extraction.ConvFeatureExtractor.run_with`); the descriptors change by float rounding at most."""
+    sub.add_argument(
+        "--batch-size", type=positive_int, default=None, metavar="N", help="images per forward pass (default: 8)"
+    )
+    sub.add_argument(
+        "--compile",
+        action="store_true",
+        help="run the network through torch.compile: faster on a GPU for thousands of photos, after a compilation "
+        "of a minute or so",
+    )
+    sub.add_argument(
+        "--pad-to-multiple",
+        type=positive_int,
+        default=None,
+        metavar="N",
+        help="batch photos of different sizes together, zero-padded (exactly) to a multiple of N pixels; "
+        "32 with --compile and --batch-size 32 is the fastest on a GPU (docs/extraction.md, 'Speed')",
+    )
+
+
+def speed_settings(args) -> dict:
+    """The run-time settings ``add_speed_arguments`` asked for, as ``run_with`` takes them."""
+    settings = {"compile": args.compile, "pad_to_multiple": args.pad_to_multiple}
+    if args.batch_size is not None:
+        settings["batch_size"] = args.batch_size
+    return settings

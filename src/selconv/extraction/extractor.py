@@ -32,6 +32,9 @@ from selconv.extraction.backbones import build_backbone
 from selconv.extraction.images import ImageLoadError, load_item, parse_inputs
 from selconv.extraction.weights import state_dict_to_bytes
 
+#: The settings :meth:`ConvFeatureExtractor.run_with` changes: how a fitted extractor runs, not what it computes.
+RUN_SETTINGS = ("batch_size", "n_workers", "compile", "pad_to_multiple", "progress", "on_error")
+
 
 class ConvFeatureExtractor(SelconvPickleMixin, TransformerMixin, BaseEstimator):
     """Conv maps of a pretrained ImageNet CNN, one :class:`selconv.ConvMap` per input image.
@@ -342,6 +345,43 @@ class ConvFeatureExtractor(SelconvPickleMixin, TransformerMixin, BaseEstimator):
         except ImageLoadError as exc:
             return "error", str(exc), problems
         return "parts", parts, problems
+
+    def run_with(self, **settings) -> ConvFeatureExtractor:
+        """A copy of this fitted extractor with other run-time settings, sharing its network (nothing is built
+        again), this one left as it is: e.g. ``compile=True, pad_to_multiple=32`` for one large run on a GPU, while
+        the extractor that is saved keeps the settings its single queries want.
+
+        Parameters
+        ----------
+        **settings
+            Any of ``batch_size``, ``n_workers``, ``compile``, ``pad_to_multiple``, ``progress``, ``on_error``
+            (``selconv.extraction.extractor.RUN_SETTINGS``). None changes the maps beyond float rounding, none is
+            part of the cache key or of an index's encoder fingerprint.
+
+        Returns
+        -------
+        ConvFeatureExtractor
+
+        Raises
+        ------
+        ValueError
+            A setting that is not a run-time one (it would need a refit), or a bad value (named).
+        """
+        check_is_fitted(self, "weights_checksum_")
+        unknown = sorted(set(settings) - set(RUN_SETTINGS))
+        if unknown:
+            raise ValueError(
+                f"run_with takes run-time settings only ({', '.join(RUN_SETTINGS)}); got {', '.join(unknown)}: "
+                "set those with set_params and fit again."
+            )
+        model = self._get_model()
+        copy = object.__new__(type(self))  # not copy.copy: __getstate__ drops the network on purpose
+        copy.__dict__.update(self.__dict__)
+        copy.set_params(**settings)
+        copy._validate_params()
+        if copy.pad_to_multiple is not None:
+            check_paddable(model, copy.backbone)
+        return copy
 
     def iter_extract(self, X, *, head=None) -> ExtractionStream:
         """Stream the conv maps with the position of the input each comes from, in bounded memory.

@@ -8,8 +8,9 @@ from selconv.index.photos import encode_images
 CLUSTER_RETRIES = 3
 
 
-def encode_on_cluster(client, encoder, chunks: dict, keep, bar) -> None:
+def encode_on_cluster(client, encoder, chunks: dict, keep, bar, *, settings=None) -> None:
     """Encode ``chunks`` ({shard key: (number, paths)}) as Dask tasks; ``keep(number, EncodedChunk)`` each result.
+    ``settings``: the extractor's run-time settings in every task (:func:`~selconv.index.photos.encode_images`).
 
     The encoder is scattered once to every worker (its network is built there on first use). A task whose
     worker dies is rescheduled by Dask on another worker; a task Dask cancels instead (it can forget one whose
@@ -30,7 +31,7 @@ def encode_on_cluster(client, encoder, chunks: dict, keep, bar) -> None:
         attempts[key] = attempts.get(key, 0) + 1
         task = f"selconv-encode-{key}" + ("" if attempts[key] == 1 else f"-retry{attempts[key] - 1}")
         chunk_of[task] = key
-        return client.submit(encode_images, remote_encoder, chunks[key][1], key=task)
+        return client.submit(encode_images, remote_encoder, chunks[key][1], settings=settings, key=task)
 
     running = as_completed([submit(pending.pop()) for _ in range(min(len(pending), 2 * threads))])
     for future in running:

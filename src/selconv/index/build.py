@@ -86,8 +86,11 @@ def fit_encoder(
     n_bits: int | None = None,
     max_size: int | None = 1024,
     device: str = "auto",
+    precision: str = "float32",
+    decode: str = "cpu",
     random_state=0,
     extractor=None,
+    settings=None,
     progress: bool = True,
 ) -> FitReport:
     """Learn the paper's preset (VGG16 pool5 -> mask -> Temb -> democratic -> RN -> PN [-> ITQ]) on images.
@@ -104,10 +107,20 @@ def fit_encoder(
     max_size : int or None, default=1024
         Longest image side for the CNN (paper: 1024).
     device : str, default="auto"
+    precision : {"float32", "tf32", "float16", "bfloat16"}, default="float32"
+        The network's arithmetic (:class:`~selconv.extraction.ConvFeatureExtractor`; the paper's is float32).
+        Saved with the encoder: the images it indexes and the queries it searches with run in it too.
+    decode : {"cpu", "device"}, default="cpu"
+        Where JPEG files are decoded (``"device"``: nvJPEG on a GPU, pixels slightly different); saved too.
     random_state : int, default=0
         Seeds every random stage.
     extractor : ConvFeatureExtractor or None
-        Use this (unfitted) extractor instead of VGG16 pool5 at ``max_size`` on ``device``.
+        Use this (unfitted) extractor instead of VGG16 pool5 at ``max_size`` on ``device`` in ``precision``
+        with ``decode``.
+    settings : dict or None
+        Run-time settings of the extractor for this fit's extraction only (see
+        :meth:`~selconv.extraction.ConvFeatureExtractor.run_with`), e.g. ``{"compile": True, "pad_to_multiple":
+        32}`` on a GPU; the saved encoder keeps its own.
     progress : bool, default=True
         Show a progress bar while the conv maps are computed.
 
@@ -128,10 +141,17 @@ def fit_encoder(
     dimension = paper_dimension(preset)
     _check_bits(n_bits, len(images), dimension)
     if extractor is None:
-        extractor = ConvFeatureExtractor(max_size=max_size, device=device, keypoints="sift" if mask == "sift" else None)
+        extractor = ConvFeatureExtractor(
+            max_size=max_size,
+            device=device,
+            precision=precision,
+            decode=decode,
+            keypoints="sift" if mask == "sift" else None,
+        )
     started = time.perf_counter()
     extractor.fit().set_params(progress=None, on_error="raise")  # the saved encoder: quiet, and loud on bad queries
-    extraction = lenient_reader(extractor, progress=progress).extract(images)  # the learning set: skip bad files
+    # The learning set: bad files skipped.
+    extraction = lenient_reader(extractor, progress=progress, settings=settings).extract(images)
     maps = extraction.maps
     _check_readable(len(maps), len(images), n_bits)
     # Too few images for the rotation: skip it (rotation_settings says why) rather than complete it arbitrarily.
@@ -240,6 +260,7 @@ def index_folder(
     work_dir=None,
     kind: str = "flat",
     index_params=None,
+    settings=None,
     progress: bool = True,
 ) -> IndexReport:
     """Encode every image under ``folder`` not yet in the index at ``out`` and save the index there.
@@ -263,6 +284,11 @@ def index_folder(
     kind, index_params
         The faiss index of a NEW index (see :class:`ImageIndex`); an approximate kind that needs training
         is trained on all the images of this run. Ignored when ``out`` exists (its own kind is kept).
+    settings : dict or None
+        Run-time settings of the encoder's extractor for this run (see
+        :meth:`~selconv.extraction.ConvFeatureExtractor.run_with`), e.g. ``{"compile": True, "pad_to_multiple":
+        32, "batch_size": 32}`` for a large collection on a GPU. They change the descriptors by float rounding at
+        most, so a run may resume shards written with other settings; the encoder saved in the index keeps its own.
     progress : bool, default=True
         Progress bar (images/s and time left) on stderr.
 
@@ -287,7 +313,9 @@ def index_folder(
     new = [path for path in photos if path not in known]
     chunks = [new[i : i + chunk_size] for i in range(0, len(new), chunk_size)]
     work_dir = Path(work_dir) if work_dir is not None else default_work_dir(out)
-    encoded, n_resumed = _encode_chunks(chunks, encoder, fingerprint, work_dir, client=client, progress=progress)
+    encoded, n_resumed = _encode_chunks(
+        chunks, encoder, fingerprint, work_dir, client=client, settings=settings, progress=progress
+    )
     readable = [chunk_result for chunk_result in encoded if chunk_result.paths]
     if readable and not index.is_trained:  # a new approximate index learns its cells/codebooks on this run's images
         index.train(np.concatenate([chunk_result.descriptors for chunk_result in readable]))
@@ -311,7 +339,7 @@ def index_folder(
     )
 
 
-def _encode_chunks(chunks, encoder, fingerprint: str, work_dir: Path, *, client, progress: bool):
+def _encode_chunks(chunks, encoder, fingerprint: str, work_dir: Path, *, client, settings, progress: bool):
     """Every chunk's EncodedChunk, in order, read from its shard when an earlier run wrote it, else encoded (here
     or on ``client``) and written as a shard; and how many were read from shards."""
     from tqdm import tqdm
@@ -332,9 +360,9 @@ def _encode_chunks(chunks, encoder, fingerprint: str, work_dir: Path, *, client,
     with tqdm(total=total, unit="img", desc="encoding", disable=not progress or not total, smoothing=0.1) as bar:
         if client is None:
             for i in todo:
-                keep(i, encode_images(encoder, chunks[i], on_image=lambda: bar.update(1)))
+                keep(i, encode_images(encoder, chunks[i], on_image=lambda: bar.update(1), settings=settings))
         else:
-            encode_on_cluster(client, encoder, {keys[i]: (i, chunks[i]) for i in todo}, keep, bar)
+            encode_on_cluster(client, encoder, {keys[i]: (i, chunks[i]) for i in todo}, keep, bar, settings=settings)
     return [shards[i] for i in range(len(chunks))], n_resumed
 
 

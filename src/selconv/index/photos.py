@@ -57,19 +57,14 @@ def sample_photos(paths, n_images, *, random_state=0) -> list:
     return [paths[i] for i in keep]
 
 
-def lenient_reader(extractor, *, progress):
-    """A shallow copy of a fitted extractor that skips unreadable files (``on_error="skip"``) and shows a progress
-    bar or not; it shares the network, and leaves ``extractor`` (the encoder that is saved) as it is.
-
-    ``copy.copy`` would go through ``__getstate__``, which drops the network on purpose (pickles stay small),
-    and every chunk would then build it again.
-    """
+def lenient_reader(extractor, *, progress, settings=None):
+    """A copy of a fitted extractor (:meth:`~selconv.extraction.ConvFeatureExtractor.run_with`) that skips
+    unreadable files (``on_error="skip"``), shows a progress bar or not and takes the run-time ``settings`` (a dict,
+    e.g. ``{"compile": True, "pad_to_multiple": 32}``); it shares the network, and leaves ``extractor`` (the
+    encoder that is saved) as it is. The network is built once, whichever thread (Dask's) asks first."""
     with _MODEL_LOCK:
         extractor._get_model()
-    copy = object.__new__(type(extractor))
-    copy.__dict__.update(extractor.__dict__)
-    copy.on_error, copy.progress = "skip", progress
-    return copy
+    return extractor.run_with(**{**(settings or {}), "on_error": "skip", "progress": progress})
 
 
 def device_head(extractor, rest):
@@ -104,7 +99,7 @@ class EncodedChunk:
     skipped: list = field(default_factory=list)
 
 
-def encode_images(encoder, paths, *, on_image=None) -> EncodedChunk:
+def encode_images(encoder, paths, *, on_image=None, settings=None) -> EncodedChunk:
     """Encode image files with a fitted encoder in bounded memory, skipping unreadable files.
 
     Conv maps are streamed from the extractor (:meth:`~selconv.extraction.ConvFeatureExtractor.iter_extract`)
@@ -119,6 +114,10 @@ def encode_images(encoder, paths, *, on_image=None) -> EncodedChunk:
     paths : list of str
     on_image : callable or None
         Called with no argument after each image is read or skipped (progress bars).
+    settings : dict or None
+        Run-time settings of the extractor for this call (see
+        :meth:`~selconv.extraction.ConvFeatureExtractor.run_with`), e.g. ``{"compile": True, "pad_to_multiple":
+        32}`` on a GPU; the encoder is left as it is.
 
     Returns
     -------
@@ -127,7 +126,7 @@ def encode_images(encoder, paths, *, on_image=None) -> EncodedChunk:
     extractor, rest = split_encoder(encoder)
     paths = list(paths)
     head = device_head(extractor, rest)
-    stream = lenient_reader(extractor, progress=False).iter_extract(paths, head=head)
+    stream = lenient_reader(extractor, progress=False, settings=settings).iter_extract(paths, head=head)
     finish = np.stack if head is not None else rest.transform  # descriptors of a batch of maps, or of rows
     parts, kept, batch = [], [], []
     for position, item in stream:  # a conv map, or with a head the image's descriptor
