@@ -143,7 +143,9 @@ class BatchRunner:
             record_consumer(images, self.device)  # their memory is the decoding side stream's
             x = torch.empty((len(images), *shape), dtype=torch.uint8, device=self.device)
             for i, image in enumerate(images):
-                x[i, : image.shape[0], : image.shape[1]] = torch.as_tensor(image, device=self.device)
+                if not isinstance(image, torch.Tensor):  # a CPU fallback (read-only: torch would warn)
+                    image = torch.tensor(image)
+                x[i, : image.shape[0], : image.shape[1]] = image
             return x
         # On CUDA: uint8 over the bus (4x less than float), from pinned memory so the copy is asynchronous;
         # the NHWC buffer viewed as NCHW is already channels_last, the layout fast GPU convs want.
