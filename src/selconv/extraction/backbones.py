@@ -77,6 +77,29 @@ def valid_mask(heights, widths, shape):
     return (rows[:, :, None] & cols[:, None, :])[:, None]
 
 
+def _zero_band(x, heights, widths, padding) -> None:
+    """Zero, in place, the cells a convolution with ``padding`` (p_h, p_w) reads beyond each image's own
+    ``heights[i]`` x ``widths[i]`` cells of ``x`` (B, C, H, W): rows ``[h, h + p_h)`` and columns ``[w, w + p_w)``.
+
+    The image alone reads zeros there (the convolution's own padding). No output cell of the image's own grid
+    reads further out, so cells beyond the band may hold anything finite (they only make output cells beyond the
+    image's grid, which are cropped). One (B, C, W) row and one (B, C, H) column per offset, fixed shapes for
+    ``torch.compile``: zeroing every cell beyond the images instead cost 17 % of a padded batch eager and 6 %
+    compiled on an H100 (benchmarks/profile_padding.py).
+    """
+    batch = torch.arange(x.shape[0], device=x.device)
+    for offset in range(padding[0]):
+        rows = heights + offset
+        inside = (rows < x.shape[2])[:, None, None]  # an image as tall as the batch has no band: left as it is
+        rows = rows.clamp(max=x.shape[2] - 1)
+        x[batch, :, rows, :] = torch.where(inside, 0, x[batch, :, rows, :])
+    for offset in range(padding[1]):
+        cols = widths + offset
+        inside = (cols < x.shape[3])[:, None, None]
+        cols = cols.clamp(max=x.shape[3] - 1)
+        x[batch, :, :, cols] = torch.where(inside, 0, x[batch, :, :, cols])
+
+
 class SequentialTaps(nn.Module):
     """Run a ``nn.Sequential`` up to its deepest tapped layer and return the tapped outputs concatenated.
 
@@ -99,12 +122,14 @@ class SequentialTaps(nn.Module):
             heights, widths = sizes[:, 0], sizes[:, 1]
         for index, layer in enumerate(self.layers):
             if sizes is not None:
-                if isinstance(layer, nn.Conv2d) and any(_pairs(layer)[2]):
-                    # A selection, not a product: a cell that overflowed to infinity must give 0, not NaN. And
-                    # torch.where, not masked_fill, which returns a contiguous (NCHW) tensor: on channels_last
-                    # CUDA activations every later convolution then ran on converted layouts (eager: 213
-                    # against 562 images/s unmasked on an H100, benchmarks/profile_padding.py).
+                if index == 0:
+                    # The pixels beyond each image zeroed: what lies there later is then a deterministic, finite
+                    # function of zeros. A selection, not a product (a product would keep NaN); torch.where, not
+                    # masked_fill, which returns a contiguous (NCHW) tensor: on channels_last CUDA activations
+                    # every later convolution then ran on converted layouts (benchmarks/profile_padding.py).
                     x = torch.where(valid_mask(heights, widths, x.shape[-2:]), x, 0)
+                elif isinstance(layer, nn.Conv2d) and any(_pairs(layer)[2]):
+                    _zero_band(x, heights, widths, _pairs(layer)[2])
                 heights, widths = _shrink(layer, heights, widths)
             x = layer(x)
             if index in self.taps:
