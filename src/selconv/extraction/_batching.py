@@ -102,7 +102,10 @@ class BatchRunner:
         scale = torch.tensor([1.0 / (255.0 * s) for s in std]).view(1, 3, 1, 1)
         self.shift, self.scale = shift.to(device), scale.to(device)
         self.head = head
-        self.head_stream = torch.cuda.Stream(device) if head is not None and self.cuda else None
+        # High priority: the head's kernels are dispatched ahead of the network's next batch, which is queued
+        # when the head runs; at equal priority each waited behind the network's kernels while this thread,
+        # blocked in the head's syncs, could not prepare the batch after.
+        self.head_stream = torch.cuda.Stream(device, priority=-1) if head is not None and self.cuda else None
         self.pad_to_multiple, self.output_size = pad_to_multiple, output_size
         self.in_flight = None
 

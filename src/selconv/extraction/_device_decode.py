@@ -143,7 +143,8 @@ def _side_stream(device):
     index = device.index if device.index is not None else torch.cuda.current_device()
     stream = _STREAMS.get(index)
     if stream is None:
-        stream = _STREAMS[index] = torch.cuda.Stream(device=index)
+        # High priority: decoding runs beside the network's kernels, and the worker threads wait for it.
+        stream = _STREAMS[index] = torch.cuda.Stream(device=index, priority=-1)
     with torch.cuda.stream(stream):
         yield stream
 
