@@ -67,7 +67,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=2, help="CNN-alone repetitions (best kept)")
     parser.add_argument("--device", default="auto", help="torch device of the encoder: auto, cpu, cuda, ...")
     parser.add_argument("--no-cluster", action="store_true", help="skip the 2-worker LocalCluster comparison")
-    parser.add_argument("--weights", default=None, help="VGG16 weights file (default: resolved as 'imagenet')")
+    parser.add_argument(
+        "--weights",
+        default=None,
+        help="VGG16 weights file, or 'none' (random: the same arithmetic, for timing only; default: 'imagenet')",
+    )
+    parser.add_argument("--precision", default="float32", help="selconv fit --precision (default: the paper's)")
+    parser.add_argument("--batch-size", type=int, default=None, help="selconv index --batch-size")
+    parser.add_argument("--compile", action="store_true", help="selconv index --compile")
+    parser.add_argument("--pad-to-multiple", type=int, default=None, help="selconv index --pad-to-multiple")
     parser.add_argument("--out", default=None, help="write the markdown results here")
     return parser.parse_args(argv)
 
@@ -87,9 +95,11 @@ def main(argv=None):
     measured = {"fit": fit, "fit_seconds": fit_seconds}
     measured["cnn_rate"], measured["cnn_seconds"] = cnn_alone(encoder, files, args.max_size, args.repeats)
     log(f"CNN alone: {measured['cnn_rate']:.2f} images/s")
-    measured["cli_rate"], measured["wall"] = command_line_rate(photos, work, args.chunk_size)
+    measured["cli_rate"], measured["wall"] = command_line_rate(photos, work, args)
     started = time.perf_counter()
-    single = index_folder(photos, encoder, work / "single.index", chunk_size=args.chunk_size, progress=False)
+    single = index_folder(
+        photos, encoder, work / "single.index", chunk_size=args.chunk_size, settings=settings(args), progress=False
+    )
     measured["single_seconds"] = time.perf_counter() - started
     log(f"one process ({torch.get_num_threads()} torch threads): {measured['single_seconds']:.1f} s")
     cluster = ([], []) if args.no_cluster else cluster_comparison(photos, encoder, work, args, single, measured)
@@ -99,6 +109,13 @@ def main(argv=None):
     if args.out:
         Path(args.out).write_text(text)
     shutil.rmtree(work, ignore_errors=True)
+
+
+def settings(args) -> dict:
+    """The extractor's run-time settings the command line's speed options give (selconv.cli._common)."""
+    from selconv.cli._common import speed_settings
+
+    return speed_settings(args)
 
 
 def copy_photos(args, work: Path):
@@ -122,10 +139,18 @@ def learn_encoder(args, work: Path):
     if args.weights is not None:  # a weights file (the GPU machine has no internet nor offline package)
         from selconv.extraction import ConvFeatureExtractor
 
-        extractor = ConvFeatureExtractor(max_size=args.max_size, device=args.device, weights=args.weights)
+        weights = None if args.weights == "none" else args.weights
+        extractor = ConvFeatureExtractor(
+            max_size=args.max_size, device=args.device, weights=weights, precision=args.precision
+        )
     started = time.perf_counter()
     fit = fit_encoder(
-        load_sample().training, max_size=args.max_size, device=args.device, extractor=extractor, progress=False
+        load_sample().training,
+        max_size=args.max_size,
+        device=args.device,
+        precision=args.precision,
+        extractor=extractor,
+        progress=False,
     )
     seconds = time.perf_counter() - started
     save_encoder(fit.encoder, work / "encoder")
@@ -133,10 +158,13 @@ def learn_encoder(args, work: Path):
     return fit, seconds
 
 
-def command_line_rate(photos: Path, work: Path, chunk_size: int):
+def command_line_rate(photos: Path, work: Path, args):
     """(images/s the ``selconv index`` command reports, its wall time) of a run as a subprocess."""
     command = [sys.executable, "-m", "selconv", "index", str(photos), "--encoder", str(work / "encoder")]
-    command += ["--out", str(work / "cli.index"), "--chunk-size", str(chunk_size)]
+    command += ["--out", str(work / "cli.index"), "--chunk-size", str(args.chunk_size)]
+    command += ["--compile"] if args.compile else []
+    for option, value in (("--batch-size", args.batch_size), ("--pad-to-multiple", args.pad_to_multiple)):
+        command += [option, str(value)] if value is not None else []
     started = time.perf_counter()
     run = subprocess.run(command, capture_output=True, text=True, env={**os.environ})
     wall = time.perf_counter() - started
@@ -161,7 +189,13 @@ def cluster_comparison(photos, encoder, work, args, single, measured):
         startup = time.perf_counter() - started
         started = time.perf_counter()
         remote = index_folder(
-            photos, encoder, work / "dask.index", chunk_size=args.chunk_size, client=client, progress=False
+            photos,
+            encoder,
+            work / "dask.index",
+            chunk_size=args.chunk_size,
+            client=client,
+            settings=settings(args),
+            progress=False,
         )
         dask_seconds = time.perf_counter() - started
     log(f"2-worker LocalCluster: {dask_seconds:.1f} s (cluster start {startup:.1f} s)")
@@ -198,7 +232,8 @@ def report(args, n, device, measured, cluster) -> str:
         f"- {os.cpu_count()} CPU cores visible; load average {measured['load'][0]:.1f} before, "
         f"{measured['load'][1]:.1f} after (on a shared machine absolute numbers vary from run to run)",
         f"- {n} JPEGs (`{args.images}`, first {n} by name), resized to a longest side of {args.max_size} px; "
-        f"chunks of {args.chunk_size} images; encoder on `{device}`",
+        f"chunks of {args.chunk_size} images; encoder on `{device}`, precision {args.precision}; index run settings "
+        f"{settings(args)}",
         f"- encoder: the paper's 512-D MAX-mask preset (VGG16 pool5), learned on the bundled sample's "
         f"{fit.n_images} training photos in {measured['fit_seconds']:.0f} s",
         "",
