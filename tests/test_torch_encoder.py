@@ -153,6 +153,29 @@ def test_torch_encoder_equals_the_pipeline(mask, n_bits):
         encoder.transform(multi)
 
 
+@pytest.mark.parametrize("mask", ["max", "sum", "none"])
+def test_a_padded_batch_with_sizes_equals_each_map_cropped(mask):
+    """transform(maps, sizes): maps zero-padded (and padded with garbage) to one grid, each with its own size,
+    give the descriptors of the maps cropped to their own grids; the cells beyond are never selected."""
+    train = list(pool5_like_maps(60, 6, 8, random_state=2))
+    pipeline = make_paper_pipeline(512, mask=mask).set_params(
+        pca__n_components=8, encode__embedding__n_clusters=6, encode__embedding__n_clamped=4, rotate__n_dropped=4
+    )
+    quiet(pipeline.fit, train)
+    own_grids = [(6, 8), (5, 7), (6, 5), (4, 8)]
+    test = [pool5_like_maps(1, h, w, random_state=10 + i)[0] for i, (h, w) in enumerate(own_grids)]
+    padded = np.random.default_rng(0).standard_exponential((len(test), K, 6, 8), dtype=np.float32) * 50
+    for target, conv_map in zip(padded, test):  # garbage beyond, larger than any own value: never selected
+        target[:, : conv_map.shape[1], : conv_map.shape[2]] = conv_map
+    encoder = TorchEncoder(pipeline, device="torch")
+    ours = encoder.transform(torch.as_tensor(padded), sizes=torch.tensor(own_grids))
+    np.testing.assert_allclose(ours.numpy(), pipeline.transform(test), rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match=r"sizes must have shape \(4, 2\); got \(3, 2\)"):
+        encoder.transform(torch.as_tensor(padded), sizes=torch.tensor(own_grids[:3]))
+    with pytest.raises(ValueError, match="sizes goes with a tensor of maps"):
+        encoder.transform(test, sizes=torch.tensor(own_grids))
+
+
 def test_torch_encoder_rejects_unsupported_pipelines():
     with pytest.raises(ValueError, match="needs a paper pipeline"):
         TorchEncoder(make_paper_pipeline(512)[:2], device="torch")
@@ -255,3 +278,35 @@ def test_jpeg_files_to_descriptors_with_the_encoder_as_the_extractors_head(tmp_p
     np.testing.assert_allclose(
         np.stack([row for _, row in pairs]), pipeline.transform(extractor.transform(test)), rtol=1e-4, atol=1e-5
     )
+
+
+def test_the_encoder_as_head_of_padded_batches(tmp_path):
+    """pad_to_multiple with TorchEncoder as the head: it gets each padded batch whole (with the maps' sizes), and
+    the descriptors are the numpy pipeline's of the maps the extractor returns."""
+    from PIL import Image
+
+    from selconv.extraction import ConvFeatureExtractor
+
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(72):
+        paths.append(str(tmp_path / f"{i}.png"))
+        height, width = ((100, 132), (132, 100), (112, 120), (127, 127))[i % 4]
+        Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8)).save(paths[-1])
+    extractor = ConvFeatureExtractor(
+        "alexnet", weights=None, max_size=None, device="cpu", n_workers=2, batch_size=6, pad_to_multiple=32
+    ).fit()
+    pipeline = make_paper_pipeline(512).set_params(
+        pca__n_components=8, encode__embedding__n_clusters=6, encode__embedding__n_clamped=4, rotate__n_dropped=4
+    )
+    quiet(pipeline.fit, extractor.transform(paths[:60]))
+    encoder = TorchEncoder(pipeline, device="torch")
+    calls = []
+
+    def head(maps, sizes=None):  # sizes: only for batches that are padded
+        calls.append(1 if sizes is None else len({tuple(size) for size in sizes.tolist()}))
+        return encoder.transform(maps, sizes=sizes)
+
+    rows = np.stack([row for _, row in extractor.iter_extract(paths[60:], head=head)])
+    np.testing.assert_allclose(rows, pipeline.transform(extractor.transform(paths[60:])), rtol=1e-4, atol=1e-5)
+    assert max(calls) > 1  # batches of several map sizes went whole

@@ -49,40 +49,54 @@ def resolve_device(device: str):
 # ------------------------------------------------------------------------------------------- masks
 
 
-def max_mask(maps):
-    """(B, K, H, W) -> (B, H*W) bool: union of the per-channel argmax cells; all-zero channels skipped."""
+def max_mask(maps, own=None):
+    """(B, K, H, W) -> (B, H*W) bool: union of the per-channel argmax cells; all-zero channels skipped. With
+    ``own`` ((B, H*W) bool), only each image's own cells count (the others are never selected)."""
     import torch
 
     flat = maps.flatten(2)
     n_cells = flat.shape[2]
+    if own is None:
+        live = flat.any(dim=2)
+    else:
+        live = ((flat != 0) & own[:, None, :]).any(dim=2)
+        flat = torch.where(own[:, None, :], flat, -torch.inf)
     argmax = flat.argmax(dim=2)  # the first maximum in row-major order, as numpy.argmax
-    argmax = torch.where(flat.any(dim=2), argmax, n_cells)  # an all-zero channel votes for a dump cell
+    argmax = torch.where(live, argmax, n_cells)  # an all-zero channel votes for a dump cell
     selected = torch.zeros(flat.shape[0], n_cells + 1, dtype=torch.bool, device=maps.device)
     selected.scatter_(1, argmax, True)
     return selected[:, :n_cells]
 
 
-def sum_mask(maps):
-    """(B, K, H, W) -> (B, H*W) bool: cells whose channel sum (float64) is at least its median."""
+def sum_mask(maps, own=None):
+    """(B, K, H, W) -> (B, H*W) bool: cells whose channel sum (float64) is at least its median (over each
+    image's ``own`` cells only, when given)."""
     import torch
 
     channel_sum = maps.flatten(2).sum(dim=1, dtype=torch.float64)
     # Linear interpolation = numpy.median (the mean of the two middle values of an even count).
-    median = torch.quantile(channel_sum, 0.5, dim=1, keepdim=True, interpolation="linear")
-    return channel_sum >= median
+    if own is None:
+        median = torch.quantile(channel_sum, 0.5, dim=1, keepdim=True, interpolation="linear")
+        return channel_sum >= median
+    ours = torch.where(own, channel_sum, torch.nan)
+    median = torch.nanquantile(ours, 0.5, dim=1, keepdim=True, interpolation="linear")
+    return (channel_sum >= median) & own
 
 
-def select(maps, mask: str):
-    """Packed local features of the selected cells: rows (n, K), image index per row, count per image."""
+def select(maps, mask: str, own=None):
+    """Packed local features of the selected cells: rows (n, K), image index per row, count per image. With
+    ``own`` ((B, H*W) bool), cells outside each image's own grid are never selected (a zero-padded batch)."""
     import torch
 
     batch, n_channels = maps.shape[:2]
     if mask == "max":
-        selected = max_mask(maps)
+        selected = max_mask(maps, own)
     elif mask == "sum":
-        selected = sum_mask(maps)
-    else:
+        selected = sum_mask(maps, own)
+    elif own is None:
         selected = torch.ones(batch, maps.shape[2] * maps.shape[3], dtype=torch.bool, device=maps.device)
+    else:
+        selected = own
     image, cell = selected.nonzero(as_tuple=True)  # row-major: by image, then cell (y, x)
     rows = maps.flatten(2)[image, :, cell]  # (n, K)
     return rows, image, selected.sum(dim=1)

@@ -109,7 +109,7 @@ class TorchEncoder:
             check_is_fitted(itq)
             self.itq = (tensor(itq.mean_, torch.float64), tensor(itq.projection_, torch.float64))
 
-    def transform(self, maps):
+    def transform(self, maps, sizes=None):
         """Descriptors (or packed ITQ codes) of a batch of conv maps.
 
         Parameters
@@ -118,6 +118,10 @@ class TorchEncoder:
             A tensor (any device; moved to ``device``) is one batch of equal grids; a list may mix grid
             sizes (images are grouped by grid). Single-scale only: a :class:`~selconv.MultiScaleConvMap`
             (``ConvFeatureExtractor(scales=...)``) raises a ValueError; use the numpy pipeline for those.
+        sizes : torch.Tensor of shape (n_images, 2) or None
+            With a tensor of ``maps``: each map's own (height, width), its top-left cells (a zero-padded batch,
+            as ``ConvFeatureExtractor(pad_to_multiple=...)`` passes it to a head); the cells beyond are ignored,
+            the result is each map's cropped to its own grid.
 
         Returns
         -------
@@ -129,8 +133,18 @@ class TorchEncoder:
         if isinstance(maps, torch.Tensor):
             if maps.ndim != 4 or maps.shape[1] != self.n_channels:
                 raise ValueError(f"maps must have shape (n_images, {self.n_channels}, H, W); got {tuple(maps.shape)}.")
+            own = None
+            if sizes is not None:
+                from selconv.extraction.backbones import valid_mask
+
+                sizes = torch.as_tensor(sizes, device=self.device)
+                if sizes.shape != (len(maps), 2):
+                    raise ValueError(f"sizes must have shape ({len(maps)}, 2); got {tuple(sizes.shape)}.")
+                own = valid_mask(sizes[:, 0], sizes[:, 1], maps.shape[-2:]).flatten(1)
             with torch.no_grad(), strict_float32():
-                return self._encode(maps.to(self.device, torch.float32))
+                return self._encode(maps.to(self.device, torch.float32), own)
+        if sizes is not None:
+            raise ValueError("sizes goes with a tensor of maps; a list of maps has each map's own size.")
         from selconv._ragged import check_conv_maps
 
         checked = check_conv_maps(maps, estimator=self, reset=False, multiscale=False)
@@ -178,8 +192,8 @@ class TorchEncoder:
     def n_features_in_(self):  # for check_conv_maps's channel check
         return self.n_channels
 
-    def _encode(self, maps):
-        rows, image, counts = select(maps, self.mask)
+    def _encode(self, maps, own=None):
+        rows, image, counts = select(maps, self.mask, own)
         reduced = local_pca(rows, *self.pca)
         embedded = triangulation_embed(reduced, *self.temb)
         aggregated = democratic(pad(embedded, image, counts), self.n_iter, self.gamma)

@@ -10,6 +10,7 @@ holding the oldest one runs early, so memory stays bounded whatever the mix of s
 from __future__ import annotations
 
 import contextlib
+import inspect
 import os
 import threading
 from collections import deque
@@ -69,6 +70,15 @@ def default_workers() -> int:
     return max(1, min(16, available))
 
 
+def _takes_sizes(head) -> bool:
+    """Whether ``head`` takes a ``sizes`` keyword (``TorchEncoder.transform``): a padded batch is then passed
+    whole, with each map's own (height, width), instead of one call per map size on the cropped maps."""
+    try:
+        return "sizes" in inspect.signature(head).parameters
+    except (TypeError, ValueError):  # no signature (some builtins)
+        return False
+
+
 class _TooSmallError(ImageLoadError):
     """Every image of a batch (they share one shape) is too small for the network."""
 
@@ -82,7 +92,8 @@ class BatchRunner:
     taking conv maps of one grid on the device, (B, K, H, W), and returning a (B, D) tensor there), a finished
     batch holds each image's row of the head's output (an ndarray) instead of its ConvMap: the maps never leave
     the device. With ``pad_to_multiple``, ``output_size(height, width)`` gives an image's map size, and the module
-    takes ``(x, sizes)`` for a padded batch (``SequentialTaps``); each map is cropped to its own size.
+    takes ``(x, sizes)`` for a padded batch (``SequentialTaps``); each map is cropped to its own size, or the head
+    takes the padded maps whole with their sizes (``head(maps, sizes=...)``) when it has that keyword.
     """
 
     def __init__(
@@ -102,6 +113,7 @@ class BatchRunner:
         scale = torch.tensor([1.0 / (255.0 * s) for s in std]).view(1, 3, 1, 1)
         self.shift, self.scale = shift.to(device), scale.to(device)
         self.head = head
+        self.head_takes_sizes = head is not None and _takes_sizes(head)
         # High priority: the head's kernels are dispatched ahead of the network's next batch, which is queued
         # when the head runs; at equal priority each waited behind the network's kernels while this thread,
         # blocked in the head's syncs, could not prepare the batch after.
@@ -218,13 +230,17 @@ class BatchRunner:
                 finite = torch.isfinite(maps).flatten(1).all(1)
                 rows = self._head(maps, len(maps))
             else:
-                own = valid_mask(*self._index_tensor(map_sizes).T, maps.shape[-2:])
+                sizes = self._index_tensor(map_sizes)
+                own = valid_mask(sizes[:, 0], sizes[:, 1], maps.shape[-2:])
                 finite = (torch.isfinite(maps) | ~own).flatten(1).all(1)  # within each map's own grid
-                rows = self._head_by_grid(maps, map_sizes)
+                if self.head_takes_sizes:  # the padded batch whole: one call (two syncs for TorchEncoder)
+                    rows = self._head(maps, len(maps), sizes=sizes)
+                else:
+                    rows = self._head_by_grid(maps, map_sizes)
             return self._to_host([rows, finite])
 
-    def _head(self, maps, n_images):
-        rows = self.head(maps)
+    def _head(self, maps, n_images, **sizes):
+        rows = self.head(maps, **sizes)
         if not isinstance(rows, self.torch.Tensor) or rows.ndim != 2 or len(rows) != n_images:
             got = tuple(rows.shape) if isinstance(rows, self.torch.Tensor) else type(rows).__name__
             raise ValueError(f"head must return a (B, D) tensor for maps of shape {tuple(maps.shape)}; got {got}.")

@@ -400,6 +400,10 @@ class ConvFeatureExtractor(SelconvPickleMixin, TransformerMixin, BaseEstimator):
             the device (JPEG files in, descriptors or codes out; with ``decode="device"`` the pixels never
             reach the host either). Single scale, without keypoints; ``cache_dir`` is neither read nor written
             (there is no map on the host to store). The NaN policy is checked on the maps, as without a head.
+            With ``pad_to_multiple``, a head that takes a ``sizes`` keyword (as ``TorchEncoder.transform``
+            does) gets each padded batch whole with each map's own (height, width), a (B, 2) int64 tensor on
+            ``device``, and must ignore the cells beyond; any other head is called once per map size in the
+            batch, on the maps cropped to it.
 
         Returns
         -------
