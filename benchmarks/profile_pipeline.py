@@ -48,6 +48,13 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--switch-intervals", type=float, nargs="+", default=[0.005], help="sys.setswitchinterval (s) per row"
     )
     parser.add_argument("--pad-to-multiple", type=int, default=32, help="0: None")
+    parser.add_argument(
+        "--heads",
+        nargs="+",
+        default=["whole"],
+        choices=["whole", "per-grid"],
+        help="a padded batch to TorchEncoder whole (with sizes), or one call per map size on the cropped maps",
+    )
     parser.add_argument("--compile", action="store_true")
     parser.add_argument("--sample-every", type=float, default=0.002, help="seconds between stack samples")
     parser.add_argument("--top", type=int, default=8, help="places listed per thread kind")
@@ -156,18 +163,20 @@ def main(argv=None) -> None:
         flush=True,
     )
     head = fitted_head(args, files)
-    for decode, workers, interval in itertools.product(args.decodes, args.workers, args.switch_intervals):
+    heads = {"whole": head.transform, "per-grid": lambda maps: head.transform(maps)}  # the lambda: no sizes
+    configs = itertools.product(args.decodes, args.workers, args.switch_intervals, args.heads)
+    for decode, workers, interval, head_kind in configs:
         extractor = make_extractor(args, decode, workers, args.compile)
         extractor.transform(files if args.compile else files[:64])  # warm-up: with compile, every graph
         sys.setswitchinterval(interval)
         with GpuBusy() as busy, StackSampler(args.sample_every) as sampler:
             start = time.perf_counter()
-            n = sum(1 for _ in extractor.iter_extract(paths, head=head.transform))
+            n = sum(1 for _ in extractor.iter_extract(paths, head=heads[head_kind]))
             seconds = time.perf_counter() - start
         sys.setswitchinterval(0.005)
         gpu_busy = "n/a" if busy.busy is None else f"{busy.busy:.0f} %"
         print(
-            f"## decode={decode!r}, n_workers={workers}, switch interval {interval * 1e3:g} ms: "
+            f"## decode={decode!r}, n_workers={workers}, switch interval {interval * 1e3:g} ms, head {head_kind}: "
             f"**{n / seconds:.0f} images/s**, GPU busy {gpu_busy}\n"
         )
         for kind, counts in sampler.counts.items():
