@@ -385,3 +385,18 @@ def test_real_oxford_image_at_paper_size():
     assert conv_map.features.shape == (512, conv_map.image_size[1] // 32, conv_map.image_size[0] // 32)
     assert (conv_map.features >= 0).all() and (conv_map.features > 0).mean() > 0.05
     assert conv_map.image_size == (round(w * 256 / max(w, h)), round(h * 256 / max(w, h)))
+
+
+def test_default_workers_are_fewer_when_a_gpu_decodes(monkeypatch):
+    """n_workers=None: the cores, at most 16, or at most 4 when nvJPEG decodes (the threads only read files)."""
+    from selconv.extraction import _batching
+
+    for cores, cpu_decoding, gpu_decoding in ((32, 16, 4), (8, 8, 4), (2, 2, 2)):
+        monkeypatch.setattr(_batching.os, "sched_getaffinity", lambda _, n=cores: set(range(n)), raising=False)
+        assert (_batching.default_workers(), _batching.default_workers(decodes_on_gpu=True)) == (
+            cpu_decoding,
+            gpu_decoding,
+        )
+    on_cpu = ConvFeatureExtractor("alexnet", weights=None, device="cpu", decode="device").fit()
+    assert on_cpu._workers() == 2  # torchvision decodes on the CPU in the threads: all the cores (2 here)
+    assert on_cpu.run_with(n_workers=7)._workers() == 7

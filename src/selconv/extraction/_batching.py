@@ -61,13 +61,16 @@ class _OpenCVThreads:
 _OPENCV_THREADS = _OpenCVThreads()
 
 
-def default_workers() -> int:
-    """Decoding threads when ``n_workers=None``: the available cores, at most 16."""
+def default_workers(decodes_on_gpu: bool = False) -> int:
+    """Decoding threads when ``n_workers=None``: the available cores, at most 16; at most 4 when JPEG files are
+    decoded on a GPU (``decode="device"``), where the threads only read files and parse headers and more of them
+    only take the GIL from the thread that runs the network and the head: on an H100, JPEG files -> codes ran at
+    556 images/s with 4 threads against 445 with 16 (benchmarks/results/gpu_pipeline.md, run F)."""
     try:
         available = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
         available = os.cpu_count() or 1
-    return max(1, min(16, available))
+    return max(1, min(4 if decodes_on_gpu else 16, available))
 
 
 def _takes_sizes(head) -> bool:
