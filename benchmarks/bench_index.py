@@ -45,15 +45,15 @@ def cnn_alone(encoder, files, max_size, repeats):
 
     extractor = encoder.steps[0][1]
     model = extractor._get_model()
-    device = next(model.parameters()).device
-    tensors = [x.to(device) for x in decoded_tensors(files, max_size, extractor._mean, extractor._std)]
+    device, dtype = next(model.parameters()).device, next(model.parameters()).dtype  # the extractor's precision
+    tensors = [x.to(device, dtype) for x in decoded_tensors(files, max_size, extractor._mean, extractor._std)]
     best = float("inf")
     with torch.inference_mode():
         model(tensors[0])  # warm-up
         for _ in range(repeats):
             start = time.perf_counter()
             for x in tensors:
-                model(x).cpu().numpy()
+                model(x).float().cpu().numpy()
             best = min(best, time.perf_counter() - start)
     return len(files) / best, best
 

@@ -41,7 +41,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--n-images", type=int, default=3000, help="files timed per row (the folder's, cycled)")
     parser.add_argument("--max-files", type=int, default=None, help="use only the folder's first N files")
     parser.add_argument("--max-size", type=int, default=1024)
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[32])
     parser.add_argument("--decodes", nargs="+", default=["device", "cpu"])
     parser.add_argument("--workers", type=int, nargs="+", default=[16], help="the extractor's n_workers")
     parser.add_argument(
@@ -129,14 +129,14 @@ class GpuBusy:
 
 
 def fitted_head(args, paths) -> TorchEncoder:
-    extractor = make_extractor(args, "cpu", 16, compile=False)
+    extractor = make_extractor(args, "cpu", 16, False, args.batch_sizes[0])
     maps = extractor.transform(paths[:300])
     pipeline = make_paper_pipeline(512, n_bits=512).set_params(encode__device=args.device, itq__device=args.device)
     pipeline.fit(maps + augmented(maps, 700 - len(maps)))
     return TorchEncoder(pipeline, device=args.device)
 
 
-def make_extractor(args, decode: str, workers: int, compile: bool) -> ConvFeatureExtractor:
+def make_extractor(args, decode: str, workers: int, compile: bool, batch_size: int) -> ConvFeatureExtractor:
     return ConvFeatureExtractor(
         "vgg16",
         weights=None if args.weights == "none" else args.weights,
@@ -144,7 +144,7 @@ def make_extractor(args, decode: str, workers: int, compile: bool) -> ConvFeatur
         device=args.device,
         precision=args.precision,
         decode=decode,
-        batch_size=args.batch_size,
+        batch_size=batch_size,
         n_workers=workers,
         compile=compile,
         pad_to_multiple=args.pad_to_multiple or None,
@@ -158,15 +158,15 @@ def main(argv=None) -> None:
     paths = [files[i % len(files)] for i in range(args.n_images)]
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
     print(
-        f"{len(files)} JPEGs from {args.images} cycled to {len(paths)}; {gpu}; {args.precision}; batch "
-        f"{args.batch_size}; pad_to_multiple {args.pad_to_multiple or None}; compile {args.compile}\n",
+        f"{len(files)} JPEGs from {args.images} cycled to {len(paths)}; {gpu}; {args.precision}; "
+        f"pad_to_multiple {args.pad_to_multiple or None}; compile {args.compile}\n",
         flush=True,
     )
     head = fitted_head(args, files)
     heads = {"whole": head.transform, "per-grid": lambda maps: head.transform(maps)}  # the lambda: no sizes
-    configs = itertools.product(args.decodes, args.workers, args.switch_intervals, args.heads)
-    for decode, workers, interval, head_kind in configs:
-        extractor = make_extractor(args, decode, workers, args.compile)
+    configs = itertools.product(args.batch_sizes, args.decodes, args.workers, args.switch_intervals, args.heads)
+    for batch_size, decode, workers, interval, head_kind in configs:
+        extractor = make_extractor(args, decode, workers, args.compile, batch_size)
         extractor.transform(files if args.compile else files[:64])  # warm-up: with compile, every graph
         sys.setswitchinterval(interval)
         with GpuBusy() as busy, StackSampler(args.sample_every) as sampler:
@@ -176,7 +176,8 @@ def main(argv=None) -> None:
         sys.setswitchinterval(0.005)
         gpu_busy = "n/a" if busy.busy is None else f"{busy.busy:.0f} %"
         print(
-            f"## decode={decode!r}, n_workers={workers}, switch interval {interval * 1e3:g} ms, head {head_kind}: "
+            f"## batch {batch_size}, decode={decode!r}, n_workers={workers}, switch interval {interval * 1e3:g} ms, "
+            f"head {head_kind}: "
             f"**{n / seconds:.0f} images/s**, GPU busy {gpu_busy}\n"
         )
         for kind, counts in sampler.counts.items():
