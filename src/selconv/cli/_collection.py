@@ -20,13 +20,13 @@ _FIT_EXAMPLES = """examples:
   selconv fit ~/photos --out photos.encoder                     # learn on a sample of the collection itself
   selconv fit ~/photos --out photos.encoder --train-dir ~/other --preset 1024 --mask sum
   selconv fit ~/photos --out photos-64bit.encoder --bits 64 --sample 5000 --max-size 1024
-  selconv fit ~/photos --out photos.encoder --precision bfloat16 --compile --batch-size 32 --pad-to-multiple 32"""
+  selconv fit ~/photos --out photos.encoder --precision bfloat16 --compile --batch-size 64 --pad-to-multiple 32"""
 
 _INDEX_EXAMPLES = """examples:
   selconv index ~/photos --encoder photos.encoder --out photos.index
   selconv index ~/photos --encoder photos.encoder --out photos.index     # again: adds only new photos
   selconv index ~/photos --encoder photos.encoder --out photos.index --scheduler tcp://10.0.0.5:8786
-  selconv index ~/photos --encoder photos.encoder --out photos.index --compile --batch-size 32 --pad-to-multiple 32
+  selconv index ~/photos --encoder photos.encoder --out photos.index --compile --batch-size 64 --pad-to-multiple 32
 
 Killed at any moment, rerun the same command: it resumes from the shards kept in INDEX.shards/."""
 

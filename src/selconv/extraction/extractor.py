@@ -121,10 +121,10 @@ class ConvFeatureExtractor(SelconvPickleMixin, TransformerMixin, BaseEstimator):
         so without padding many batches run part-full; with 32, 33 batch shapes for 0.6 % more pixels, with
         128, 12 for 2.7 %. Multiples of 32 keep every size after a VGG16 pooling even, on which compiled graphs
         (``compile=True``) specialised on an H100. On an H100, JPEG files -> codes through a head went from
-        366 to 493 images/s compiled with 32 (benchmarks/results/gpu_pipeline.md, run E). Eager it went down, from
-        328 to 233, because the masking then turned channels_last activations into NCHW ones; since the fix a
-        padded batch runs at 469 images/s eager against 565 unmasked (213 before), but the end-to-end rate has
-        not been measured again. Needs a network that is a chain of
+        366 to 493 images/s compiled with 32 (benchmarks/results/gpu_pipeline.md, run E). A padded batch costs the
+        network 2 % over the same batch unpadded (547 against 561 images/s eager, 925 against 942 compiled, an
+        H100, benchmarks/profile_padding.py): only the band of cells each convolution reads beyond an image is
+        zeroed (see Notes). Needs a network that is a chain of
         convolutions, max-poolings and element-wise layers (``"vgg16"``, ``"alexnet"``); others raise a
         ValueError at :meth:`fit`. See docs/extraction.md, "Speed".
     n_workers : int or None, default=None
@@ -175,10 +175,12 @@ class ConvFeatureExtractor(SelconvPickleMixin, TransformerMixin, BaseEstimator):
 
     Zero-padding an image at the bottom/right is exact for the first convolution only: its output in the
     padded area is ReLU(bias), not zero, and the next convolution reads it near the border. With
-    ``pad_to_multiple`` the padded cells are set to zero again before every convolution that pads (to each
-    image's own size at that depth), which makes a padded batch exact, and each map is cropped to its own
-    size. Without it images are grouped by resized shape. Batches are filled in input order; when too many
-    images wait for a full batch, the batch holding the oldest one runs early, so memory stays bounded.
+    ``pad_to_multiple`` the pixels beyond each image are zeroed, and before every later convolution that pads,
+    the band of cells it reads beyond each image's own size at that depth (as many rows and columns as its
+    padding); cells further out hold finite values that reach only output cells beyond the image's grid. This
+    makes a padded batch exact, and each map is cropped to its own size. Without it images are grouped by
+    resized shape. Batches are filled in input order; when too many images wait for a full batch, the batch
+    holding the oldest one runs early, so memory stays bounded.
 
     Examples
     --------
