@@ -187,6 +187,7 @@ OUTSIDE_PAGES = {
     "benchmarks/results/extraction_cpu.md": "results/extraction_cpu",
     "benchmarks/results/extraction_gpu.md": "results/extraction_gpu",
     "benchmarks/results/gpu_pipeline.md": "results/gpu_pipeline",
+    "benchmarks/results/pipeline_profile.md": "results/pipeline_profile",
     "benchmarks/results/agreement_cpu.md": "results/agreement_cpu",
     "benchmarks/results/cache_key.md": "results/cache_key",
     "benchmarks/results/search.md": "results/search",
