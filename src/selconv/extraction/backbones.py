@@ -88,16 +88,14 @@ def _zero_band(x, heights, widths, padding) -> None:
     compiled on an H100 (benchmarks/profile_padding.py).
     """
     batch = torch.arange(x.shape[0], device=x.device)
-    for offset in range(padding[0]):
-        rows = heights + offset
-        inside = (rows < x.shape[2])[:, None, None]  # an image as tall as the batch has no band: left as it is
-        rows = rows.clamp(max=x.shape[2] - 1)
-        x[batch, :, rows, :] = torch.where(inside, 0, x[batch, :, rows, :])
-    for offset in range(padding[1]):
-        cols = widths + offset
-        inside = (cols < x.shape[3])[:, None, None]
-        cols = cols.clamp(max=x.shape[3] - 1)
-        x[batch, :, :, cols] = torch.where(inside, 0, x[batch, :, :, cols])
+    for dim, own, pad in ((2, heights, padding[0]), (3, widths, padding[1])):
+        for offset in range(pad):
+            cells = own + offset
+            inside = (cells < x.shape[dim])[:, None, None]  # an image as tall (wide) as the batch: no band there
+            index = [batch, slice(None), slice(None), slice(None)]
+            index[dim] = cells.clamp(max=x.shape[dim] - 1)
+            band = tuple(index)  # image i's row (column) cells[i]: a (B, C, W) or (B, C, H) selection
+            x[band] = torch.where(inside, 0, x[band])
 
 
 class SequentialTaps(nn.Module):
