@@ -29,6 +29,7 @@ from _gpu_sections import augmented  # beside this script
 
 from selconv import make_paper_pipeline
 from selconv.extraction import ConvFeatureExtractor
+from selconv.extraction._batching import BatchRunner
 from selconv.torch_encoder import TorchEncoder
 
 
@@ -56,6 +57,16 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="a padded batch to TorchEncoder whole (with sizes), or one call per map size on the cropped maps",
     )
     parser.add_argument("--compile", action="store_true")
+    parser.add_argument(
+        "--cuda-graphs", nargs="+", default=["off"], choices=["off", "on"], help="the extractor's cuda_graphs per row"
+    )
+    parser.add_argument(
+        "--in-flight",
+        type=int,
+        nargs="+",
+        default=[BatchRunner.IN_FLIGHT],
+        help="BatchRunner.IN_FLIGHT per row: batches queued on the GPU ahead of the one the host finishes",
+    )
     parser.add_argument("--sample-every", type=float, default=0.002, help="seconds between stack samples")
     parser.add_argument("--top", type=int, default=8, help="places listed per thread kind")
     parser.add_argument("--device", default="cuda")
@@ -136,7 +147,7 @@ def fitted_head(args, paths) -> TorchEncoder:
     return TorchEncoder(pipeline, device=args.device)
 
 
-def make_extractor(args, decode: str, workers: int, compile: bool, batch_size: int) -> ConvFeatureExtractor:
+def make_extractor(args, decode, workers, compile, batch_size, cuda_graphs=False) -> ConvFeatureExtractor:
     return ConvFeatureExtractor(
         "vgg16",
         weights=None if args.weights == "none" else args.weights,
@@ -147,6 +158,7 @@ def make_extractor(args, decode: str, workers: int, compile: bool, batch_size: i
         batch_size=batch_size,
         n_workers=workers,
         compile=compile,
+        cuda_graphs=cuda_graphs,
         pad_to_multiple=args.pad_to_multiple or None,
         progress=False,
     ).fit()
@@ -164,21 +176,28 @@ def main(argv=None) -> None:
     )
     head = fitted_head(args, files)
     heads = {"whole": head.transform, "per-grid": lambda maps: head.transform(maps)}  # the lambda: no sizes
-    configs = itertools.product(args.batch_sizes, args.decodes, args.workers, args.switch_intervals, args.heads)
-    for batch_size, decode, workers, interval, head_kind in configs:
-        extractor = make_extractor(args, decode, workers, args.compile, batch_size)
-        extractor.transform(files if args.compile else files[:64])  # warm-up: with compile, every graph
+    options = (args.switch_intervals, args.heads, args.in_flight, args.cuda_graphs)
+    configs = itertools.product(args.batch_sizes, args.decodes, args.workers, *options)
+    first_codes: dict = {}  # decode -> the codes of its first row
+    for batch_size, decode, workers, interval, head_kind, in_flight, graphs in configs:
+        extractor = make_extractor(args, decode, workers, args.compile, batch_size, graphs == "on")
+        BatchRunner.IN_FLIGHT = in_flight
+        # Warm-up, the timed run untimed: with compile, every compiled graph; with CUDA graphs, every graph recorded.
+        collections.deque(extractor.iter_extract(paths, head=heads[head_kind]), maxlen=0)
         sys.setswitchinterval(interval)
         with GpuBusy() as busy, StackSampler(args.sample_every) as sampler:
             start = time.perf_counter()
-            n = sum(1 for _ in extractor.iter_extract(paths, head=heads[head_kind]))
+            codes = np.stack([row for _, row in extractor.iter_extract(paths, head=heads[head_kind])])
             seconds = time.perf_counter() - start
         sys.setswitchinterval(0.005)
+        n = len(codes)
+        same = first_codes.setdefault(decode, codes)
         gpu_busy = "n/a" if busy.busy is None else f"{busy.busy:.0f} %"
         print(
             f"## batch {batch_size}, decode={decode!r}, n_workers={workers}, switch interval {interval * 1e3:g} ms, "
-            f"head {head_kind}: "
-            f"**{n / seconds:.0f} images/s**, GPU busy {gpu_busy}\n"
+            f"head {head_kind}, in flight {in_flight}, CUDA graphs {graphs}: "
+            f"**{n / seconds:.0f} images/s**, GPU busy {gpu_busy}; codes equal to this decode's first row: "
+            f"{np.mean((codes == same).all(axis=1)) * 100:.1f} % of images\n"
         )
         for kind, counts in sampler.counts.items():
             total = sum(counts.values())

@@ -204,9 +204,12 @@ def test_run_with_changes_run_time_settings_of_a_copy_that_shares_the_network(im
     """run_with: a copy with other run-time settings (the same maps), the network shared, the original as it was;
     settings that would need a refit, bad values and padding a network that cannot be padded are refused."""
     alexnet = ConvFeatureExtractor("alexnet", weights=None, max_size=None, batch_size=1, n_workers=0).fit()
-    fast = alexnet.run_with(batch_size=4, pad_to_multiple=32, n_workers=2, on_error="skip", progress=False)
+    fast = alexnet.run_with(
+        batch_size=4, pad_to_multiple=32, n_workers=2, on_error="skip", progress=False, cuda_graphs=True
+    )  # cuda_graphs: ignored on the CPU
     assert (fast.batch_size, fast.pad_to_multiple, fast.n_workers, fast.on_error) == (4, 32, 2, "skip")
     assert (alexnet.batch_size, alexnet.pad_to_multiple, alexnet.n_workers, alexnet.on_error) == (1, None, 0, "raise")
+    assert (fast.cuda_graphs, alexnet.cuda_graphs) == (True, False)
     assert fast._get_model() is alexnet._get_model()
     for a, b in zip(alexnet.transform(image_files[:3]), fast.transform(image_files[:3])):
         assert_close(b.features, a.features)

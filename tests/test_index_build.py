@@ -544,7 +544,7 @@ def test_fit_then_index_then_search_on_the_command_line(photos, tiny_presets, tm
     extractor = load_encoder(tmp_path / "enc").steps[0][1]  # the speed settings were the fit's only
     assert (extractor.precision, extractor.batch_size, extractor.pad_to_multiple) == ("bfloat16", 8, None)
     index = ["index", str(photos), "--encoder", str(tmp_path / "enc"), "--out", str(tmp_path / "idx")]
-    assert cli.main([*index, "--batch-size", "4", "--pad-to-multiple", "32"]) == 0
+    assert cli.main([*index, "--batch-size", "4", "--pad-to-multiple", "32", "--cuda-graphs"]) == 0
     out = capsys.readouterr().out
     assert "13 photos under" in out and "12 added" in out and "Skipped 1 unreadable file(s)" in out
     assert "broken.jpg" in out and "12 images, 8 bits per code, Hamming distance" in out

@@ -124,8 +124,9 @@ def add_model_arguments(sub, *, max_size_default: int) -> None:
 
 
 def add_speed_arguments(sub) -> None:
-    """``--batch-size``, ``--compile`` and ``--pad-to-multiple``: how the network runs for this command only
-    (:meth:`~selconv.extraction.ConvFeatureExtractor.run_with`); the descriptors change by float rounding at most."""
+    """``--batch-size``, ``--compile``, ``--cuda-graphs`` and ``--pad-to-multiple``: how the network runs for this
+    command only (:meth:`~selconv.extraction.ConvFeatureExtractor.run_with`); the descriptors change by float
+    rounding at most."""
     sub.add_argument(
         "--batch-size", type=positive_int, default=None, metavar="N", help="images per forward pass (default: 8)"
     )
@@ -134,6 +135,12 @@ def add_speed_arguments(sub) -> None:
         action="store_true",
         help="run the network through torch.compile: faster on a GPU for thousands of photos, after a compilation "
         "of a minute or so",
+    )
+    sub.add_argument(
+        "--cuda-graphs",
+        action="store_true",
+        help="on a GPU, replay each full batch of a batch shape through a CUDA graph of the network (GPU memory: "
+        "about 250 MB per batch shape at --batch-size 64)",
     )
     sub.add_argument(
         "--pad-to-multiple",
@@ -147,7 +154,7 @@ def add_speed_arguments(sub) -> None:
 
 def speed_settings(args) -> dict:
     """The run-time settings ``add_speed_arguments`` asked for, as ``run_with`` takes them."""
-    settings = {"compile": args.compile, "pad_to_multiple": args.pad_to_multiple}
+    settings = {"compile": args.compile, "cuda_graphs": args.cuda_graphs, "pad_to_multiple": args.pad_to_multiple}
     if args.batch_size is not None:
         settings["batch_size"] = args.batch_size
     return settings

@@ -10,6 +10,8 @@ holding the oldest one runs early, so memory stays bounded whatever the mix of s
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import functools
 import inspect
 import os
 import threading
@@ -87,8 +89,8 @@ class _TooSmallError(ImageLoadError):
 
 
 class BatchRunner:
-    """Runs batches of images of one :meth:`batch_shape` through the module; on CUDA, overlaps batch k's GPU
-    work and copies with the host finishing batch k-1 (one batch in flight).
+    """Runs batches of images of one :meth:`batch_shape` through the module; on CUDA, the host finishes batch
+    k-2 (runs its head, takes its results) once batch k is queued on the GPU (:attr:`IN_FLIGHT` batches ahead).
 
     A batch is a list of ``(key, LoadedImage, cache_path)``; a finished batch a list of
     ``(key, ConvMap, cache_path)``; the key, ``(position, scale)``, is passed through. With a ``head`` (a callable
@@ -99,8 +101,25 @@ class BatchRunner:
     takes the padded maps whole with their sizes (``head(maps, sizes=...)``) when it has that keyword.
     """
 
+    #: Batches queued on the GPU ahead of the one the host finishes. With one, the host ran batch k-1's head
+    #: (its syncs waiting for k-1's network) once k was queued, and then had k's network time to prepare k+1; on
+    #: an H100 the GPU then idled a quarter of the time (benchmarks/results/pipeline_profile.md, run F). With
+    #: two, the head of k-2 finds its maps ready while k-1 and k keep the GPU busy.
+    IN_FLIGHT = 2
+
     def __init__(
-        self, module, device, precision, mean, std, out_dtype, head=None, pad_to_multiple=None, output_size=None
+        self,
+        module,
+        device,
+        precision,
+        mean,
+        std,
+        out_dtype,
+        head=None,
+        pad_to_multiple=None,
+        output_size=None,
+        graphs=None,
+        graph_batch_size=None,
     ):
         import torch
 
@@ -122,7 +141,8 @@ class BatchRunner:
         # blocked in the head's syncs, could not prepare the batch after.
         self.head_stream = torch.cuda.Stream(device, priority=-1) if head is not None and self.cuda else None
         self.pad_to_multiple, self.output_size = pad_to_multiple, output_size
-        self.in_flight = None
+        self.graphs, self.graph_batch_size = graphs, graph_batch_size  # NetworkGraphs (CUDA) for full batches
+        self.in_flight: deque = deque()
 
     def batch_shape(self, shape) -> tuple:
         """The shape (H, W, C) an image of resized ``shape`` is batched at: its own, or rounded up to
@@ -152,43 +172,66 @@ class BatchRunner:
         with self.torch.inference_mode(), flags:
             yield
 
-    def _pixels(self, images):
-        """The batch as one (B, H, W, 3) uint8 tensor on the device, at the batch shape (the cells beyond an
-        image's own size are left as they are: the padded forward never reads them)."""
+    def stage(self, image):
+        """A decoded LoadedImage as this runner takes it, made in a decoding thread: on CUDA, host pixels copied
+        into pinned memory (a tensor), from which the calling thread only queues an asynchronous copy to the
+        device. Copying each batch into pinned memory in the calling thread took a quarter of its time, and with
+        the decoding threads busy each copy also waited for the GIL (benchmarks/results/pipeline_profile.md, run
+        F)."""
+        if not self.cuda or isinstance(image.pixels, self.torch.Tensor):
+            return image
+        return dataclasses.replace(image, pixels=self._pinned(image.pixels))
+
+    def _pinned(self, pixels):
+        pinned = self.torch.empty(pixels.shape, dtype=self.torch.uint8, pin_memory=True)
+        pinned.numpy()[...] = pixels
+        return pinned
+
+    def _pixels(self, images, out=None):
+        """The batch as one (B, H, W, 3) uint8 tensor on the device (``out``, or a new one), at the batch shape
+        (the cells beyond an image's own size are left as they are: the padded forward never reads them). The NHWC
+        batch viewed as NCHW is channels_last, the layout fast GPU convolutions want; uint8 crosses the bus, 4x
+        less than float."""
         torch = self.torch
         shape = self.batch_shape(images[0].shape)
-        if any(isinstance(image, torch.Tensor) for image in images):  # decode="device" (CPU fallbacks mixed in)
-            record_consumer(images, self.device)  # their memory is the decoding side stream's
-            x = torch.empty((len(images), *shape), dtype=torch.uint8, device=self.device)
-            for i, image in enumerate(images):
-                if not isinstance(image, torch.Tensor):  # a CPU fallback (read-only: torch would warn)
-                    image = torch.tensor(image)
-                x[i, : image.shape[0], : image.shape[1]] = image
+        if not self.cuda:
+            x = torch.empty((len(images), *shape), dtype=torch.uint8)
+            staging = x.numpy()
+            for i, pixels in enumerate(images):
+                staging[i, : pixels.shape[0], : pixels.shape[1]] = pixels
             return x
-        # On CUDA: uint8 over the bus (4x less than float), from pinned memory so the copy is asynchronous;
-        # the NHWC buffer viewed as NCHW is already channels_last, the layout fast GPU convs want.
-        x = torch.empty((len(images), *shape), dtype=torch.uint8, pin_memory=self.cuda)
-        staging = x.numpy()
-        for i, pixels in enumerate(images):
-            staging[i, : pixels.shape[0], : pixels.shape[1]] = pixels
-        return x.to(self.device, non_blocking=True) if self.cuda else x
+        record_consumer(images, self.device)  # decode="device": their memory is the decoding side stream's
+        x = torch.empty((len(images), *shape), dtype=torch.uint8, device=self.device) if out is None else out
+        for i, image in enumerate(images):
+            if not isinstance(image, torch.Tensor):  # not staged by a decoding thread
+                image = self._pinned(image)
+            x[i, : image.shape[0], : image.shape[1]].copy_(image, non_blocking=True)
+        return x
+
+    def _network(self, pixels, sizes):
+        """(B, H, W, 3) uint8 pixels on the device, with each image's (height, width) for a padded batch (else
+        None), -> the maps in the output dtype: what a CUDA graph records."""
+        x = pixels.permute(0, 3, 1, 2).float()
+        x = ((x - self.shift) * self.scale).to(self.compute_dtype)
+        if not self.cuda:
+            x = x.contiguous()
+        out = self.module(x) if sizes is None else self.module(x, sizes)
+        return out.to(self.out_dtype)
 
     def _forward(self, images):
         """Enqueue the network on a batch: ``(map_sizes, pending)`` with ``pending`` the maps' host copies and
         their event (see :meth:`_to_host`), or with a head the maps on the device and the event that ends the
-        network (for :meth:`_run_head`)."""
+        network (for :meth:`_run_head`). A full batch replays its CUDA graph when the runner has ``graphs``."""
         torch = self.torch
-        x = self._pixels(images).permute(0, 3, 1, 2).float()
-        x = ((x - self.shift) * self.scale).to(self.compute_dtype)
-        if not self.cuda:
-            x = x.contiguous()
         map_sizes = self._map_sizes(images)
-        if map_sizes is None:
-            out = self.module(x)
-        else:
-            sizes = self._index_tensor([image.shape[:2] for image in images])
-            out = self.module(x, sizes)
-        out = out.to(self.out_dtype)
+        sizes = None if map_sizes is None else self._index_tensor([image.shape[:2] for image in images])
+        out = None
+        if self.graphs is not None and len(images) == self.graph_batch_size:
+            key = (len(images), self.batch_shape(images[0].shape), sizes is not None)
+            fill = functools.partial(self._pixels, images)
+            out = self.graphs.run(key, self._network, fill, sizes, self.device, keep=(self.shift, self.scale))
+        if out is None:
+            out = self._network(self._pixels(images), sizes)
         if self.head is None:
             return map_sizes, self._to_host([out])
         ready = None
@@ -220,9 +263,8 @@ class BatchRunner:
         on their way to the host.
 
         On CUDA this runs on a stream of its own, after the network's work on the maps (``ready``), and is called
-        once the next batch's network is enqueued: a head that waits for the device (the masks' ``nonzero``)
-        then holds this thread while that network keeps the GPU busy, instead of leaving the GPU idle while this
-        thread prepares the next batch.
+        once :attr:`IN_FLIGHT` later batches are queued: a head that waits for the device (the masks'
+        ``nonzero``) then finds its maps computed, while those batches keep the GPU busy.
         """
         torch = self.torch
         with torch.cuda.stream(self.head_stream) if self.cuda else contextlib.nullcontext():
@@ -301,7 +343,8 @@ class BatchRunner:
         )
 
     def submit(self, batch):
-        """Start a batch; return the finished results of the previous one (CUDA) or of this one (CPU)."""
+        """Start a batch; return the finished results of this one (CPU), or on CUDA of the batch submitted
+        :attr:`IN_FLIGHT` batches before (none before that many)."""
         try:
             job = (batch, *self._forward([img.pixels for _, img, _ in batch]))
         except RuntimeError as error:
@@ -314,12 +357,17 @@ class BatchRunner:
             ) from error
         if not self.cuda:
             return self._finish(self._with_head(job))
-        previous, self.in_flight = self.in_flight, job
-        return self._finish(self._with_head(previous)) if previous is not None else []
+        self.in_flight.append(job)
+        if len(self.in_flight) <= self.IN_FLIGHT:
+            return []
+        return self._finish(self._with_head(self.in_flight.popleft()))
 
     def drain(self):
-        previous, self.in_flight = self.in_flight, None
-        return self._finish(self._with_head(previous)) if previous is not None else []
+        """The finished results of every batch still in flight, in the order they were submitted."""
+        finished = []
+        while self.in_flight:
+            finished.extend(self._finish(self._with_head(self.in_flight.popleft())))
+        return finished
 
     def _with_head(self, job):
         """A started job as :meth:`_finish` takes it: with a head, the head run on its maps."""
@@ -403,11 +451,11 @@ class OrderedExtraction:
 
     def _run(self):
         items = self.items
-        jobs = deque(self.submit(self.load, items[i]) for i in range(min(self.window, len(items))))
+        jobs = deque(self.submit(self._load, items[i]) for i in range(min(self.window, len(items))))
         for position in range(len(items)):
             job = jobs.popleft()
             if position + self.window < len(items):
-                jobs.append(self.submit(self.load, items[position + self.window]))
+                jobs.append(self.submit(self._load, items[position + self.window]))
             kind, payload, problems = job.result()
             for problem in problems:
                 self._note_cache(position, problem)
@@ -427,6 +475,14 @@ class OrderedExtraction:
         yield from self._ready()
         for position, future in self.writes:
             self._note_cache(position, future.result())
+
+    def _load(self, item):
+        """``load(item)`` with each image to run staged for the runner (:meth:`BatchRunner.stage`), in the
+        worker thread."""
+        kind, payload, problems = self.load(item)
+        if kind == "parts":
+            payload = [part if isinstance(part, ConvMap) else (self.runner.stage(part[0]), part[1]) for part in payload]
+        return kind, payload, problems
 
     def _run_batch(self, batch):
         try:

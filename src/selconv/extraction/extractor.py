@@ -16,6 +16,7 @@ from sklearn.utils.validation import check_is_fitted
 from selconv._compat import Interval, StrOptions, _fit_context
 from selconv._pickling import SelconvPickleMixin
 from selconv.extraction._batching import BatchRunner, OrderedExtraction, default_workers
+from selconv.extraction._graphs import network_graphs
 from selconv.extraction._cache import MapCache, output_signature
 from selconv.extraction._device_decode import load_on_device
 from selconv.extraction._network import (
@@ -33,7 +34,7 @@ from selconv.extraction.images import ImageLoadError, load_item, parse_inputs
 from selconv.extraction.weights import state_dict_to_bytes
 
 #: The settings :meth:`ConvFeatureExtractor.run_with` changes: how a fitted extractor runs, not what it computes.
-RUN_SETTINGS = ("batch_size", "n_workers", "compile", "pad_to_multiple", "progress", "on_error")
+RUN_SETTINGS = ("batch_size", "n_workers", "compile", "cuda_graphs", "pad_to_multiple", "progress", "on_error")
 
 
 class ConvFeatureExtractor(SelconvPickleMixin, TransformerMixin, BaseEstimator):
@@ -99,6 +100,15 @@ class ConvFeatureExtractor(SelconvPickleMixin, TransformerMixin, BaseEstimator):
         (``torch._dynamo.config.recompile_limit``, 8, shared by every compiled network), torch warns and runs new
         shapes eagerly: same maps, no error. Needs a working compiler for the device (a C++ compiler on the CPU,
         Triton on CUDA); a failure is raised at the first batch. See docs/extraction.md, "Speed".
+    cuda_graphs : bool, default=False
+        On CUDA, replay each full batch (``batch_size`` images) of a batch shape through a CUDA graph of the
+        network (compiled or not), recorded at the second full batch of that shape: one launch instead of one per
+        kernel, which the calling thread made while the decoding threads took the GIL from it. The maps are those
+        of the same batch without a graph. Each graph holds its input batch and output maps in GPU memory for as
+        long as this extractor's network lives (about 250 MB for 64 VGG16 images at 1024 x 768 and float32 maps,
+        besides the activations' pool), so that later runs (``selconv index`` runs one per chunk) replay them;
+        ``pad_to_multiple`` keeps the number of batch shapes small. Ignored on other devices. See
+        docs/extraction.md, "Speed".
     device : str, default="auto"
         ``"auto"`` (CUDA when available, else CPU), ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ...
     decode : {"cpu", "device"}, default="cpu"
@@ -199,6 +209,7 @@ class ConvFeatureExtractor(SelconvPickleMixin, TransformerMixin, BaseEstimator):
         "dtype": [StrOptions({"float32", "float16"})],
         "precision": [StrOptions({"float32", "tf32", "float16", "bfloat16"})],
         "compile": ["boolean"],
+        "cuda_graphs": ["boolean"],
         "device": [str],
         "decode": [StrOptions({"cpu", "device"})],
         "batch_size": [Interval(Integral, 1, None, closed="left")],
@@ -223,6 +234,7 @@ class ConvFeatureExtractor(SelconvPickleMixin, TransformerMixin, BaseEstimator):
         dtype="float32",
         precision="float32",
         compile=False,
+        cuda_graphs=False,
         device="auto",
         decode="cpu",
         batch_size=8,
@@ -243,6 +255,7 @@ class ConvFeatureExtractor(SelconvPickleMixin, TransformerMixin, BaseEstimator):
         self.dtype = dtype
         self.precision = precision
         self.compile = compile
+        self.cuda_graphs = cuda_graphs
         self.device = device
         self.decode = decode
         self.batch_size = batch_size
@@ -297,6 +310,7 @@ class ConvFeatureExtractor(SelconvPickleMixin, TransformerMixin, BaseEstimator):
     def __setstate__(self, state):
         super().__setstate__(state)
         self._model = None
+        self.__dict__.setdefault("cuda_graphs", False)  # saved before the parameter existed
         device = getattr(self, "device_", None)
         if device is not None and device.startswith("cuda"):
             import torch
@@ -358,7 +372,8 @@ class ConvFeatureExtractor(SelconvPickleMixin, TransformerMixin, BaseEstimator):
         Parameters
         ----------
         **settings
-            Any of ``batch_size``, ``n_workers``, ``compile``, ``pad_to_multiple``, ``progress``, ``on_error``
+            Any of ``batch_size``, ``n_workers``, ``compile``, ``cuda_graphs``, ``pad_to_multiple``,
+            ``progress``, ``on_error``
             (``selconv.extraction.extractor.RUN_SETTINGS``). None changes the maps beyond float rounding, none is
             part of the cache key or of an index's encoder fingerprint.
 
@@ -439,9 +454,14 @@ class ConvFeatureExtractor(SelconvPickleMixin, TransformerMixin, BaseEstimator):
         network = self._get_model()
         # The compiled wrapper is not stored: it is cheap, and a fitted extractor pickles as before.
         model = compile_network(network) if self.compile else network
+        device = torch.device(self.device_)
+        graphs = None
+        if self.cuda_graphs and device.type == "cuda":
+            settings = (self.compile, self.precision, self.dtype, tuple(self._mean), tuple(self._std))
+            graphs = network_graphs(network, settings)
         runner = BatchRunner(
             model,
-            torch.device(self.device_),
+            device,
             self.precision,
             self._mean,
             self._std,
@@ -449,6 +469,8 @@ class ConvFeatureExtractor(SelconvPickleMixin, TransformerMixin, BaseEstimator):
             head=head,
             pad_to_multiple=self.pad_to_multiple,
             output_size=network.output_size if self.pad_to_multiple is not None else None,
+            graphs=graphs,
+            graph_batch_size=self.batch_size,
         )
         sizes = self._scale_sizes()
         signatures = [output_signature(self, size) for size in sizes]  # of each scale, for its cache entries

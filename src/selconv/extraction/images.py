@@ -43,7 +43,8 @@ class BoxedImage(NamedTuple):
 
 @dataclass
 class LoadedImage:
-    """One decoded input, ready for the CNN: ``pixels`` (H, W, 3) uint8 of the resized (cropped) image."""
+    """One decoded input, ready for the CNN: ``pixels`` (H, W, 3) uint8 of the resized (cropped) image, an ndarray,
+    or a tensor when decoded on the device or staged in pinned memory for a CUDA run."""
 
     pixels: np.ndarray
     keypoints: np.ndarray | None
