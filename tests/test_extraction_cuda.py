@@ -12,8 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from selconv.extraction import ConvFeatureExtractor
-from selconv.extraction import _graphs
+from selconv.extraction import ConvFeatureExtractor, _graphs
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 

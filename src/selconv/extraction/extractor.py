@@ -16,9 +16,9 @@ from sklearn.utils.validation import check_is_fitted
 from selconv._compat import Interval, StrOptions, _fit_context
 from selconv._pickling import SelconvPickleMixin
 from selconv.extraction._batching import BatchRunner, OrderedExtraction, default_workers
-from selconv.extraction._graphs import network_graphs
 from selconv.extraction._cache import MapCache, output_signature
 from selconv.extraction._device_decode import load_on_device
+from selconv.extraction._graphs import network_graphs
 from selconv.extraction._network import (
     check_paddable,
     compile_network,
