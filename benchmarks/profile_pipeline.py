@@ -70,7 +70,21 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--sample-every", type=float, default=0.002, help="seconds between stack samples")
     parser.add_argument("--top", type=int, default=8, help="places listed per thread kind")
     parser.add_argument("--device", default="cuda")
-    parser.add_argument("--precision", default="bfloat16")
+    parser.add_argument(
+        "--precisions", nargs="+", default=["bfloat16"], help="the network's precision per row (the head: the first's)"
+    )
+    parser.add_argument(
+        "--network-alone",
+        action="store_true",
+        help="first, per precision and batch size: the network alone on these files' batch shapes (pixels on the GPU)",
+    )
+    parser.add_argument(
+        "--kernel-profile",
+        type=int,
+        default=0,
+        metavar="N",
+        help="after each row, the GPU kernels of N more files through the same extractor (torch.profiler), by time",
+    )
     return parser.parse_args(argv)
 
 
@@ -140,20 +154,20 @@ class GpuBusy:
 
 
 def fitted_head(args, paths) -> TorchEncoder:
-    extractor = make_extractor(args, "cpu", 16, False, args.batch_sizes[0])
+    extractor = make_extractor(args, args.precisions[0], "cpu", 16, False, args.batch_sizes[0])
     maps = extractor.transform(paths[:300])
     pipeline = make_paper_pipeline(512, n_bits=512).set_params(encode__device=args.device, itq__device=args.device)
     pipeline.fit(maps + augmented(maps, 700 - len(maps)))
     return TorchEncoder(pipeline, device=args.device)
 
 
-def make_extractor(args, decode, workers, compile, batch_size, cuda_graphs=False) -> ConvFeatureExtractor:
+def make_extractor(args, precision, decode, workers, compile, batch_size, cuda_graphs=False) -> ConvFeatureExtractor:
     return ConvFeatureExtractor(
         "vgg16",
         weights=None if args.weights == "none" else args.weights,
         max_size=args.max_size,
         device=args.device,
-        precision=args.precision,
+        precision=precision,
         decode=decode,
         batch_size=batch_size,
         n_workers=workers,
@@ -164,23 +178,93 @@ def make_extractor(args, decode, workers, compile, batch_size, cuda_graphs=False
     ).fit()
 
 
+def network_alone(args, precision: str, paths, batch_size: int, repeats: int = 3) -> float:
+    """Images/s of the network alone (the extractor's, compiled with ``--compile``, padded forward with
+    ``--pad-to-multiple``) on full batches of each batch shape of ``paths``, weighted by its number of files:
+    random pixels already on the GPU, no decoding, no head. The ceiling of the end-to-end rows."""
+    from PIL import Image
+
+    from selconv.extraction._network import compile_network
+    from selconv.extraction.images import target_size
+
+    extractor = make_extractor(args, precision, "cpu", 0, args.compile, batch_size)
+    network = extractor._get_model()
+    module = compile_network(network) if args.compile else network
+    multiple = args.pad_to_multiple or 1
+    shapes: collections.Counter = collections.Counter()
+    for path in paths:
+        with Image.open(path) as image:
+            width, height = target_size(*image.size, args.max_size, True)[1]
+        shapes[(-(-height // multiple) * multiple, -(-width // multiple) * multiple)] += 1
+    dtype = {"float16": torch.float16, "bfloat16": torch.bfloat16}.get(precision, torch.float32)
+    sync = torch.cuda.synchronize if torch.device(args.device).type == "cuda" else (lambda: None)
+    seconds = 0.0
+    with torch.inference_mode():
+        for (height, width), count in shapes.items():
+            x = torch.randn(batch_size, 3, height, width, device=args.device, dtype=dtype)
+            x = x.contiguous(memory_format=torch.channels_last)
+            sizes = torch.tensor([[height, width]] * batch_size, device=args.device)
+            for timed in (False, True):
+                sync()
+                start = time.perf_counter()
+                for _ in range(repeats if timed else 2):
+                    module(x, sizes) if args.pad_to_multiple else module(x)
+                sync()
+            seconds += (time.perf_counter() - start) / repeats * count / batch_size
+    return len(paths) / seconds
+
+
+def print_kernels(extractor, paths, head, top: int) -> None:
+    """The GPU kernels of ``paths`` through ``extractor`` and ``head`` (torch.profiler, CUDA activity only), by
+    total time: the GPU's work per image, whatever the streams (their kernels may overlap)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    if not torch.cuda.is_available():
+        print("(no GPU: no kernel profile)\n")
+        return
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        start = time.perf_counter()
+        collections.deque(extractor.iter_extract(paths, head=head), maxlen=0)
+        seconds = time.perf_counter() - start
+    kernels = [(e.key, e.count, e.self_device_time_total) for e in prof.key_averages() if e.self_device_time_total > 0]
+    kernels.sort(key=lambda kernel: -kernel[2])
+    total = sum(time_us for _, _, time_us in kernels)
+    per_image = total / 1e3 / len(paths)
+    print(
+        f"GPU kernels of {len(paths)} more files (profiled, {len(paths) / seconds:.0f} images/s): "
+        f"{per_image:.3f} ms per image in all, against {seconds * 1e3 / len(paths):.3f} ms of wall time\n"
+    )
+    print("| kernel | calls | ms per image | share |\n|---|---|---|---|")
+    for name, calls, time_us in kernels[:top]:
+        print(f"| `{name[:90]}` | {calls} | {time_us / 1e3 / len(paths):.4f} | {100 * time_us / total:.1f} % |")
+    print(flush=True)
+
+
 def main(argv=None) -> None:
     args = parse_args(argv)
     files = sorted(str(p) for p in args.images.glob("*.jpg"))[: args.max_files]
     paths = [files[i % len(files)] for i in range(args.n_images)]
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
     print(
-        f"{len(files)} JPEGs from {args.images} cycled to {len(paths)}; {gpu}; {args.precision}; "
+        f"{len(files)} JPEGs from {args.images} cycled to {len(paths)}; {gpu}; "
         f"pad_to_multiple {args.pad_to_multiple or None}; compile {args.compile}\n",
         flush=True,
     )
     head = fitted_head(args, files)
     heads = {"whole": head.transform, "per-grid": lambda maps: head.transform(maps)}  # the lambda: no sizes
+    if args.network_alone:
+        for precision, batch_size in itertools.product(args.precisions, args.batch_sizes):
+            rate = network_alone(args, precision, paths, batch_size)
+            print(
+                f"## {precision}, batch {batch_size}: the network alone on these files' batch shapes, "
+                f"**{rate:.0f} images/s**\n",
+                flush=True,
+            )
     options = (args.switch_intervals, args.heads, args.in_flight, args.cuda_graphs)
-    configs = itertools.product(args.batch_sizes, args.decodes, args.workers, *options)
-    first_codes: dict = {}  # decode -> the codes of its first row
-    for batch_size, decode, workers, interval, head_kind, in_flight, graphs in configs:
-        extractor = make_extractor(args, decode, workers, args.compile, batch_size, graphs == "on")
+    configs = itertools.product(args.precisions, args.batch_sizes, args.decodes, args.workers, *options)
+    first_codes: dict = {}  # (precision, decode) -> the codes of its first row
+    for precision, batch_size, decode, workers, interval, head_kind, in_flight, graphs in configs:
+        extractor = make_extractor(args, precision, decode, workers, args.compile, batch_size, graphs == "on")
         BatchRunner.IN_FLIGHT = in_flight
         # Warm-up, the timed run untimed: with compile, every compiled graph; with CUDA graphs, every graph recorded.
         collections.deque(extractor.iter_extract(paths, head=heads[head_kind]), maxlen=0)
@@ -191,12 +275,14 @@ def main(argv=None) -> None:
             seconds = time.perf_counter() - start
         sys.setswitchinterval(0.005)
         n = len(codes)
-        same = first_codes.setdefault(decode, codes)
+        same = first_codes.setdefault((precision, decode), codes)
         gpu_busy = "n/a" if busy.busy is None else f"{busy.busy:.0f} %"
         print(
-            f"## batch {batch_size}, decode={decode!r}, n_workers={workers}, switch interval {interval * 1e3:g} ms, "
+            f"## {precision}, batch {batch_size}, decode={decode!r}, n_workers={workers}, "
+            f"switch interval {interval * 1e3:g} ms, "
             f"head {head_kind}, in flight {in_flight}, CUDA graphs {graphs}: "
-            f"**{n / seconds:.0f} images/s**, GPU busy {gpu_busy}; codes equal to this decode's first row: "
+            f"**{n / seconds:.0f} images/s**, GPU busy {gpu_busy}; codes equal to the first row's of this precision "
+            "and decode: "
             f"{np.mean((codes == same).all(axis=1)) * 100:.1f} % of images\n"
         )
         for kind, counts in sampler.counts.items():
@@ -205,6 +291,8 @@ def main(argv=None) -> None:
             for place, count in counts.most_common(args.top):
                 print(f"| `{place}` | {100 * count / total:.1f} % |")
             print(flush=True)
+        if args.kernel_profile:
+            print_kernels(extractor, paths[: args.kernel_profile], heads[head_kind], args.top)
 
 
 if __name__ == "__main__":
