@@ -29,7 +29,7 @@ from _gpu_sections import augmented  # beside this script
 
 from selconv import make_paper_pipeline
 from selconv.extraction import ConvFeatureExtractor
-from selconv.extraction._batching import BatchRunner
+from selconv.extraction._batching import BatchRunner, _ShapeBuckets
 from selconv.torch_encoder import TorchEncoder
 
 
@@ -44,7 +44,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--max-size", type=int, default=1024)
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[32])
     parser.add_argument("--decodes", nargs="+", default=["device", "cpu"])
-    parser.add_argument("--workers", type=int, nargs="+", default=[16], help="the extractor's n_workers")
+    parser.add_argument(
+        "--workers", nargs="+", default=["16"], help="the extractor's n_workers per row ('auto': None, its default)"
+    )
+    parser.add_argument(
+        "--waiting-batches",
+        type=int,
+        nargs="+",
+        default=[_ShapeBuckets.WAITING_BATCHES],
+        help="_ShapeBuckets.WAITING_BATCHES per row: images that may wait for a full batch, in batches",
+    )
     parser.add_argument(
         "--switch-intervals", type=float, nargs="+", default=[0.005], help="sys.setswitchinterval (s) per row"
     )
@@ -260,12 +269,13 @@ def main(argv=None) -> None:
                 f"**{rate:.0f} images/s**\n",
                 flush=True,
             )
-    options = (args.switch_intervals, args.heads, args.in_flight, args.cuda_graphs)
+    options = (args.switch_intervals, args.heads, args.in_flight, args.waiting_batches, args.cuda_graphs)
     configs = itertools.product(args.precisions, args.batch_sizes, args.decodes, args.workers, *options)
     first_codes: dict = {}  # (precision, decode) -> the codes of its first row
-    for precision, batch_size, decode, workers, interval, head_kind, in_flight, graphs in configs:
+    for precision, batch_size, decode, workers, interval, head_kind, in_flight, waiting, graphs in configs:
+        workers = None if workers == "auto" else int(workers)
         extractor = make_extractor(args, precision, decode, workers, args.compile, batch_size, graphs == "on")
-        BatchRunner.IN_FLIGHT = in_flight
+        BatchRunner.IN_FLIGHT, _ShapeBuckets.WAITING_BATCHES = in_flight, waiting
         # Warm-up, the timed run untimed: with compile, every compiled graph; with CUDA graphs, every graph recorded.
         collections.deque(extractor.iter_extract(paths, head=heads[head_kind]), maxlen=0)
         sys.setswitchinterval(interval)
@@ -278,9 +288,9 @@ def main(argv=None) -> None:
         same = first_codes.setdefault((precision, decode), codes)
         gpu_busy = "n/a" if busy.busy is None else f"{busy.busy:.0f} %"
         print(
-            f"## {precision}, batch {batch_size}, decode={decode!r}, n_workers={workers}, "
+            f"## {precision}, batch {batch_size}, decode={decode!r}, n_workers={extractor._workers()}, "
             f"switch interval {interval * 1e3:g} ms, "
-            f"head {head_kind}, in flight {in_flight}, CUDA graphs {graphs}: "
+            f"head {head_kind}, in flight {in_flight}, waiting batches {waiting}, CUDA graphs {graphs}: "
             f"**{n / seconds:.0f} images/s**, GPU busy {gpu_busy}; codes equal to the first row's of this precision "
             "and decode: "
             f"{np.mean((codes == same).all(axis=1)) * 100:.1f} % of images\n"

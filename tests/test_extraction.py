@@ -403,3 +403,24 @@ def test_default_workers_are_fewer_when_a_gpu_decodes(monkeypatch):
     on_cpu = ConvFeatureExtractor("alexnet", weights=None, device="cpu", decode="device").fit()
     assert on_cpu._workers() == 2  # torchvision decodes on the CPU in the threads: all the cores (2 here)
     assert on_cpu.run_with(n_workers=7)._workers() == 7
+
+
+def test_shape_buckets_fill_batches_and_bound_the_waiting_images():
+    """Images of a shape wait for a full batch; past WAITING_BATCHES batches' worth of waiting images the bucket of
+    the oldest runs part-full (memory bounded whatever the mix of shapes); flush gives the rest, oldest first."""
+    from types import SimpleNamespace
+
+    from selconv.extraction._batching import _ShapeBuckets
+
+    buckets = _ShapeBuckets(batch_size=4, key=lambda shape: shape)
+    limit = _ShapeBuckets.WAITING_BATCHES * 4
+    shapes = [(10, 10), (20, 10)] * 8 + [(30 + i, 10) for i in range(2 * limit)]  # two common shapes, then rare ones
+    batches = []
+    for position, shape in enumerate(shapes):
+        batches += buckets.add(((position, 0), SimpleNamespace(pixels=np.empty(shape)), None))
+        assert sum(map(len, buckets.buckets.values())) < limit
+    assert [len(batch) for batch in batches[:4]] == [4, 4, 4, 4]  # the common shapes: full batches
+    assert all(len(batch) == 1 for batch in batches[4:])  # then each rare one alone, the oldest first
+    assert [batch[0][0][0] for batch in batches[4:]] == list(range(16, 16 + len(batches) - 4))
+    rest = list(buckets.flush())
+    assert sorted(entry[0][0] for batch in batches + rest for entry in batch) == list(range(len(shapes)))

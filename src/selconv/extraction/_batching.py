@@ -379,9 +379,16 @@ class _ShapeBuckets:
     """Decoded images waiting for a batch, one bucket per batch shape (``key`` of an image's shape), each in
     input order."""
 
+    #: Images that may wait for a full batch, in batches: past ``WAITING_BATCHES * batch_size`` the bucket of the
+    #: oldest runs part-full. With 2, a sample of the Oxford files (168, 14 batch shapes at ``pad_to_multiple=32``)
+    #: cycled to 3,000 ran in 156 batches of 64, 63 of them of 2 images, and 47 % of the images in full batches;
+    #: with 8, in 54 batches, 85 % of the images in full batches (the only ones CUDA graphs replay). The price is
+    #: memory: 512 decoded images of 1024 x 768 at batch 64, 1.2 GB (on the GPU with ``decode="device"``).
+    WAITING_BATCHES = 8
+
     def __init__(self, batch_size: int, key):
         self.batch_size, self.key = batch_size, key
-        self.max_waiting = max(2 * batch_size, 16)
+        self.max_waiting = max(self.WAITING_BATCHES * batch_size, 16)
         self.buckets: dict = {}
 
     def add(self, entry) -> list:
