@@ -202,10 +202,12 @@ class BatchRunner:
             return x
         record_consumer(images, self.device)  # decode="device": their memory is the decoding side stream's
         x = torch.empty((len(images), *shape), dtype=torch.uint8, device=self.device) if out is None else out
-        for i, image in enumerate(images):
-            if not isinstance(image, torch.Tensor):  # not staged by a decoding thread
-                image = self._pinned(image)
-            x[i, : image.shape[0], : image.shape[1]].copy_(image, non_blocking=True)
+        # Not staged by a decoding thread: pinned here.
+        sources = [image if isinstance(image, torch.Tensor) else self._pinned(image) for image in images]
+        # One call for the batch's copies: with a copy_ per image, each call let the decoding threads take the GIL,
+        # which this thread then waited for (a third of its time with 16 threads decoding on the CPU, on an H100).
+        targets = [x[i, : source.shape[0], : source.shape[1]] for i, source in enumerate(sources)]
+        torch._foreach_copy_(targets, sources, non_blocking=True)
         return x
 
     def _network(self, pixels, sizes):
