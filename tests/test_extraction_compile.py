@@ -12,6 +12,7 @@ from sklearn.base import clone
 from sklearn.utils._param_validation import InvalidParameterError
 
 from selconv.extraction import ConvFeatureExtractor
+from selconv.extraction._network import normalize_pixels
 
 
 def tiny_net():
@@ -65,9 +66,11 @@ def test_compile_wraps_the_network_once_per_call(compile_calls):
     compiled = clone(eager).set_params(compile=True).fit()
     assert compile_calls == []  # fit builds the network only
     assert_same_maps(compiled.transform(images()), expected)
-    assert len(compile_calls) == 1
-    module, settings = compile_calls[0]
-    assert module is compiled._model and settings == {"dynamic": True}
+    # the network and the pixels' normalisation (one fused kernel), once each per call
+    assert [(compiled_object, settings) for compiled_object, settings in compile_calls] == [
+        (compiled._model, {"dynamic": True}),
+        (normalize_pixels, {"dynamic": True}),
+    ]
     # same computation to float rounding: the cache key ignores it, as it ignores batch_size and device
     assert compiled._output_signature() == eager._output_signature()
     assert make_extractor(compile=True).get_params()["compile"] is True
@@ -82,7 +85,7 @@ def test_pickled_compiled_extractor_transforms(compile_calls):
     loaded = pickle.loads(pickle.dumps(fitted))
     assert loaded.compile is True and loaded._model is None
     assert_same_maps(loaded.transform(images()), expected)
-    assert len(compile_calls) == 2 and compile_calls[1][0] is loaded._model
+    assert [compiled_object for compiled_object, _ in compile_calls[2:]] == [loaded._model, normalize_pixels]
 
 
 def _inductor_problem() -> str | None:
@@ -111,8 +114,9 @@ def test_real_compile_matches_eager_and_recompiles_little():
     for a, b in zip(maps, expected):
         assert a.image_size == b.image_size
         np.testing.assert_allclose(a.features, b.features, rtol=1e-5, atol=1e-5 * float(np.abs(b.features).max()))
-    # three image shapes and batches of 2 and 1: one dynamic graph and one for the single image
-    assert graphs <= 2
+    # three image shapes and batches of 2 and 1: for the network and for the pixels' normalisation each, one
+    # dynamic graph and one for the single image
+    assert graphs <= 4
     again = compiled.transform(images())  # a new wrapper of the same module: nothing compiled again
     assert counters["stats"]["unique_graphs"] - before == graphs
     assert_same_maps(again, maps)
@@ -121,7 +125,8 @@ def test_real_compile_matches_eager_and_recompiles_little():
 @pytest.mark.slow
 def test_real_compile_of_padded_batches_matches_eager():
     """pad_to_multiple under torch.compile: the padded forward (the images' sizes as a tensor argument) compiles,
-    gives the eager maps, and nine shapes under one batch shape compile one graph."""
+    gives the eager maps, and nine shapes under one batch shape compile one graph (and one for the
+    normalisation of the pixels)."""
     problem = _inductor_problem()
     if problem is not None:
         pytest.skip(problem)
@@ -136,7 +141,7 @@ def test_real_compile_of_padded_batches_matches_eager():
     compiled = ConvFeatureExtractor("vgg16", compile=True, pad_to_multiple=32, **params).fit()
     before = counters["stats"]["unique_graphs"]
     maps = compiled.transform(pixels)
-    assert counters["stats"]["unique_graphs"] - before == 1
+    assert counters["stats"]["unique_graphs"] - before == 2  # the network's, the pixels' normalisation's
     for a, b in zip(maps, expected):
         assert a.features.shape == b.features.shape
         np.testing.assert_allclose(a.features, b.features, rtol=1e-5, atol=1e-5 * float(np.abs(b.features).max()))

@@ -23,6 +23,7 @@ import numpy as np
 from selconv.conv_map import ConvMap
 from selconv.exceptions import NonFiniteError
 from selconv.extraction._device_decode import record_consumer
+from selconv.extraction._network import normalize_pixels
 from selconv.extraction._results import SkippedInput
 from selconv.extraction.backbones import valid_mask
 from selconv.extraction.images import ImageLoadError
@@ -120,6 +121,7 @@ class BatchRunner:
         output_size=None,
         graphs=None,
         graph_batch_size=None,
+        normalize=normalize_pixels,
     ):
         import torch
 
@@ -130,10 +132,10 @@ class BatchRunner:
         self.allow_tf32 = precision != "float32"
         self.compute_dtype = {"float16": torch.float16, "bfloat16": torch.bfloat16}.get(precision, torch.float32)
         self.out_dtype = torch.float16 if out_dtype == "float16" else torch.float32
-        # x / 255 then (x - mean) / std, folded into one subtract and one multiply on 0..255 values.
         shift = torch.tensor([255.0 * m for m in mean]).view(1, 3, 1, 1)
         scale = torch.tensor([1.0 / (255.0 * s) for s in std]).view(1, 3, 1, 1)
         self.shift, self.scale = shift.to(device), scale.to(device)
+        self.normalize = normalize  # normalize_pixels, or compiled (compile_normalization)
         self.head = head
         self.head_takes_sizes = head is not None and _takes_sizes(head)
         # High priority: the head's kernels are dispatched ahead of the network's next batch, which is queued
@@ -213,8 +215,7 @@ class BatchRunner:
     def _network(self, pixels, sizes):
         """(B, H, W, 3) uint8 pixels on the device, with each image's (height, width) for a padded batch (else
         None), -> the maps in the output dtype: what a CUDA graph records."""
-        x = pixels.permute(0, 3, 1, 2).float()
-        x = ((x - self.shift) * self.scale).to(self.compute_dtype)
+        x = self.normalize(pixels, self.shift, self.scale, self.compute_dtype)
         if not self.cuda:
             x = x.contiguous()
         out = self.module(x) if sizes is None else self.module(x, sizes)

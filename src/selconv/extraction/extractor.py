@@ -22,6 +22,8 @@ from selconv.extraction._graphs import network_graphs
 from selconv.extraction._network import (
     check_paddable,
     compile_network,
+    compile_normalization,
+    normalize_pixels,
     output_channels,
     place,
     rebuild,
@@ -471,6 +473,7 @@ class ConvFeatureExtractor(SelconvPickleMixin, TransformerMixin, BaseEstimator):
             output_size=network.output_size if self.pad_to_multiple is not None else None,
             graphs=graphs,
             graph_batch_size=self.batch_size,
+            normalize=compile_normalization() if self.compile else normalize_pixels,
         )
         sizes = self._scale_sizes()
         signatures = [output_signature(self, size) for size in sizes]  # of each scale, for its cache entries
