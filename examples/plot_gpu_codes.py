@@ -60,11 +60,11 @@ with warnings.catch_warnings():
 # ``precision="bfloat16"`` halves the network's memory traffic; ``iter_extract(..., head=...)`` hands
 # each batch of conv maps, still on the device, to the encoder and yields one row of codes per image,
 # in input order. Query boxes are cropped on the CPU and take the same route from there.
-# For a large collection on a GPU, also pass ``compile=True``, ``pad_to_multiple=32`` (images of nearby
-# shapes share a zero-padded batch, with the same maps) and ``batch_size=64``: on an H100 JPEG files -> codes
-# then ran at 619 images/s (run F of ``benchmarks/results/gpu_pipeline.md``, 168 Oxford files cycled), against
-# 328 eager, unpadded, at batch 32 (run E, 210 files). For the few dozen photos here, compiling would take
-# longer than it saves.
+# For a large collection on a GPU, also pass ``compile=True``, ``cuda_graphs=True``, ``pad_to_multiple=32``
+# (images of nearby shapes share a zero-padded batch, with the same maps) and ``batch_size=64``: JPEG files ->
+# codes then ran at 824-838 images/s on an H200 and 771-786 on H100s (run G of
+# ``benchmarks/results/pipeline_profile.md``, 168 Oxford files cycled), against 328 eager, unpadded, at batch 32
+# (run E, 210 files). For the few dozen photos here, compiling would take longer than it saves.
 extractor = ConvFeatureExtractor(
     max_size=MAX_SIZE, device=DEVICE, precision="bfloat16" if cuda else "float32", decode="device"
 ).fit()

@@ -20,13 +20,15 @@ _FIT_EXAMPLES = """examples:
   selconv fit ~/photos --out photos.encoder                     # learn on a sample of the collection itself
   selconv fit ~/photos --out photos.encoder --train-dir ~/other --preset 1024 --mask sum
   selconv fit ~/photos --out photos-64bit.encoder --bits 64 --sample 5000 --max-size 1024
-  selconv fit ~/photos --out photos.encoder --precision bfloat16 --compile --batch-size 64 --pad-to-multiple 32"""
+  selconv fit ~/photos --out photos.encoder --precision bfloat16 --compile --cuda-graphs --batch-size 64 \\
+      --pad-to-multiple 32"""
 
 _INDEX_EXAMPLES = """examples:
   selconv index ~/photos --encoder photos.encoder --out photos.index
   selconv index ~/photos --encoder photos.encoder --out photos.index     # again: adds only new photos
   selconv index ~/photos --encoder photos.encoder --out photos.index --scheduler tcp://10.0.0.5:8786
-  selconv index ~/photos --encoder photos.encoder --out photos.index --compile --batch-size 64 --pad-to-multiple 32
+  selconv index ~/photos --encoder photos.encoder --out photos.index --compile --cuda-graphs --batch-size 64 \\
+      --pad-to-multiple 32 --chunk-size 4096
 
 Killed at any moment, rerun the same command: it resumes from the shards kept in INDEX.shards/."""
 
@@ -119,7 +121,8 @@ def _add_index(sub) -> None:
         type=positive_int,
         default=256,
         metavar="N",
-        help="photos per shard: the most a killed run loses (default: %(default)s)",
+        help="photos per shard: the most a killed run loses (default: %(default)s); each chunk ends with a "
+        "part-full batch of each batch shape, so on a GPU with --batch-size 64 thousands per chunk keep batches full",
     )
     index.add_argument(
         "--scheduler",

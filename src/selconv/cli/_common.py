@@ -148,7 +148,7 @@ def add_speed_arguments(sub) -> None:
         default=None,
         metavar="N",
         help="batch photos of different sizes together, zero-padded (exactly) to a multiple of N pixels; "
-        "32 with --compile and --batch-size 64 is the fastest on a GPU (docs/extraction.md, 'Speed')",
+        "32 with --compile, --cuda-graphs and --batch-size 64 is the fastest on a GPU (docs/extraction.md, 'Speed')",
     )
 
 

@@ -100,8 +100,9 @@ class ConvFeatureExtractor(SelconvPickleMixin, TransformerMixin, BaseEstimator):
         ones up to float rounding (the compiler may fuse and reorder operations), so ``compile`` is not part of
         the cache key, like ``batch_size`` and ``device``. Past torch's limit on compiled graphs per process
         (``torch._dynamo.config.recompile_limit``, 8, shared by every compiled network), torch warns and runs new
-        shapes eagerly: same maps, no error. Needs a working compiler for the device (a C++ compiler on the CPU,
-        Triton on CUDA); a failure is raised at the first batch. See docs/extraction.md, "Speed".
+        shapes eagerly: same maps, no error. The pixels' normalisation is compiled too (one fused kernel, with
+        graphs of its own). Needs a working compiler for the device (a C++ compiler on the CPU, Triton on CUDA); a
+        failure is raised at the first batch. See docs/extraction.md, "Speed".
     cuda_graphs : bool, default=False
         On CUDA, replay each full batch (``batch_size`` images) of a batch shape through a CUDA graph of the
         network (compiled or not), recorded at the second full batch of that shape: one launch instead of one per
@@ -109,8 +110,11 @@ class ConvFeatureExtractor(SelconvPickleMixin, TransformerMixin, BaseEstimator):
         of the same batch without a graph. Each graph holds its input batch and output maps in GPU memory for as
         long as this extractor's network lives (about 250 MB for 64 VGG16 images at 1024 x 768 and float32 maps,
         besides the activations' pool), so that later runs (``selconv index`` runs one per chunk) replay them;
-        ``pad_to_multiple`` keeps the number of batch shapes small. Ignored on other devices. See
-        docs/extraction.md, "Speed".
+        ``pad_to_multiple`` keeps the number of batch shapes small. Ignored on other devices. With
+        ``compile=True``, ``pad_to_multiple=32`` and ``batch_size=64``, JPEG files -> codes through a head ran at
+        824-838 images/s on an H200 and 771-786 on H100s, 91-94 % of the network alone (run G of
+        benchmarks/results/pipeline_profile.md, which also has the rows without graphs). See docs/extraction.md,
+        "Speed".
     device : str, default="auto"
         ``"auto"`` (CUDA when available, else CPU), ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ...
     decode : {"cpu", "device"}, default="cpu"
