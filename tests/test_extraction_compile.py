@@ -88,6 +88,16 @@ def test_pickled_compiled_extractor_transforms(compile_calls):
     assert [compiled_object for compiled_object, _ in compile_calls[2:]] == [loaded._model, normalize_pixels]
 
 
+def test_extractor_saved_before_cuda_graphs_existed_loads_without_them():
+    fitted = make_extractor().fit()
+    state = fitted.__getstate__()
+    del state["cuda_graphs"]
+    loaded = ConvFeatureExtractor.__new__(ConvFeatureExtractor)
+    loaded.__setstate__(state)
+    assert loaded.cuda_graphs is False
+    assert_same_maps(loaded.transform(images()), fitted.transform(images()))
+
+
 def _inductor_problem() -> str | None:
     """Why torch.compile cannot run on this machine's CPU (no C++ compiler, no Python headers, ...), or None."""
     try:

@@ -103,9 +103,10 @@ class BatchRunner:
     """
 
     #: Batches queued on the GPU ahead of the one the host finishes. With one, the host ran batch k-1's head
-    #: (its syncs waiting for k-1's network) once k was queued, and then had k's network time to prepare k+1; on
-    #: an H100 the GPU then idled a quarter of the time (benchmarks/results/pipeline_profile.md, run F). With
-    #: two, the head of k-2 finds its maps ready while k-1 and k keep the GPU busy.
+    #: (its syncs waiting for k-1's network) once k was queued, and then had k's network time to prepare k+1;
+    #: with two, the head of k-2 finds its maps ready while k-1 and k keep the GPU busy. JPEG files -> codes on an
+    #: H100: 717 -> 755 images/s with nvJPEG, 719 -> 733 with CPU decoding (benchmarks/results/pipeline_profile.md,
+    #: run G, call 1).
     IN_FLIGHT = 2
 
     def __init__(
@@ -207,7 +208,8 @@ class BatchRunner:
         # Not staged by a decoding thread: pinned here.
         sources = [image if isinstance(image, torch.Tensor) else self._pinned(image) for image in images]
         # One call for the batch's copies: with a copy_ per image, each call let the decoding threads take the GIL,
-        # which this thread then waited for (a third of its time with 16 threads decoding on the CPU, on an H100).
+        # which this thread then waited for (a third of its time with 16 threads decoding on the CPU, on an H100:
+        # benchmarks/results/pipeline_profile.md, run G, call 4).
         targets = [x[i, : source.shape[0], : source.shape[1]] for i, source in enumerate(sources)]
         torch._foreach_copy_(targets, sources, non_blocking=True)
         return x
