@@ -214,9 +214,12 @@ def agreement_with_float64(train, test, bounds, small=True):
 
 
 def test_float64_projection_is_nearer_the_exact_result():
+    """float32 paths a few 1e-6 to 1e-5 from float64, the float64 projection nearer. The bounds leave room for the
+    BLAS: OpenBLAS picks its float32 kernels (and so their rounding) by CPU, and one 2-core AMD EPYC machine had
+    the torch float32 path at 1.7e-5 / 5.2e-6 where others had less."""
     train = list(pool5_like_maps(60, 6, 8, random_state=2))
     test = list(pool5_like_maps(12, 6, 8, random_state=3))
-    agreement_with_float64(train, test, {"numpy": (2e-5, 5e-6), "float32": (2e-5, 5e-6), "float64": (1e-5, 2e-6)})
+    agreement_with_float64(train, test, {"numpy": (5e-5, 1.5e-5), "float32": (5e-5, 1.5e-5), "float64": (1.5e-5, 5e-6)})
 
 
 def test_projection_dtype_is_checked():
@@ -308,5 +311,8 @@ def test_the_encoder_as_head_of_padded_batches(tmp_path):
         return encoder.transform(maps, sizes=sizes)
 
     rows = np.stack([row for _, row in extractor.iter_extract(paths[60:], head=head)])
-    np.testing.assert_allclose(rows, pipeline.transform(extractor.transform(paths[60:])), rtol=1e-4, atol=1e-5)
+    # Within 1e-4 of each descriptor's largest coordinate (issue 10's float32 bound): a coordinate near zero may
+    # differ by more than 1e-4 of itself, as float32 sums in another order (batch composition, BLAS kernels).
+    by_coordinate, _ = relative_errors(rows, pipeline.transform(extractor.transform(paths[60:])))
+    assert by_coordinate <= 1e-4, by_coordinate
     assert max(calls) > 1  # batches of several map sizes went whole
