@@ -388,7 +388,9 @@ class _ShapeBuckets:
     #: oldest runs part-full. With 2, a sample of the Oxford files (168, 14 batch shapes at ``pad_to_multiple=32``)
     #: cycled to 3,000 ran in 156 batches of 64, 63 of them of 2 images, and 47 % of the images in full batches;
     #: with 8, in 54 batches, 85 % of the images in full batches (the only ones CUDA graphs replay). The price is
-    #: memory: 512 decoded images of 1024 x 768 at batch 64, 1.2 GB (on the GPU with ``decode="device"``).
+    #: memory: 512 decoded images of 1024 x 768 at batch 64, 1.2 GB of pixels: on the GPU with ``decode="device"``;
+    #: with CPU decoding for a CUDA run in pinned host memory, where torch's allocator rounds each image up to a
+    #: power of two (4 MB): 2 GB, kept cached by torch for the process's later pinned allocations.
     WAITING_BATCHES = 8
 
     def __init__(self, batch_size: int, key):
