@@ -99,6 +99,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument(
         "--compile", action="store_true", help="sections 4 and 5 also compiled, as compile=True compiles the network"
     )
+    parser.add_argument(
+        "--cuda-graphs", action="store_true", help="section 5's extractors with cuda_graphs=True (warmed up twice)"
+    )
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", type=Path, default=RESULTS / "gpu_pipeline.md")
     parser.add_argument("--device", default="cuda", help="'cuda', or 'torch' (CPU, for a dry run)")
@@ -478,14 +481,24 @@ def end_to_end(args, data, encoders, report) -> None:
             if compile:  # a fresh budget of compiled graphs (torch's recompile limit is per process)
                 torch._dynamo.reset()
             extractor = make_extractor(
-                args, decode=decode, precision=precision, compile=compile, pad_to_multiple=pad or None
+                args,
+                decode=decode,
+                precision=precision,
+                compile=compile,
+                pad_to_multiple=pad or None,
+                cuda_graphs=args.cuda_graphs,
             )
-            # Warm-up: with compile=True every distinct file once, so that every graph is compiled before the timing.
+            # Warm-up: with compile=True every distinct file once, so that every graph is compiled before the timing;
+            # with CUDA graphs the timed files twice, through the head (a graph is recorded at the second full batch of
+            # its batch shape).
             extractor.transform(data["paths"] if compile else paths[:64])
+            for _ in range(2 if args.cuda_graphs else 0):
+                head_on_device(extractor)
             for route, run in (("maps via host", maps_via_host), ("head=TorchEncoder on the device", head_on_device)):
                 codes, seconds = timed(lambda e=extractor, run=run: run(e))
                 assert codes.shape == (len(paths), args.n_bits // 8)
                 options = (", compile=True" if compile else "") + (f", pad_to_multiple={pad}" if pad else "")
+                options += ", cuda_graphs=True" if args.cuda_graphs else ""
                 path = f"extractor decode={decode!r}{options}, {route}"
                 rows.append([precision, path, len(paths) / seconds])
                 print(rows[-1], flush=True)

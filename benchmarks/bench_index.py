@@ -75,6 +75,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--precision", default="float32", help="selconv fit --precision (default: the paper's)")
     parser.add_argument("--batch-size", type=int, default=None, help="selconv index --batch-size")
     parser.add_argument("--compile", action="store_true", help="selconv index --compile")
+    parser.add_argument("--cuda-graphs", action="store_true", help="selconv index --cuda-graphs")
     parser.add_argument("--pad-to-multiple", type=int, default=None, help="selconv index --pad-to-multiple")
     parser.add_argument("--out", default=None, help="write the markdown results here")
     return parser.parse_args(argv)
@@ -163,6 +164,7 @@ def command_line_rate(photos: Path, work: Path, args):
     command = [sys.executable, "-m", "selconv", "index", str(photos), "--encoder", str(work / "encoder")]
     command += ["--out", str(work / "cli.index"), "--chunk-size", str(args.chunk_size)]
     command += ["--compile"] if args.compile else []
+    command += ["--cuda-graphs"] if args.cuda_graphs else []
     for option, value in (("--batch-size", args.batch_size), ("--pad-to-multiple", args.pad_to_multiple)):
         command += [option, str(value)] if value is not None else []
     started = time.perf_counter()
