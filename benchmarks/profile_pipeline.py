@@ -29,7 +29,7 @@ from _gpu_sections import augmented  # beside this script
 
 from selconv import make_paper_pipeline
 from selconv.extraction import ConvFeatureExtractor
-from selconv.extraction._batching import BatchRunner, _ShapeBuckets
+from selconv.extraction._batching import BatchRunner, _ShapeBuckets, padded_shape
 from selconv.torch_encoder import TorchEncoder
 
 
@@ -204,7 +204,7 @@ def network_alone(args, precision: str, paths, batch_size: int, repeats: int = 3
     for path in paths:
         with Image.open(path) as image:
             width, height = target_size(*image.size, args.max_size, True)[1]
-        shapes[(-(-height // multiple) * multiple, -(-width // multiple) * multiple)] += 1
+        shapes[padded_shape((height, width), multiple)] += 1  # the extractor's batch shape
     dtype = {"float16": torch.float16, "bfloat16": torch.bfloat16}.get(precision, torch.float32)
     sync = torch.cuda.synchronize if torch.device(args.device).type == "cuda" else (lambda: None)
     seconds = 0.0

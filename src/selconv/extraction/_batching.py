@@ -76,6 +76,12 @@ def default_workers(decodes_on_gpu: bool = False) -> int:
     return max(1, min(4 if decodes_on_gpu else 16, available))
 
 
+def padded_shape(shape, multiple: int) -> tuple:
+    """``shape`` (H, W, ...) with its height and width rounded up to multiples of ``multiple``."""
+    height, width = shape[:2]
+    return (-(-height // multiple) * multiple, -(-width // multiple) * multiple, *shape[2:])
+
+
 def _takes_sizes(head) -> bool:
     """Whether ``head`` takes a ``sizes`` keyword (``TorchEncoder.transform``): a padded batch is then passed
     whole, with each map's own (height, width), instead of one call per map size on the cropped maps."""
@@ -151,11 +157,9 @@ class BatchRunner:
         """The shape (H, W, C) an image of resized ``shape`` is batched at: its own, or rounded up to
         ``pad_to_multiple``, unless the image is too small for the network (it then fails in a batch of its own
         shape, as without padding)."""
-        height, width = shape[:2]
-        if self.pad_to_multiple is None or min(self.output_size(height, width)) < 1:
+        if self.pad_to_multiple is None or min(self.output_size(*shape[:2])) < 1:
             return tuple(shape)
-        multiple = self.pad_to_multiple
-        return (-(-height // multiple) * multiple, -(-width // multiple) * multiple, *shape[2:])
+        return padded_shape(shape, self.pad_to_multiple)
 
     def _map_sizes(self, images):
         """Each image's map (height, width), or None when the batch is not padded (every image has the batch's
